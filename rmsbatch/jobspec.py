@@ -1,0 +1,168 @@
+"""JobSpec: what a submission asks for, parsed at the edge and passed inward.
+
+`rsub` builds one from the command line and the script's directives
+(`rmsbatch.jobscript`), sends it to the controller as a plain dict, and the
+controller rebuilds it with `JobSpec.from_dict`, validating every field again:
+nothing a client sends is trusted.
+
+Kept free of heavy imports: `rsub` loads this on every call.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+# Bounds applied on both sides of the socket.
+MAX_SCRIPT_BYTES = 4 * 1024 * 1024
+MAX_ENV_BYTES = 1024 * 1024
+MAX_NAME = 200
+MAX_PATH = 4096
+MAX_COUNT = 1_000_000
+
+
+class SpecError(ValueError):
+    """A field of a JobSpec is malformed; the message names the field."""
+
+
+@dataclass
+class JobSpec:
+    script: str = ""                    # full script text, starting with "#!"
+    argv: list[str] = field(default_factory=list)   # arguments after the script name
+    name: str | None = None             # None: script basename, or "wrap"
+    partition: str | None = None        # None: the default partition
+    account: str | None = None          # None: the user's default account
+    qos: str | None = None              # None: the account's default QoS
+    time_limit: int | None = None       # seconds; 0 = unlimited; None = partition default
+    nodes: int = 1
+    ntasks: int = 1
+    cpus_per_task: int = 1
+    mem_mb: int | None = None           # per node; 0 = all of the node's memory
+    mem_per_cpu_mb: int | None = None
+    mem_per_gpu_mb: int | None = None
+    gpus: int = 0                       # total over the job
+    gpus_per_node: int | None = None
+    gpu_type: str | None = None         # lower-cased model name, e.g. "a100"
+    constraint: str | None = None
+    exclusive: bool = False
+    output: str | None = None           # pattern, relative to workdir unless absolute
+    error: str | None = None
+    workdir: str = ""                   # absolute
+    submit_dir: str = ""                # absolute
+    submit_host: str = ""
+    hold: bool = False
+    nice: int = 0
+    export: str = "ALL"                 # as given to --export, for the record
+    environment: dict[str, str] = field(default_factory=dict)  # the job's env, resolved by rsub
+    requeue: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JobSpec":
+        """Rebuild and validate a spec received from a client."""
+        if not isinstance(data, dict):
+            raise SpecError("job spec must be an object")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise SpecError(f"unknown job spec field(s): {', '.join(unknown)}")
+        spec = cls(**data)
+        spec.validate()
+        return spec
+
+    # -- validation -------------------------------------------------------
+    def validate(self) -> None:
+        _check_str("script", self.script, MAX_SCRIPT_BYTES)
+        if len(self.script.encode("utf-8", "surrogateescape")) > MAX_SCRIPT_BYTES:
+            raise SpecError(f"script is larger than {MAX_SCRIPT_BYTES // (1024 * 1024)} MiB")
+        if not self.script.startswith("#!"):
+            raise SpecError("script must start with '#!' (e.g. #!/bin/bash)")
+        if "\0" in self.script:
+            raise SpecError("script contains a NUL byte (is it a binary file?)")
+        if not isinstance(self.argv, list) or not all(isinstance(a, str) for a in self.argv):
+            raise SpecError("argv must be a list of strings")
+        if sum(len(a) for a in self.argv) > MAX_PATH * 16:
+            raise SpecError("script arguments are too long")
+        for key in ("name", "partition", "account", "qos", "gpu_type", "constraint"):
+            value = getattr(self, key)
+            if value is not None:
+                _check_str(key, value, MAX_NAME)
+                if not value or any(c in value for c in "\n\r\t\0"):
+                    raise SpecError(f"{key}: must be a non-empty single-line string")
+        for key in ("output", "error"):
+            value = getattr(self, key)
+            if value is not None:
+                _check_str(key, value, MAX_PATH)
+                if not value or "\0" in value or "\n" in value:
+                    raise SpecError(f"{key}: not a usable file name")
+        for key in ("workdir", "submit_dir"):
+            value = getattr(self, key)
+            _check_str(key, value, MAX_PATH)
+            if not value.startswith("/") or "\0" in value:
+                raise SpecError(f"{key}: must be an absolute path")
+        _check_str("submit_host", self.submit_host, 256)
+        _check_str("export", self.export, MAX_PATH)
+        for key in ("nodes", "ntasks", "cpus_per_task"):
+            _check_int(key, getattr(self, key), minimum=1)
+        _check_int("gpus", self.gpus, minimum=0)
+        for key in ("gpus_per_node", "mem_per_cpu_mb", "mem_per_gpu_mb"):
+            value = getattr(self, key)
+            if value is not None:
+                _check_int(key, value, minimum=1 if key == "gpus_per_node" else 1)
+        if self.mem_mb is not None:
+            _check_int("mem_mb", self.mem_mb, minimum=0, maximum=1 << 40)
+        if self.time_limit is not None:
+            _check_int("time_limit", self.time_limit, minimum=0, maximum=1 << 40)
+        _check_int("nice", self.nice, minimum=-10000, maximum=10000)
+        for key in ("exclusive", "hold", "requeue"):
+            if not isinstance(getattr(self, key), bool):
+                raise SpecError(f"{key}: must be true or false")
+        if not isinstance(self.environment, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.environment.items()
+        ):
+            raise SpecError("environment must map strings to strings")
+        size = sum(len(k) + len(v) + 2 for k, v in self.environment.items())
+        if size > MAX_ENV_BYTES:
+            raise SpecError(f"environment is larger than {MAX_ENV_BYTES // 1024} KiB")
+        set_mem = [k for k in ("mem_mb", "mem_per_cpu_mb", "mem_per_gpu_mb")
+                   if getattr(self, k) is not None]
+        if len(set_mem) > 1:
+            raise SpecError("--mem, --mem-per-cpu and --mem-per-gpu are mutually exclusive")
+
+    # -- derived values ---------------------------------------------------
+    @property
+    def cpus_total(self) -> int:
+        return self.ntasks * self.cpus_per_task
+
+    def gpus_on_node(self) -> int:
+        """GPUs each allocated node must provide."""
+        if self.gpus_per_node is not None:
+            return self.gpus_per_node
+        return -(-self.gpus // self.nodes) if self.gpus else 0
+
+    def cpus_on_node(self) -> int:
+        return -(-self.cpus_total // self.nodes)
+
+    def mem_on_node(self, node_mem_mb: int, default_mem_per_cpu_mb: int) -> int:
+        """Memory (MB) each node must provide; node_mem_mb answers --mem=0."""
+        if self.mem_mb is not None:
+            return node_mem_mb if self.mem_mb == 0 else self.mem_mb
+        if self.mem_per_cpu_mb is not None:
+            return self.mem_per_cpu_mb * self.cpus_on_node()
+        if self.mem_per_gpu_mb is not None:
+            return self.mem_per_gpu_mb * max(1, self.gpus_on_node())
+        return default_mem_per_cpu_mb * self.cpus_on_node()
+
+
+def _check_str(key: str, value, limit: int) -> None:
+    if not isinstance(value, str):
+        raise SpecError(f"{key}: must be a string")
+    if len(value) > limit:
+        raise SpecError(f"{key}: longer than {limit} characters")
+
+
+def _check_int(key: str, value, minimum: int = 0, maximum: int = MAX_COUNT) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{key}: must be an integer")
+    if value < minimum or value > maximum:
+        raise SpecError(f"{key}={value}: must be between {minimum} and {maximum}")
