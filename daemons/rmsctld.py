@@ -1,0 +1,114 @@
+"""rmsctld: the controller daemon. A thin shell around rmsbatch.controller."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger("rmsbatch.rmsctld")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rmsctld", description="The rmsbatch controller: queue, scheduler and API.",
+        epilog="Examples:\n  rmsctld --check-config\n  RMS_CONF_DIR=/tmp/c rmsctld -v",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--conf-dir", help="configuration directory (default: $RMS_CONF_DIR, "
+                   "else /etc/rmsbatch)")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration, print a summary and exit")
+    p.add_argument("-L", "--log-file", help="log here instead of the configured log_file/stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-V", "--version", action="version", version="rmsctld (rmsbatch) 0.1.0")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from rmsbatch import client, config as configmod, daemon
+    conf_dir = args.conf_dir or client.conf_dir()
+    try:
+        cfg = configmod.load(conf_dir)
+    except (configmod.ConfigError, ValueError) as exc:
+        print(f"rmsctld: error: {exc}", file=sys.stderr)
+        return 1
+    if args.check_config:
+        print(f"rmsctld: configuration in {cfg.directory} is valid: {len(cfg.nodes)} nodes, "
+              f"{len(cfg.partitions)} partitions (default {cfg.default_partition}), "
+              f"{len(cfg.tenants.accounts)} accounts, {len(cfg.qos.qos)} QoS levels")
+        return 0
+    ctl_cfg = cfg.cluster.controller
+    daemon.setup_logging(args.log_file or (cfg.path(ctl_cfg.log_file) if ctl_cfg.log_file else None),
+                         args.verbose)
+    try:
+        lock = daemon.take_lock(os.path.join(cfg.spool_dir, "rmsctld.lock"), "rmsctld on this spool")
+    except daemon.AlreadyRunning as exc:
+        print(f"rmsctld: error: {exc}", file=sys.stderr)
+        log.error("%s", exc)
+        return 1
+    os.chmod(cfg.spool_dir, 0o700)
+    daemon.write_pid_file(cfg.path(ctl_cfg.pid_file) if ctl_cfg.pid_file else None)
+    notice = daemon.unprivileged_notice("rmsctld")
+    if notice:
+        log.warning("%s", notice)
+    from rmsbatch.controller import Controller
+    from rmsbatch.server import Loop
+    from rmsbatch.spool import Spool
+
+    spool = Spool(cfg.spool_dir)
+    loop = Loop()
+    signals = daemon.Signals()
+    loop.add_waker(signals.wake_r)
+    ctl = Controller(cfg, spool, loop)
+    loop.listen(cfg.socket, "api", mode=0o666)
+    os.chmod(os.path.dirname(cfg.socket), 0o755)
+    log.info("rmsctld %d: serving %s (spool %s, %d nodes, %d pending, %d running)",
+             os.getpid(), cfg.socket, spool.path, len(cfg.nodes), len(ctl.pending), len(ctl.running))
+    run(ctl, loop, signals, spool, conf_dir)
+    log.info("rmsctld %d: stopped", os.getpid())
+    try:
+        os.unlink(cfg.socket)
+    except OSError:
+        pass
+    os.close(lock)
+    return 0
+
+
+def run(ctl, loop, signals, spool, conf_dir) -> None:
+    from rmsbatch import config as configmod
+    last_check = time.time()
+    while not signals.stop:
+        messages = loop.poll(0 if ctl.dirty else 1.0)
+        if messages:
+            replies = []
+            with spool.transaction():
+                for conn, msg in messages:
+                    reply = ctl.handle(conn, msg)
+                    if reply is not None:
+                        replies.append((conn, reply))
+            for conn, reply in replies:
+                loop.send(conn, reply)
+            ctl.flush()
+        for conn in loop.closed:
+            ctl.connection_closed(conn)
+        loop.closed.clear()
+        if ctl.dirty:
+            ctl.schedule()
+            ctl.flush()
+        now = time.time()
+        if now - last_check >= 1.0:
+            last_check = now
+            ctl.check_nodes(now)
+            ctl.flush()
+        if signals.reload:
+            signals.reload = False
+            try:
+                ctl.reconfigure(configmod.load(conf_dir))
+            except configmod.ConfigError as exc:
+                log.error("configuration not reloaded (keeping the old one): %s", exc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

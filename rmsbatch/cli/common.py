@@ -1,0 +1,58 @@
+"""What every command shares: one main wrapper that turns exceptions into
+`prog: error: ...` lines and exit codes, and a few argument helpers.
+
+Exit codes: 0 ok, 1 error, 2 usage, 128+N on signal N. Silent on a broken
+pipe (`rq | head`). Tracebacks only with RMS_DEBUG=1.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+class UsageError(Exception):
+    """Bad command-line usage: exit 2."""
+
+
+class CommandError(Exception):
+    """A failure to report as `prog: error: <message>`: exit 1."""
+
+
+def run_main(prog: str, body, argv: list[str] | None = None) -> int:
+    """Run body(argv) and map what it raises to messages and exit codes."""
+    from rmsbatch.client import ClientError
+
+    if argv is None:
+        argv = sys.argv[1:]
+    try:
+        code = body(argv)
+        sys.stdout.flush()
+        return code or 0
+    except BrokenPipeError:
+        # Keep Python from complaining again at interpreter exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except UsageError as exc:
+        _report(prog, exc)
+        print(f"Try '{prog} --help' for more information.", file=sys.stderr)
+        return 2
+    except (CommandError, ClientError, ValueError, OSError) as exc:
+        if os.environ.get("RMS_DEBUG"):
+            raise
+        _report(prog, exc)
+        return 1
+
+
+def _report(prog: str, exc: BaseException) -> None:
+    message = str(exc) or exc.__class__.__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        message = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+def exit_with(prog: str, body) -> None:
+    sys.exit(run_main(prog, body))

@@ -1,0 +1,66 @@
+"""rsub: submit a batch job (like sbatch)."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+from rmsbatch.cli.common import UsageError, exit_with
+
+
+def body(argv: list[str]) -> int:
+    from rmsbatch import client, jobscript
+
+    def parse(stdin_text):
+        return jobscript.parse_rsub(argv, stdin_text=stdin_text, environ=dict(os.environ),
+                                    cwd=os.getcwd(), hostname=socket.gethostname())
+
+    try:
+        try:
+            sub = parse(None)
+        except jobscript.ScriptError as exc:
+            # No script named: the script comes on stdin, unless that is a terminal.
+            if "no job script given" not in str(exc) or sys.stdin is None or sys.stdin.isatty():
+                raise
+            sub = parse(_read_stdin())
+    except jobscript.HelpRequested as exc:
+        print(exc.text if hasattr(exc, "text") else str(exc))
+        return 0
+    except jobscript.OptionError as exc:
+        raise UsageError(str(exc)) from None
+    with client.Client() as conn:
+        reply = conn.call("submit", spec=sub.spec.to_dict())
+        job_id = reply["job_id"]
+        print(job_id if sub.parsable else f"Submitted batch job {job_id}", flush=True)
+        if not sub.wait:
+            return 0
+        conn.timeout = None
+        job = conn.call("wait", job_id=job_id)["job"]
+    state = job["state"]
+    code = job.get("exit_code") or 0
+    sig = job.get("exit_signal") or 0
+    if state == "COMPLETED":
+        return 0
+    print(f"rsub: job {job_id} ended {state} (exit code {code}:{sig})", file=sys.stderr)
+    if code:
+        return code
+    return 128 + sig if sig else 1
+
+
+def _read_stdin() -> str:
+    from rmsbatch.jobspec import MAX_SCRIPT_BYTES
+    data = sys.stdin.buffer.read(MAX_SCRIPT_BYTES + 1)
+    if len(data) > MAX_SCRIPT_BYTES:
+        raise ValueError(f"script on stdin is larger than {MAX_SCRIPT_BYTES // (1 << 20)} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("script on stdin is not text (binary file?)") from None
+
+
+def main() -> None:
+    exit_with("rsub", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Talking to rmsctld: the wire format and the blocking client the commands use.
+
+The API is newline-delimited JSON over a Unix stream socket. A request is one
+object with an "op" key; the reply is one object with "ok": true plus the
+op's fields, or "ok": false and "error": a message fit for the user. The
+server learns who the caller is from the kernel (SO_PEERCRED), never from
+the request.
+
+Ops (request fields -> reply fields):
+  ping        {}                                   -> version, cluster, uid
+  submit      spec                                 -> job_id
+  jobs        ids, users, accounts, partitions, states, names, nodes,
+              active (bool: only PENDING/RUNNING/COMPLETING),
+              finished (bool), start_after, end_before (epoch floats),
+              all_users (bool; rsacct -a)         -> jobs: [job record]
+  cancel      ids, users, accounts, partitions, states, names, signal
+                                                   -> cancelled: [id], signalled: [id], errors: [str]
+  wait        job_id                               -> job: job record, once it has ended
+  hold/release ids                                 -> changed: [id], errors: [str]
+  nodes       names (hostlist string or None)      -> nodes: [node record], partitions: [partition record]
+  drain       nodes (hostlist), reason            -> nodes: [name]
+  resume      nodes (hostlist)                     -> nodes: [name]
+  reconfigure {}                                   -> {}
+
+This module is imported by every command: standard library only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+MAX_LINE = 64 * 1024 * 1024
+
+
+class ClientError(Exception):
+    """A request could not be completed; str() is the message for the user."""
+
+
+class ControllerUnavailable(ClientError):
+    pass
+
+
+class RequestRejected(ClientError):
+    pass
+
+
+def encode(message: dict) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def conf_dir() -> str:
+    """The configuration directory every command and daemon uses.
+
+    RMS_CONF_DIR wins; then, for ordinary users, their own config dir if they
+    set one up (a single-user install); otherwise the system's /etc/rmsbatch.
+    """
+    env = os.environ.get("RMS_CONF_DIR")
+    if env:
+        return os.path.abspath(env)
+    if os.geteuid() != 0:
+        base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        user_dir = os.path.join(base, "rmsbatch")
+        if os.path.exists(os.path.join(user_dir, "cluster.toml")):
+            return user_dir
+    return "/etc/rmsbatch"
+
+
+def socket_path(directory: str | None = None) -> str:
+    """Read only the controller socket path from cluster.toml (cheaply)."""
+    directory = directory or conf_dir()
+    path = os.path.join(directory, "cluster.toml")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise ControllerUnavailable(
+            f"no cluster configuration at {path}: set RMS_CONF_DIR, or start a "
+            "single-host cluster with 'rms-local up --dir DIR'") from None
+    except OSError as exc:
+        raise ControllerUnavailable(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        doc = tomllib.loads(data.decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ControllerUnavailable(f"{path}: not valid TOML: {exc}") from None
+    sock = (doc.get("controller") or {}).get("socket") or "/run/rmsbatch/rmsctld.sock"
+    return os.path.join(directory, sock)
+
+
+class Client:
+    """One connection to rmsctld; several calls may share it."""
+
+    def __init__(self, path: str | None = None, timeout: float | None = 60.0):
+        self.path = path or socket_path()
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    def connect(self) -> "Client":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            raise ControllerUnavailable(
+                f"cannot reach rmsctld at {self.path}: is the controller running? "
+                "(start it with 'rms-local up --dir DIR' or your service manager)") from None
+        except PermissionError:
+            sock.close()
+            raise ControllerUnavailable(
+                f"permission denied on {self.path}: ask an admin to make the socket "
+                "reachable for your user") from None
+        except OSError as exc:
+            sock.close()
+            raise ControllerUnavailable(f"cannot reach rmsctld at {self.path}: {exc}") from None
+        self._sock = sock
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> "Client":
+        return self.connect() if self._sock is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def send(self, op: str, **fields) -> None:
+        if self._sock is None:
+            self.connect()
+        fields["op"] = op
+        try:
+            self._sock.sendall(encode(fields))
+        except OSError as exc:
+            raise ControllerUnavailable(f"lost the connection to rmsctld: {exc}") from None
+
+    def receive(self) -> dict:
+        while b"\n" not in self._buf:
+            try:
+                chunk = self._sock.recv(1 << 20)
+            except socket.timeout:
+                raise ControllerUnavailable("rmsctld did not answer in time") from None
+            except OSError as exc:
+                raise ControllerUnavailable(f"lost the connection to rmsctld: {exc}") from None
+            if not chunk:
+                raise ControllerUnavailable("rmsctld closed the connection (restarting?)")
+            self._buf += chunk
+            if len(self._buf) > MAX_LINE:
+                raise ClientError("reply from rmsctld is too large")
+        line, _, self._buf = self._buf.partition(b"\n")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise RequestRejected(reply.get("error") or "request rejected")
+        return reply
+
+    def call(self, op: str, **fields) -> dict:
+        self.send(op, **fields)
+        return self.receive()
+
+
+def call(op: str, **fields) -> dict:
+    """One request on a fresh connection."""
+    with Client() as client:
+        return client.call(op, **fields)

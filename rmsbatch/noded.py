@@ -1,0 +1,419 @@
+"""The node daemon service: registers the node, launches and stops jobs.
+
+Each job runs under its own supervisor (rmsbatch.supervisor) in a job
+directory `<state_dir>/jobs/<id>/`. The directory is the node's record of the
+job: creating it is the launch's point of no return (mkdir is atomic, so a
+job is never launched twice), the supervisor writes `outcome.json` there when
+the job ends, and the directory is removed only once the controller has
+acknowledged the outcome. So rmsd can be killed at any moment: on restart it
+reads the directories back, reports what ended meanwhile, and carries on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import time
+
+from rmsbatch import client
+from rmsbatch.config import Config
+from rmsbatch.server import Conn, Loop
+
+log = logging.getLogger("rmsbatch.noded")
+
+VISIBILITY_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
+                   "ZE_AFFINITY_MASK")
+
+
+def _write_json(path: str, data: dict, mode: int = 0o600) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.rename(tmp, path)
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """True if pid runs and is not a zombie (orphans may be left unreaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+
+
+class NodeDaemon:
+    def __init__(self, config: Config, node: str, loop: Loop | None = None):
+        if node not in config.nodes:
+            raise ValueError(f"node {node!r} is not in {config.directory}/cluster.toml "
+                             f"(nodes: {', '.join(list(config.nodes)[:8])}): use --node NAME")
+        self.config = config
+        self.node = node
+        self.loop = loop or Loop()
+        self.state_dir = os.path.join(config.node_state_dir, node)
+        self.jobs_dir = os.path.join(self.state_dir, "jobs")
+        self.notify_path = os.path.join(self.state_dir, "rmsd.sock")
+        self.privileged = os.geteuid() == 0
+        self.controller: Conn | None = None
+        self.next_connect = 0.0
+        self.backoff = 0.1
+        self.last_heartbeat = 0.0
+        self.last_scan = 0.0
+        self.unacked: dict[int, float] = {}  # job id -> when its outcome was last sent
+        os.makedirs(self.jobs_dir, exist_ok=True)
+        # Jobs running as their users must be able to reach their own job dir.
+        for d in (config.node_state_dir, self.state_dir, self.jobs_dir):
+            os.chmod(d, 0o711)
+        self.loop.listen(self.notify_path, "notify", mode=0o600)
+
+    @property
+    def protections(self) -> str:
+        if self.privileged:
+            return "uid"
+        return "none (single-user mode: jobs run as the daemon's user)"
+
+    def inventory(self) -> dict:
+        nd = self.config.nodes[self.node]
+        return {"cpus": nd.cpus, "mem_mb": nd.mem_mb, "features": list(nd.features),
+                "gpus": [{"index": g.index, "type": g.type, "file": g.file} for g in nd.gpus],
+                "protections": self.protections, "pid": os.getpid()}
+
+    # -- job directories ------------------------------------------------------------
+    def job_dir(self, job_id: int) -> str:
+        return os.path.join(self.jobs_dir, str(job_id))
+
+    def job_ids(self) -> list[int]:
+        return sorted(int(n) for n in os.listdir(self.jobs_dir) if n.isdigit())
+
+    def outcome(self, job_id: int) -> dict | None:
+        return _read_json(os.path.join(self.job_dir(job_id), "outcome.json"))
+
+    def supervisor_pid(self, job_id: int) -> int | None:
+        try:
+            with open(os.path.join(self.job_dir(job_id), "supervisor.pid")) as fh:
+                return int(fh.read())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _ended_or_lost(self, job_id: int) -> dict | None:
+        """The job's outcome if it has ended, also when its supervisor died."""
+        out = self.outcome(job_id)
+        if out is not None:
+            return out
+        pid = self.supervisor_pid(job_id)
+        if pid is not None and _alive(pid):
+            return None
+        out = self.outcome(job_id)   # it may have finished writing just now
+        if out is not None:
+            return out
+        if pid is None and time.time() - os.stat(self.job_dir(job_id)).st_mtime < 10:
+            return None  # launch in progress
+        out = {"job_id": job_id, "state": "FAILED", "exit_code": 1, "signal": 0,
+               "end_time": time.time(), "reason": "job supervisor died (killed?)"}
+        _write_json(os.path.join(self.job_dir(job_id), "outcome.json"), out)
+        return out
+
+    # -- launching -------------------------------------------------------------------
+    def launch(self, job: dict) -> None:
+        job_id = job["job_id"]
+        jobdir = self.job_dir(job_id)
+        try:
+            os.mkdir(jobdir, 0o711)
+        except FileExistsError:
+            log.info("job %d: already launched here", job_id)
+            self._report_started(job_id)
+            return
+        try:
+            self._prepare(job, jobdir)
+        except LaunchError as exc:
+            log.error("job %d: launch failed: %s", job_id, exc)
+            _write_json(os.path.join(jobdir, "outcome.json"), {
+                "job_id": job_id, "state": "FAILED", "exit_code": 1, "signal": 0,
+                "start_time": time.time(), "end_time": time.time(), "reason": str(exc)})
+            self.report_outcome(job_id)
+            return
+        pid = self._spawn_supervisor(jobdir)
+        with open(os.path.join(jobdir, "supervisor.pid"), "w") as fh:
+            fh.write(str(pid))
+        log.info("job %d: launched for %s (supervisor pid %d)", job_id, job["user"], pid)
+        self._report_started(job_id)
+
+    def _prepare(self, job: dict, jobdir: str) -> None:
+        user, uid, gid = job["user"], job["uid"], job["gid"]
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            raise LaunchError(f"user {user} does not exist on node {self.node}") from None
+        if pw.pw_uid != uid:
+            raise LaunchError(f"user {user} has uid {pw.pw_uid} on node {self.node} but "
+                              f"uid {uid} where the job was submitted")
+        if not self.privileged and uid != os.geteuid():
+            raise LaunchError(f"rmsd on {self.node} runs unprivileged as uid {os.geteuid()} "
+                              f"and cannot start jobs for {user}")
+        groups = os.getgrouplist(user, gid) if self.privileged else os.getgroups()
+        script = os.path.join(jobdir, "script")
+        fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o500)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(job["script"])
+        if self.privileged:
+            os.chown(script, uid, gid)
+        _write_json(os.path.join(jobdir, "job.json"), {
+            "job_id": job["job_id"], "name": job["name"], "user": user, "uid": uid,
+            "gid": gid, "groups": groups, "home": pw.pw_dir, "script_path": script,
+            "argv": job["argv"], "workdir": job["workdir"], "submit_dir": job["submit_dir"],
+            "output": job["output"], "error": job["error"],
+            "environment": self.environment(job, pw), "time_limit": job["time_limit"],
+            "kill_grace": job.get("kill_grace", 30), "node": self.node,
+            "notify_socket": self.notify_path, "array_job_id": None, "array_task_id": None,
+        })
+
+    def environment(self, job: dict, pw) -> dict[str, str]:
+        env = dict(job["environment"])
+        if job["export"].upper().startswith("NONE") or not env:
+            env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env.setdefault("HOME", pw.pw_dir)
+        env.setdefault("USER", pw.pw_name)
+        env.setdefault("LOGNAME", pw.pw_name)
+        env.setdefault("SHELL", pw.pw_shell or "/bin/sh")
+        for var in VISIBILITY_VARS:
+            env.pop(var, None)   # never inherit another allocation's devices
+        alloc = job["alloc"]
+        ours = {
+            "JOB_ID": job["job_id"], "JOB_NAME": job["name"], "JOB_NODELIST": job["nodelist"],
+            "JOB_NUM_NODES": job["nodes"], "NNODES": job["nodes"],
+            "SUBMIT_DIR": job["submit_dir"], "SUBMIT_HOST": job["submit_host"],
+            "JOB_ACCOUNT": job["account"], "JOB_PARTITION": job["partition"],
+            "JOB_QOS": job["qos"], "JOB_USER": job["user"], "JOB_UID": job["uid"],
+            "NTASKS": job["ntasks"], "CPUS_PER_TASK": job["cpus_per_task"],
+            "CPUS_ON_NODE": alloc["cpus"], "MEM_PER_NODE": alloc["mem_mb"],
+            "NODENAME": self.node, "CLUSTER_NAME": job["cluster"],
+            "RESTART_COUNT": job["restart_count"], "NODEID": 0, "PROCID": 0, "LOCALID": 0,
+            "JOB_GPUS": ",".join(map(str, alloc["gpus"])),
+        }
+        for key, value in ours.items():
+            env[f"RMS_{key}"] = str(value)
+            env[f"SLURM_{key}"] = str(value)   # existing Slurm scripts keep working
+        env["SLURM_JOBID"] = env["RMS_JOBID"] = str(job["job_id"])
+        env["SLURM_NODELIST"] = job["nodelist"]
+        env["SLURMD_NODENAME"] = self.node
+        gpus = self.config.nodes[self.node].gpus
+        if gpus:
+            by_var: dict[str, list[str]] = {}
+            for g in gpus:
+                by_var.setdefault(g.env, [])
+            for index in alloc["gpus"]:
+                by_var[gpus[index].env].append(str(index))
+            for var, ids in by_var.items():
+                env[var] = ",".join(ids)   # empty: a GPU-less job sees no GPU
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        return env
+
+    def _spawn_supervisor(self, jobdir: str) -> int:
+        # fork without exec: starting a fresh interpreter would add tens of
+        # milliseconds to every job's start. The child leaves rmsd's session,
+        # so it survives rmsd being killed.
+        pid = os.fork()
+        if pid:
+            return pid
+        try:
+            os.setsid()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
+                        signal.SIGUSR1, signal.SIGPIPE):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.closerange(3, 65536)
+            root = logging.getLogger()
+            for h in list(root.handlers):
+                root.removeHandler(h)
+            from rmsbatch import supervisor
+            supervisor.main([jobdir])
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+
+    def _report_started(self, job_id: int) -> None:
+        self.send({"op": "job_started", "node": self.node, "job_id": job_id,
+                   "protections": self.protections})
+
+    # -- signals and cancel ----------------------------------------------------------
+    def cancel(self, job_id: int) -> None:
+        pid = self.supervisor_pid(job_id)
+        if pid is None or not _alive(pid):
+            if os.path.isdir(self.job_dir(job_id)):
+                self.report_outcome(job_id)
+            return
+        log.info("job %d: cancelling (supervisor pid %d)", job_id, pid)
+        os.kill(pid, signal.SIGTERM)
+
+    def signal_job(self, job_id: int, signum: int) -> None:
+        info = _read_json(os.path.join(self.job_dir(job_id), "pid"))
+        if not info:
+            log.warning("job %d: no process to signal", job_id)
+            return
+        try:
+            os.killpg(info["pid"], signum)
+            log.info("job %d: sent signal %d", job_id, signum)
+        except ProcessLookupError:
+            pass
+
+    # -- reporting -------------------------------------------------------------------
+    def report_outcome(self, job_id: int) -> None:
+        out = self._ended_or_lost(job_id)
+        if out is None:
+            return
+        out.setdefault("job_id", job_id)
+        if self.send({"op": "job_ended", "node": self.node, "outcome": out}):
+            self.unacked[job_id] = time.time()
+
+    def acknowledged(self, job_id: int) -> None:
+        self.unacked.pop(job_id, None)
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def scan(self) -> None:
+        """Backstop for lost notifications: report every job that has ended."""
+        now = time.time()
+        for job_id in self.job_ids():
+            sent = self.unacked.get(job_id)
+            if sent is not None and now - sent < 5:
+                continue
+            self.report_outcome(job_id)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    # -- the controller connection ------------------------------------------------------
+    def send(self, message: dict) -> bool:
+        if self.controller is None or self.controller.closed:
+            return False
+        self.loop.send(self.controller, message)
+        return not self.controller.closed
+
+    def connect(self) -> bool:
+        now = time.time()
+        if now < self.next_connect:
+            return False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.config.socket)
+        except OSError as exc:
+            sock.close()
+            self.next_connect = now + self.backoff
+            if self.backoff >= 1.6:
+                log.warning("node %s: cannot reach rmsctld at %s (%s); retrying",
+                            self.node, self.config.socket, exc.strerror or exc)
+            self.backoff = min(self.backoff * 2, 2.0)
+            return False
+        self.backoff = 0.1
+        self.controller = self.loop.add(sock, {"peer": "rmsctld"})
+        running, ended = [], []
+        for job_id in self.job_ids():
+            out = self._ended_or_lost(job_id)
+            if out is None:
+                running.append(job_id)
+            else:
+                ended.append({"job_id": job_id, **out})
+                self.unacked[job_id] = now
+        self.send({"op": "node_hello", "node": self.node, "inventory": self.inventory(),
+                   "running": running, "ended": ended})
+        self.hello_ended = [o["job_id"] for o in ended]
+        self.last_heartbeat = now
+        log.info("node %s: connected to rmsctld (%d running, %d to report)",
+                 self.node, len(running), len(ended))
+        return True
+
+    def on_message(self, conn: Conn, msg: dict) -> None:
+        if conn.listener == "notify":
+            if msg.get("op") == "ended" and isinstance(msg.get("job_id"), int):
+                self.report_outcome(msg["job_id"])
+            return
+        if "op" in msg:  # an order from the controller
+            self.order(msg)
+            return
+        if not msg.get("ok"):
+            log.error("node %s: rmsctld refused: %s", self.node, msg.get("error"))
+            if "not in cluster.toml" in str(msg.get("error")):
+                raise SystemExit(f"rmsd: error: {msg.get('error')}")
+            return
+        if "orders" in msg:  # reply to node_hello
+            for job_id in getattr(self, "hello_ended", []):
+                self.acknowledged(job_id)
+            self.hello_ended = []
+            for order in msg["orders"]:
+                self.order(order)
+        elif msg.get("ack") == "job_ended":
+            self.acknowledged(msg["job_id"])
+        elif msg.get("rehello"):
+            self.loop.close(conn)
+
+    def order(self, msg: dict) -> None:
+        op = msg.get("op")
+        if op == "launch":
+            self.launch(msg["job"])
+        elif op == "cancel":
+            self.cancel(msg["job_id"])
+        elif op == "signal":
+            self.signal_job(msg["job_id"], msg["signal"])
+        else:
+            log.warning("node %s: unknown order %r", self.node, op)
+
+    def run_once(self, timeout: float = 0.5) -> None:
+        if self.controller is None or self.controller.closed:
+            if self.controller is not None:
+                log.warning("node %s: lost rmsctld; reconnecting", self.node)
+                self.controller = None
+                self.unacked.clear()
+            self.connect()
+        interval = self.config.cluster.controller.heartbeat_interval
+        for conn, msg in self.loop.poll(min(timeout, interval)):
+            self.on_message(conn, msg)
+        self.loop.closed.clear()
+        now = time.time()
+        if self.controller is not None and now - self.last_heartbeat >= interval:
+            self.send({"op": "heartbeat", "node": self.node})
+            self.last_heartbeat = now
+        self.reap()
+        if now - self.last_scan >= 1.0:
+            self.last_scan = now
+            if self.controller is not None:
+                self.scan()
+
+    def stop_jobs(self) -> int:
+        """SIGTERM every supervisor (used by `rms-local down`); returns how many."""
+        count = 0
+        for job_id in self.job_ids():
+            pid = self.supervisor_pid(job_id)
+            if pid and _alive(pid):
+                os.kill(pid, signal.SIGTERM)
+                count += 1
+        return count
+
+
+class LaunchError(Exception):
+    pass
+
+
+def _unused():  # keep the client import honest for type checkers
+    return client

@@ -1,0 +1,227 @@
+"""The spool: one SQLite database in WAL mode, the single source of truth.
+
+This is the only module that speaks SQL. It owns the schema and its numbered
+migrations, transactions, and the guarded state updates: a transition is an
+UPDATE whose WHERE clause names the states it may come from, so two writers
+can never both start, or both finish, the same job.
+
+Job scripts and environments are stored inside the database (table
+job_payloads), in the same transaction as the job row: an acknowledged
+submission is durable as a whole, and editing the script file afterwards
+changes nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from contextlib import contextmanager
+
+from rmsbatch.states import TRANSITIONS, JobState
+
+log = logging.getLogger("rmsbatch.spool")
+
+FILENAME = "rmsbatch.db"
+
+MIGRATIONS: list[str] = [
+    # 1: jobs, their payloads, nodes
+    """
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL, user TEXT NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
+        account TEXT NOT NULL, partition TEXT NOT NULL, qos TEXT NOT NULL,
+        state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT 'None',
+        priority INTEGER NOT NULL DEFAULT 0, nice INTEGER NOT NULL DEFAULT 0,
+        hold INTEGER NOT NULL DEFAULT 0,
+        submit_time REAL NOT NULL, start_time REAL, end_time REAL,
+        time_limit INTEGER NOT NULL DEFAULT 0,
+        nodes INTEGER NOT NULL, ntasks INTEGER NOT NULL, cpus_per_task INTEGER NOT NULL,
+        req_cpus INTEGER NOT NULL, req_mem_mb INTEGER NOT NULL, req_gpus INTEGER NOT NULL,
+        gpus_per_node INTEGER NOT NULL DEFAULT 0, mem_whole_node INTEGER NOT NULL DEFAULT 0,
+        gpu_type TEXT, constraint_expr TEXT, exclusive INTEGER NOT NULL DEFAULT 0,
+        alloc TEXT, nodelist TEXT NOT NULL DEFAULT '',
+        alloc_cpus INTEGER NOT NULL DEFAULT 0, alloc_gpus INTEGER NOT NULL DEFAULT 0,
+        launched INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER, exit_signal INTEGER, max_rss_kb INTEGER, total_cpu_s REAL,
+        requeue INTEGER NOT NULL DEFAULT 0, restart_count INTEGER NOT NULL DEFAULT 0,
+        command TEXT NOT NULL DEFAULT '', workdir TEXT NOT NULL DEFAULT '',
+        stdout TEXT, stderr TEXT, submit_host TEXT NOT NULL DEFAULT '',
+        protections TEXT NOT NULL DEFAULT '', end_reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX jobs_state ON jobs(state);
+    CREATE INDEX jobs_user ON jobs(user);
+    CREATE INDEX jobs_end ON jobs(end_time);
+    CREATE TABLE job_payloads (
+        job_id INTEGER PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+        spec TEXT NOT NULL
+    );
+    CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        up INTEGER NOT NULL DEFAULT 0,
+        drain INTEGER NOT NULL DEFAULT 0,
+        reason TEXT NOT NULL DEFAULT '',
+        last_heartbeat REAL,
+        inventory TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
+]
+
+# Columns returned in job records; payloads (script, env) are read separately.
+JOB_COLUMNS = (
+    "id", "name", "user", "uid", "gid", "account", "partition", "qos", "state", "reason",
+    "priority", "nice", "hold", "submit_time", "start_time", "end_time", "time_limit",
+    "nodes", "ntasks", "cpus_per_task", "req_cpus", "req_mem_mb", "req_gpus",
+    "gpus_per_node", "mem_whole_node", "gpu_type", "constraint_expr", "exclusive",
+    "alloc", "nodelist", "alloc_cpus", "alloc_gpus", "launched", "cancel_requested",
+    "exit_code", "exit_signal", "max_rss_kb", "total_cpu_s", "requeue", "restart_count",
+    "command", "workdir", "stdout", "stderr", "submit_host", "protections", "end_reason",
+)
+_SELECT = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
+
+
+class SpoolError(Exception):
+    pass
+
+
+class Spool:
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.path = os.path.join(directory, FILENAME)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves.
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before we acknowledge it.
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=10000")
+        self._depth = 0
+        self.migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- schema ---------------------------------------------------------------
+    @property
+    def schema_version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise SpoolError(f"spool {self.path} has schema {current}, newer than this "
+                             f"rmsbatch ({len(MIGRATIONS)}): upgrade rmsbatch")
+        for number in range(current + 1, len(MIGRATIONS) + 1):
+            with self.transaction():
+                for statement in MIGRATIONS[number - 1].split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version={number}")
+            log.info("spool %s: migrated to schema %d", self.path, number)
+
+    # -- transactions -----------------------------------------------------------
+    @contextmanager
+    def transaction(self):
+        """Outermost: BEGIN IMMEDIATE ... COMMIT. Nested: a savepoint."""
+        if self._depth == 0:
+            self.db.execute("BEGIN IMMEDIATE")
+        else:
+            self.db.execute(f"SAVEPOINT sp{self._depth}")
+        self._depth += 1
+        try:
+            yield self
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self.db.execute("ROLLBACK")
+            else:
+                self.db.execute(f"ROLLBACK TO sp{self._depth}")
+                self.db.execute(f"RELEASE sp{self._depth}")
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self.db.execute("COMMIT")
+        else:
+            self.db.execute(f"RELEASE sp{self._depth}")
+
+    # -- jobs -----------------------------------------------------------------
+    def insert_job(self, row: dict, spec: dict) -> int:
+        cols = ", ".join(row)
+        marks = ", ".join("?" * len(row))
+        cur = self.db.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", tuple(row.values()))
+        job_id = cur.lastrowid
+        self.db.execute("INSERT INTO job_payloads (job_id, spec) VALUES (?, ?)",
+                        (job_id, json.dumps(spec)))
+        return job_id
+
+    def transition(self, job_id: int, to: JobState, **fields) -> bool:
+        """Move a job to `to` if its current state allows it; False if not."""
+        sources = TRANSITIONS[to]
+        fields["state"] = to.value
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        marks = ", ".join("?" * len(sources))
+        cur = self.db.execute(
+            f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ({marks})",
+            (*fields.values(), job_id, *(s.value for s in sources)))
+        return cur.rowcount == 1
+
+    def update_job(self, job_id: int, **fields) -> None:
+        """Change fields that are not the state (reason, hold, priority, ...)."""
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
+
+    def set_reasons(self, reasons: dict[int, str]) -> None:
+        self.db.executemany("UPDATE jobs SET reason = ? WHERE id = ?",
+                            [(r, i) for i, r in reasons.items()])
+
+    def job(self, job_id: int) -> dict | None:
+        row = self.db.execute(_SELECT + " WHERE id = ?", (job_id,)).fetchone()
+        return dict(row) if row else None
+
+    def job_spec(self, job_id: int) -> dict | None:
+        row = self.db.execute("SELECT spec FROM job_payloads WHERE job_id = ?", (job_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def jobs(self, *, ids=None, users=None, accounts=None, partitions=None, states=None,
+             names=None, start_after=None, end_before=None) -> list[dict]:
+        where, args = [], []
+        for column, values in (("id", ids), ("user", users), ("account", accounts),
+                               ("partition", partitions), ("state", states), ("name", names)):
+            if values:
+                where.append(f"{column} IN ({', '.join('?' * len(values))})")
+                args.extend(values)
+        if start_after is not None:
+            # sacct's window: jobs that were in the system after this time
+            where.append("(end_time IS NULL OR end_time >= ?)")
+            args.append(start_after)
+        if end_before is not None:
+            where.append("submit_time <= ?")
+            args.append(end_before)
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        cur = self.db.execute(sql, args)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row)) for row in cur]
+
+    def active_jobs(self) -> list[dict]:
+        return self.jobs(states=[JobState.PENDING.value, JobState.RUNNING.value,
+                                 JobState.COMPLETING.value])
+
+    def count_active(self) -> int:
+        return self.db.execute(
+            "SELECT count(*) FROM jobs WHERE state IN ('PENDING','RUNNING','COMPLETING')"
+        ).fetchone()[0]
+
+    # -- nodes ----------------------------------------------------------------
+    def nodes(self) -> dict[str, dict]:
+        rows = self.db.execute("SELECT name, up, drain, reason, last_heartbeat, inventory FROM nodes")
+        return {r["name"]: {**dict(r), "inventory": json.loads(r["inventory"])} for r in rows}
+
+    def upsert_node(self, name: str, **fields) -> None:
+        if "inventory" in fields:
+            fields["inventory"] = json.dumps(fields["inventory"])
+        self.db.execute("INSERT INTO nodes (name) VALUES (?) ON CONFLICT(name) DO NOTHING", (name,))
+        if fields:
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            self.db.execute(f"UPDATE nodes SET {sets} WHERE name = ?", (*fields.values(), name))
