@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     daemon.setup_logging(args.log_file or (cfg.path(ctl_cfg.log_file) if ctl_cfg.log_file else None),
                          args.verbose)
     try:
-        lock = daemon.take_lock(os.path.join(cfg.spool_dir, "rmsctld.lock"), "rmsctld on this spool")
+        lock = daemon.take_lock(os.path.join(cfg.spool_dir, "rmsctld.lock"), f"rmsctld is already running on spool {cfg.spool_dir}")
     except daemon.AlreadyRunning as exc:
         print(f"rmsctld: error: {exc}", file=sys.stderr)
         log.error("%s", exc)

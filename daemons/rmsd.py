@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         return 0
     try:
         lock = daemon.take_lock(os.path.join(cfg.node_state_dir, node, "rmsd.lock"),
-                                f"rmsd for node {node}")
+                                f"rmsd is already running for node {node}")
     except daemon.AlreadyRunning as exc:
         print(f"rmsd: error: {exc}", file=sys.stderr)
         return 1

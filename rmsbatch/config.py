@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from rmsbatch import hostlist, units
 
@@ -73,6 +73,15 @@ class ControllerSection(_Model):
         if v <= 0:
             raise ValueError("must be positive")
         return v
+
+
+    @model_validator(mode="after")
+    def _timeout_covers_heartbeats(self):
+        if self.node_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(f"node_timeout ({self.node_timeout:g} s) must be at least twice "
+                             f"heartbeat_interval ({self.heartbeat_interval:g} s), or nodes "
+                             "flap between up and down")
+        return self
 
 
 class NodeDaemonSection(_Model):

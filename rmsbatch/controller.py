@@ -268,22 +268,25 @@ class Controller:
         caller = self.user_name(conn.uid)
         privileged = self._is_daemon(conn) or self.config.is_operator(caller)
         users = _str_list(msg.get("users"), "users")
+        ids = _int_list(msg.get("ids"), "ids")
+        own_only = False
         if "all_users" in msg:   # accounting-style query: own jobs unless asked
-            if not msg["all_users"] and not users:
+            if not msg["all_users"] and not users and not ids:
                 users = [caller]
-            if (msg["all_users"] or set(users) - {caller}) and not privileged \
-                    and self.config.tenants.private_accounting:
-                raise RequestError("only operators and admins may see other users' jobs "
-                                   "(tenants.toml: private_accounting)")
+            if not privileged and self.config.tenants.private_accounting:
+                if msg["all_users"] or set(users) - {caller}:
+                    raise RequestError("only operators and admins may see other users' "
+                                       "jobs (tenants.toml: private_accounting)")
+                own_only = True
         elif self.config.tenants.private_jobs and not privileged:
-            users = [caller]
+            own_only = True
         states = [parse_state(s).value for s in _str_list(msg.get("states"), "states")]
         if msg.get("active") and not states:
             states = ACTIVE_STATES
         if msg.get("finished") and not states:
             states = [s.value for s in FINISHED]
         rows = self.spool.jobs(
-            ids=_int_list(msg.get("ids"), "ids"), users=users,
+            ids=ids, users=[caller] if own_only else users,
             accounts=_str_list(msg.get("accounts"), "accounts"),
             partitions=_str_list(msg.get("partitions"), "partitions"),
             states=states, names=_str_list(msg.get("names"), "names"),
@@ -344,7 +347,8 @@ class Controller:
                 if state is JobState.PENDING:
                     errors.append(f"job {job_id} is pending: it has no processes to signal")
                     continue
-                self._to_nodes(row, {"op": "signal", "job_id": job_id, "signal": signum})
+                self._to_nodes(row, {"op": "signal", "job_id": job_id,
+                                     "run": row["restart_count"], "signal": signum})
                 signalled.append(job_id)
                 continue
             if state is JobState.PENDING:
@@ -356,7 +360,8 @@ class Controller:
                     cancelled.append(job_id)
             elif state is JobState.RUNNING:
                 if self.spool.transition(job_id, JobState.COMPLETING, cancel_requested=1):
-                    self._to_nodes(row, {"op": "cancel", "job_id": job_id})
+                    self._to_nodes(row, {"op": "cancel", "job_id": job_id,
+                                         "run": row["restart_count"]})
                     cancelled.append(job_id)
             else:
                 cancelled.append(job_id)  # already completing
@@ -427,6 +432,7 @@ class Controller:
                 "features": list(nd.features), "partitions": nd.partitions,
                 "last_heartbeat": st["last_heartbeat"], "jobs": sorted(jobs_on.get(name, [])),
                 "protections": st["inventory"].get("protections", ""),
+                "connected": name in self.node_conns,
             })
         partitions = [{
             "name": p.name, "nodes": hostlist.compress(self.config.partition_nodes[p.name]),
@@ -508,25 +514,35 @@ class Controller:
         self._set_node(name, up=True, reason=reason, last_heartbeat=self.clock(),
                        inventory=msg.get("inventory") or {})
         log.info("node %s: registered (pid %d)", name, conn.pid)
-        for outcome in msg.get("ended") or []:
+        ended = msg.get("ended") or []
+        for outcome in ended:
             self.job_ended(name, outcome)
-        running_there = set(_int_list(msg.get("running"), "running"))
+        reported = {(o.get("job_id"), o.get("run")) for o in ended}
+        running_there = set()
+        for pair in msg.get("running") or []:
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise RequestError("running: expected [job id, run] pairs")
+            running_there.add((_int(pair[0], "running"), _int(pair[1], "running")))
         orders = []
+        current = set()
         for job_id, alloc in list(self.running.items()):
             if name not in alloc:
                 continue
             row = self.spool.job(job_id)
-            if row["cancel_requested"]:
-                orders.append({"op": "cancel", "job_id": job_id})
-            if job_id in running_there:
+            run = (job_id, row["restart_count"])
+            current.add(run)
+            if run in running_there:
                 if not row["launched"]:
                     self.spool.update_job(job_id, launched=1)
-            elif row["launched"] and not any(o.get("job_id") == job_id for o in msg.get("ended") or []):
+                if row["cancel_requested"]:
+                    orders.append({"op": "cancel", "job_id": job_id, "run": run[1]})
+            elif row["launched"] and run not in reported:
                 self._finish(job_id, JobState.NODE_FAIL, end_reason=f"job lost on node {name}")
             elif not row["launched"]:
                 orders.append(self.launch_message(row, name))
-        for job_id in running_there - set(self.running):
-            orders.append({"op": "cancel", "job_id": job_id})  # an orphan the cluster ended
+        for job_id, run in running_there - current:
+            # a run the cluster has given up on (node failed, job requeued): stop it
+            orders.append({"op": "cancel", "job_id": job_id, "run": run})
         return {"orders": orders}
 
     def op_heartbeat(self, conn: Conn, msg: dict) -> dict:
@@ -541,21 +557,24 @@ class Controller:
     def op_job_started(self, conn: Conn, msg: dict) -> dict:
         self._node_conn(conn, msg)
         job_id = _int(msg.get("job_id"), "job_id")
-        self.spool.db.execute("UPDATE jobs SET launched = 1, protections = ? WHERE id = ?",
-                              (str(msg.get("protections") or ""), job_id))
+        row = self.spool.job(job_id)
+        if row and row["restart_count"] == msg.get("run") and job_id in self.running:
+            self.spool.update_job(job_id, launched=1,
+                                  protections=str(msg.get("protections") or "")[:200])
         return {"ack": "job_started", "job_id": job_id}
 
     def op_job_ended(self, conn: Conn, msg: dict) -> dict:
         name = self._node_conn(conn, msg)
         outcome = msg.get("outcome") or {}
         self.job_ended(name, outcome)
-        return {"ack": "job_ended", "job_id": outcome.get("job_id")}
+        return {"ack": "job_ended", "job_id": outcome.get("job_id"), "run": outcome.get("run")}
 
     def job_ended(self, node: str, outcome: dict) -> None:
         job_id = _int(outcome.get("job_id"), "job_id")
         row = self.spool.job(job_id)
-        if row is None or JobState(row["state"]).is_finished or job_id not in self.running:
-            return  # already recorded (a repeated report after a restart)
+        if row is None or JobState(row["state"]).is_finished or job_id not in self.running \
+                or outcome.get("run") != row["restart_count"]:
+            return  # already recorded, or the end of an earlier run of a requeued job
         try:
             state = JobState(outcome.get("state"))
         except ValueError:

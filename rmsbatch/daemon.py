@@ -37,8 +37,7 @@ def take_lock(path: str, what: str):
     except BlockingIOError:
         other = os.read(fd, 32).decode().strip() or "unknown"
         os.close(fd)
-        raise AlreadyRunning(f"another {what} is already running (pid {other}, lock {path}): "
-                             "stop it first") from None
+        raise AlreadyRunning(f"another {what} (pid {other}; lock {path}): stop it first") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd

@@ -19,7 +19,6 @@ import signal
 import socket
 import time
 
-from rmsbatch import client
 from rmsbatch.config import Config
 from rmsbatch.server import Conn, Loop
 
@@ -93,49 +92,54 @@ class NodeDaemon:
                 "protections": self.protections, "pid": os.getpid()}
 
     # -- job directories ------------------------------------------------------------
-    def job_dir(self, job_id: int) -> str:
-        return os.path.join(self.jobs_dir, str(job_id))
+    # A run is one start of a job: a requeued job runs again under the same id,
+    # so directories and messages name the run, "<job id>.<restart count>".
+    def job_dir(self, run: str) -> str:
+        return os.path.join(self.jobs_dir, run)
 
-    def job_ids(self) -> list[int]:
-        return sorted(int(n) for n in os.listdir(self.jobs_dir) if n.isdigit())
+    def runs(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.jobs_dir) if _parse_run(n))
 
-    def outcome(self, job_id: int) -> dict | None:
-        return _read_json(os.path.join(self.job_dir(job_id), "outcome.json"))
+    def outcome(self, run: str) -> dict | None:
+        return _read_json(os.path.join(self.job_dir(run), "outcome.json"))
 
-    def supervisor_pid(self, job_id: int) -> int | None:
+    def supervisor_pid(self, run: str) -> int | None:
         try:
-            with open(os.path.join(self.job_dir(job_id), "supervisor.pid")) as fh:
+            with open(os.path.join(self.job_dir(run), "supervisor.pid")) as fh:
                 return int(fh.read())
         except (FileNotFoundError, ValueError):
             return None
 
-    def _ended_or_lost(self, job_id: int) -> dict | None:
-        """The job's outcome if it has ended, also when its supervisor died."""
-        out = self.outcome(job_id)
-        if out is not None:
-            return out
-        pid = self.supervisor_pid(job_id)
-        if pid is not None and _alive(pid):
-            return None
-        out = self.outcome(job_id)   # it may have finished writing just now
-        if out is not None:
-            return out
-        if pid is None and time.time() - os.stat(self.job_dir(job_id)).st_mtime < 10:
-            return None  # launch in progress
-        out = {"job_id": job_id, "state": "FAILED", "exit_code": 1, "signal": 0,
-               "end_time": time.time(), "reason": "job supervisor died (killed?)"}
-        _write_json(os.path.join(self.job_dir(job_id), "outcome.json"), out)
-        return out
+    def _ended_or_lost(self, run: str) -> dict | None:
+        """The run's outcome if it has ended, also when its supervisor died."""
+        out = self.outcome(run)
+        if out is None:
+            pid = self.supervisor_pid(run)
+            if pid is not None and _alive(pid):
+                return None
+            out = self.outcome(run)   # it may have finished writing just now
+        if out is None:
+            try:
+                if pid is None and time.time() - os.stat(self.job_dir(run)).st_mtime < 10:
+                    return None  # launch in progress
+            except FileNotFoundError:
+                return None
+            out = {"state": "FAILED", "exit_code": 1, "signal": 0,
+                   "end_time": time.time(), "reason": "job supervisor died (killed?)"}
+            _write_json(os.path.join(self.job_dir(run), "outcome.json"), out)
+        job_id, restart = _parse_run(run)
+        return {**out, "job_id": job_id, "run": restart}
 
     # -- launching -------------------------------------------------------------------
     def launch(self, job: dict) -> None:
         job_id = job["job_id"]
-        jobdir = self.job_dir(job_id)
+        run = f"{job_id}.{job['restart_count']}"
+        jobdir = self.job_dir(run)
         try:
             os.mkdir(jobdir, 0o711)
         except FileExistsError:
             log.info("job %d: already launched here", job_id)
-            self._report_started(job_id)
+            self._report_started(run)
             return
         try:
             self._prepare(job, jobdir)
@@ -144,13 +148,13 @@ class NodeDaemon:
             _write_json(os.path.join(jobdir, "outcome.json"), {
                 "job_id": job_id, "state": "FAILED", "exit_code": 1, "signal": 0,
                 "start_time": time.time(), "end_time": time.time(), "reason": str(exc)})
-            self.report_outcome(job_id)
+            self.report_outcome(run)
             return
         pid = self._spawn_supervisor(jobdir)
         with open(os.path.join(jobdir, "supervisor.pid"), "w") as fh:
             fh.write(str(pid))
         log.info("job %d: launched for %s (supervisor pid %d)", job_id, job["user"], pid)
-        self._report_started(job_id)
+        self._report_started(run)
 
     def _prepare(self, job: dict, jobdir: str) -> None:
         user, uid, gid = job["user"], job["uid"], job["gid"]
@@ -248,52 +252,52 @@ class NodeDaemon:
         except BaseException:
             os._exit(1)
 
-    def _report_started(self, job_id: int) -> None:
-        self.send({"op": "job_started", "node": self.node, "job_id": job_id,
+    def _report_started(self, run: str) -> None:
+        job_id, restart = _parse_run(run)
+        self.send({"op": "job_started", "node": self.node, "job_id": job_id, "run": restart,
                    "protections": self.protections})
 
     # -- signals and cancel ----------------------------------------------------------
-    def cancel(self, job_id: int) -> None:
-        pid = self.supervisor_pid(job_id)
+    def cancel(self, run: str) -> None:
+        pid = self.supervisor_pid(run)
         if pid is None or not _alive(pid):
-            if os.path.isdir(self.job_dir(job_id)):
-                self.report_outcome(job_id)
+            if os.path.isdir(self.job_dir(run)):
+                self.report_outcome(run)
             return
-        log.info("job %d: cancelling (supervisor pid %d)", job_id, pid)
+        log.info("job %s: cancelling (supervisor pid %d)", run, pid)
         os.kill(pid, signal.SIGTERM)
 
-    def signal_job(self, job_id: int, signum: int) -> None:
-        info = _read_json(os.path.join(self.job_dir(job_id), "pid"))
+    def signal_job(self, run: str, signum: int) -> None:
+        info = _read_json(os.path.join(self.job_dir(run), "pid"))
         if not info:
-            log.warning("job %d: no process to signal", job_id)
+            log.warning("job %s: no process to signal", run)
             return
         try:
             os.killpg(info["pid"], signum)
-            log.info("job %d: sent signal %d", job_id, signum)
+            log.info("job %s: sent signal %d", run, signum)
         except ProcessLookupError:
             pass
 
     # -- reporting -------------------------------------------------------------------
-    def report_outcome(self, job_id: int) -> None:
-        out = self._ended_or_lost(job_id)
+    def report_outcome(self, run: str) -> None:
+        out = self._ended_or_lost(run)
         if out is None:
             return
-        out.setdefault("job_id", job_id)
         if self.send({"op": "job_ended", "node": self.node, "outcome": out}):
-            self.unacked[job_id] = time.time()
+            self.unacked[run] = time.time()
 
-    def acknowledged(self, job_id: int) -> None:
-        self.unacked.pop(job_id, None)
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+    def acknowledged(self, run: str) -> None:
+        self.unacked.pop(run, None)
+        shutil.rmtree(self.job_dir(run), ignore_errors=True)
 
     def scan(self) -> None:
-        """Backstop for lost notifications: report every job that has ended."""
+        """Backstop for lost notifications: report every run that has ended."""
         now = time.time()
-        for job_id in self.job_ids():
-            sent = self.unacked.get(job_id)
+        for run in self.runs():
+            sent = self.unacked.get(run)
             if sent is not None and now - sent < 5:
                 continue
-            self.report_outcome(job_id)
+            self.report_outcome(run)
 
     def reap(self) -> None:
         while True:
@@ -329,16 +333,16 @@ class NodeDaemon:
         self.backoff = 0.1
         self.controller = self.loop.add(sock, {"peer": "rmsctld"})
         running, ended = [], []
-        for job_id in self.job_ids():
-            out = self._ended_or_lost(job_id)
+        for run in self.runs():
+            out = self._ended_or_lost(run)
             if out is None:
-                running.append(job_id)
+                running.append(list(_parse_run(run)))
             else:
-                ended.append({"job_id": job_id, **out})
-                self.unacked[job_id] = now
+                ended.append(out)
+                self.unacked[run] = now
         self.send({"op": "node_hello", "node": self.node, "inventory": self.inventory(),
                    "running": running, "ended": ended})
-        self.hello_ended = [o["job_id"] for o in ended]
+        self.hello_ended = [f"{o['job_id']}.{o['run']}" for o in ended]
         self.last_heartbeat = now
         log.info("node %s: connected to rmsctld (%d running, %d to report)",
                  self.node, len(running), len(ended))
@@ -347,7 +351,9 @@ class NodeDaemon:
     def on_message(self, conn: Conn, msg: dict) -> None:
         if conn.listener == "notify":
             if msg.get("op") == "ended" and isinstance(msg.get("job_id"), int):
-                self.report_outcome(msg["job_id"])
+                for run in self.runs():
+                    if _parse_run(run)[0] == msg["job_id"]:
+                        self.report_outcome(run)
             return
         if "op" in msg:  # an order from the controller
             self.order(msg)
@@ -358,13 +364,13 @@ class NodeDaemon:
                 raise SystemExit(f"rmsd: error: {msg.get('error')}")
             return
         if "orders" in msg:  # reply to node_hello
-            for job_id in getattr(self, "hello_ended", []):
-                self.acknowledged(job_id)
+            for run in getattr(self, "hello_ended", []):
+                self.acknowledged(run)
             self.hello_ended = []
             for order in msg["orders"]:
                 self.order(order)
         elif msg.get("ack") == "job_ended":
-            self.acknowledged(msg["job_id"])
+            self.acknowledged(f"{msg['job_id']}.{msg['run']}")
         elif msg.get("rehello"):
             self.loop.close(conn)
 
@@ -373,9 +379,9 @@ class NodeDaemon:
         if op == "launch":
             self.launch(msg["job"])
         elif op == "cancel":
-            self.cancel(msg["job_id"])
+            self.cancel(f"{msg['job_id']}.{msg['run']}")
         elif op == "signal":
-            self.signal_job(msg["job_id"], msg["signal"])
+            self.signal_job(f"{msg['job_id']}.{msg['run']}", msg["signal"])
         else:
             log.warning("node %s: unknown order %r", self.node, op)
 
@@ -403,8 +409,8 @@ class NodeDaemon:
     def stop_jobs(self) -> int:
         """SIGTERM every supervisor (used by `rms-local down`); returns how many."""
         count = 0
-        for job_id in self.job_ids():
-            pid = self.supervisor_pid(job_id)
+        for run in self.runs():
+            pid = self.supervisor_pid(run)
             if pid and _alive(pid):
                 os.kill(pid, signal.SIGTERM)
                 count += 1
@@ -415,5 +421,8 @@ class LaunchError(Exception):
     pass
 
 
-def _unused():  # keep the client import honest for type checkers
-    return client
+def _parse_run(name: str) -> tuple[int, int] | None:
+    job, dot, restart = name.partition(".")
+    if dot and job.isdigit() and restart.isdigit():
+        return int(job), int(restart)
+    return None

@@ -209,7 +209,9 @@ def node_states(directory: str) -> dict[str, str]:
         reply = client.Client(client.socket_path(directory), timeout=5).connect().call("nodes")
     except client.ClientError:
         return {}
-    return {n["name"]: n["state"] for n in reply["nodes"]}
+    # A node counts once its rmsd is connected: after a controller restart the
+    # spool still says "up" for a while, whatever the node daemon is doing.
+    return {n["name"]: n["state"] if n.get("connected") else "DOWN" for n in reply["nodes"]}
 
 
 def up(args) -> int:

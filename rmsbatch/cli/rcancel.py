@@ -1,0 +1,118 @@
+"""rcancel: cancel jobs, or send them a signal, like scancel.
+
+One "cancel" request; silent on success, `rcancel: error: ...` per failure.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from rmsbatch import client
+from rmsbatch import formats as fmt
+from rmsbatch.cli.common import exit_with
+
+PROG = "rcancel"
+
+EXAMPLES = """
+  rcancel 42                    cancel job 42
+  rcancel 42 43,44              cancel three jobs
+  rcancel --me -t PD            cancel all your pending jobs
+  rcancel -u $USER -n sweep     cancel your jobs named "sweep"
+  rcancel -s USR1 42            send SIGUSR1 to job 42's processes; it keeps running
+"""
+
+
+def parse_signal(text: str) -> str:
+    """`USR1`, `SIGUSR1`, `usr1` or `10` -> "SIGUSR1"."""
+    key = text.strip().upper()
+    try:
+        if key.isdigit():
+            return signal.Signals(int(key)).name
+        return signal.Signals[key if key.startswith("SIG") else "SIG" + key].name
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"unknown signal {text!r}: use a name such as USR1, TERM or KILL, or a number") from None
+
+
+def build_parser() -> fmt.CommandParser:
+    parser = fmt.CommandParser(
+        prog=PROG, examples=EXAMPLES,
+        description="Cancel jobs, or signal them (like scancel).\n"
+                    "Give job ids, filters, or both: filters narrow down the ids, and\n"
+                    "alone select every job they match.")
+    parser.add_argument("job_ids", nargs="*", type=fmt.job_id_list, metavar="JOBID",
+                        help="job ids (space- or comma-separated)")
+    sel = parser.add_argument_group("filters (comma-separated lists)")
+    sel.add_argument("-u", "--user", dest="users", action="extend", type=fmt.comma_list,
+                     metavar="USER[,...]", help="jobs of these users")
+    sel.add_argument("--me", action="store_true", help="your own jobs")
+    sel.add_argument("-A", "--account", dest="accounts", action="extend", type=fmt.comma_list,
+                     metavar="ACCOUNT[,...]")
+    sel.add_argument("-p", "--partition", dest="partitions", action="extend",
+                     type=fmt.comma_list, metavar="PARTITION[,...]")
+    sel.add_argument("-t", "--state", "--states", dest="states", action="extend",
+                     type=fmt.job_state_list, metavar="STATE[,...]",
+                     help="jobs in these states (PENDING/PD, RUNNING/R, ...)")
+    sel.add_argument("-n", "--name", "--jobname", dest="names", action="extend",
+                     type=fmt.comma_list, metavar="NAME[,...]")
+    act = parser.add_argument_group("what to do")
+    act.add_argument("-s", "--signal", type=parse_signal, metavar="SIGNAL",
+                     help="send this signal (name or number) instead of cancelling")
+    talk = act.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true",
+                      help="do not print errors (the exit status still reports them)")
+    talk.add_argument("-v", "--verbose", action="store_true",
+                      help="say which jobs were cancelled or signalled")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.ids = [i for group in args.job_ids for i in group]
+    if args.states and "all" in args.states:
+        args.states = None
+    if not (args.ids or args.users or args.me or args.accounts or args.partitions
+            or args.states or args.names):
+        parser.error("name the jobs to cancel: job ids, or filters such as --me or -u USER")
+    return args
+
+
+def request(args: argparse.Namespace) -> dict:
+    fields: dict = {}
+    users = list(args.users or [])
+    if args.me:
+        users.append(fmt.current_user())
+    if users:
+        fields["users"] = users
+    for key in ("ids", "accounts", "partitions", "states", "names"):
+        value = getattr(args, key)
+        if value:
+            fields[key] = value
+    if args.signal:
+        fields["signal"] = args.signal
+    return fields
+
+
+def body(argv: list[str]) -> int:
+    args = parse_args(argv)
+    reply = client.call("cancel", **request(args))
+    if args.verbose:
+        for job_id in reply.get("cancelled") or []:
+            print(f"{PROG}: cancelled job {job_id}", file=sys.stderr)
+        for job_id in reply.get("signalled") or []:
+            print(f"{PROG}: sent {args.signal} to job {job_id}", file=sys.stderr)
+    errors = reply.get("errors") or []
+    if not args.quiet:
+        for text in errors:
+            print(f"{PROG}: error: {text}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def main() -> None:
+    exit_with(PROG, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""rcontrol: look at and administer jobs, nodes and partitions, like scontrol.
+
+    rcontrol show job 42 | show jobs | show node gpu01 | show nodes
+    rcontrol show partition [NAME] | show hostnames LIST | show hostlist NAMES
+    rcontrol drain gpu[01-02] reason="bad fan"      rcontrol resume gpu[01-02]
+    rcontrol update NodeName=gpu01 State=DRAIN Reason="bad fan"
+    rcontrol hold 42 43    rcontrol release 42    rcontrol reconfigure
+
+Sub-commands and `update` keys are case-insensitive, as in scontrol.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rmsbatch import client
+from rmsbatch import formats as fmt
+from rmsbatch.cli.common import CommandError, exit_with
+from rmsbatch.hostlist import HostlistError, compress, expand
+
+PROG = "rcontrol"
+
+EXAMPLES = """
+  rcontrol show job 42                  everything about job 42
+  rcontrol -o show jobs                 active jobs, one line each
+  rcontrol show node gpu01              a node's CPUs, memory, GPUs and jobs
+  rcontrol show partition gpu
+  rcontrol show hostnames 'gpu[01-03]'  one name per line
+  rcontrol drain 'gpu[01-02]' reason="replacing a fan"
+  rcontrol update NodeName=gpu01 State=RESUME
+  rcontrol hold 42 && rcontrol release 42
+"""
+
+ENTITIES = {
+    "job": "job", "jobs": "job", "jobid": "job",
+    "node": "node", "nodes": "node", "nodename": "node",
+    "partition": "partition", "partitions": "partition", "part": "partition",
+    "hostnames": "hostnames", "hostlist": "hostlist",
+}
+COMMANDS = ("show", "drain", "resume", "update", "hold", "release", "reconfigure")
+UPDATE_STATES = {"drain": "drain", "resume": "resume", "undrain": "resume", "idle": "resume"}
+
+
+def _entity(text: str) -> str:
+    key = text.lower()
+    if key not in ENTITIES:
+        raise argparse.ArgumentTypeError(
+            f"cannot show {text!r}: use job, node, partition, hostnames or hostlist")
+    return ENTITIES[key]
+
+
+def _hostlist_arg(text: str) -> str:
+    try:
+        if not expand(text):
+            raise argparse.ArgumentTypeError("expected a host list such as gpu[01-04]")
+    except HostlistError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _settings(parser: argparse.ArgumentParser, items: list[str], allowed: tuple[str, ...]
+              ) -> dict[str, str]:
+    """["NodeName=gpu01", "reason=bad fan"] -> {"nodename": "gpu01", "reason": "bad fan"}."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            parser.error(f"expected KEY=VALUE, got {item!r} "
+                         f"(quote values with spaces: reason=\"bad fan\")")
+        key = key.strip().lower()
+        if key not in allowed:
+            parser.error(f"unknown key {key!r} (use {', '.join(allowed)})")
+        out[key] = value
+    return out
+
+
+def build_parser() -> fmt.CommandParser:
+    parser = fmt.CommandParser(
+        prog=PROG, examples=EXAMPLES,
+        description="Show and administer jobs, nodes and partitions (like scontrol).")
+    parser.add_argument("-o", "--oneliner", action="store_true",
+                        help="show each record on one line")
+    parser.add_argument("--json", action="store_true", help="show records as JSON")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    show = sub.add_parser("show", help="show job, node or partition records", version=False,
+                          description="Show records: job [ID], node [NAME], partition [NAME]; "
+                                      "or expand / compress host lists.")
+    show.add_argument("entity", type=_entity, metavar="ENTITY",
+                      help="job, node, partition, hostnames or hostlist (plural works too)")
+    show.add_argument("name", nargs="?", metavar="NAME",
+                      help="a job id, node list, partition, or host list")
+    # Also after the sub-command (`rcontrol show job 4 -o`); SUPPRESS keeps
+    # the top-level value when they are not repeated here.
+    show.add_argument("-o", "--oneliner", action="store_true", default=argparse.SUPPRESS,
+                      help="each record on one line")
+    show.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                      help="records as JSON")
+
+    drain = sub.add_parser("drain", help="stop scheduling jobs on nodes (reason required)",
+                           version=False)
+    drain.add_argument("nodelist", type=_hostlist_arg, metavar="NODELIST")
+    drain.add_argument("settings", nargs="*", metavar='reason="TEXT"')
+    drain.add_argument("--reason", help="why the nodes are drained")
+
+    resume = sub.add_parser("resume", help="let drained nodes take jobs again", version=False)
+    resume.add_argument("nodelist", type=_hostlist_arg, metavar="NODELIST")
+
+    update = sub.add_parser("update", help="NodeName=X State=DRAIN|RESUME [Reason=TEXT]",
+                            version=False)
+    update.add_argument("settings", nargs="+", metavar="KEY=VALUE")
+
+    for name, text in (("hold", "keep pending jobs from starting"),
+                       ("release", "let held jobs start")):
+        cmd = sub.add_parser(name, help=text, version=False)
+        cmd.add_argument("job_ids", nargs="+", type=fmt.job_id_list, metavar="JOBID")
+
+    sub.add_parser("reconfigure", help="make rmsctld re-read its configuration", version=False)
+    parser.subcommands = sub.choices
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse and check; the result's `action` says what to do."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):           # scontrol takes SHOW as well as show
+        if not arg.startswith("-"):
+            if arg.lower() in COMMANDS:
+                argv[i] = arg.lower()
+            break
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub = parser.subcommands[args.command]
+    if args.command == "show":
+        if args.entity == "job" and args.name is not None:
+            if not args.name.isdigit() or int(args.name) == 0:
+                sub.error(f"invalid job id {args.name!r}: expected a number such as 42")
+            args.job_id = int(args.name)
+        if args.entity in ("hostnames", "hostlist") and not args.name:
+            sub.error(f"show {args.entity} needs a host list, e.g. 'gpu[01-04]'")
+        if args.entity in ("node", "hostnames", "hostlist") and args.name:
+            _check_hostlist(sub, args.name)
+    elif args.command == "drain":
+        settings = _settings(sub, args.settings, ("reason",))
+        args.reason = args.reason or settings.get("reason")
+        if not args.reason or not args.reason.strip():
+            sub.error('drain needs a reason: rcontrol drain NODELIST reason="why"')
+    elif args.command == "update":
+        settings = _settings(sub, args.settings, ("nodename", "state", "reason"))
+        if "nodename" not in settings:
+            sub.error("update needs NodeName=NODELIST (only nodes can be updated)")
+        _check_hostlist(sub, settings["nodename"])
+        state = settings.get("state", "").lower()
+        if state not in UPDATE_STATES:
+            sub.error(f"update needs State=DRAIN or State=RESUME, got {settings.get('state')!r}")
+        args.command = UPDATE_STATES[state]
+        args.nodelist = settings["nodename"]
+        args.reason = settings.get("reason")
+        if args.command == "drain" and not (args.reason or "").strip():
+            sub.error('State=DRAIN needs a reason: Reason="why"')
+    elif args.command in ("hold", "release"):
+        args.ids = [i for group in args.job_ids for i in group]
+    return args
+
+
+def _check_hostlist(parser, text: str) -> None:
+    try:
+        if not expand(text):
+            parser.error("expected a host list such as gpu[01-04]")
+    except HostlistError as exc:
+        parser.error(str(exc))
+
+
+# -- show ---------------------------------------------------------------------
+
+def render_show(args: argparse.Namespace, reply: dict, now: float | None = None) -> str:
+    """The text for `show ...` given the controller's reply (jobs or nodes op)."""
+    entity = args.entity
+    if entity == "job":
+        jobs = reply.get("jobs") or []
+        if args.json:
+            return fmt.render_json("jobs", jobs)
+        if not jobs:
+            return "No jobs in the system"
+        return fmt.render_details([fmt.job_detail(job, now) for job in jobs], args.oneliner)
+    nodes = reply.get("nodes") or []
+    partitions = reply.get("partitions") or []
+    if entity == "node":
+        if args.json:
+            return fmt.render_json("nodes", nodes)
+        return fmt.render_details([fmt.node_detail(n) for n in nodes], args.oneliner)
+    if args.name:
+        partitions = [p for p in partitions if p["name"] == args.name]
+    if args.json:
+        return fmt.render_json("partitions", partitions)
+    return fmt.render_details([fmt.partition_detail(p, nodes) for p in partitions],
+                              args.oneliner)
+
+
+def show(args: argparse.Namespace) -> str:
+    entity, name = args.entity, args.name
+    if entity == "hostnames":
+        return "\n".join(expand(name))
+    if entity == "hostlist":
+        return compress(expand(name))
+    if entity == "job":
+        if name is None:
+            reply = client.call("jobs", active=True)
+        else:
+            reply = client.call("jobs", ids=[args.job_id])
+            if not reply.get("jobs"):
+                raise CommandError(f"job {args.job_id} not found")
+        return render_show(args, reply)
+    reply = client.call("nodes", names=name if entity == "node" else None)
+    if entity == "node" and name and not reply.get("nodes"):
+        raise CommandError(f"node {name} not found")
+    if entity == "partition" and name and not any(
+            p["name"] == name for p in reply.get("partitions") or []):
+        known = ", ".join(p["name"] for p in reply.get("partitions") or []) or "none"
+        raise CommandError(f"partition {name} not found (partitions: {known})")
+    return render_show(args, reply)
+
+
+def body(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.command == "show":
+        text = show(args)
+        if text:
+            sys.stdout.write(text + "\n")
+        return 0
+    if args.command == "drain":
+        client.call("drain", nodes=args.nodelist, reason=args.reason.strip())
+        return 0
+    if args.command == "resume":
+        client.call("resume", nodes=args.nodelist)
+        return 0
+    if args.command in ("hold", "release"):
+        reply = client.call(args.command, ids=args.ids)
+        errors = reply.get("errors") or []
+        for text in errors:
+            print(f"{PROG}: error: {text}", file=sys.stderr)
+        return 1 if errors else 0
+    if args.command == "reconfigure":
+        client.call("reconfigure")
+        return 0
+    raise CommandError(f"unknown command {args.command!r}")    # not reached: argparse checks
+
+
+def main() -> None:
+    exit_with(PROG, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""rq: show pending and running jobs, like squeue.
+
+One "jobs" request with the filters (the controller filters), then a table.
+`build_parser`, `parse_args`, `request` and `render` need no controller.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rmsbatch import client
+from rmsbatch import formats as fmt
+from rmsbatch.cli.common import exit_with
+from rmsbatch.hostlist import HostlistError, expand
+
+PROG = "rq"
+
+EXAMPLES = """
+  rq                            pending and running jobs of every user
+  rq --me                       your jobs
+  rq -u alice,bob -p gpu        jobs of two users in partition gpu
+  rq -t PD                      pending jobs and the reason each waits
+  rq -t all -j 41,42            jobs 41 and 42, whatever their state
+  rq -l                         adds the time limit, node count and full state
+  rq -o "%.10i %.2t %.8u %j"    squeue format codes (rq -o help lists them)
+  rq -o jobid,state,name:30     field names, :WIDTH fixes a width, :.WIDTH aligns right
+  rq -h -o %i -u $USER          job ids only, for scripts
+  rq --json | jq '.jobs[].id'
+"""
+
+
+def _hostlist_arg(text: str) -> list[str]:
+    try:
+        names = expand(text)
+    except HostlistError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not names:
+        raise argparse.ArgumentTypeError("expected a host list such as gpu[001-004]")
+    return names
+
+
+def build_parser() -> fmt.CommandParser:
+    parser = fmt.CommandParser(
+        prog=PROG, short_help=False, examples=EXAMPLES,
+        description="Show pending and running jobs (like squeue).\n"
+                    "Options take comma-separated lists; different options combine with AND.")
+    sel = parser.add_argument_group("which jobs")
+    sel.add_argument("-u", "--user", dest="users", action="extend", type=fmt.comma_list,
+                     metavar="USER[,...]", help="jobs of these users")
+    sel.add_argument("--me", action="store_true", help="your own jobs (same as -u $USER)")
+    sel.add_argument("-A", "--account", dest="accounts", action="extend", type=fmt.comma_list,
+                     metavar="ACCOUNT[,...]", help="jobs charged to these accounts")
+    sel.add_argument("-p", "--partition", dest="partitions", action="extend",
+                     type=fmt.comma_list, metavar="PARTITION[,...]",
+                     help="jobs in these partitions")
+    sel.add_argument("-t", "--states", dest="states", action="extend", type=fmt.job_state_list,
+                     metavar="STATE[,...]",
+                     help="jobs in these states, by name or code (PENDING or PD, "
+                          "RUNNING or R, CD, F, CA, TO, ...); 'all' for every state. "
+                          "Default: PENDING, RUNNING and COMPLETING")
+    sel.add_argument("-j", "--jobs", dest="ids", action="extend", type=fmt.job_id_list,
+                     metavar="ID[,...]", help="these jobs only")
+    sel.add_argument("-n", "--name", dest="names", action="extend", type=fmt.comma_list,
+                     metavar="NAME[,...]", help="jobs with these names")
+    sel.add_argument("-w", "--nodelist", dest="nodes", action="extend", type=_hostlist_arg,
+                     metavar="HOSTLIST", help="jobs running on these nodes, e.g. gpu[001-004]")
+    out = parser.add_argument_group("output")
+    out.add_argument("-o", "--format", metavar="FORMAT",
+                     help="squeue %%-codes ('%%.10i %%j') or field names "
+                          "('jobid,name:30'); 'help' lists both")
+    out.add_argument("-O", "--Format", dest="Format", metavar="FIELDS",
+                     help="field names as squeue --Format: 'JobID,Name:30,State'")
+    out.add_argument("-l", "--long", action="store_true",
+                     help="add TIME_LIMIT and NODES, and show STATE in full")
+    fmt.add_output_options(out)
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse and check the command line; usage errors raise UsageError."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.format and args.Format:
+        parser.error("use -o/--format or -O/--Format, not both")
+    text = args.format or args.Format
+    args.format_help = bool(text) and text.strip().lower() == "help"
+    args.layout = None
+    if not args.json and not args.format_help:
+        try:
+            if args.Format:
+                args.layout = fmt.field_layout(args.Format, fmt.JOB_FIELDS, fmt.JOB_ALIASES)
+            else:
+                args.layout = fmt.job_layout(args.format, long=args.long)
+        except fmt.FormatError as exc:
+            parser.error(f"argument {'-O/--Format' if args.Format else '-o/--format'}: {exc}")
+    return args
+
+
+def request(args: argparse.Namespace) -> dict:
+    """The fields of the one "jobs" request this command sends."""
+    fields: dict = {}
+    users = list(args.users or [])
+    if args.me:
+        users.append(fmt.current_user())
+    if users:
+        fields["users"] = users
+    for key in ("accounts", "partitions", "ids", "names", "nodes"):
+        value = getattr(args, key)
+        if value:
+            fields[key] = value
+    states = args.states or []
+    if not states:
+        fields["active"] = True
+    elif "all" not in states:
+        fields["states"] = list(dict.fromkeys(states))
+    return fields
+
+
+def render(records: list[dict], args: argparse.Namespace, now: float | None = None) -> str:
+    """The text rq prints for these job records ("" for none and no header)."""
+    if args.json:
+        return fmt.render_json("jobs", records)
+    layout = getattr(args, "layout", None) or fmt.job_layout(args.format, long=args.long)
+    return layout.render(records, now, header=not args.noheader)
+
+
+def body(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.format_help:
+        print(fmt.job_format_help())
+        return 0
+    reply = client.call("jobs", **request(args))
+    text = render(reply.get("jobs") or [], args)
+    if text:
+        sys.stdout.write(text + "\n")
+    return 0
+
+
+def main() -> None:
+    exit_with(PROG, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""rsacct: accounting for jobs, finished and running, like sacct.
+
+One "jobs" request for the time window and filters; rows sorted by job id.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from rmsbatch import client
+from rmsbatch import formats as fmt
+from rmsbatch.cli.common import exit_with
+
+PROG = "rsacct"
+
+EXAMPLES = """
+  rsacct                          your jobs since midnight
+  rsacct -j 42 -o JobID,State,Elapsed,MaxRSS,NodeList
+  rsacct -S 2024-05-01 -E now -s FAILED,TIMEOUT
+  rsacct -S now-2hours -a         every user's jobs of the last two hours
+  rsacct -P -n -o JobID,ExitCode  machine-readable: "42|0:0"
+  rsacct -o JobID,JobName%30      a fixed width (longer values end in "+")
+  rsacct -e                       list the fields
+"""
+
+TIME_FORMS = "YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS], now, or now-N{minutes,hours,days}"
+
+_UNITS = {
+    "": 1, "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
+    "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+    "w": 604800, "week": 604800, "weeks": 604800,
+}
+
+
+def parse_when(text: str, now: float | None = None) -> float:
+    """A -S/-E value -> epoch seconds (local time); ValueError names the accepted forms."""
+    now = time.time() if now is None else now
+    value = text.strip()
+    lowered = value.lower()
+    if lowered.startswith("now"):
+        rest = lowered[3:]
+        if not rest:
+            return now
+        sign = rest[0]
+        digits = rest[1:]
+        number = ""
+        while digits and digits[0].isdigit():
+            number, digits = number + digits[0], digits[1:]
+        if sign in "+-" and number and digits in _UNITS:
+            delta = int(number) * _UNITS[digits]
+            return now - delta if sign == "-" else now + delta
+    else:
+        for pattern in ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"):
+            try:
+                parsed = time.strptime(value, pattern)
+            except ValueError:
+                continue
+            return time.mktime(parsed)
+    raise ValueError(f"invalid time {text!r}: use {TIME_FORMS}")
+
+
+def start_of_day(now: float) -> float:
+    local = time.localtime(now)
+    return time.mktime((local.tm_year, local.tm_mon, local.tm_mday, 0, 0, 0, 0, 0, -1))
+
+
+def build_parser() -> fmt.CommandParser:
+    parser = fmt.CommandParser(
+        prog=PROG, examples=EXAMPLES,
+        description="Show accounting data for jobs, running and finished (like sacct).\n"
+                    "Without -j or -S: jobs since 00:00 today.")
+    sel = parser.add_argument_group("which jobs")
+    sel.add_argument("-j", "--jobs", dest="ids", action="extend", type=fmt.job_id_list,
+                     metavar="ID[,...]", help="these jobs (no time window unless -S is given)")
+    sel.add_argument("-u", "--user", dest="users", action="extend", type=fmt.comma_list,
+                     metavar="USER[,...]", help="jobs of these users")
+    sel.add_argument("-a", "--allusers", action="store_true", help="jobs of every user")
+    sel.add_argument("-A", "--accounts", dest="accounts", action="extend",
+                     type=fmt.comma_list, metavar="ACCOUNT[,...]")
+    sel.add_argument("-r", "--partition", dest="partitions", action="extend",
+                     type=fmt.comma_list, metavar="PARTITION[,...]")
+    sel.add_argument("-s", "--state", dest="states", action="extend", type=fmt.job_state_list,
+                     metavar="STATE[,...]", help="jobs in these states (COMPLETED/CD, FAILED/F, ...)")
+    sel.add_argument("--name", dest="names", action="extend", type=fmt.comma_list,
+                     metavar="NAME[,...]", help="jobs with these names")
+    sel.add_argument("-S", "--starttime", metavar="TIME",
+                     help=f"jobs in the system after this time: {TIME_FORMS}")
+    sel.add_argument("-E", "--endtime", metavar="TIME", help="jobs submitted before this time")
+    sel.add_argument("-X", "--allocations", action="store_true",
+                     help="accepted for sacct compatibility (there are no job steps)")
+    out = parser.add_argument_group("output")
+    out.add_argument("-o", "--format", metavar="FIELDS",
+                     help=f"comma-separated fields, any case, NAME%%WIDTH for a fixed width "
+                          f"(default {fmt.SACCT_DEFAULT})")
+    out.add_argument("-e", "--helpformat", action="store_true", help="list the fields")
+    fmt.add_output_options(out, noheader_flags=("-n", "--noheader"))
+    style = out.add_mutually_exclusive_group()
+    style.add_argument("-P", "--parsable2", action="store_true",
+                       help="'|'-separated fields, no trailing '|'")
+    style.add_argument("-p", "--parsable", action="store_true",
+                       help="'|'-separated fields with a trailing '|'")
+    return parser
+
+
+def parse_args(argv: list[str], now: float | None = None) -> argparse.Namespace:
+    """Parse and check; also turns -S/-E into epoch seconds (start_after, end_before)."""
+    now = time.time() if now is None else now
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.start_after = args.end_before = None
+    try:
+        if args.starttime:
+            args.start_after = parse_when(args.starttime, now)
+        elif not args.ids:
+            args.start_after = start_of_day(now)
+    except ValueError as exc:
+        parser.error(f"argument -S/--starttime: {exc}")
+    try:
+        if args.endtime:
+            args.end_before = parse_when(args.endtime, now)
+    except ValueError as exc:
+        parser.error(f"argument -E/--endtime: {exc}")
+    if args.states and "all" in args.states:
+        args.states = None
+    args.layout = None
+    if not args.json and not args.helpformat:
+        try:
+            args.layout = fmt.sacct_layout(args.format)
+        except fmt.FormatError as exc:
+            parser.error(f"argument -o/--format: {exc}")
+    return args
+
+
+def request(args: argparse.Namespace) -> dict:
+    fields: dict = {}
+    for key in ("ids", "users", "accounts", "partitions", "states", "names"):
+        value = getattr(args, key)
+        if value:
+            fields[key] = value
+    if args.start_after is not None:
+        fields["start_after"] = args.start_after
+    if args.end_before is not None:
+        fields["end_before"] = args.end_before
+    fields["all_users"] = bool(args.allusers)
+    return fields
+
+
+def render(records: list[dict], args: argparse.Namespace, now: float | None = None) -> str:
+    records = sorted(records, key=lambda job: job.get("id") or 0)
+    if args.json:
+        return fmt.render_json("jobs", records)
+    layout = getattr(args, "layout", None) or fmt.sacct_layout(args.format)
+    header = not args.noheader
+    if args.parsable2 or args.parsable:
+        return layout.parsable(records, now, header=header, trailing=args.parsable)
+    return layout.render(records, now, header=header)
+
+
+def body(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.helpformat:
+        print(fmt.sacct_format_help())
+        return 0
+    reply = client.call("jobs", **request(args))
+    text = render(reply.get("jobs") or [], args)
+    if text:
+        sys.stdout.write(text + "\n")
+    return 0
+
+
+def main() -> None:
+    exit_with(PROG, body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""rmsbatch vs Slurm 22.05, side by side in one run: see tests/bench/README.md."""

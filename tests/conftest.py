@@ -1,0 +1,225 @@
+"""Fixtures that start real single-host clusters and drive them through the
+installed commands, as a user would."""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+ROOT = os.geteuid() == 0
+BIN = os.path.dirname(sys.executable)
+
+
+def command_path(name: str) -> str:
+    path = os.path.join(BIN, name)
+    return path if os.path.exists(path) else (shutil.which(name) or name)
+
+
+def make_traversable(path: str) -> None:
+    """Let other users reach `path` (the interpreter may live under /root on CI
+    machines): add only the search bit on the directories above it."""
+    path = os.path.realpath(path)
+    parts = path.split(os.sep)
+    for i in range(2, len(parts)):
+        d = os.sep.join(parts[:i])
+        mode = os.stat(d).st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(d, mode | stat.S_IXOTH)
+
+
+def ensure_user(name: str, groups: tuple[str, ...] = ()) -> pwd.struct_passwd:
+    for g in groups:
+        subprocess.run(["groupadd", "-f", g], check=True)
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        cmd = ["useradd", "--create-home", "--shell", "/bin/bash", name]
+        if groups:
+            cmd[1:1] = ["-G", ",".join(groups)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        pw = pwd.getpwnam(name)
+    return pw
+
+
+class Cluster:
+    """A running single-host cluster in its own directory."""
+
+    def __init__(self, directory: str, gpus: int = 4):
+        self.dir = directory
+        self.gpus = gpus
+        self.env = dict(os.environ, RMS_CONF_DIR=directory, PYTHONUNBUFFERED="1")
+        self.env.pop("RMS_DEBUG", None)
+        self.work = os.path.join(directory, "work")
+        os.makedirs(self.work, exist_ok=True)
+        os.chmod(self.work, 0o1777)
+
+    # -- commands ------------------------------------------------------------
+    def run(self, *args, user: str | None = None, input: str | bytes | None = None,
+            cwd: str | None = None, check: bool = False, timeout: float = 60,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+        argv = [command_path(args[0]), *args[1:]]
+        run_env = dict(self.env, **(env or {}))
+        if user is not None:
+            pw = pwd.getpwnam(user)
+            run_env.update(HOME=pw.pw_dir, USER=user, LOGNAME=user)
+            argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
+                    "--init-groups", "--", *argv]
+        result = subprocess.run(argv, input=input, capture_output=True, cwd=cwd or self.work,
+                                env=run_env, timeout=timeout,
+                                text=not isinstance(input, bytes))
+        if check and result.returncode != 0:
+            raise AssertionError(f"{args} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def submit(self, *args, **kw) -> int:
+        result = self.run("rsub", "--parsable", *args, **kw)
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout.strip())
+
+    def job(self, job_id: int) -> dict:
+        result = self.run("rcontrol", "show", "job", str(job_id), "--json")
+        if result.returncode == 0:
+            return json.loads(result.stdout)["jobs"][0]
+        # fall back to the API directly (rcontrol's --json is a convenience)
+        return self.api("jobs", ids=[job_id])["jobs"][0]
+
+    def api(self, op: str, **fields) -> dict:
+        from rmsbatch.client import Client, socket_path
+        with Client(socket_path(self.dir)) as c:
+            return c.call(op, **fields)
+
+    def wait_state(self, job_id: int, states, timeout: float = 30) -> dict:
+        states = {states} if isinstance(states, str) else set(states)
+        deadline = time.time() + timeout
+        while True:
+            job = self.api("jobs", ids=[job_id])["jobs"][0]
+            if job["state"] in states:
+                return job
+            if time.time() > deadline:
+                raise AssertionError(f"job {job_id} is {job['state']}, not {states} after {timeout}s")
+            time.sleep(0.05)
+
+    def wait_ended(self, job_id: int, timeout: float = 30) -> dict:
+        return self.wait_state(job_id, ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
+                                        "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED"], timeout)
+
+    # -- daemons -------------------------------------------------------------
+    def up(self, *extra) -> subprocess.CompletedProcess:
+        return self.run("rms-local", "up", "--dir", self.dir, "--gpus", str(self.gpus), *extra,
+                        check=True)
+
+    def down(self) -> None:
+        self.run("rms-local", "down", "--dir", self.dir)
+
+    def pid(self, daemon: str) -> int | None:
+        name = "rmsctld.pid" if daemon == "rmsctld" else f"rmsd-{self.node}.pid"
+        try:
+            with open(os.path.join(self.dir, "run", name)) as fh:
+                return int(fh.read())
+        except (OSError, ValueError):
+            return None
+
+    def kill9(self, daemon: str) -> None:
+        pid = self.pid(daemon)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except OSError:
+                break
+            time.sleep(0.02)
+
+    @property
+    def node(self) -> str:
+        return self.api("nodes")["nodes"][0]["name"]
+
+    def tweak(self, old: str, new: str) -> None:
+        path = os.path.join(self.dir, "cluster.toml")
+        with open(path) as fh:
+            text = fh.read()
+        assert old in text, old
+        with open(path, "w") as fh:
+            fh.write(text.replace(old, new))
+
+
+def _new_cluster_dir() -> str:
+    directory = tempfile.mkdtemp(prefix="rms-test-", dir="/tmp")
+    os.chmod(directory, 0o755)
+    return directory
+
+
+@pytest.fixture
+def new_cluster():
+    """Factory: clusters this test owns and may break; all stopped at the end."""
+    made = []
+
+    def make(gpus: int = 4, start: bool = True, before_start=None) -> Cluster:
+        c = Cluster(_new_cluster_dir(), gpus)
+        made.append(c)
+        if before_start:
+            c.run("rms-local", "up", "--dir", c.dir, "--gpus", str(gpus), check=True)
+            c.down()
+            before_start(c)
+        if start:
+            c.up()
+        return c
+
+    yield make
+    for c in made:
+        c.down()
+        _kill_leftovers(c.dir)
+        shutil.rmtree(c.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A cluster shared by the tests of one module (they must not break it)."""
+    c = Cluster(_new_cluster_dir(), 4)
+    c.up()
+    yield c
+    c.down()
+    _kill_leftovers(c.dir)
+    shutil.rmtree(c.dir, ignore_errors=True)
+
+
+def _kill_leftovers(directory: str) -> None:
+    """Belt and braces: no daemon of a test cluster outlives its test."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
+            continue
+        if directory.encode() in cmd and (b"rmsctld" in cmd or b"rmsd" in cmd):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def users():
+    """Two real Unix users (created when root), able to run our commands."""
+    if not ROOT:
+        pytest.skip("creating users needs root")
+    make_traversable(sys.executable)
+    make_traversable(os.path.realpath(sys.executable))
+    import rmsbatch
+    make_traversable(os.path.dirname(rmsbatch.__file__))
+    alice = ensure_user("rmsalice", ("rmsteam",))
+    bob = ensure_user("rmsbob")
+    return alice, bob
