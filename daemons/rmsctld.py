@@ -80,7 +80,7 @@ def run(ctl, loop, signals, spool, conf_dir) -> None:
     from rmsbatch import config as configmod
     last_check = time.time()
     while not signals.stop:
-        messages = loop.poll(0 if ctl.dirty else 1.0)
+        messages = loop.poll(0 if ctl.needs_pass else 1.0)
         if messages:
             replies = []
             with spool.transaction():
@@ -94,7 +94,7 @@ def run(ctl, loop, signals, spool, conf_dir) -> None:
         for conn in loop.closed:
             ctl.connection_closed(conn)
         loop.closed.clear()
-        if ctl.dirty:
+        if ctl.needs_pass:
             ctl.schedule()
             ctl.flush()
         now = time.time()

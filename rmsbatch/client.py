@@ -165,6 +165,14 @@ class Client:
         return self.receive()
 
 
+def records(reply: dict, key: str = "jobs") -> list[dict]:
+    """The records of a listing reply, whether sent as objects or as rows."""
+    if "rows" in reply:
+        columns = reply["columns"]
+        return [dict(zip(columns, row)) for row in reply["rows"]]
+    return reply.get(key) or []
+
+
 def call(op: str, **fields) -> dict:
     """One request on a fresh connection."""
     with Client() as client:

@@ -19,7 +19,7 @@ from rmsbatch.config import Config
 from rmsbatch.jobspec import JobSpec, SpecError
 from rmsbatch.placement import NodeAlloc, NodeView, Request
 from rmsbatch.server import Conn, Loop
-from rmsbatch.spool import Spool
+from rmsbatch.spool import JOB_COLUMNS, Spool
 from rmsbatch.states import FINISHED, JobState, NodeState, parse_state
 
 log = logging.getLogger("rmsbatch.controller")
@@ -29,6 +29,11 @@ SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TE
            "CONT": 18, "STOP": 19, "TSTP": 20, "ALRM": 14}
 HIDDEN = ("alloc", "launched", "cancel_requested", "gid", "mem_whole_node", "gpus_per_node",
           "constraint_expr")
+
+
+# Record fields a listing may ask for by name (stored as they are shown).
+PROJECTABLE = frozenset(c for c in JOB_COLUMNS if c not in HIDDEN
+                        and c not in ("hold", "requeue", "exclusive"))
 
 
 class RequestError(Exception):
@@ -69,7 +74,9 @@ class Controller:
         self.my_uid = os.geteuid()
         self.node_conns: dict[str, Conn] = {}
         self.waiters: dict[int, list[Conn]] = {}
-        self.dirty = True
+        self.dirty = True                  # a full scheduling pass is due
+        self.fresh: list[int] = []         # jobs submitted since the last pass
+        self.blocked_at: dict[str, tuple] = {}
         self.outbox: list[tuple[Conn, dict]] = []
         self._users: dict[int, str] = {}
         self.rebuild()
@@ -184,14 +191,15 @@ class Controller:
         user = self.user_name(conn.uid)
         spec = JobSpec.from_dict(msg.get("spec"))
         row = self.admit(spec, user, conn.uid, conn.gid)
-        if self.spool.count_active() >= self.config.cluster.controller.max_jobs:
+        if len(self.pending) + len(self.running) >= self.config.cluster.controller.max_jobs:
             raise RequestError(f"the queue is full ({self.config.cluster.controller.max_jobs} "
                                "active jobs): try again later")
         job_id = self.spool.insert_job(row, spec.to_dict())
         row["id"] = job_id
         self.pending[job_id] = self._pending(row)
         self.reasons[job_id] = row["reason"]
-        self.dirty = True
+        if not spec.hold:
+            self.fresh.append(job_id)
         log.info("job %d: submitted by %s (%s, partition %s)", job_id, user, row["name"],
                  row["partition"])
         return {"job_id": job_id}
@@ -285,13 +293,22 @@ class Controller:
             states = ACTIVE_STATES
         if msg.get("finished") and not states:
             states = [s.value for s in FINISHED]
-        rows = self.spool.jobs(
+        query = dict(
             ids=ids, users=[caller] if own_only else users,
             accounts=_str_list(msg.get("accounts"), "accounts"),
             partitions=_str_list(msg.get("partitions"), "partitions"),
             states=states, names=_str_list(msg.get("names"), "names"),
             start_after=_float(msg.get("start_after")), end_before=_float(msg.get("end_before")))
         nodes = _str_list(msg.get("nodes"), "nodes")
+        fields = _str_list(msg.get("fields"), "fields")
+        if fields and not nodes:
+            # Listings of thousands of jobs: only the columns asked for, as rows.
+            unknown = [f for f in fields if f not in PROJECTABLE]
+            if unknown:
+                raise RequestError(f"unknown job field(s): {', '.join(unknown)}")
+            rows = self.spool.jobs(**query, columns=fields)
+            return {"columns": fields, "rows": rows}
+        rows = self.spool.jobs(**query)
         if nodes:
             wanted = set(n for spec in nodes for n in hostlist.expand(spec))
             rows = [r for r in rows if set(hostlist.expand(r["nodelist"])) & wanted]
@@ -384,8 +401,10 @@ class Controller:
                 errors.append(f"job {row['id']} was held by an administrator: ask one to release it")
                 continue
             value = (2 if admin and row["user"] != caller else 1) if hold else 0
-            self.spool.update_job(row["id"], hold=value)
+            reason = {0: "None", 1: scheduler.HELD_USER, 2: scheduler.HELD_ADMIN}[value]
+            self.spool.update_job(row["id"], hold=value, reason=reason)
             self.pending[row["id"]].hold = value
+            self.reasons[row["id"]] = reason
             changed.append(row["id"])
         self.dirty = True
         return {"changed": changed, "errors": errors}
@@ -609,16 +628,44 @@ class Controller:
                 self._send(c, {"ok": True, "job": record})
 
     # -- scheduling ---------------------------------------------------------------------
+    @property
+    def needs_pass(self) -> bool:
+        return self.dirty or bool(self.fresh)
+
+    def _fresh_jobs_wait(self) -> bool:
+        """Settle new submissions without a full pass when nothing changed but
+        their arrival and each lands behind its partition's blocked job."""
+        reasons = {}
+        for job_id in self.fresh:
+            job = self.pending.get(job_id)
+            if job is None or job.hold:
+                continue
+            blocker = self.blocked_at.get(job.partition)
+            if blocker is None or scheduler.order_key(job) < blocker:
+                return False
+            reasons[job_id] = scheduler.PRIORITY
+        with self.spool.transaction():
+            self.spool.set_reasons(reasons)
+        self.reasons.update(reasons)
+        return True
+
     def schedule(self, now: float | None = None) -> int:
         """One scheduling pass; returns how many jobs started."""
         now = self.clock() if now is None else now
+        if not self.dirty and self._fresh_jobs_wait():
+            self.fresh = []
+            return 0
         self.dirty = False
-        if not self.pending:
+        self.fresh = []
+        eligible = [j for j in self.pending.values() if not j.hold]
+        if not eligible:
+            self.blocked_at = {}
             return 0
         parts = {p.name: scheduler.PartitionView(p.name, p.state == "UP",
                                                  self.config.partition_nodes[p.name])
                  for p in self.config.partitions.values()}
-        decisions = scheduler.schedule(list(self.pending.values()), self.nodes, parts, now)
+        decisions = scheduler.schedule(eligible, self.nodes, parts, now)
+        self.blocked_at = decisions.blocked
         with self.spool.transaction():
             for job_id, alloc in decisions.starts:
                 names = list(alloc)

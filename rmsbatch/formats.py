@@ -159,10 +159,11 @@ class Field(NamedTuple):
 
 class Column:
     """A field placed in a layout: width None means sized to fit (or natural)."""
-    __slots__ = ("header", "get", "width", "right", "mark")
+    __slots__ = ("header", "get", "width", "right", "mark", "name")
 
     def __init__(self, header: str, get, width: int | None = None, right: bool = False,
-                 mark: str = ""):
+                 mark: str = "", name: str = ""):
+        self.name = name            # the field's key in its table (rq asks only for those)
         self.header = header
         self.get = get
         self.width = width
@@ -171,8 +172,9 @@ class Column:
 
     @classmethod
     def of(cls, field: Field, width: int | None = None, right: bool | None = None,
-           mark: str = "") -> "Column":
-        return cls(field.header, field.get, width, field.right if right is None else right, mark)
+           mark: str = "", name: str = "") -> "Column":
+        return cls(field.header, field.get, width, field.right if right is None else right,
+                   mark, name)
 
     def __repr__(self) -> str:
         return f"Column({self.header!r}, width={self.width}, right={self.right})"
@@ -311,7 +313,7 @@ def field_layout(text: str, fields: dict[str, Field], aliases: dict[str, str] | 
             known = ", ".join(fields)
             raise FormatError(f"unknown {what} {name!r} (known: {known})")
         width, right = _parse_width(spec, item) if spec else (None, None)
-        columns.append(Column.of(fields[key], width, right, mark))
+        columns.append(Column.of(fields[key], width, right, mark, key))
     if not columns:
         raise FormatError(f"empty format: name at least one {what}")
     return Layout(columns, dashes=dashes)
@@ -410,7 +412,7 @@ def squeue_layout(text: str, fields: dict[str, Field] = JOB_FIELDS,
             raise FormatError(f"%.{letter} in {text!r} needs a width to align right, e.g. %.10{letter}")
         literals.append("".join(buf))
         buf = []
-        columns.append(Column.of(fields[codes[letter]], width, right))
+        columns.append(Column.of(fields[codes[letter]], width, right, name=codes[letter]))
         i = k + 1
     literals.append("".join(buf))
     return Layout(columns, literals, auto=False)

@@ -43,10 +43,17 @@ class PartitionView:
 class Decisions:
     starts: list[tuple[int, Allocation]] = field(default_factory=list)
     reasons: dict[int, str] = field(default_factory=dict)
+    # partition -> order key of the job that could not start there: anything
+    # that sorts after it waits for Priority until something changes
+    blocked: dict[str, tuple] = field(default_factory=dict)
+
+
+def order_key(job: PendingJob) -> tuple:
+    return (-job.priority, job.submit_time, job.id)
 
 
 def order(pending: list[PendingJob]) -> list[PendingJob]:
-    return sorted(pending, key=lambda j: (-j.priority, j.submit_time, j.id))
+    return sorted(pending, key=order_key)
 
 
 def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
@@ -75,6 +82,7 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             usable = sum(1 for n in candidates if n.usable)
             out.reasons[job.id] = NODES_UNAVAILABLE if usable < job.request.nodes else RESOURCES
             blocked.add(job.partition)
+            out.blocked[job.partition] = order_key(job)
             continue
         take(nodes, alloc)
         out.starts.append((job.id, alloc))

@@ -91,7 +91,7 @@ class Spool:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
+        self.db.row_factory = None
         self.db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before we acknowledge it.
         self.db.execute("PRAGMA synchronous=FULL")
@@ -178,14 +178,16 @@ class Spool:
 
     def job(self, job_id: int) -> dict | None:
         row = self.db.execute(_SELECT + " WHERE id = ?", (job_id,)).fetchone()
-        return dict(row) if row else None
+        return dict(zip(JOB_COLUMNS, row)) if row else None
 
     def job_spec(self, job_id: int) -> dict | None:
         row = self.db.execute("SELECT spec FROM job_payloads WHERE job_id = ?", (job_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def jobs(self, *, ids=None, users=None, accounts=None, partitions=None, states=None,
-             names=None, start_after=None, end_before=None) -> list[dict]:
+             names=None, start_after=None, end_before=None, columns=None) -> list:
+        """Job rows matching every filter given, by id; as dicts, or as tuples
+        of `columns` when those are named (the fast path for big listings)."""
         where, args = [], []
         for column, values in (("id", ids), ("user", users), ("account", accounts),
                                ("partition", partitions), ("state", states), ("name", names)):
@@ -199,8 +201,16 @@ class Spool:
         if end_before is not None:
             where.append("submit_time <= ?")
             args.append(end_before)
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        select = _SELECT
+        if columns:
+            unknown = set(columns) - set(JOB_COLUMNS)
+            if unknown:
+                raise SpoolError(f"unknown job column(s): {', '.join(sorted(unknown))}")
+            select = "SELECT " + ", ".join(columns) + " FROM jobs"
+        sql = select + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
         cur = self.db.execute(sql, args)
+        if columns:
+            return cur.fetchall()
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row)) for row in cur]
 
@@ -208,15 +218,12 @@ class Spool:
         return self.jobs(states=[JobState.PENDING.value, JobState.RUNNING.value,
                                  JobState.COMPLETING.value])
 
-    def count_active(self) -> int:
-        return self.db.execute(
-            "SELECT count(*) FROM jobs WHERE state IN ('PENDING','RUNNING','COMPLETING')"
-        ).fetchone()[0]
-
     # -- nodes ----------------------------------------------------------------
     def nodes(self) -> dict[str, dict]:
-        rows = self.db.execute("SELECT name, up, drain, reason, last_heartbeat, inventory FROM nodes")
-        return {r["name"]: {**dict(r), "inventory": json.loads(r["inventory"])} for r in rows}
+        cur = self.db.execute("SELECT name, up, drain, reason, last_heartbeat, inventory FROM nodes")
+        cols = [d[0] for d in cur.description]
+        rows = [dict(zip(cols, r)) for r in cur]
+        return {r["name"]: {**r, "inventory": json.loads(r["inventory"])} for r in rows}
 
     def upsert_node(self, name: str, **fields) -> None:
         if "inventory" in fields:

@@ -297,11 +297,24 @@ def test_rq_body(monkeypatch, capsys):
 
     def fake(op, **fields):
         seen.append((op, fields))
-        return {"ok": True, "jobs": [RUNNING]}
+        # the compact form the controller answers a projection with
+        names = fields["fields"]
+        return {"ok": True, "columns": names, "rows": [[RUNNING.get(n) for n in names]]}
     monkeypatch.setattr(client, "call", fake)
     assert run_main("rq", rq.body, ["-h", "-o", "%i %t"]) == 0
     assert capsys.readouterr().out == "42 R\n"
-    assert seen == [("jobs", {"active": True})]
+    assert seen == [("jobs", {"active": True, "fields": ["id", "state"]})]
+
+
+def test_rq_asks_only_for_fields_the_controller_has():
+    from rmsbatch.controller import PROJECTABLE
+    for name in fmt.JOB_FIELDS:
+        layout = fmt.job_layout(name)
+        keys = rq.projection(layout)
+        assert set(keys) <= PROJECTABLE, (name, keys)
+        # and the rendered value needs nothing beyond them
+        record = {k: RUNNING.get(k) for k in keys}
+        assert layout.render([record], NOW, header=False) == layout.render([RUNNING], NOW, header=False)
 
 
 # -- rsacct -------------------------------------------------------------------

@@ -15,6 +15,22 @@ from rmsbatch.hostlist import HostlistError, expand
 
 PROG = "rq"
 
+# The record keys each column reads. rq asks the controller for just those,
+# so a listing of 10,000 jobs travels as compact rows of a few fields.
+FIELD_KEYS = {
+    "jobid": ("id",), "time": ("start_time", "end_time", "state"),
+    "st": ("state",), "cpus": ("alloc_cpus", "req_cpus"), "gpus": ("req_gpus",),
+    "min_memory": ("req_mem_mb",), "nodelist_reason": ("nodelist", "state", "reason"),
+    "exit_code": ("exit_code", "exit_signal"), "work_dir": ("workdir",),
+}
+
+
+def projection(layout) -> list[str]:
+    keys = {"id"}
+    for col in layout.columns:
+        keys.update(FIELD_KEYS.get(col.name, (col.name,)))
+    return sorted(keys)
+
 EXAMPLES = """
   rq                            pending and running jobs of every user
   rq --me                       your jobs
@@ -129,8 +145,11 @@ def body(argv: list[str]) -> int:
     if args.format_help:
         print(fmt.job_format_help())
         return 0
-    reply = client.call("jobs", **request(args))
-    text = render(reply.get("jobs") or [], args)
+    fields = request(args)
+    if args.layout is not None and "nodes" not in fields:
+        fields["fields"] = projection(args.layout)
+    reply = client.call("jobs", **fields)
+    text = render(client.records(reply), args)
     if text:
         sys.stdout.write(text + "\n")
     return 0

@@ -34,6 +34,12 @@ _UNITS = {
     "w": 604800, "week": 604800, "weeks": 604800,
 }
 
+# Everything rsacct's fields can show (see the "jobs" op's `fields`).
+FIELDS = ["id", "name", "user", "uid", "account", "partition", "qos", "state", "reason",
+          "exit_code", "exit_signal", "submit_time", "start_time", "end_time", "time_limit",
+          "nodes", "alloc_cpus", "req_cpus", "req_mem_mb", "alloc_gpus", "req_gpus",
+          "nodelist", "max_rss_kb", "total_cpu_s", "priority", "workdir"]
+
 
 def parse_when(text: str, now: float | None = None) -> float:
     """A -S/-E value -> epoch seconds (local time); ValueError names the accepted forms."""
@@ -164,8 +170,11 @@ def body(argv: list[str]) -> int:
     if args.helpformat:
         print(fmt.sacct_format_help())
         return 0
-    reply = client.call("jobs", **request(args))
-    text = render(reply.get("jobs") or [], args)
+    fields = request(args)
+    if not args.json:
+        fields["fields"] = FIELDS   # compact rows: listings run to tens of thousands
+    reply = client.call("jobs", **fields)
+    text = render(client.records(reply), args)
     if text:
         sys.stdout.write(text + "\n")
     return 0

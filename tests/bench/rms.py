@@ -37,6 +37,10 @@ class Rms(System):
         super().__init__(os.path.join(root, "work"),
                          dict(os.environ, RMS_CONF_DIR=self.dir, PYTHONUNBUFFERED="1"))
         self.env.pop("RMS_DEBUG", None)
+        # An installed package has its bytecode compiled; let Python cache it here too
+        # (this environment sets PYTHONDONTWRITEBYTECODE, which recompiles every edited
+        # module on every call).
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.processes = processes
         self.user = getpass.getuser()
         self._conn = None

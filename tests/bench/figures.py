@@ -1,0 +1,327 @@
+"""Figures 1-9: the same measurement on rmsbatch and on Slurm, one after the other.
+
+Each figure function takes the Context, sets the stage on every system (a queue of
+N held jobs, an empty queue, ...), measures, and appends Rows. A failure on one
+system becomes an error cell; the figure and the run go on.
+"""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass
+
+from tests.bench import util
+from tests.bench.report import Row, Target
+from tests.bench.system import System
+from tests.bench.util import Measurement
+
+MS = 1e-3
+
+
+@dataclass
+class Sizes:
+    seq_submits: int = 1000
+    block: int = 100                 # sequential throughput is per block of this many calls
+    clients: int = 8
+    per_client: int = 125
+    concurrent_reps: int = 3
+    small_queue: int = 1000
+    big_queue: int = 10000
+    query_reps: int = 20
+    warmup: int = 3
+    e2e_jobs: int = 500
+    e2e_reps: int = 3
+    start_reps: int = 20
+    acct_reps: int = 10
+    floor_reps: int = 20
+
+    @classmethod
+    def quick(cls) -> "Sizes":
+        return cls(seq_submits=200, block=50, per_client=25, concurrent_reps=2, query_reps=10,
+                   warmup=2, e2e_jobs=200, e2e_reps=1, start_reps=10, acct_reps=5, floor_reps=10)
+
+
+class Context:
+    def __init__(self, rms, slurm, sizes: Sizes):
+        self.rms = rms
+        self.slurm = slurm
+        self.sizes = sizes
+        self.rows: list[Row] = []
+        self.floor: dict[str, Measurement] = {}
+
+    def systems(self) -> list[System]:
+        return [s for s in (self.rms, self.slurm) if s is not None]
+
+    def variants(self):
+        """rmsbatch, then Slurm in each scheduler setting, starting with the current one."""
+        if self.rms:
+            yield self.rms
+        if self.slurm:
+            from tests.bench.slurm import VARIANTS
+            order = sorted(VARIANTS, key=lambda v: v != self.slurm.variant)
+            for v in order:
+                try:
+                    self.slurm.set_variant(v)
+                except Exception as exc:  # noqa: BLE001
+                    util.log(f"could not switch Slurm to {v}: {exc}")
+                    continue
+                yield self.slurm
+
+    def row(self, *args, **kwargs) -> Row:
+        row = Row(*args, **kwargs)
+        self.rows.append(row)
+        return row
+
+    def measure(self, system: System, rows: list[Row], fn) -> None:
+        """cells = fn(); fn returns one Measurement per row (or raises: error cells)."""
+        column = system.label
+        try:
+            results = fn()
+        except Exception as exc:  # noqa: BLE001 - one failure must not stop the run
+            util.log(f"{column}: {rows[0].label}: FAILED: {exc}")
+            if os.environ.get("RMS_BENCH_DEBUG"):
+                traceback.print_exc()
+            for r in rows:
+                r.cells[column] = f"error: {exc}"
+            return
+        for r, m in zip(rows, results):
+            r.cells[column] = m
+            if isinstance(m, Measurement) and m.samples:
+                util.log(f"{column}: {r.label}: median {m.median:.4g} (n={len(m.samples)})")
+
+
+# -- the floor ---------------------------------------------------------------------------
+def python_floor(ctx: Context) -> None:
+    from tests.bench.rms import command
+    py = command("python3")
+    env = ctx.rms.env if ctx.rms else None
+    for key, argv in (("python3 -c pass", [py, "-c", "pass"]),
+                      ("python3 -S -c pass", [py, "-S", "-c", "pass"])):
+        ctx.floor[key] = Measurement(util.repeat(argv, ctx.sizes.floor_reps, 3, env))
+
+
+# -- 1, 2: submit ------------------------------------------------------------------------
+def submit_sequential(ctx: Context) -> None:
+    n = ctx.sizes.seq_submits
+    p50 = ctx.row("submit", f"1 submit latency, {n:,} sequential held", "ms",
+                  target=Target("floor_max", 15 * MS, "≤ python floor + 15 ms"))
+    p90 = ctx.row("submit", f"1 submit latency, {n:,} sequential held", "ms", stat="p90")
+    rate = ctx.row("submit", "2 submit throughput, sequential", "jobs/s", higher_better=True)
+    for system in ctx.systems():
+        def run(system=system):
+            system.empty_queue()
+            argv = system.submit_held()
+            for _ in range(ctx.sizes.warmup):
+                system.timed(argv)
+            calls = [system.timed(argv)[0] for _ in range(n)]
+            blocks = [ctx.sizes.block / sum(calls[i:i + ctx.sizes.block])
+                      for i in range(0, n - ctx.sizes.block + 1, ctx.sizes.block)]
+            return Measurement(calls), Measurement(calls), Measurement(blocks)
+        ctx.measure(system, [p50, p90, rate], run)
+
+
+def submit_concurrent(ctx: Context) -> None:
+    s = ctx.sizes
+    rate = ctx.row("concurrent", f"2 submit throughput, {s.clients} concurrent clients",
+                   "jobs/s", higher_better=True, target=Target("ratio_min", 3, "≥ 3"))
+    for system in ctx.systems():
+        def run(system=system):
+            argv = system.submit_held()
+            for _ in range(s.warmup):
+                system.timed(argv)
+            rates = []
+            for _ in range(s.concurrent_reps):
+                start = time.perf_counter()
+                util.parallel(s.clients, list(range(s.clients)),
+                              lambda _: [system.timed(argv) for _ in range(s.per_client)])
+                rates.append(s.clients * s.per_client / (time.perf_counter() - start))
+            return [Measurement(rates)]
+        ctx.measure(system, [rate], run)
+
+
+# -- 3, 4: queries -------------------------------------------------------------------------
+def queue_query(ctx: Context, size: int) -> None:
+    s = ctx.sizes
+    target = Target("ratio_max", 1, "≤ 1") if size >= 10000 else None
+    plain = ctx.row("query", f"3 queue query at {size:,} held, default format", "ms",
+                    target=target)
+    short = ctx.row("query", f"3 queue query at {size:,} held, -h -o '%i %t'", "ms",
+                    target=target)
+    for system in ctx.systems():
+        def run(system=system):
+            system.ensure_queued(size)
+            out = []
+            for argv in (system.queue_default(), system.queue_format()):
+                lines = len(system.timed(argv)[1].splitlines())
+                m = Measurement(util.repeat(argv, s.query_reps, s.warmup, system.env,
+                                            system.workdir), extra={"lines": lines})
+                out.append(m)
+            return out
+        ctx.measure(system, [plain, short], run)
+
+
+def one_job_query(ctx: Context) -> None:
+    s = ctx.sizes
+    row = ctx.row("query-one", f"4 one-job query (-j N) at {s.big_queue:,} held", "ms",
+                  target=Target("ratio_max", 1, "≤ 1"))
+    for system in ctx.systems():
+        def run(system=system):
+            system.ensure_queued(s.big_queue)
+            ids = sorted(system.active_ids())
+            argv = system.queue_one(ids[len(ids) // 2])
+            return [Measurement(util.repeat(argv, s.query_reps, s.warmup, system.env,
+                                            system.workdir))]
+        ctx.measure(system, [row], run)
+
+
+# -- 5: cancel -----------------------------------------------------------------------------
+def cancel(ctx: Context) -> None:
+    n = ctx.sizes.big_queue
+    row = ctx.row("cancel", f"5 cancel {n:,} held (-u USER) until the queue is empty", "s")
+    for system in ctx.systems():
+        def run(system=system):
+            system.ensure_queued(n)
+            start = time.time()
+            took, _ = system.timed(system.cancel_all())
+            empty = system.wait_empty(600)
+            return [Measurement([empty - start], note="one run", extra={"command_s": took})]
+        ctx.measure(system, [row], run)
+
+
+# -- 6, 7: running jobs --------------------------------------------------------------------
+JOB = ("-c", "1", "--mem=100M")
+
+
+def end_to_end(ctx: Context) -> None:
+    s = ctx.sizes
+    n = s.e2e_jobs
+    row = ctx.row("e2e", f"6 end to end, {n} one-CPU jobs, first submit to last end",
+                  "jobs/s", higher_better=True, target=Target("ratio_min", 3, "≥ 3"))
+    sub = ctx.row("e2e", f"6   of which the {n} sequential submit calls", "s")
+    arr = ctx.row("e2e", f"6 end to end, one {n}-task array", "jobs/s", higher_better=True)
+    for system in ctx.variants():
+        def run(system=system):
+            system.empty_queue()
+            argv = system.submit(*JOB, "--wrap", "true")
+            system.timed(argv)                       # warm-up job, excluded
+            system.wait_empty(120)
+            rates, submits, states = [], [], {}
+            for _ in range(s.e2e_reps):
+                start = time.time()
+                ids = [system.parse_job_id(system.timed(argv)[1]) for _ in range(n)]
+                submitted = time.time()
+                end = system.wait_empty(900)
+                rates.append(n / (end - start))
+                submits.append(submitted - start)
+                states = job_states(system, ids)
+            extra = {"states_of_last_rep": states}
+            return Measurement(rates, extra=extra), Measurement(submits)
+        ctx.measure(system, [row, sub], run)
+        if system.family == "Slurm":
+            def run_array(system=system):
+                system.empty_queue()
+                rates = []
+                for _ in range(s.e2e_reps):
+                    start = time.time()
+                    system.timed(system.submit(*JOB, f"--array=1-{n}", "--wrap", "true"))
+                    rates.append(n / (system.wait_empty(900) - start))
+                return [Measurement(rates)]
+            ctx.measure(system, [arr], run_array)
+        else:
+            arr.cells[system.label] = "n/a (no arrays)"
+
+
+def job_states(system: System, ids: list[int]) -> dict[str, int]:
+    """How the jobs ended (a run of failing jobs would look fast)."""
+    counts: dict[str, int] = {}
+    if system.family == "rmsbatch":
+        for job in system.call("jobs", ids=ids)["jobs"]:
+            counts[job["state"]] = counts.get(job["state"], 0) + 1
+    elif getattr(system, "accounting", False):
+        system.wait_accounting()
+        out = util.run([system.bin("sacct"), "-X", "-n", "-P", "-o", "state", "-j",
+                        ",".join(map(str, ids))], env=system.env).stdout
+        for state in out.split():
+            counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def submit_to_start(ctx: Context) -> None:
+    reps = ctx.sizes.start_reps
+    row = ctx.row("start", f"7 submit to start, idle cluster ({reps} jobs)", "ms",
+                  target=Target("ratio_max", 0.05, "≤ 0.05"))
+    for system in ctx.variants():
+        def run(system=system):
+            system.empty_queue()
+            delays = []
+            for i in range(reps + 1):                # the first is a warm-up
+                stamp = os.path.join(system.workdir, f"start-{system.variant}-{i}")
+                argv = system.submit(*JOB, "--wrap", f"date +%s.%N > {stamp}.tmp && "
+                                                     f"mv {stamp}.tmp {stamp}")
+                began = time.time()
+                system.timed(argv)
+                util.wait_until(lambda: os.path.exists(stamp), 60, interval=0.002,
+                                what="job start stamp")
+                with open(stamp) as fh:
+                    started = float(fh.read())
+                if i:
+                    delays.append(started - began)
+                system.wait_empty(60)
+            return [Measurement(delays)]
+        ctx.measure(system, [row], run)
+
+
+# -- 8: accounting ---------------------------------------------------------------------------
+def accounting(ctx: Context) -> None:
+    s = ctx.sizes
+    row = ctx.row("acct", "8 accounting: list every finished job", "ms",
+                  target=Target("ratio_max", 0.25, "≤ 0.25"))
+    systems = ctx.systems()
+    counts = {}
+    for system in systems:                # the same number of finished jobs on each
+        try:
+            system.empty_queue()
+            counts[system.label] = system.finished_count()
+        except Exception as exc:  # noqa: BLE001
+            row.cells[system.label] = f"error: {exc}"
+    want = max([s.big_queue, *counts.values()])
+    for system in systems:
+        if system.label not in counts:
+            continue
+        def run(system=system):
+            have = counts[system.label]
+            if have < want:
+                util.log(f"{system.label}: topping up to {want:,} finished jobs")
+                system.ensure_queued(want - have)
+                system.cancel_ids(system.active_ids())
+                system.wait_empty(600)
+            if system.family == "Slurm":
+                system.wait_accounting()
+            lines = len(system.timed(system.acct_all())[1].splitlines())
+            return [Measurement(util.repeat(system.acct_all(), s.acct_reps, 1, system.env,
+                                            system.workdir), note=f"{lines:,} jobs listed",
+                                extra={"lines": lines})]
+        ctx.measure(system, [row], run)
+
+
+# -- 9: controller memory ------------------------------------------------------------------
+def memory_idle(ctx: Context) -> None:
+    rss = ctx.row("memory", "9 controller RSS, idle", "MiB")
+    for system in ctx.systems():
+        ctx.measure(system, [rss], lambda system=system: [
+            Measurement([util.memory_kib(system.controller_pid())["VmRSS"] / 1024])])
+
+
+def memory_pending(ctx: Context) -> None:
+    n = ctx.sizes.big_queue
+    rss = ctx.row("memory", f"9 controller RSS, {n:,} pending", "MiB",
+                  target=Target("ratio_max", 1, "≤ 1"))
+    hwm = ctx.row("memory", f"9 controller peak RSS (VmHWM) so far, {n:,} pending", "MiB")
+    for system in ctx.systems():
+        def run(system=system):
+            system.ensure_queued(n)
+            time.sleep(2)
+            mem = util.memory_kib(system.controller_pid())
+            return Measurement([mem["VmRSS"] / 1024]), Measurement([mem["VmHWM"] / 1024])
+        ctx.measure(system, [rss, hwm], run)
