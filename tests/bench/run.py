@@ -57,16 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def wait_for_calm(what: str) -> float:
-    """CPU busy fraction while we idle; waits up to a minute if someone else is working."""
-    busy = util.cpu_busy(1.0)
+def wait_for_calm(what: str, processes: util.Processes) -> dict:
+    """How busy the machine is while we idle, split into our daemons and everyone else;
+    waits up to a minute for someone else's work to end."""
+    def sample():
+        total, ours = util.cpu_busy(1.0, processes.pids())
+        return {"cpu_busy": total, "cpu_busy_ours": ours, "cpu_busy_others": total - ours}
+    busy = sample()
     deadline = time.monotonic() + 60
-    while busy > BUSY and time.monotonic() < deadline:
-        util.log(f"WARNING: {busy:.0%} of the CPUs busy before {what!r} (not us): waiting")
+    while busy["cpu_busy_others"] > BUSY and time.monotonic() < deadline:
+        util.log(f"WARNING: {busy['cpu_busy_others']:.0%} of the CPUs busy with someone "
+                 f"else's work before {what!r}: waiting")
         time.sleep(4)
-        busy = util.cpu_busy(1.0)
-    if busy > BUSY:
-        util.log(f"WARNING: still {busy:.0%} busy: {what!r} is measured on a busy machine")
+        busy = sample()
+    if busy["cpu_busy_ours"] > BUSY:
+        util.log(f"note: our own daemons use {busy['cpu_busy_ours']:.0%} of the CPUs "
+                 f"while idle, before {what!r}")
+    if busy["cpu_busy_others"] > BUSY:
+        util.log(f"WARNING: {what!r} is measured on a busy machine "
+                 f"({busy['cpu_busy_others']:.0%} busy with other work)")
     return busy
 
 
@@ -103,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     load = util.loadavg()
     notes: list[str] = []
     util.log(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
-    busy = util.cpu_busy(2.0)
+    busy, _ = util.cpu_busy(2.0)
     if busy > BUSY or load[0] > 0.5 * (os.cpu_count() or 1):
         notes.append(f"machine busy at the start: load {load[0]:.2f}, {busy:.0%} CPU busy")
         util.log(f"WARNING: {notes[-1]}: figures will be disturbed")
@@ -137,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, what, step in PLAN:
             if args.only and name != args.only:
                 continue
-            calm = wait_for_calm(what)
+            calm = wait_for_calm(what, processes)
             began = time.monotonic()
             util.log(f"--- {what}")
             try:
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - the figure's own rows carry errors
                 util.log(f"{what}: FAILED: {exc}")
                 notes.append(f"{what}: failed: {exc}")
-            steps.append({"step": what, "cpu_busy_before": calm, "loadavg_before": util.loadavg(),
+            steps.append({"step": what, **calm, "loadavg_before": util.loadavg(),
                           "seconds": time.monotonic() - began})
     except KeyboardInterrupt:
         notes.append("interrupted")

@@ -196,6 +196,9 @@ class Processes:
         if all(p != pid for _, p, _ in self.entries):
             self.entries.append((name, pid, None))
 
+    def pids(self) -> list[int]:
+        return [pid for _, pid, _ in self.entries]
+
     def pid_of(self, name: str) -> int | None:
         for n, pid, proc in reversed(self.entries):
             if n == name and alive(pid):
@@ -255,10 +258,25 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields[:8]), idle
 
 
-def cpu_busy(seconds: float = 1.0) -> float:
-    """Fraction of all CPUs busy over `seconds` (while the harness itself sleeps)."""
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def cpu_busy(seconds: float = 1.0, pids: list[int] = ()) -> tuple[float, float]:
+    """Fractions of all CPUs busy over `seconds` while the harness sleeps: (everyone,
+    the processes in `pids`). The difference is someone else's work."""
     total0, idle0 = _cpu_times()
+    ours0 = sum(cpu_ticks(p) for p in pids)
     time.sleep(seconds)
     total1, idle1 = _cpu_times()
+    ours1 = sum(cpu_ticks(p) for p in pids)
     total = total1 - total0
-    return 0.0 if total <= 0 else 1.0 - (idle1 - idle0) / total
+    if total <= 0:
+        return 0.0, 0.0
+    return 1.0 - (idle1 - idle0) / total, (ours1 - ours0) / total

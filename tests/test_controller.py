@@ -1,0 +1,200 @@
+"""The controller service object on a real spool, without sockets or daemons:
+requests in, spool rows and node orders out."""
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+
+from rmsbatch import config as configmod
+from rmsbatch.controller import Controller
+from rmsbatch.jobspec import JobSpec
+from rmsbatch.server import Conn
+from rmsbatch.spool import Spool
+from rmsbatch.states import JobState
+
+CLUSTER = """
+name = "t"
+[controller]
+socket = "run/s.sock"
+spool_dir = "spool"
+[[nodes]]
+names = "g[1-2]"
+cpus = 8
+memory = "64G"
+[[nodes.gpus]]
+type = "a100"
+count = 4
+[[partitions]]
+name = "gpu"
+default = true
+max_time = "1:00:00"
+"""
+TENANTS = """
+admins = ["root"]
+private_accounting = true
+[[accounts]]
+name = "lab"
+users = ["*"]
+"""
+QOS = """
+[[qos]]
+name = "normal"
+"""
+
+
+class FakeConn(Conn):
+    """A connection as the controller sees one: just the peer's credentials."""
+
+    def __init__(self, uid: int, gid: int = 0):
+        self.uid, self.gid, self.pid = uid, gid, 1
+        self.meta, self.closed, self.outbuf, self.listener = {}, False, bytearray(), "api"
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def ctl(tmp_path):
+    for name, text in (("cluster.toml", CLUSTER), ("tenants.toml", TENANTS), ("qos.toml", QOS)):
+        (tmp_path / name).write_text(text)
+    cfg = configmod.load(str(tmp_path))
+    spool = Spool(cfg.spool_dir)
+    c = Controller(cfg, spool, clock=Clock())
+    c.loop.send = lambda conn, msg: conn.meta.setdefault("sent", []).append(msg)
+    c.loop.close = lambda conn: setattr(conn, "closed", True)
+    yield c
+    spool.close()
+
+
+ROOT = FakeConn(0)
+
+
+def spec(**kw) -> dict:
+    base = JobSpec(script="#!/bin/sh\ntrue\n", workdir="/tmp", submit_dir="/tmp")
+    for k, v in kw.items():
+        setattr(base, k, v)
+    return base.to_dict()
+
+
+def submit(ctl, conn=ROOT, **kw) -> int:
+    reply = ctl.handle(conn, {"op": "submit", "spec": spec(**kw)})
+    assert reply["ok"], reply
+    return reply["job_id"]
+
+
+def register(ctl, node: str) -> FakeConn:
+    conn = FakeConn(0)
+    assert ctl.handle(conn, {"op": "node_hello", "node": node, "inventory": {}})["ok"]
+    return conn
+
+
+def test_submit_schedule_launch_end(ctl):
+    node = register(ctl, "g1")
+    job_id = submit(ctl, gpus=2)
+    assert ctl.schedule() == 1
+    ctl.flush()
+    launch = node.meta["sent"][-1]
+    assert launch["op"] == "launch" and launch["job"]["alloc"]["gpus"] == [0, 1]
+    row = ctl.spool.job(job_id)
+    assert row["state"] == "RUNNING" and row["nodelist"] == "g1" and row["time_limit"] == 3600
+    outcome = {"job_id": job_id, "run": 0, "state": "COMPLETED", "exit_code": 0, "signal": 0}
+    assert ctl.handle(node, {"op": "job_ended", "node": "g1", "outcome": outcome})["ok"]
+    assert ctl.spool.job(job_id)["state"] == "COMPLETED"
+    # a repeated report (rmsd restarted before it saw the ack) changes nothing
+    outcome["state"] = "FAILED"
+    ctl.handle(node, {"op": "job_ended", "node": "g1", "outcome": outcome})
+    assert ctl.spool.job(job_id)["state"] == "COMPLETED"
+    assert ctl.nodes["g1"].free_gpus == {0, 1, 2, 3}
+
+
+def test_guarded_transitions_cannot_finish_a_job_twice(ctl):
+    job_id = submit(ctl)
+    assert ctl.spool.transition(job_id, JobState.CANCELLED, end_time=1.0)
+    assert not ctl.spool.transition(job_id, JobState.COMPLETED, end_time=2.0)
+    assert not ctl.spool.transition(job_id, JobState.RUNNING)
+    # and through a second connection to the same file, as another process would
+    other = sqlite3.connect(ctl.spool.path)
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert other.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == "CANCELLED"
+
+
+def test_submit_is_validated_against_the_config(ctl):
+    for kw, message in ((dict(partition="cpu"), "invalid partition 'cpu'"),
+                        (dict(account="physics"), "invalid account 'physics'"),
+                        (dict(qos="high"), "invalid QoS 'high'"),
+                        (dict(time_limit=7200), "exceeds the maximum of partition gpu"),
+                        (dict(gpus=5), "requested 5 GPUs per node; node g1 has 4"),
+                        (dict(gpu_type="h100", gpus=1), "h100 GPUs")):
+        reply = ctl.handle(ROOT, {"op": "submit", "spec": spec(**kw)})
+        assert not reply["ok"] and message in reply["error"], (kw, reply)
+    reply = ctl.handle(ROOT, {"op": "submit", "spec": {**spec(), "evil": 1}})
+    assert not reply["ok"] and "evil" in reply["error"]
+    assert ctl.spool.jobs() == []
+
+
+def test_multi_node_job_spans_nodes(ctl):
+    register(ctl, "g1")
+    register(ctl, "g2")
+    job_id = submit(ctl, nodes=2, gpus=8)
+    ctl.schedule()
+    row = ctl.spool.job(job_id)
+    assert row["nodelist"] == "g[1-2]" and row["alloc_gpus"] == 8
+
+
+def test_old_run_outcome_is_ignored_after_requeue(ctl):
+    node = register(ctl, "g1")
+    job_id = submit(ctl, requeue=True)
+    ctl.schedule()
+    ctl.clock.now += 1000          # g1 falls silent
+    ctl.check_nodes()
+    row = ctl.spool.job(job_id)
+    assert row["state"] == "PENDING" and row["restart_count"] == 1
+    register(ctl, "g1")
+    ctl.schedule()
+    stale = {"job_id": job_id, "run": 0, "state": "CANCELLED", "exit_code": 0, "signal": 15}
+    ctl.handle(node, {"op": "job_ended", "node": "g1", "outcome": stale})
+    assert ctl.spool.job(job_id)["state"] == "RUNNING"
+
+
+def test_rebuild_from_spool(ctl):
+    register(ctl, "g1")
+    running = submit(ctl, gpus=4)
+    waiting = submit(ctl, gpus=1)
+    ctl.schedule()
+    again = Controller(ctl.config, ctl.spool, clock=ctl.clock)
+    assert set(again.running) == {running} and set(again.pending) == {waiting}
+    assert again.nodes["g1"].free_gpus == set()
+
+
+def test_accounting_privacy(ctl):
+    submit(ctl)
+    alice = FakeConn(65534)   # nobody: an ordinary user
+    reply = ctl.handle(alice, {"op": "jobs", "all_users": True})
+    assert not reply["ok"] and "private_accounting" in reply["error"]
+    reply = ctl.handle(alice, {"op": "jobs", "all_users": False})
+    assert reply["ok"] and reply["jobs"] == []
+    reply = ctl.handle(alice, {"op": "jobs", "active": True})   # rq: the queue is public
+    assert len(reply["jobs"]) == 1
+
+
+def test_fresh_submissions_behind_a_blocked_job_skip_the_full_pass(ctl):
+    register(ctl, "g1")
+    register(ctl, "g2")
+    first = submit(ctl, nodes=2, gpus=8)
+    ctl.schedule()
+    big = submit(ctl, gpus=4)
+    ctl.schedule()
+    assert ctl.reasons[big] == "Resources"
+    later = [submit(ctl, gpus=1) for _ in range(3)]
+    assert not ctl.dirty and ctl.fresh
+    ctl.schedule()
+    assert [ctl.reasons[j] for j in later] == ["Priority"] * 3
+    assert [ctl.spool.job(j)["reason"] for j in later] == ["Priority"] * 3
+    assert ctl.spool.job(first)["state"] == "RUNNING"

@@ -1,0 +1,99 @@
+"""The pure scheduling core and placement: a snapshot in, decisions out."""
+from __future__ import annotations
+
+import pytest
+
+from rmsbatch import placement, scheduler
+from rmsbatch.placement import InfeasibleRequest, InsufficientResources, NodeView, Request
+from rmsbatch.scheduler import PartitionView, PendingJob
+
+
+def gpu_node(name: str, gpus: int = 8, cpus: int = 64, mem: int = 512_000, **kw) -> NodeView:
+    return NodeView(name, cpus, mem, {i: "a100" for i in range(gpus)}, **kw)
+
+
+def job(i, partition="gpu", priority=0, hold=0, **req) -> PendingJob:
+    return PendingJob(i, partition, priority, float(i), Request(**req), hold)
+
+
+def test_first_fit_takes_gpus_cpus_and_memory():
+    nodes = {"g1": gpu_node("g1", gpus=4), "g2": gpu_node("g2", gpus=4)}
+    alloc = placement.allocate(Request(cpus=8, mem_mb=1000, gpus=3), list(nodes.values()))
+    assert list(alloc) == ["g1"] and alloc["g1"].gpus == [0, 1, 2]
+    placement.take(nodes, alloc)
+    assert nodes["g1"].free_gpus == {3} and nodes["g1"].free_cpus == 56
+    alloc2 = placement.allocate(Request(gpus=2), list(nodes.values()))
+    assert list(alloc2) == ["g2"]
+    placement.take(nodes, alloc, -1)
+    assert nodes["g1"].free_gpus == {0, 1, 2, 3} and nodes["g1"].jobs == 0
+
+
+def test_insufficient_versus_infeasible():
+    nodes = [gpu_node("g1", gpus=8)]
+    with pytest.raises(InfeasibleRequest, match="requested 9 GPUs per node; node g1 has 8"):
+        placement.check_feasible(Request(gpus=9), nodes, "gpu")
+    with pytest.raises(InfeasibleRequest, match="requested 2 nodes"):
+        placement.check_feasible(Request(nodes=2), nodes, "gpu")
+    with pytest.raises(InfeasibleRequest, match="v100 GPUs"):
+        placement.check_feasible(Request(gpus=1, gpu_type="v100"), nodes, "gpu")
+    placement.check_feasible(Request(gpus=8), nodes, "gpu")
+    nodes[0].free_gpus = {0}
+    with pytest.raises(InsufficientResources):
+        placement.allocate(Request(gpus=2), nodes)
+
+
+def test_constraints_and_exclusive():
+    a = gpu_node("a", features=frozenset({"hbm80g", "nvlink"}))
+    b = gpu_node("b", features=frozenset({"hbm40g"}))
+    assert list(placement.allocate(Request(constraint="hbm80g&nvlink"), [b, a])) == ["a"]
+    assert list(placement.allocate(Request(constraint="hbm40g|x"), [a, b])) == ["b"]
+    whole = placement.allocate(Request(exclusive=True), [a])
+    assert whole["a"].gpus == list(range(8)) and whole["a"].cpus == 64
+    placement.take({"a": a}, whole)
+    with pytest.raises(InsufficientResources):
+        placement.allocate(Request(cpus=1), [a])
+
+
+def test_multi_node_is_all_or_nothing():
+    nodes = {n: gpu_node(n, gpus=2) for n in ("g1", "g2", "g3")}
+    nodes["g2"].usable = False
+    alloc = placement.allocate(Request(nodes=2, gpus=2), list(nodes.values()))
+    assert sorted(alloc) == ["g1", "g3"]
+    with pytest.raises(InsufficientResources):
+        placement.allocate(Request(nodes=3, gpus=1), list(nodes.values()))
+
+
+def test_priority_then_submit_order_and_reasons():
+    nodes = {"g1": gpu_node("g1", gpus=4)}
+    parts = {"gpu": PartitionView("gpu", True, ["g1"])}
+    pending = [job(1, gpus=2), job(2, gpus=4, priority=10), job(3, gpus=1), job(4, hold=1)]
+    out = scheduler.schedule([j for j in pending if not j.hold], nodes, parts, now=0)
+    # job 2 outranks the others and takes every GPU; the rest wait behind it
+    assert [s[0] for s in out.starts] == [2]
+    assert out.reasons == {1: "Resources", 3: "Priority"}
+    assert out.blocked["gpu"] == scheduler.order_key(pending[0])
+
+
+def test_blocked_job_is_not_overtaken_without_backfill():
+    nodes = {"g1": gpu_node("g1", gpus=4)}
+    nodes["g1"].free_gpus = {0, 1}
+    parts = {"gpu": PartitionView("gpu", True, ["g1"])}
+    out = scheduler.schedule([job(1, gpus=4), job(2, gpus=1)], nodes, parts, now=0)
+    assert out.starts == [] and out.reasons == {1: "Resources", 2: "Priority"}
+
+
+def test_down_partition_and_unavailable_nodes():
+    nodes = {"g1": gpu_node("g1", usable=False), "c1": gpu_node("c1", gpus=0)}
+    parts = {"gpu": PartitionView("gpu", True, ["g1"]), "off": PartitionView("off", False, ["c1"])}
+    out = scheduler.schedule([job(1, gpus=1), job(2, partition="off")], nodes, parts, now=0)
+    assert out.reasons == {1: "ReqNodeNotAvail", 2: "PartitionDown"}
+
+
+def test_pass_over_a_large_snapshot_decides_every_job():
+    nodes = {f"g{i:03d}": gpu_node(f"g{i:03d}") for i in range(128)}
+    parts = {"gpu": PartitionView("gpu", True, list(nodes))}
+    pending = [job(i, gpus=1 + i % 8, cpus=4) for i in range(5000)]
+    out = scheduler.schedule(pending, nodes, parts, now=0)
+    decided = {s[0] for s in out.starts} | set(out.reasons)
+    assert decided == {j.id for j in pending}
+    assert sum(len(a.gpus) for _, alloc in out.starts for a in alloc.values()) <= 128 * 8
