@@ -80,15 +80,54 @@ def socket_path(directory: str | None = None) -> str:
     except OSError as exc:
         raise ControllerUnavailable(f"cannot read {path}: {exc.strerror}") from None
     try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        doc = tomllib.loads(data.decode())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ControllerUnavailable(f"{path}: not valid TOML: {exc}") from None
-    sock = (doc.get("controller") or {}).get("socket") or "/run/rmsbatch/rmsctld.sock"
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise ControllerUnavailable(f"{path}: not valid TOML (not UTF-8)") from None
+    sock = _scan_socket(text)
+    if sock is None:
+        # Not the plain `[controller]` / `socket = "..."` layout: parse properly.
+        # (A full TOML parse costs every command ~5 ms, so it is the fallback.)
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            doc = tomllib.loads(text)
+        except ValueError as exc:
+            raise ControllerUnavailable(f"{path}: not valid TOML: {exc}") from None
+        sock = (doc.get("controller") or {}).get("socket") or DEFAULT_SOCKET
     return os.path.join(directory, sock)
+
+
+DEFAULT_SOCKET = "/run/rmsbatch/rmsctld.sock"
+
+
+def _scan_socket(text: str) -> str | None:
+    """`socket` under `[controller]`, read line by line; None when unsure."""
+    table = ""
+    found = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            table = line.split("#")[0].strip().strip("[]").strip()
+            continue
+        if table != "controller" or not line.startswith("socket"):
+            if line.startswith("controller") and table == "":
+                return None          # an inline table: leave it to the parser
+            continue
+        key, eq, value = line.partition("=")
+        if key.strip() != "socket" or not eq:
+            continue
+        value = value.strip()
+        if len(value) < 2 or value[0] not in "\"'" or value[0] not in value[1:]:
+            return None
+        end = value.index(value[0], 1)
+        found = value[1:end]
+        if "\\" in found or value[end + 1:].strip()[:1] not in ("", "#"):
+            return None
+    if found is None and "socket" in text:
+        return None
+    return found or DEFAULT_SOCKET
 
 
 class Client:

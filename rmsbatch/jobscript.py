@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
-from typing import Callable
 
 from . import __version__
 from .jobspec import MAX_COUNT, MAX_SCRIPT_BYTES, JobSpec, SpecError
@@ -56,11 +54,16 @@ class HelpRequested(Exception):
         self.text = text
 
 
-@dataclass
 class Submission:
-    spec: JobSpec
-    wait: bool = False        # client side: block until the job ends
-    parsable: bool = False    # client side: print only the job id
+    __slots__ = ("spec", "wait", "parsable")
+
+    def __init__(self, spec: JobSpec, wait: bool = False, parsable: bool = False):
+        self.spec = spec
+        self.wait = wait            # client side: block until the job ends
+        self.parsable = parsable    # client side: print only the job id
+
+    def __repr__(self) -> str:
+        return f"Submission(spec={self.spec!r}, wait={self.wait}, parsable={self.parsable})"
 
 
 # == script checks ==========================================================
@@ -474,18 +477,26 @@ NO_ARG, REQUIRED, OPTIONAL = "none", "required", "optional"
 # "unsupported" is recognised and refused.
 
 
-@dataclass(frozen=True)
 class Option:
-    long: str
-    short: str | None
-    arg: str
-    scope: str
-    key: str | None = None                  # setting it writes
-    convert: Callable | None = None
-    metavar: str = ""
-    group: str = ""
-    help: str = ""
-    hint: str = ""                          # for unsupported options: what to do instead
+    __slots__ = ("long", "short", "arg", "scope", "key", "convert", "metavar", "group",
+                 "help", "hint")
+
+    def __init__(self, long: str, short: str | None, arg: str, scope: str,
+                 key: str | None = None, convert=None, metavar: str = "", group: str = "",
+                 help: str = "", hint: str = ""):
+        self.long = long
+        self.short = short
+        self.arg = arg
+        self.scope = scope
+        self.key = key                  # setting it writes
+        self.convert = convert
+        self.metavar = metavar
+        self.group = group
+        self.help = help
+        self.hint = hint                # for unsupported options: what to do instead
+
+    def __repr__(self) -> str:
+        return f"Option(--{self.long})"
 
     @property
     def label(self) -> str:
@@ -619,10 +630,18 @@ _SPECIAL_KEYS = set(GPU_KEYS) | {"workdir", "export", "wrap", "wait", "parsable"
 
 
 # == scanning words into options (getopt_long) ==============================
-@dataclass(frozen=True)
 class _Given:
-    option: Option
-    value: str | None
+    __slots__ = ("option", "value")
+
+    def __init__(self, option: Option, value: str | None):
+        self.option = option
+        self.value = value
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Given) and (self.option, self.value) == (other.option, other.value)
+
+    def __repr__(self) -> str:
+        return f"_Given({self.written})"
 
     @property
     def written(self) -> str:
@@ -724,11 +743,13 @@ def lookup_long(name: str) -> Option:
 
 
 # == settings from one source ===============================================
-@dataclass
 class _Setting:
-    value: object
-    written: str          # "--mem=4G", for messages
-    where: str = ""       # "job.sh line 3" for a directive, "" on the command line
+    __slots__ = ("value", "written", "where")
+
+    def __init__(self, value, written: str, where: str = ""):
+        self.value = value
+        self.written = written      # "--mem=4G", for messages
+        self.where = where          # "job.sh line 3" for a directive, "" on the command line
 
     @property
     def shown(self) -> str:

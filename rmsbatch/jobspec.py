@@ -9,8 +9,6 @@ Kept free of heavy imports: `rsub` loads this on every call.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-
 # Bounds applied on both sides of the socket.
 MAX_SCRIPT_BYTES = 4 * 1024 * 1024
 MAX_ENV_BYTES = 1024 * 1024
@@ -23,47 +21,73 @@ class SpecError(ValueError):
     """A field of a JobSpec is malformed; the message names the field."""
 
 
-@dataclass
+# (name, default) of every field; a callable default makes a fresh value.
+FIELDS: tuple = (
+    ('script', ""),  # full script text, starting with "#!"
+    ('argv', list),  # arguments after the script name
+    ('name', None),  # None: script basename, or "wrap"
+    ('partition', None),  # None: the default partition
+    ('account', None),  # None: the user's default account
+    ('qos', None),  # None: the account's default QoS
+    ('time_limit', None),  # seconds; 0 = unlimited; None = partition default
+    ('nodes', 1),
+    ('ntasks', 1),
+    ('cpus_per_task', 1),
+    ('mem_mb', None),  # per node; 0 = all of the node's memory
+    ('mem_per_cpu_mb', None),
+    ('mem_per_gpu_mb', None),
+    ('gpus', 0),  # total over the job
+    ('gpus_per_node', None),
+    ('gpu_type', None),  # lower-cased model name, e.g. "a100"
+    ('constraint', None),
+    ('exclusive', False),
+    ('output', None),  # pattern, relative to workdir unless absolute
+    ('error', None),
+    ('workdir', ""),  # absolute
+    ('submit_dir', ""),  # absolute
+    ('submit_host', ""),
+    ('hold', False),
+    ('nice', 0),
+    ('export', "ALL"),  # as given to --export, for the record
+    ('environment', dict),  # the job's env, resolved by rsub
+    ('requeue', False),
+)
+
+
 class JobSpec:
-    script: str = ""                    # full script text, starting with "#!"
-    argv: list[str] = field(default_factory=list)   # arguments after the script name
-    name: str | None = None             # None: script basename, or "wrap"
-    partition: str | None = None        # None: the default partition
-    account: str | None = None          # None: the user's default account
-    qos: str | None = None              # None: the account's default QoS
-    time_limit: int | None = None       # seconds; 0 = unlimited; None = partition default
-    nodes: int = 1
-    ntasks: int = 1
-    cpus_per_task: int = 1
-    mem_mb: int | None = None           # per node; 0 = all of the node's memory
-    mem_per_cpu_mb: int | None = None
-    mem_per_gpu_mb: int | None = None
-    gpus: int = 0                       # total over the job
-    gpus_per_node: int | None = None
-    gpu_type: str | None = None         # lower-cased model name, e.g. "a100"
-    constraint: str | None = None
-    exclusive: bool = False
-    output: str | None = None           # pattern, relative to workdir unless absolute
-    error: str | None = None
-    workdir: str = ""                   # absolute
-    submit_dir: str = ""                # absolute
-    submit_host: str = ""
-    hold: bool = False
-    nice: int = 0
-    export: str = "ALL"                 # as given to --export, for the record
-    environment: dict[str, str] = field(default_factory=dict)  # the job's env, resolved by rsub
-    requeue: bool = False
+    # A plain class, not a dataclass: dataclasses import inspect, which costs
+    # every rsub call several milliseconds.
+    __slots__ = tuple(name for name, _ in FIELDS)
+
+    def __init__(self, **values):
+        unknown = set(values) - set(self.__slots__)
+        if unknown:
+            raise TypeError(f"unknown job spec field(s): {', '.join(sorted(unknown))}")
+        for name, default in FIELDS:
+            if name in values:
+                setattr(self, name, values[name])
+            else:
+                setattr(self, name, default() if callable(default) else default)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, JobSpec) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n, _ in FIELDS if n != "environment")
+        return f"JobSpec({shown})"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = {name: getattr(self, name) for name, _ in FIELDS}
+        data["argv"] = list(self.argv)
+        data["environment"] = dict(self.environment)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "JobSpec":
         """Rebuild and validate a spec received from a client."""
         if not isinstance(data, dict):
             raise SpecError("job spec must be an object")
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
+        unknown = sorted(set(data) - set(cls.__slots__))
         if unknown:
             raise SpecError(f"unknown job spec field(s): {', '.join(unknown)}")
         spec = cls(**data)
