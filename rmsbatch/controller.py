@@ -52,6 +52,12 @@ def job_record(row: dict) -> dict:
     return rec
 
 
+def default_output(spec) -> str:
+    """Where a job's output goes when it names no file: the submit directory."""
+    submit_dir = spec["submit_dir"] if isinstance(spec, dict) else spec.submit_dir
+    return os.path.join(submit_dir, "rms-%j.out")
+
+
 def _alloc_from_json(text: str | None) -> dict[str, NodeAlloc]:
     if not text:
         return {}
@@ -267,7 +273,8 @@ class Controller:
             "mem_whole_node": int(mem_whole), "gpu_type": spec.gpu_type,
             "constraint_expr": spec.constraint, "exclusive": int(spec.exclusive),
             "requeue": int(spec.requeue), "command": name, "workdir": spec.workdir,
-            "stdout": spec.output or "rms-%j.out", "stderr": spec.error or spec.output or "rms-%j.out",
+            "stdout": spec.output or default_output(spec),
+            "stderr": spec.error or spec.output or default_output(spec),
             "submit_host": spec.submit_host,
         }
 
@@ -701,7 +708,8 @@ class Controller:
             "gid": row["gid"], "account": row["account"], "partition": row["partition"],
             "qos": row["qos"], "script": spec["script"], "argv": spec["argv"],
             "workdir": spec["workdir"], "submit_dir": spec["submit_dir"],
-            "submit_host": spec["submit_host"], "output": spec["output"], "error": spec["error"],
+            "submit_host": spec["submit_host"],
+            "output": spec["output"] or default_output(spec), "error": spec["error"],
             "environment": spec["environment"], "export": spec["export"],
             "time_limit": row["time_limit"], "ntasks": row["ntasks"],
             "cpus_per_task": row["cpus_per_task"], "nodes": row["nodes"],

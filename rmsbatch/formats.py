@@ -528,7 +528,8 @@ def _gres(node: dict) -> str:
     if not gpus:
         return "none"
     kind = node.get("gpu_type")
-    return f"gpu:{kind}:{gpus}" if kind else f"gpu:{gpus}"
+    # "gpu" is the type of GPUs declared without a model: no need to say it twice
+    return f"gpu:{kind}:{gpus}" if kind and kind != "gpu" else f"gpu:{gpus}"
 
 
 def _row_layout(spec: list[tuple[str, str, bool]]) -> Layout:

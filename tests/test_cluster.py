@@ -144,3 +144,13 @@ def test_environment_is_exported(cluster):
                             env={"MY_SETTING": "dropped"})
     cluster.wait_ended(job_id)
     assert read(os.path.join(cluster.work, f"rms-{job_id}.out")).strip() == "[]"
+
+
+def test_default_output_goes_to_the_submit_dir(cluster, tmp_path):
+    elsewhere = tmp_path / "run-here"
+    elsewhere.mkdir()
+    job_id = cluster.submit("-D", str(elsewhere), "--wrap", "pwd")
+    job = cluster.wait_ended(job_id)
+    assert job["state"] == "COMPLETED" and job["workdir"] == str(elsewhere)
+    assert read(os.path.join(cluster.work, f"rms-{job_id}.out")).strip() == str(elsewhere)
+    assert job["stdout"] == os.path.join(cluster.work, "rms-%j.out")

@@ -90,6 +90,17 @@ def free_port(preferred: int) -> int:
     raise RuntimeError(f"no free port near {preferred}")
 
 
+def traversable(path: str) -> None:
+    """Let the munge and mysql users reach `path`: o+x on it and every directory above."""
+    path = os.path.realpath(path)
+    os.chmod(path, 0o755)
+    while path != "/":
+        path = os.path.dirname(path)
+        mode = os.stat(path).st_mode & 0o7777
+        if not mode & 0o001:
+            os.chmod(path, mode | 0o001)
+
+
 class Slurm(System):
     family = "Slurm"
 
@@ -122,7 +133,7 @@ class Slurm(System):
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
-        os.chmod(self.root, 0o755)   # munge and mysql must reach their directories
+        traversable(self.root)       # munge and mysql must reach their directories
         for d in ("etc", "state", "slurmd", "log", "run"):
             os.makedirs(self.path(d), exist_ok=True)
         self.ports = {"ctld": free_port(6817), "slurmd": free_port(6818), "dbd": free_port(6819)}
