@@ -50,9 +50,9 @@ def main(argv=None) -> int:
         return 1
     os.chmod(cfg.spool_dir, 0o700)
     daemon.write_pid_file(cfg.path(ctl_cfg.pid_file) if ctl_cfg.pid_file else None)
-    notice = daemon.unprivileged_notice("rmsctld")
-    if notice:
-        log.warning("%s", notice)
+    if os.geteuid() != 0:
+        log.info("rmsctld runs as uid %d; whether jobs run as their submitters depends on "
+                 "each rmsd, which says so when it starts", os.geteuid())
     from rmsbatch.controller import Controller
     from rmsbatch.server import Loop
     from rmsbatch.spool import Spool

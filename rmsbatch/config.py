@@ -85,7 +85,9 @@ class ControllerSection(_Model):
 
 
 class NodeDaemonSection(_Model):
-    state_dir: str = "/var/spool/rmsbatch/node"
+    # Not under the controller's spool_dir: jobs must reach their own job
+    # directory here, and the spool is private to the daemons.
+    state_dir: str = "/var/spool/rmsd"
     log_file: str | None = None
     pid_file: str | None = None
     pids_max: int = 4096

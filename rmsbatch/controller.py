@@ -196,6 +196,9 @@ class Controller:
     def op_submit(self, conn: Conn, msg: dict) -> dict:
         user = self.user_name(conn.uid)
         spec = JobSpec.from_dict(msg.get("spec"))
+        if spec.nice < 0 and not (self._is_daemon(conn) or self.config.is_operator(user)):
+            raise RequestError(f"--nice={spec.nice}: only operators and admins may raise a "
+                               "job's priority; use a value of 0 or more")
         row = self.admit(spec, user, conn.uid, conn.gid)
         if len(self.pending) + len(self.running) >= self.config.cluster.controller.max_jobs:
             raise RequestError(f"the queue is full ({self.config.cluster.controller.max_jobs} "
@@ -552,7 +555,7 @@ class Controller:
         orders = []
         current = set()
         for job_id, alloc in list(self.running.items()):
-            if name not in alloc:
+            if not alloc or next(iter(alloc)) != name:   # not this node's batch script
                 continue
             row = self.spool.job(job_id)
             run = (job_id, row["restart_count"])
@@ -695,9 +698,11 @@ class Controller:
             if job_id in self.running:
                 row = self.spool.job(job_id)
                 log.info("job %d: started on %s", job_id, row["nodelist"])
-                for name in alloc:
-                    if name in self.node_conns:
-                        self._send(self.node_conns[name], self.launch_message(row, name))
+                # The batch script runs on the first node only, as in Slurm; the
+                # others are held for the job's own launchers (srun, mpirun, ...).
+                batch = next(iter(alloc))
+                if batch in self.node_conns:
+                    self._send(self.node_conns[batch], self.launch_message(row, batch))
         return len(decisions.starts)
 
     def launch_message(self, row: dict, node: str) -> dict:

@@ -523,6 +523,13 @@ def parse_node_state(text: str) -> str:
     raise ValueError(f"unknown node state {text!r} (use one of {names})")
 
 
+def _job_reason(job: dict) -> str:
+    """Why a job waits, or, once it has ended, what ended it (when known)."""
+    if job.get("state") != "PENDING" and job.get("end_reason"):
+        return job["end_reason"]
+    return job.get("reason") or "None"
+
+
 def _gres(node: dict) -> str:
     gpus = node.get("gpus") or 0
     if not gpus:
@@ -692,7 +699,7 @@ def job_detail(job: dict, now: float | None = None) -> list[str]:
         f"QOS={_or_null(job.get('qos'))}",
         f"Priority={job.get('priority') or 0} Nice={job.get('nice') or 0} "
         f"Hold={_yes_no(job.get('hold'))}",
-        f"JobState={job.get('state')} Reason={job.get('reason') or 'None'} "
+        f"JobState={job.get('state')} Reason={_job_reason(job)} "
         f"ExitCode={_job_exit_code(job, now)}",
         f"RunTime={_clock(_elapsed(job, now))} TimeLimit={_limit(limit, _clock)}",
         f"SubmitTime={_timestamp(job.get('submit_time'))} "

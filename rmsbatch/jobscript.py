@@ -551,7 +551,7 @@ OPTIONS: tuple[Option, ...] = (
          "SIZE", "GPUs", "memory per GPU"),
     # Files
     _job("output", "o", "output", _text, "FILE", "Files",
-         "stdout file (default slurm-%j.out; %j id, %x name)"),
+         "stdout file (default rms-%j.out in the submit dir; %j id, %x name)"),
     _job("error", "e", "error", _text, "FILE", "Files", "stderr file (default: with stdout)"),
     _job("chdir", "D", "workdir", _text, "DIR", "Files", "working directory (default: here)"),
     _job("export", None, "export", _export, "ALL|NONE|VARS", "Files",

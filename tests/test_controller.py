@@ -139,13 +139,22 @@ def test_submit_is_validated_against_the_config(ctl):
     assert ctl.spool.jobs() == []
 
 
-def test_multi_node_job_spans_nodes(ctl):
-    register(ctl, "g1")
-    register(ctl, "g2")
+def test_multi_node_job_spans_nodes_and_runs_its_script_once(ctl):
+    g1, g2 = register(ctl, "g1"), register(ctl, "g2")
     job_id = submit(ctl, nodes=2, gpus=8)
     ctl.schedule()
+    ctl.flush()
     row = ctl.spool.job(job_id)
     assert row["nodelist"] == "g[1-2]" and row["alloc_gpus"] == 8
+    launches = [m for m in g1.meta.get("sent", []) + g2.meta.get("sent", []) if m["op"] == "launch"]
+    assert len(launches) == 1 and launches[0]["job"]["nodelist"] == "g[1-2]"
+    assert ctl.nodes["g2"].free_gpus == set()     # held for the job all the same
+
+
+def test_negative_nice_is_for_operators(ctl):
+    reply = ctl.handle(FakeConn(65534), {"op": "submit", "spec": spec(nice=-5)})
+    assert not reply["ok"] and "--nice=-5" in reply["error"]
+    assert ctl.handle(ROOT, {"op": "submit", "spec": spec(nice=-5)})["ok"]
 
 
 def test_old_run_outcome_is_ignored_after_requeue(ctl):

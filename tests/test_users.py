@@ -86,7 +86,7 @@ def test_single_user_mode(new_cluster, users):
         assert result.returncode == 0, result.stderr
         job_id = int(result.stdout.splitlines()[0])
         assert open(f"{directory}/rms-{job_id}.out").read().strip() == alice.pw_name
-        log = open(f"{directory}/log/rmsctld.log").read()
+        log = open(f"{directory}/log/rmsd-{c.node}.log").read()
         assert "single-user mode" in log
         show = c.run("rcontrol", "show", "node", c.node, user=alice.pw_name)
         assert "single-user" in show.stdout

@@ -41,7 +41,8 @@ def body(argv: list[str]) -> int:
     sig = job.get("exit_signal") or 0
     if state == "COMPLETED":
         return 0
-    print(f"rsub: job {job_id} ended {state} (exit code {code}:{sig})", file=sys.stderr)
+    why = f": {job['end_reason']}" if job.get("end_reason") else ""
+    print(f"rsub: job {job_id} ended {state} (exit code {code}:{sig}){why}", file=sys.stderr)
     if code:
         return code
     return 128 + sig if sig else 1

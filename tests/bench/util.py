@@ -181,8 +181,12 @@ class Processes:
     def start(self, name: str, argv: list[str], log_path: str, env=None, user=None,
               cwd=None) -> subprocess.Popen:
         out = open(log_path, "ab")
+        ids = {}
+        if user is not None:          # the user's own group, not root's groups
+            import pwd
+            ids = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
         try:
-            proc = subprocess.Popen(argv, env=env, cwd=cwd, user=user,
+            proc = subprocess.Popen(argv, env=env, cwd=cwd, **ids,
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True, close_fds=True)
         finally:
