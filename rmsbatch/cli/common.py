@@ -54,5 +54,21 @@ def _report(prog: str, exc: BaseException) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr)
 
 
+def job_filters(args, keys: tuple[str, ...]) -> dict:
+    """The request fields for the job filters a command line gave (-u, --me, -A, ...)."""
+    fields: dict = {}
+    users = list(getattr(args, "users", None) or [])
+    if getattr(args, "me", False):
+        from rmsbatch.formats import current_user
+        users.append(current_user())
+    if users:
+        fields["users"] = users
+    for key in keys:
+        value = getattr(args, key)
+        if value:
+            fields[key] = value
+    return fields
+
+
 def exit_with(prog: str, body) -> None:
     sys.exit(run_main(prog, body))

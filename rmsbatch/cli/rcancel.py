@@ -10,7 +10,7 @@ import sys
 
 from rmsbatch import client
 from rmsbatch import formats as fmt
-from rmsbatch.cli.common import exit_with
+from rmsbatch.cli.common import exit_with, job_filters
 
 PROG = "rcancel"
 
@@ -80,16 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def request(args: argparse.Namespace) -> dict:
-    fields: dict = {}
-    users = list(args.users or [])
-    if args.me:
-        users.append(fmt.current_user())
-    if users:
-        fields["users"] = users
-    for key in ("ids", "accounts", "partitions", "states", "names"):
-        value = getattr(args, key)
-        if value:
-            fields[key] = value
+    fields = job_filters(args, ("ids", "accounts", "partitions", "states", "names"))
     if args.signal:
         fields["signal"] = args.signal
     return fields

@@ -10,7 +10,7 @@ import sys
 
 from rmsbatch import client
 from rmsbatch import formats as fmt
-from rmsbatch.cli.common import exit_with
+from rmsbatch.cli.common import exit_with, job_filters
 from rmsbatch.hostlist import HostlistError, expand
 
 PROG = "rq"
@@ -114,16 +114,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def request(args: argparse.Namespace) -> dict:
     """The fields of the one "jobs" request this command sends."""
-    fields: dict = {}
-    users = list(args.users or [])
-    if args.me:
-        users.append(fmt.current_user())
-    if users:
-        fields["users"] = users
-    for key in ("accounts", "partitions", "ids", "names", "nodes"):
-        value = getattr(args, key)
-        if value:
-            fields[key] = value
+    fields = job_filters(args, ("accounts", "partitions", "ids", "names", "nodes"))
     states = args.states or []
     if not states:
         fields["active"] = True

@@ -91,14 +91,15 @@ def free_port(preferred: int) -> int:
 
 
 def traversable(path: str) -> None:
-    """Let the munge and mysql users reach `path`: o+x on it and every directory above."""
+    """Let the munge and mysql users reach `path`: g+x and o+x on every directory above
+    (munged insists on execute permission for all on its socket's directories)."""
     path = os.path.realpath(path)
     os.chmod(path, 0o755)
     while path != "/":
         path = os.path.dirname(path)
         mode = os.stat(path).st_mode & 0o7777
-        if not mode & 0o001:
-            os.chmod(path, mode | 0o001)
+        if mode & 0o011 != 0o011:
+            os.chmod(path, mode | 0o011)
 
 
 class Slurm(System):
@@ -172,7 +173,7 @@ class Slurm(System):
     def _start_munge(self) -> None:
         pw = pwd.getpwnam("munge")
         top, run = self.path("munge"), self.path("munge", "run")
-        for d, mode in ((top, 0o700), (run, 0o755)):
+        for d, mode in ((top, 0o711), (run, 0o755)):
             os.makedirs(d, exist_ok=True)
             os.chown(d, pw.pw_uid, pw.pw_gid)
             os.chmod(d, mode)
