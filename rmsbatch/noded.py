@@ -19,10 +19,16 @@ import signal
 import socket
 import time
 
+from rmsbatch import supervisor
 from rmsbatch.config import Config
 from rmsbatch.server import Conn, Loop
 
 log = logging.getLogger("rmsbatch.noded")
+
+try:   # the supervisors' end-of-job sweep uses it: load it once, not per job
+    import psutil  # noqa: F401
+except ImportError:
+    pass
 
 VISIBILITY_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
                    "ZE_AFFINITY_MASK")
@@ -246,8 +252,7 @@ class NodeDaemon:
             root = logging.getLogger()
             for h in list(root.handlers):
                 root.removeHandler(h)
-            from rmsbatch import supervisor
-            supervisor.main([jobdir])
+            supervisor.main([jobdir])   # imported up front: the fork inherits it
             os._exit(0)
         except BaseException:
             os._exit(1)

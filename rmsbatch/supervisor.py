@@ -558,6 +558,9 @@ class Supervisor:
             os.killpg(sid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        self._reap()
+        if _SUBREAPER and not _has_children():
+            return      # every orphan would be our child: nothing is left
         killed = self._sweep(sid)
         if killed:
             self.info("killed %d leftover process(es)", killed)
@@ -579,32 +582,28 @@ class Supervisor:
                 self._drain_wakeup()
 
     def _sweep(self, sid: int) -> int:
-        try:
-            import psutil
-        except ImportError:         # pragma: no cover
-            return 0
         me = os.getpid()
-        victims = set()
-        try:
-            for child in psutil.Process(me).children(recursive=True):
-                victims.add(child.pid)
-        except psutil.Error:
-            pass
-        for proc in psutil.process_iter():
+        victims = _descendants(me)
+        if not _SUBREAPER:
+            # Orphans went to init, not to us: look for the job's session instead.
             try:
-                if proc.pid != me and os.getsid(proc.pid) == sid:
-                    victims.add(proc.pid)
-            except OSError:
+                import psutil
+                for proc in psutil.process_iter():
+                    try:
+                        if proc.pid != me and os.getsid(proc.pid) == sid:
+                            victims.add(proc.pid)
+                    except OSError:
+                        pass
+            except ImportError:     # pragma: no cover
                 pass
         count = 0
         for pid in victims:
+            if _is_zombie(pid):
+                continue
             try:
-                proc = psutil.Process(pid)
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    continue
                 os.kill(pid, signal.SIGKILL)
                 count += 1
-            except (psutil.Error, OSError):
+            except OSError:
                 pass
         return count
 
@@ -623,6 +622,61 @@ class Supervisor:
         }
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every live descendant of pid, from /proc/<pid>/task/*/children where the
+    kernel has it (no scan of the whole process table), else from a ppid map."""
+    if not os.path.exists(f"/proc/{pid}/task/{pid}/children"):
+        return _descendants_by_ppid(pid)
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        parent = stack.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as fh:
+                    kids = fh.read().split()
+            except OSError:
+                continue
+            for kid in map(int, kids):
+                if kid not in found:
+                    found.add(kid)
+                    stack.append(kid)
+    return found
+
+
+def _descendants_by_ppid(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for kid in children.get(stack.pop(), ()):
+            if kid not in found:
+                found.add(kid)
+                stack.append(kid)
+    return found
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 def _has_children() -> bool:
     try:
         os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -631,11 +685,17 @@ def _has_children() -> bool:
     return True
 
 
+_SUBREAPER = False   # set once prctl succeeded: orphans of the job come to us
+
+
 def _set_subreaper() -> None:
+    global _SUBREAPER
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             log.debug("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
+        else:
+            _SUBREAPER = True
     except (OSError, AttributeError):
         pass
 
