@@ -82,9 +82,10 @@ def usage_error(capsys, main_body, prog, argv):
     code = run_main(prog, main_body, argv)
     err = capsys.readouterr().err
     assert code == 2, err
-    first, hint = err.rstrip("\n").split("\n")
+    lines = err.rstrip("\n").split("\n")
+    assert len(lines) == 1, err          # one line, that says what was wrong
+    first = lines[0]
     assert first.startswith(f"{prog}: error: ")
-    assert hint == f"Try '{prog} --help' for more information."
     return first
 
 

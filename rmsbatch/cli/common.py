@@ -37,8 +37,7 @@ def run_main(prog: str, body, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
     except UsageError as exc:
-        _report(prog, exc)
-        print(f"Try '{prog} --help' for more information.", file=sys.stderr)
+        _report(prog, exc)     # one line: messages carry their own hints
         return 2
     except (CommandError, ClientError, ValueError, OSError) as exc:
         if os.environ.get("RMS_DEBUG"):

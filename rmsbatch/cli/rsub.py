@@ -34,8 +34,7 @@ def body(argv: list[str]) -> int:
         print(job_id if sub.parsable else f"Submitted batch job {job_id}", flush=True)
         if not sub.wait:
             return 0
-        conn.timeout = None
-        job = conn.call("wait", job_id=job_id)["job"]
+    job = _wait(client, job_id)
     state = job["state"]
     code = job.get("exit_code") or 0
     sig = job.get("exit_signal") or 0
@@ -46,6 +45,23 @@ def body(argv: list[str]) -> int:
     if code:
         return code
     return 128 + sig if sig else 1
+
+
+def _wait(client, job_id: int) -> dict:
+    """Block until the job ends; ride out a controller restart meanwhile."""
+    import time
+    retry_until = None
+    while True:
+        try:
+            with client.Client(timeout=None) as conn:
+                job = conn.call("wait", job_id=job_id)["job"]
+                return job
+        except client.ControllerUnavailable:
+            now = time.monotonic()
+            retry_until = retry_until or now + 300
+            if now > retry_until:
+                raise
+            time.sleep(0.5)
 
 
 def _read_stdin() -> str:
