@@ -90,7 +90,8 @@ class NodeDaemonSection(_Model):
     state_dir: str = "/var/spool/rmsd"
     log_file: str | None = None
     pid_file: str | None = None
-    pids_max: int = 4096
+    pids_max: int = 4096               # processes per job (cgroup pids controller)
+    isolation: Literal["auto", "off"] = "auto"   # cgroups and device fencing per job
 
 
 class GpuGroup(_Model):

@@ -617,7 +617,9 @@ class Controller:
                      exit_signal=_opt_int(outcome.get("signal")),
                      max_rss_kb=_opt_int(outcome.get("max_rss_kb")),
                      total_cpu_s=_float(outcome.get("total_cpu_s")),
-                     end_reason=str(outcome.get("reason") or "")[:500])
+                     end_reason=str(outcome.get("reason") or "")[:500],
+                     **({"protections": str(outcome["protections"])[:500]}
+                        if outcome.get("protections") else {}))
         log.info("job %d: %s on %s (exit %s:%s)", job_id, state.value, node,
                  outcome.get("exit_code"), outcome.get("signal"))
 

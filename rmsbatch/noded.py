@@ -79,17 +79,63 @@ class NodeDaemon:
         self.last_heartbeat = 0.0
         self.last_scan = 0.0
         self.unacked: dict[int, float] = {}  # job id -> when its outcome was last sent
+        self.isolation_mode = config.cluster.node_daemon.isolation
+        self.layout = None
+        if self.privileged and self.isolation_mode != "off":
+            from rmsbatch import cgroup
+            try:
+                self.layout = cgroup.detect()
+            except Exception as exc:   # noqa: BLE001 - jobs run without cgroups then
+                log.warning("node %s: no cgroups: %s", node, exc)
         os.makedirs(self.jobs_dir, exist_ok=True)
         # Jobs running as their users must be able to reach their own job dir.
         for d in (config.node_state_dir, self.state_dir, self.jobs_dir):
             os.chmod(d, 0o711)
         self.loop.listen(self.notify_path, "notify", mode=0o600)
+        self.host_cpus = sorted(os.sched_getaffinity(0))
+        self.cpus_in_use: dict[str, list[int]] = {}
+        for run in self.runs():
+            spec = (_read_json(os.path.join(self.job_dir(run), "job.json")) or {}).get("isolation")
+            if spec and spec.get("cpus"):
+                self.cpus_in_use[run] = spec["cpus"]
 
     @property
     def protections(self) -> str:
-        if self.privileged:
-            return "uid"
-        return "none (single-user mode: jobs run as the daemon's user)"
+        """What this node enforces, for rinfo and rcontrol show node."""
+        if not self.privileged:
+            return ("none (single-user mode: jobs run as the daemon's user; memory limit "
+                    "by watchdog)")
+        if self.isolation_mode == "off":
+            return "uid (isolation = \"off\" in cluster.toml)"
+        if self.layout is None:
+            return "uid (no usable cgroups)"
+        have = self.layout.available()
+        return "uid " + " ".join(f"{need}({how})" for need, how in have.items())
+
+    @property
+    def fenced(self) -> bool:
+        """Will jobs see only their own accelerators?"""
+        return bool(self.layout is not None and self.layout.mechanisms.get("devices"))
+
+    def isolation(self, job: dict, run: str) -> dict | None:
+        """The limits the job's supervisor applies (job.json "isolation")."""
+        if self.isolation_mode == "off":
+            return None
+        alloc = job["alloc"]
+        nd = self.config.nodes[self.node]
+        spec = {"mem_bytes": alloc["mem_mb"] * 1024 * 1024,
+                "pids_max": self.config.cluster.node_daemon.pids_max,
+                "devices": [g.file for g in nd.gpus if g.file],
+                "allowed": [nd.gpus[i].file for i in alloc["gpus"] if nd.gpus[i].file]}
+        used = {c for cpus in self.cpus_in_use.values() for c in cpus}
+        free = [c for c in self.host_cpus if c not in used]
+        if alloc["cpus"] <= len(free):
+            spec["cpus"] = free[:alloc["cpus"]]
+            self.cpus_in_use[run] = spec["cpus"]
+        else:
+            spec["why_no_cpuset"] = (f"{len(free)} of the host's {len(self.host_cpus)} CPUs "
+                                     f"free for {alloc['cpus']} (node declares {nd.cpus})")
+        return spec
 
     def inventory(self) -> dict:
         nd = self.config.nodes[self.node]
@@ -189,6 +235,7 @@ class NodeDaemon:
             "environment": self.environment(job, pw), "time_limit": job["time_limit"],
             "kill_grace": job.get("kill_grace", 30), "node": self.node,
             "notify_socket": self.notify_path, "array_job_id": None, "array_task_id": None,
+            "isolation": self.isolation(job, os.path.basename(jobdir)),
         })
 
     def environment(self, job: dict, pw) -> dict[str, str]:
@@ -225,8 +272,10 @@ class NodeDaemon:
             by_var: dict[str, list[str]] = {}
             for g in gpus:
                 by_var.setdefault(g.env, [])
-            for index in alloc["gpus"]:
-                by_var[gpus[index].env].append(str(index))
+            # Fenced, a job sees only its own devices, numbered from 0 as the
+            # vendor runtime will number them; unfenced, it sees all of them.
+            for position, index in enumerate(alloc["gpus"]):
+                by_var[gpus[index].env].append(str(position if self.fenced else index))
             for var, ids in by_var.items():
                 env[var] = ",".join(ids)   # empty: a GPU-less job sees no GPU
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
@@ -293,6 +342,7 @@ class NodeDaemon:
 
     def acknowledged(self, run: str) -> None:
         self.unacked.pop(run, None)
+        self.cpus_in_use.pop(run, None)
         shutil.rmtree(self.job_dir(run), ignore_errors=True)
 
     def scan(self) -> None:

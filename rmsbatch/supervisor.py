@@ -32,6 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from rmsbatch.isolation import Isolation
 from rmsbatch.states import JobState
 
 log = logging.getLogger("rmsbatch.supervisor")
@@ -152,6 +153,7 @@ class Job:
     notify_socket: str | None = None
     array_job_id: int | None = None
     array_task_id: int | None = None
+    isolation: dict | None = None           # limits for rmsbatch.isolation
 
 
 def _is_int(v) -> bool:
@@ -222,6 +224,8 @@ def parse_job(data) -> Job:
         notify_socket=need("notify_socket", opt_str, "a string or null", None) or None,
         array_job_id=need("array_job_id", opt_int, "an integer or null", None),
         array_task_id=need("array_task_id", opt_int, "an integer or null", None),
+        isolation=need("isolation", lambda v: v is None or isinstance(v, dict),
+                       "an object or null", None),
     )
 
 
@@ -297,7 +301,7 @@ def _catchable_signals():
             yield sig
 
 
-def _child(job: Job, out_path: str, err_path: str, errw: int) -> None:
+def _child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
     """Runs in the forked child; never returns."""
     def fail(msg: str) -> None:
         try:
@@ -332,6 +336,10 @@ def _child(job: Job, out_path: str, err_path: str, errw: int) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
         os.setsid()
+        try:
+            iso.enter()     # born inside its cgroup, while still root
+        except Exception:   # noqa: BLE001 - run unconfined rather than not at all
+            pass
         if os.geteuid() == 0:
             try:
                 os.setgroups(list(job.groups))
@@ -393,6 +401,10 @@ class Supervisor:
         self.cancel_signal: int | None = None
         self.cancelled = False
         self.timed_out = False
+        self.oom = False
+        self.iso = Isolation(job.job_id, "job_" + os.path.basename(jobdir.rstrip("/")),
+                             job.isolation)
+        self.usage: dict = {}
         self.kill_at: float | None = None      # monotonic time of the SIGKILL
         self.killed = False
         self.reason = ""
@@ -502,13 +514,14 @@ class Supervisor:
         self.info("output %s, error %s", out_path, err_path)
         if os.geteuid() != 0 and job.uid != os.geteuid():
             self.warn("not root: running as uid %d instead of %d", os.geteuid(), job.uid)
+        self.iso.setup()
         self.errr, errw = os.pipe()                 # both close-on-exec
         blocked = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:
             pid = os.fork()
             if pid == 0:
-                _child(job, out_path, err_path, errw)   # never returns
+                _child(job, out_path, err_path, errw, self.iso)   # never returns
             self.pid = pid
             self.start_time = time.time()
         finally:
@@ -533,13 +546,16 @@ class Supervisor:
                 self._terminate(f"time limit of {job.time_limit} s reached")
             if self.kill_at is not None and not self.killed and time.monotonic() >= self.kill_at:
                 self.killed = True
-                self.info("grace over: SIGKILL to process group %d", self.pid)
+                self.info("grace over: SIGKILL to the job's processes")
                 self._signal_job(signal.SIGKILL)
+                self.iso.kill()
+            if self.iso.poll(self.pid):
+                self.oom = True
             if self._reap():
                 break
             deadlines = [d for d in (limit_at if not (self.cancelled or self.timed_out) else None,
                                      self.kill_at if not self.killed else None) if d is not None]
-            timeout = MAX_WAIT_S
+            timeout = min(MAX_WAIT_S, self.iso.poll_interval or MAX_WAIT_S)
             if deadlines:
                 timeout = min(timeout, max(0.0, min(deadlines) - time.monotonic()))
             fds = [self.wake_r] + ([self.errr] if self.errr is not None else [])
@@ -554,6 +570,9 @@ class Supervisor:
         """Kill what the job left behind: its process group, its session, and
         (we are a child subreaper) every remaining descendant; reap them."""
         sid = self.pid
+        signum = os.WTERMSIG(self.status) if self.status is not None and \
+            os.WIFSIGNALED(self.status) else None
+        self.usage = self.iso.finish(signum)    # kills the cgroup, reads, removes it
         try:
             os.killpg(sid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -614,11 +633,19 @@ class Supervisor:
         else:
             state, code, sig = outcome_from_status(
                 self.status, cancelled=self.cancelled, timed_out=self.timed_out)
+            oom = self.oom or self.usage.get("oom_killed")
+            if oom and not (self.cancelled or self.timed_out):
+                state = JobState.OUT_OF_MEMORY.value
+                self.reason = "the job used more memory than it asked for (--mem)"
+        # The cgroup's figures cover every process of the job; rusage only
+        # the ones we waited for.
+        rss = self.usage.get("max_rss_kb") or self.max_rss_kb
+        cpu = self.usage.get("total_cpu_s")
         return {
             "job_id": self.job.job_id, "state": state, "exit_code": code, "signal": sig,
             "start_time": self.start_time, "end_time": self.end_time,
-            "max_rss_kb": self.max_rss_kb, "total_cpu_s": round(self.cpu_s, 3),
-            "reason": self.reason,
+            "max_rss_kb": rss, "total_cpu_s": round(cpu if cpu is not None else self.cpu_s, 3),
+            "reason": self.reason, "protections": self.usage.get("protections", ""),
         }
 
 
