@@ -53,6 +53,13 @@ def _report(prog: str, exc: BaseException) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr)
 
 
+def emit(text: str) -> int:
+    """Print a command's output (nothing at all when empty); exit status 0."""
+    if text:
+        sys.stdout.write(text + "\n")
+    return 0
+
+
 def job_filters(args, keys: tuple[str, ...]) -> dict:
     """The request fields for the job filters a command line gave (-u, --me, -A, ...)."""
     fields: dict = {}

@@ -5,11 +5,10 @@ One "nodes" request; nodes and partitions come back together.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from rmsbatch import client
 from rmsbatch import formats as fmt
-from rmsbatch.cli.common import CommandError, exit_with
+from rmsbatch.cli.common import CommandError, emit, exit_with
 from rmsbatch.hostlist import HostlistError, expand
 
 PROG = "rinfo"
@@ -113,10 +112,7 @@ def body(argv: list[str]) -> int:
         if unknown:
             raise CommandError(f"no partition named {unknown[0]!r} "
                                f"(partitions: {', '.join(sorted(known)) or 'none'})")
-    text = render(reply.get("nodes") or [], partitions, args)
-    if text:
-        sys.stdout.write(text + "\n")
-    return 0
+    return emit(render(reply.get("nodes") or [], partitions, args))
 
 
 def main() -> None:

@@ -219,11 +219,7 @@ def up(args) -> int:
     if not os.path.exists(os.path.join(directory, "cluster.toml")):
         generate_config(directory, args)
         print(f"rms-local: wrote a configuration for this host to {directory}", file=sys.stderr)
-    from rmsbatch import config as configmod
-    try:
-        cfg = configmod.load(directory)
-    except configmod.ConfigError as exc:
-        raise CommandError(str(exc)) from None
+    cfg = load_config(directory)
     os.chmod(directory, 0o755)   # every user of the host may read the config and reach the socket
     ctl = cfg.cluster.controller
     ctl_log = cfg.path(ctl.log_file or "log/rmsctld.log")
@@ -273,13 +269,18 @@ def read_pid_alive(pid: int) -> bool:
         return False
 
 
-def down(args) -> int:
-    directory = os.path.abspath(os.path.expanduser(args.dir))
-    from rmsbatch import client, config as configmod
+def load_config(directory: str):
+    from rmsbatch import config as configmod
     try:
-        cfg = configmod.load(directory)
+        return configmod.load(directory)
     except configmod.ConfigError as exc:
         raise CommandError(str(exc)) from None
+
+
+def down(args) -> int:
+    directory = os.path.abspath(os.path.expanduser(args.dir))
+    from rmsbatch import client
+    cfg = load_config(directory)
     ctl = cfg.cluster.controller
     nd = cfg.cluster.node_daemon
     if not args.keep_jobs and controller_ping(directory):
@@ -310,11 +311,7 @@ def down(args) -> int:
 
 def status(args) -> int:
     directory = os.path.abspath(os.path.expanduser(args.dir))
-    from rmsbatch import config as configmod
-    try:
-        cfg = configmod.load(directory)
-    except configmod.ConfigError as exc:
-        raise CommandError(str(exc)) from None
+    cfg = load_config(directory)
     ctl_pid = read_pid(cfg.path(cfg.cluster.controller.pid_file or "run/rmsctld.pid"))
     print(f"rmsctld: {'running (pid %d)' % ctl_pid if ctl_pid else 'stopped'}")
     states = node_states(directory) if ctl_pid else {}

@@ -6,11 +6,10 @@ One "jobs" request with the filters (the controller filters), then a table.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from rmsbatch import client
 from rmsbatch import formats as fmt
-from rmsbatch.cli.common import exit_with, job_filters
+from rmsbatch.cli.common import emit, exit_with, job_filters
 from rmsbatch.hostlist import HostlistError, expand
 
 PROG = "rq"
@@ -140,10 +139,7 @@ def body(argv: list[str]) -> int:
     if args.layout is not None and "nodes" not in fields:
         fields["fields"] = projection(args.layout)
     reply = client.call("jobs", **fields)
-    text = render(client.records(reply), args)
-    if text:
-        sys.stdout.write(text + "\n")
-    return 0
+    return emit(render(client.records(reply), args))
 
 
 def main() -> None:

@@ -5,12 +5,11 @@ One "jobs" request for the time window and filters; rows sorted by job id.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 from rmsbatch import client
 from rmsbatch import formats as fmt
-from rmsbatch.cli.common import exit_with
+from rmsbatch.cli.common import emit, exit_with
 
 PROG = "rsacct"
 
@@ -174,10 +173,7 @@ def body(argv: list[str]) -> int:
     if not args.json:
         fields["fields"] = FIELDS   # compact rows: listings run to tens of thousands
     reply = client.call("jobs", **fields)
-    text = render(client.records(reply), args)
-    if text:
-        sys.stdout.write(text + "\n")
-    return 0
+    return emit(render(client.records(reply), args))
 
 
 def main() -> None:
