@@ -90,6 +90,13 @@ def test_single_user_mode(new_cluster, users):
         assert "single-user mode" in log
         show = c.run("rcontrol", "show", "node", c.node, user=alice.pw_name)
         assert "single-user" in show.stdout
+        # no cgroups here: a watchdog enforces the memory limit
+        hog = c.run("rsub", "--parsable", "--wait", "--mem=64M", "--wrap",
+                    "python3 -c 'import time; b = bytearray(300 * 1024 * 1024); time.sleep(5)'",
+                    user=alice.pw_name, cwd=directory)
+        job = c.api("jobs", ids=[int(hog.stdout.split()[0])])["jobs"][0]
+        assert job["state"] == "OUT_OF_MEMORY", job
+        assert "memory(watchdog)" in job["protections"]
     finally:
         c.run("rms-local", "down", "--dir", directory, user=alice.pw_name)
         subprocess.run(["rm", "-rf", directory])
