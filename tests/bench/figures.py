@@ -7,6 +7,7 @@ system becomes an error cell; the figure and the run go on.
 from __future__ import annotations
 
 import os
+import random
 import time
 import traceback
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from tests.bench.system import System
 from tests.bench.util import Measurement
 
 MS = 1e-3
+PAIRED = "python3 -c pass, alternating with rsub"
 
 
 @dataclass
@@ -34,7 +36,7 @@ class Sizes:
     e2e_reps: int = 3
     start_reps: int = 20
     acct_reps: int = 10
-    floor_reps: int = 20
+    floor_reps: int = 30
 
     @classmethod
     def quick(cls) -> "Sizes":
@@ -49,6 +51,14 @@ class Context:
         self.sizes = sizes
         self.rows: list[Row] = []
         self.floor: dict[str, Measurement] = {}
+        from tests.bench.rms import command
+        self.python_pass: list[str] = [command("python3"), "-c", "pass"]
+
+    def floor_seconds(self) -> float | None:
+        """The `python3 -c pass` median the submit target is measured against: the one
+        taken call for call beside rsub when there is one (same conditions)."""
+        m = self.floor.get(PAIRED) or self.floor.get("python3 -c pass")
+        return m.median if m else None
 
     def systems(self) -> list[System]:
         return [s for s in (self.rms, self.slurm) if s is not None]
@@ -96,7 +106,7 @@ def python_floor(ctx: Context) -> None:
     from tests.bench.rms import command
     py = command("python3")
     env = ctx.rms.env if ctx.rms else None
-    for key, argv in (("python3 -c pass", [py, "-c", "pass"]),
+    for key, argv in (("python3 -c pass", ctx.python_pass),
                       ("python3 -S -c pass", [py, "-S", "-c", "pass"])):
         ctx.floor[key] = Measurement(util.repeat(argv, ctx.sizes.floor_reps, 3, env))
 
@@ -114,7 +124,14 @@ def submit_sequential(ctx: Context) -> None:
             argv = system.submit_held()
             for _ in range(ctx.sizes.warmup):
                 system.timed(argv)
-            calls = [system.timed(argv)[0] for _ in range(n)]
+            calls, floor = [], []
+            paired = system.family == "rmsbatch"
+            for _ in range(n):
+                calls.append(system.timed(argv)[0])
+                if paired:
+                    floor.append(util.timed(ctx.python_pass, system.env)[0])
+            if paired:
+                ctx.floor[PAIRED] = Measurement(floor)
             blocks = [ctx.sizes.block / sum(calls[i:i + ctx.sizes.block])
                       for i in range(0, n - ctx.sizes.block + 1, ctx.sizes.block)]
             return Measurement(calls), Measurement(calls), Measurement(blocks)
@@ -200,6 +217,8 @@ def end_to_end(ctx: Context) -> None:
                   "jobs/s", higher_better=True, target=Target("ratio_min", 3, "≥ 3"))
     sub = ctx.row("e2e", f"6   of which the {n} sequential submit calls", "s")
     arr = ctx.row("e2e", f"6 end to end, one {n}-task array", "jobs/s", higher_better=True)
+    api = ctx.row("e2e", f"6 end to end, {n} jobs submitted on one library connection",
+                  "jobs/s", higher_better=True)
     for system in ctx.variants():
         def run(system=system):
             system.empty_queue()
@@ -230,6 +249,23 @@ def end_to_end(ctx: Context) -> None:
             ctx.measure(system, [arr], run_array)
         else:
             arr.cells[system.label] = "n/a (no arrays)"
+            ctx.measure(system, [api], lambda system=system: [end_to_end_api(system, s)])
+    for column in ("Slurm", "Slurm bsd0"):
+        if ctx.slurm:
+            api.cells[column] = "n/a"
+
+
+def end_to_end_api(system, s: Sizes) -> Measurement:
+    """rmsbatch only: the pipeline behind rsub (controller, rmsd, supervisors) without
+    the cost of starting a Python command per job."""
+    spec = system.spec(*JOB, "--wrap", "true")
+    system.empty_queue()
+    rates, ids = [], []
+    for _ in range(s.e2e_reps):
+        start = time.time()
+        ids = [system.call("submit", spec=spec)["job_id"] for _ in range(s.e2e_jobs)]
+        rates.append(s.e2e_jobs / (system.wait_empty(900) - start))
+    return Measurement(rates, extra={"states_of_last_rep": job_states(system, ids)})
 
 
 def job_states(system: System, ids: list[int]) -> dict[str, int]:
@@ -255,10 +291,15 @@ def submit_to_start(ctx: Context) -> None:
         def run(system=system):
             system.empty_queue()
             delays = []
+            # A random pause before each submission, so that it lands at a random phase
+            # of a periodic scheduler (Slurm's batch_sched_delay is 3 s) instead of
+            # always just after the previous job ended.
+            pause = random.Random(1)
             for i in range(reps + 1):                # the first is a warm-up
-                stamp = os.path.join(system.workdir, f"start-{system.variant}-{i}")
+                stamp = os.path.join(system.workdir, f"start-{time.time_ns()}")
                 argv = system.submit(*JOB, "--wrap", f"date +%s.%N > {stamp}.tmp && "
                                                      f"mv {stamp}.tmp {stamp}")
+                time.sleep(pause.uniform(0, 3.0))
                 began = time.time()
                 system.timed(argv)
                 util.wait_until(lambda: os.path.exists(stamp), 60, interval=0.002,

@@ -29,6 +29,7 @@ class Row:
     stat: str = "median"          # or p90 / p99: the number shown and compared
     target: Target | None = None
     cells: dict = field(default_factory=dict)   # column -> Measurement | str
+    others: float | None = None   # share of the CPUs other people's work used meanwhile
 
     def value(self, column: str) -> float | None:
         cell = self.cells.get(column)
@@ -77,7 +78,8 @@ class Row:
         return {"figure": self.key, "label": self.label, "unit": self.unit, "stat": self.stat,
                 "higher_is_better": self.higher_better, "cells": cells,
                 "ratio_rmsbatch_over_slurm_best": self.ratio(), "slurm_best": best_col,
-                "target": self.target.text if self.target else None, "met": self.met(floor)}
+                "target": self.target.text if self.target else None, "met": self.met(floor),
+                "others_cpu": self.others}
 
 
 def fmt_num(x: float) -> str:
@@ -98,7 +100,7 @@ def fmt_cell(row: Row, column: str) -> str:
     if cell is None:
         return ""
     if not isinstance(cell, Measurement):
-        return str(cell)[:40]
+        return str(cell)[:24] + ("…" if len(str(cell)) > 24 else "")
     k = SCALE[row.unit]
     v = row.value(column) * k
     if len(cell.samples) == 1:
@@ -108,7 +110,7 @@ def fmt_cell(row: Row, column: str) -> str:
 
 def table(rows: list[Row], floor: float | None) -> str:
     columns = ["rmsbatch", *[c for c in SLURM_COLUMNS if any(c in r.cells for r in rows)]]
-    head = ["figure", *columns, "rms/Slurm", "target", "met"]
+    head = ["figure", *columns, "rms/Slurm", "target", "met", "other"]
     body = []
     for r in rows:
         ratio = r.ratio()
@@ -117,7 +119,8 @@ def table(rows: list[Row], floor: float | None) -> str:
                      *[fmt_cell(r, c) for c in columns],
                      "" if ratio is None else f"{ratio:.2f}",
                      r.target.text if r.target else "",
-                     {True: "yes", False: "NO", None: "" if not r.target else "?"}[met]])
+                     {True: "yes", False: "NO", None: "" if not r.target else "?"}[met],
+                     "" if r.others is None else f"{r.others:.0%}"])
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
              "  ".join("-" * w for w in widths)]

@@ -91,14 +91,31 @@ class Rms(System):
             self.close()    # a fresh connection next time
             raise
 
+    def spec(self, *args: str) -> dict:
+        """The job spec `rsub ARGS` would send."""
+        from rmsbatch import jobscript
+        sub = jobscript.parse_rsub(list(args), stdin_text=None, environ=dict(self.env),
+                                   cwd=self.workdir, hostname=socket.gethostname())
+        return sub.spec.to_dict()
+
     def held_spec(self) -> dict:
         if self._spec is None:
-            from rmsbatch import jobscript
-            sub = jobscript.parse_rsub(["-H", "--wrap", "true"], stdin_text=None,
-                                       environ=dict(self.env), cwd=self.workdir,
-                                       hostname=socket.gethostname())
-            self._spec = sub.spec.to_dict()
+            self._spec = self.spec("-H", "--wrap", "true")
         return self._spec
+
+    def _ids(self, **query) -> list[int]:
+        """Job ids only (the "fields" projection), or from full records on a
+        controller that does not project."""
+        try:
+            reply = self.call("jobs", fields=["id"], **query)
+        except Exception as exc:  # noqa: BLE001 - RequestRejected on an older controller
+            if "field" not in str(exc) and "bad request" not in str(exc):
+                raise
+            reply = self.call("jobs", **query)
+        if "rows" in reply:
+            return [row[0] if isinstance(row, (list, tuple)) else row["id"]
+                    for row in reply["rows"]]
+        return [j["id"] for j in reply["jobs"]]
 
     # -- System ---------------------------------------------------------------------
     def submit_held(self) -> list[str]:
@@ -124,14 +141,14 @@ class Rms(System):
                 "-o", "jobid,state"]
 
     def active_ids(self) -> list[int]:
-        return [j["id"] for j in self.call("jobs", active=True)["jobs"]]
+        return self._ids(active=True)
 
     def cancel_ids(self, ids: list[int]) -> None:
         for i in range(0, len(ids), 5000):
             self.call("cancel", ids=ids[i:i + 5000])
 
     def finished_count(self) -> int:
-        return len(self.call("jobs", finished=True)["jobs"])
+        return len(self._ids(finished=True))
 
     def controller_pid(self) -> int:
         with open(os.path.join(self.dir, "run", "rmsctld.pid")) as fh:

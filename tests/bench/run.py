@@ -25,7 +25,9 @@ from tests.bench import figures, report, scale, util  # noqa: E402
 from tests.bench.figures import Context, Sizes  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-BUSY = 0.25          # fraction of all CPUs busy while the harness idles: someone else is working
+CPUS = os.cpu_count() or 1
+BUSY = 0.25          # others' share of all CPUs at which a figure waits before it starts
+DISTURBED = 0.10     # others' share during a figure at which it is run once more
 
 # In this order: each step sets up the queue it needs, and the order keeps it cheap
 # (1,000 held jobs from the submit figure are reused by the first query, and so on).
@@ -57,26 +59,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def wait_for_calm(what: str, processes: util.Processes) -> dict:
-    """How busy the machine is while we idle, split into our daemons and everyone else;
-    waits up to a minute for someone else's work to end."""
-    def sample():
-        total, ours = util.cpu_busy(1.0, processes.pids())
-        return {"cpu_busy": total, "cpu_busy_ours": ours, "cpu_busy_others": total - ours}
-    busy = sample()
-    deadline = time.monotonic() + 60
-    while busy["cpu_busy_others"] > BUSY and time.monotonic() < deadline:
-        util.log(f"WARNING: {busy['cpu_busy_others']:.0%} of the CPUs busy with someone "
-                 f"else's work before {what!r}: waiting")
-        time.sleep(4)
-        busy = sample()
-    if busy["cpu_busy_ours"] > BUSY:
-        util.log(f"note: our own daemons use {busy['cpu_busy_ours']:.0%} of the CPUs "
-                 f"while idle, before {what!r}")
-    if busy["cpu_busy_others"] > BUSY:
-        util.log(f"WARNING: {what!r} is measured on a busy machine "
-                 f"({busy['cpu_busy_others']:.0%} busy with other work)")
-    return busy
+def busy(watcher: util.Watcher, seconds: float = 2.0) -> tuple[float, float]:
+    """Fractions of all CPUs used over `seconds` while the harness idles: by everything
+    (our idle daemons included), and by other people's processes."""
+    before, (busy0, total0) = watcher.cpu_seconds(True), util.cpu_busy_total()
+    time.sleep(seconds)
+    busy1, total1 = util.cpu_busy_total()
+    everything = (busy1 - busy0) / max(1, total1 - total0)
+    return everything, (watcher.cpu_seconds(True) - before) / (seconds * CPUS)
+
+
+def wait_for_calm(what: str, watcher: util.Watcher) -> float:
+    """Waits up to two minutes while someone else keeps the CPUs busy, and up to 30 s
+    while our own daemons are still busy (starting, purging jobs); others' share."""
+    start = time.monotonic()
+    total, others = busy(watcher)
+    while time.monotonic() - start < 120 and (
+            others > BUSY or (total > BUSY and time.monotonic() - start < 30)):
+        who = "someone else's work" if others > BUSY else "our own daemons"
+        util.log(f"waiting before {what!r}: {total:.0%} of the CPUs busy ({who})")
+        total, others = busy(watcher, 3.0)
+    if others > BUSY:
+        util.log(f"WARNING: {what!r} starts on a busy machine ({others:.0%} other work)")
+    return others
+
+
+def run_step(ctx: Context, what: str, step, watcher: util.Watcher) -> dict:
+    """One step of the plan; run again once if someone else's work disturbed it."""
+    for attempt in (1, 2):
+        calm = wait_for_calm(what, watcher)
+        first_row = len(ctx.rows)
+        cpu0, names0, began = watcher.cpu_seconds(True), watcher.snapshot(), time.monotonic()
+        util.log(f"--- {what}" + (" (again)" if attempt > 1 else ""))
+        try:
+            step(ctx)
+            error = None
+        except Exception as exc:  # noqa: BLE001 - the figure's own rows carry errors
+            error = str(exc)
+            util.log(f"{what}: FAILED: {exc}")
+        seconds = time.monotonic() - began
+        others = (watcher.cpu_seconds(True) - cpu0) / (seconds * CPUS)
+        for row in ctx.rows[first_row:]:
+            row.others = others
+        record = {"step": what, "attempt": attempt, "others_cpu_before": calm,
+                  "others_cpu_during": others, "others_top": watcher.top(names0),
+                  "seconds": seconds, "error": error}
+        if others <= DISTURBED or attempt == 2:
+            return record
+        util.log(f"{what}: disturbed ({others:.0%} of the CPUs used by other work: "
+                 f"{record['others_top']}): measuring it again")
+        del ctx.rows[first_row:]
+    return record
 
 
 def start_slurm(root: str, processes: util.Processes):
@@ -106,60 +139,63 @@ def git_revision() -> str:
         return "?"
 
 
+def start_systems(args, root: str, processes: util.Processes, notes: list[str]):
+    from tests.bench.rms import Rms
+    rms = Rms(os.path.join(root, "rms"), processes)
+    rms.start()
+    slurm = None
+    if args.no_slurm:
+        notes.append("Slurm not measured (--no-slurm)")
+    elif os.geteuid() != 0:
+        notes.append("Slurm not measured: the harness needs root to install and run it")
+    else:
+        slurm, why = start_slurm(root, processes)
+        if why:
+            notes.append(f"Slurm not measured: {why}")
+    return rms, slurm
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
-    load = util.loadavg()
+    util.mark_environment()
+    watcher = util.Watcher()
+    load, (_, busy_start) = util.loadavg(), busy(watcher)
     notes: list[str] = []
-    util.log(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
-    busy, _ = util.cpu_busy(2.0)
-    if busy > BUSY or load[0] > 0.5 * (os.cpu_count() or 1):
-        notes.append(f"machine busy at the start: load {load[0]:.2f}, {busy:.0%} CPU busy")
-        util.log(f"WARNING: {notes[-1]}: figures will be disturbed")
+    util.log(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {CPUS} CPUs; "
+             f"other work uses {busy_start:.0%} of them")
+    if busy_start > BUSY or load[0] > CPUS:
+        notes.append(f"machine busy at the start: load average {load[0]:.2f}, "
+                     f"{busy_start:.0%} of the CPUs used by other work")
+        util.log(f"WARNING: {notes[-1]}: figures may be disturbed")
 
-    def on_term(signum, frame):
+    def on_signal(signum, frame):
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C, a kill, a closed terminal: all end in the finally that stops the daemons
+    # (SIGINT explicitly too: a shell starts background jobs with it ignored).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
 
     root = tempfile.mkdtemp(prefix="rms-bench-")
     processes = util.Processes()
-    rms = slurm = None
-    steps = []
-    ctx = None
+    rms = slurm = ctx = None
+    steps: list[dict] = []
     started = time.strftime("%Y%m%dT%H%M%S")
     try:
-        from tests.bench.rms import Rms
-        rms = Rms(os.path.join(root, "rms"), processes)
-        rms.start()
-        if args.no_slurm:
-            notes.append("Slurm not measured (--no-slurm)")
-        elif os.geteuid() != 0:
-            notes.append("Slurm not measured: the harness needs root to install and run it")
-        else:
-            slurm, why = start_slurm(root, processes)
-            if why:
-                notes.append(f"Slurm not measured: {why}")
+        rms, slurm = start_systems(args, root, processes, notes)
         for n in notes:
             util.log(n)
         ctx = Context(rms, slurm, sizes)
-        figures.python_floor(ctx)
         for name, what, step in PLAN:
-            if args.only and name != args.only:
-                continue
-            calm = wait_for_calm(what, processes)
-            began = time.monotonic()
-            util.log(f"--- {what}")
-            try:
-                step(ctx)
-            except Exception as exc:  # noqa: BLE001 - the figure's own rows carry errors
-                util.log(f"{what}: FAILED: {exc}")
-                notes.append(f"{what}: failed: {exc}")
-            steps.append({"step": what, **calm, "loadavg_before": util.loadavg(),
-                          "seconds": time.monotonic() - began})
+            if not args.only or name == args.only:
+                steps.append(run_step(ctx, what, step, watcher))
+        # Last, on a quiet machine (just after the daemons start it reads high).
+        steps.append(run_step(ctx, "python3 -c pass floor", figures.python_floor, watcher))
     except KeyboardInterrupt:
         notes.append("interrupted")
         util.log("interrupted: stopping the daemons")
     finally:
+        slurm_version = slurm.version() if slurm else None
         for system in (slurm, rms):
             if system is not None:
                 try:
@@ -167,23 +203,24 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:  # noqa: BLE001
                     util.log(f"stopping {system.label}: {exc}")
         processes.stop_all()
+        watcher.stop()
 
     rows = ctx.rows if ctx else []
-    floor = ctx.floor.get("python3 -c pass") if ctx else None
+    floor = ctx.floor_seconds() if ctx else None
     errors = any(isinstance(c, str) and c.startswith("error") for r in rows for c in r.cells.values())
     if args.keep or errors:
         notes.append(f"logs and state kept in {root}")
     else:
         shutil.rmtree(root, ignore_errors=True)
-    print_report(rows, ctx, load, notes, slurm)
+    print_report(rows, ctx, load, busy_start, notes, slurm_version)
     document = {
-        "started": started, "args": vars(args), "host": platform.node(),
-        "cpus": os.cpu_count(), "python": sys.version.split()[0], "rmsbatch_git": git_revision(),
-        "slurm_version": slurm.version() if slurm and shutil.which("sbatch") else None,
-        "loadavg_at_start": load, "cpu_busy_at_start": busy, "sizes": vars(sizes),
+        "started": started, "args": vars(args), "host": platform.node(), "cpus": CPUS,
+        "python": sys.version.split()[0], "rmsbatch_git": git_revision(),
+        "slurm_version": slurm_version, "loadavg_at_start": load,
+        "others_cpu_at_start": busy_start, "sizes": vars(sizes),
         "floor": {k: m.to_json() for k, m in (ctx.floor.items() if ctx else [])},
         "steps": steps, "notes": notes,
-        "rows": [r.to_json(floor.median if floor else None) for r in rows],
+        "rows": [r.to_json(floor) for r in rows],
     }
     path = os.path.join(RESULTS, f"{started}.json")
     report.write_json(path, document)
@@ -191,19 +228,23 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if "interrupted" in notes else 0
 
 
-def print_report(rows, ctx, load, notes, slurm) -> None:
+def print_report(rows, ctx, load, busy, notes, slurm_version) -> None:
     print()
-    print(f"rmsbatch vs Slurm on {platform.node()} ({os.cpu_count()} CPUs), "
-          f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    if slurm is not None:
-        print(f"Slurm: {slurm.version()}; 'Slurm bsd0' = SchedulerParameters=batch_sched_delay=0;"
+    print(f"rmsbatch vs Slurm on {platform.node()} ({CPUS} CPUs); at the start: load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, other work {busy:.0%} of the CPUs")
+    if slurm_version:
+        print(f"Slurm: {slurm_version}; 'Slurm bsd0' = SchedulerParameters=batch_sched_delay=0;"
               " ratios use Slurm's best setting")
     if ctx and ctx.floor:
         print("floor: " + "; ".join(f"{k}: {m.median * 1e3:.1f} ms ({m.low * 1e3:.1f}–"
                                     f"{m.high * 1e3:.1f})" for k, m in ctx.floor.items()))
-    print("cells: median (min–max) unless marked p90/p99\n")
-    floor = ctx.floor.get("python3 -c pass") if ctx else None
-    print(report.table(rows, floor.median if floor else None))
+    print("cells: median (min–max) unless marked p90/p99; 'other' = share of the CPUs that "
+          "other people's processes used during the figure\n")
+    print(report.table(rows, ctx.floor_seconds() if ctx else None))
+    for row in rows:
+        for column, cell in row.cells.items():
+            if isinstance(cell, str) and cell.startswith("error"):
+                print(f"{column}: {row.label}: {cell}")
     for n in notes:
         print(f"note: {n}")
 

@@ -14,7 +14,6 @@ import pwd
 import shutil
 import socket
 import subprocess
-import time
 
 from tests.bench import util
 from tests.bench.system import System
@@ -199,7 +198,7 @@ class Slurm(System):
             self.bin("mariadbd"), "--no-defaults", "--user=mysql", f"--datadir={data}",
             f"--socket={self.mysql_socket}", f"--pid-file={self.path('mysql', 'mariadbd.pid')}",
             "--skip-networking", f"--log-error={self.path('log', 'mariadbd.log')}",
-            "--innodb-buffer-pool-size=256M"], self.path("log", "mariadbd.out"))
+            "--innodb-buffer-pool-size=4G", "--innodb-lock-wait-timeout=900"], self.path("log", "mariadbd.out"))
         util.wait_until(lambda: util.run([self.bin("mariadb"), "--no-defaults",
                                           f"--socket={self.mysql_socket}", "-u", "root",
                                           "-e", "SELECT 1"], check=False).returncode == 0,
@@ -240,8 +239,11 @@ StorageLoc=slurm_acct_db
 
     # -- slurmctld + slurmd -------------------------------------------------------------
     def _write_slurm_conf(self) -> None:
+        # AccountingStoragePass names the munge socket for connections to slurmdbd
+        # (AuthInfo's socket is not used for those).
         acct = (f"AccountingStorageType=accounting_storage/slurmdbd\n"
                 f"AccountingStorageHost=localhost\nAccountingStoragePort={self.ports['dbd']}\n"
+                f"AccountingStoragePass={self.munge_socket}\n"
                 if self.accounting else "AccountingStorageType=accounting_storage/none\n")
         text = f"""# written by tests/bench/slurm.py ({self.variant})
 ClusterName=bench
@@ -325,8 +327,9 @@ PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                 "-o", "jobid,state", "-s", FINISHED]
 
     def active_ids(self) -> list[int]:
+        """Job ids; a pending array shows once, as its array job id (`42_[1-500]` -> 42)."""
         out = util.run([self.bin("squeue"), "-h", "-o", "%i"], env=self.env).stdout
-        return [int(x) for x in out.split()]
+        return [int(x.split("_")[0]) for x in out.split()]
 
     def cancel_ids(self, ids: list[int]) -> None:
         for i in range(0, len(ids), 1000):
@@ -334,7 +337,7 @@ PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
     def finished_count(self) -> int:
         self.wait_accounting()
-        return len(util.run(self.acct_all(), env=self.env).stdout.split())
+        return len(util.run(self.acct_all(), env=self.env).stdout.splitlines())
 
     def wait_accounting(self, timeout: float = 300) -> None:
         """Until slurmctld has handed every record to slurmdbd (sdiag's agent queue is 0)."""

@@ -255,32 +255,133 @@ def loadavg() -> tuple[float, float, float]:
     return float(a), float(b), float(c)
 
 
-def _cpu_times() -> tuple[int, int]:
+def cpu_busy_total() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
     with open("/proc/stat") as fh:
-        fields = [int(x) for x in fh.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields[:8]), idle
+        fields = [int(x) for x in fh.readline().split()[1:8]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks (0 if it is gone)."""
+# -- someone else's work ----------------------------------------------------------------
+MARK = "RMS_BENCH_RUN"      # in the environment of everything this run starts
+# Slurm's helpers start with a clean environment; on this machine they are ours.
+OWN_HELPERS = frozenset({"slurmstepd", "slurmscriptd", "slurm_script"})
+
+
+def mark_environment() -> None:
+    """Everything started from now on (daemons, commands, jobs) carries the mark."""
+    os.environ[MARK] = str(os.getpid())
+
+
+def _is_ours(pid: int, token: bytes) -> bool | None:
+    """None when it cannot be told (the process is exiting)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            env = fh.read()
+    except OSError:
+        return None
+    return (token in env) if env else None
+
+
+def _all_ticks(pid: int) -> tuple[int, str]:
+    """(utime + stime + cutime + cstime, command name): a process and the children it
+    has reaped; -1 for a kernel thread or a process that is gone."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
+            head, _, rest = fh.read().rpartition(")")
     except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
+        return -1, ""
+    f = rest.split()
+    if pid == 2 or f[1] == "2" or f[0] == "Z":   # kernel thread; zombie (its parent
+        return -1, ""                             # gets its time when it reaps it)
+    name = head.partition("(")[2]
+    if pid == 1:     # init reaps every orphan (our jobs too): count its own time only
+        return int(f[11]) + int(f[12]), name
+    return int(f[11]) + int(f[12]) + int(f[13]) + int(f[14]), name
 
 
-def cpu_busy(seconds: float = 1.0, pids: list[int] = ()) -> tuple[float, float]:
-    """Fractions of all CPUs busy over `seconds` while the harness sleeps: (everyone,
-    the processes in `pids`). The difference is someone else's work."""
-    total0, idle0 = _cpu_times()
-    ours0 = sum(cpu_ticks(p) for p in pids)
-    time.sleep(seconds)
-    total1, idle1 = _cpu_times()
-    ours1 = sum(cpu_ticks(p) for p in pids)
-    total = total1 - total0
-    if total <= 0:
-        return 0.0, 0.0
-    return 1.0 - (idle1 - idle0) / total, (ours1 - ours0) / total
+class Watcher:
+    """Samples, once a second, the CPU time of processes that are not this run's (no
+    MARK in their environment): other people's work that disturbs a figure."""
+
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self.token = f"{MARK}={os.getpid()}".encode()
+        self.ours: dict[tuple[int, str], bool] = {}
+        self.last: dict[int, int] = {}
+        self.others = 0
+        self.by_name: dict[str, int] = {}
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sampling = threading.Lock()
+        self._sample(first=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self, first: bool = False) -> None:
+        with self._sampling:
+            self._sample_locked(first)
+
+    def _sample_locked(self, first: bool) -> None:
+        seen: dict[int, int] = {}
+        names: dict[str, int] = {}
+        added = 0
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+        for pid in pids:
+            if pid == os.getpid():
+                continue
+            ticks, name = _all_ticks(pid)
+            if ticks < 0 or name in OWN_HELPERS:
+                continue
+            # Keyed by name too: a child between fork and exec still shows its parent's
+            # first environment, without the mark; after exec its name changes.
+            key = (pid, name)
+            if key not in self.ours:
+                verdict = _is_ours(pid, self.token)
+                if verdict is None:
+                    continue
+                self.ours[key] = verdict
+            if self.ours[key]:
+                continue
+            seen[pid] = ticks
+            if not first and ticks > self.last.get(pid, 0):
+                added += ticks - self.last.get(pid, 0)
+                names[name] = names.get(name, 0) + ticks - self.last.get(pid, 0)
+        present = set(pids)
+        with self._lock:
+            for name, ticks in names.items():
+                self.by_name[name] = self.by_name.get(name, 0) + ticks
+            self.others += max(0, added)
+            self.last = seen
+            self.ours = {k: v for k, v in self.ours.items() if k[0] in present}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._sample()
+            except Exception:  # noqa: BLE001 - a reading that failed is just skipped
+                pass
+
+    def cpu_seconds(self, fresh: bool = False) -> float:
+        """CPU seconds others used since the start (`fresh`: sample right now)."""
+        if fresh:
+            self._sample()
+        with self._lock:
+            return self.others / self.hz
+
+    def top(self, since: dict[str, int], count: int = 3) -> str:
+        """The busiest other commands since the `since` snapshot of by_name."""
+        with self._lock:
+            now = dict(self.by_name)
+        diff = sorted(((t - since.get(n, 0), n) for n, t in now.items()), reverse=True)
+        return ", ".join(f"{n} {t / self.hz:.1f} s" for t, n in diff[:count] if t > 0)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.by_name)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
