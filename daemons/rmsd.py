@@ -83,6 +83,8 @@ def main(argv=None) -> int:
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 1
+    finally:
+        nodedaemon.stop_monitor()
     log.info("node %s: rmsd %d stopped (jobs keep running under their supervisors)",
              node, os.getpid())
     os.close(lock)

@@ -41,6 +41,17 @@ def _time(value) -> int:
     return units.parse_time(str(value))
 
 
+def _seconds(value) -> int:
+    """Like _time, but a bare number is seconds (for daemon timings)."""
+    if isinstance(value, bool):
+        raise ValueError("expected seconds, or a time such as '5:00'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return int(value)
+    return units.parse_time(str(value))
+
+
 def _memory(value) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a size such as '512G'")
@@ -92,6 +103,33 @@ class NodeDaemonSection(_Model):
     pid_file: str | None = None
     pids_max: int = 4096               # processes per job (cgroup pids controller)
     isolation: Literal["auto", "off"] = "auto"   # cgroups and device fencing per job
+    # The accelerator monitor (rmsbatch.devices.monitor): telemetry and health.
+    gpu_monitor: bool = True
+    gpu_sample_interval: float = 5.0   # seconds; NVML holds a driver lock, so not faster than 1
+    gpu_backends: list[Literal["nvml", "amdsmi", "sysfs"]] = ["nvml", "amdsmi", "sysfs"]
+    gpu_discovery_timeout: float = 60.0   # seconds rmsd waits for auto-detection
+    gpu_thermal_drain: int | str = "5:00"  # sustained thermal throttling that drains; 0 never
+    gpu_xid_ignore: list[int] = [13, 31, 43, 45, 68, 109]   # application XIDs: not a fault
+    device_root: str = "/"             # where /dev, /proc and /sys are (a container's /host)
+
+    @field_validator("gpu_sample_interval")
+    @classmethod
+    def _interval(cls, v):
+        if v < 1:
+            raise ValueError("must be at least 1 second (NVML holds a driver-wide lock)")
+        return v
+
+    @field_validator("gpu_discovery_timeout")
+    @classmethod
+    def _discovery(cls, v):
+        if v <= 0:
+            raise ValueError("must be positive")
+        return v
+
+    @field_validator("gpu_thermal_drain")
+    @classmethod
+    def _thermal(cls, v):
+        return _seconds(v)
 
 
 class GpuGroup(_Model):
@@ -99,6 +137,40 @@ class GpuGroup(_Model):
     count: int
     files: str | None = None          # e.g. "/dev/nvidia[0-7]": one file per device
     env: str = "CUDA_VISIBLE_DEVICES"
+    vendor: Literal["nvidia", "amd", "other"] | None = None   # None: from env
+    memory: int | str | None = None   # per device, MB or a size ("80G"): for --gpu-mem
+    cpus: str | None = None           # CPUs local to these devices, e.g. "0-31"
+
+    @field_validator("memory")
+    @classmethod
+    def _mem(cls, v):
+        return None if v is None else _memory(v)
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, v):
+        if v is None:
+            return v
+        try:
+            from rmsbatch.devices.record import parse_cpu_list
+            if not parse_cpu_list(v):
+                raise ValueError
+        except ValueError:
+            raise ValueError("expected a CPU list such as '0-31' or '0-15,32-47'") from None
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v):
+        if not v or not (v[0].isalpha() or v[0] == "_") or not all(c.isalnum() or c == "_" for c in v):
+            raise ValueError("expected an environment variable name such as CUDA_VISIBLE_DEVICES")
+        return v
+
+    @property
+    def vendor_name(self) -> str:
+        if self.vendor:
+            return self.vendor
+        return {"CUDA_VISIBLE_DEVICES": "nvidia", "ROCR_VISIBLE_DEVICES": "amd"}.get(self.env, "other")
 
     @field_validator("count")
     @classmethod
@@ -118,6 +190,10 @@ class NodeGroup(_Model):
     cpus: int
     memory: int | str                  # MB, or a size with a unit
     features: list[str] = []
+    # static: the devices are the [[nodes.gpus]] tables; auto: rmsd finds them (NVML, AMD
+    # SMI, sysfs), plus the tables of vendor "other"; check: found, and compared with the
+    # tables (a mismatch drains the node).
+    gpu_detect: Literal["static", "auto", "check"] = "static"
     gpus: list[GpuGroup] = []
 
     @field_validator("memory")
@@ -209,6 +285,9 @@ class GpuDef:
     type: str
     file: str | None
     env: str
+    vendor: str = "nvidia"
+    mem_mb: int = 0
+    cpus: str | None = None
 
 
 @dataclass
@@ -219,6 +298,7 @@ class NodeDef:
     features: tuple[str, ...]
     gpus: tuple[GpuDef, ...]
     partitions: list[str] = field(default_factory=list)
+    gpu_detect: str = "static"
 
 
 @dataclass
@@ -316,11 +396,13 @@ def load(directory: str) -> Config:
                 raise ConfigError(f"{cfile}: nodes.{i}.gpus.{j}.files: names {len(files)} "
                                   f"device files but count is {g.count}")
             for f in files:
-                gpus.append(GpuDef(len(gpus), g.type, f, g.env))
+                gpus.append(GpuDef(len(gpus), g.type, f, g.env, g.vendor_name, g.memory or 0,
+                                   g.cpus))
         for name in names:
             if name in nodes:
                 raise ConfigError(f"{cfile}: nodes.{i}.names: node {name} is declared twice")
-            nodes[name] = NodeDef(name, group.cpus, group.memory, tuple(group.features), tuple(gpus))
+            nodes[name] = NodeDef(name, group.cpus, group.memory, tuple(group.features), tuple(gpus),
+                                  gpu_detect=group.gpu_detect)
 
     partitions: dict[str, PartitionSection] = {}
     partition_nodes: dict[str, list[str]] = {}

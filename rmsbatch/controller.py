@@ -17,7 +17,7 @@ import time
 from rmsbatch import hostlist, placement, scheduler
 from rmsbatch.config import Config
 from rmsbatch.jobspec import JobSpec, SpecError
-from rmsbatch.placement import NodeAlloc, NodeView, Request
+from rmsbatch.placement import Gpu, NodeAlloc, NodeView, Request
 from rmsbatch.server import Conn, Loop
 from rmsbatch.spool import JOB_COLUMNS, Spool
 from rmsbatch.states import FINISHED, JobState, NodeState, parse_state
@@ -56,6 +56,24 @@ def default_output(spec) -> str:
     """Where a job's output goes when it names no file: the submit directory."""
     submit_dir = spec["submit_dir"] if isinstance(spec, dict) else spec.submit_dir
     return os.path.join(submit_dir, "rms-%j.out")
+
+
+def _gpus(devices: list[dict]) -> dict[int, Gpu]:
+    """Placement's view of a node's accelerator records."""
+    from rmsbatch.devices.record import Accelerator, short_type
+    records = []
+    for d in devices:
+        try:
+            records.append(Accelerator.from_dict(d))
+        except TypeError:
+            continue      # a record from an incompatible rmsd: not allocatable
+    index_of = {r.key: r.index for r in records}
+    return {r.index: Gpu(str(r.type), int(r.mem_mb or 0),
+                         short_type(r.model) if r.is_partition else "", r.is_partition,
+                         r.numa_node if isinstance(r.numa_node, int) else None,
+                         tuple(sorted((index_of[k], int(w)) for k, w in (r.links or {}).items()
+                                      if k in index_of)))
+            for r in records}
 
 
 def _alloc_from_json(text: str | None) -> dict[str, NodeAlloc]:
@@ -111,6 +129,7 @@ class Controller:
                 "reason": st.get("reason", "") or ("Not registered" if not st.get("up") else ""),
                 "last_heartbeat": now if st.get("up") else st.get("last_heartbeat"),
                 "inventory": st.get("inventory", {}),
+                "gpu_drain": st.get("gpu_drain", {}), "telemetry": {}, "gpu_notes": [],
             }
             self.nodes[name] = self._view(name)
         self.pending: dict[int, scheduler.PendingJob] = {}
@@ -129,15 +148,40 @@ class Controller:
     def _view(self, name: str) -> NodeView:
         nd = self.config.nodes[name]
         st = self.node_status[name]
-        return NodeView(name, nd.cpus, nd.mem_mb, {g.index: g.type for g in nd.gpus},
-                        frozenset(nd.features), usable=st["up"] and not st["drain"])
+        devices = self.devices_of(name)
+        gpus = {} if devices is None else _gpus(devices)
+        drained = {int(i) for i in st["gpu_drain"] if int(i) in gpus}
+        return NodeView(name, nd.cpus, nd.mem_mb, gpus, frozenset(nd.features),
+                        usable=st["up"] and not st["drain"], drained=drained,
+                        gpus_known=devices is not None)
+
+    def devices_of(self, name: str) -> list[dict] | None:
+        """The node's accelerators as records (dicts): declared ones from cluster.toml,
+        detected ones as the node last reported them; None until a detecting node has."""
+        nd = self.config.nodes[name]
+        if nd.gpu_detect == "static":
+            from rmsbatch.devices.discovery import static_inventory
+            return [d.to_dict() for d in static_inventory(nd.gpus).devices]
+        inv = self.node_status[name]["inventory"]
+        if inv.get("gpu_mode") not in ("auto", "check") or not isinstance(inv.get("gpus"), list):
+            return None
+        return [d for d in inv["gpus"] if isinstance(d, dict) and isinstance(d.get("index"), int)]
+
+    def _refresh_view(self, name: str) -> None:
+        """A new view of one node (new inventory), with its running jobs on it."""
+        view = self._view(name)
+        self.nodes[name] = view
+        for alloc in self.running.values():
+            if name in alloc:
+                placement.take(self.nodes, {name: alloc[name]})
+        view.free_gpus.difference_update(view.drained)
 
     def _pending(self, row: dict) -> scheduler.PendingJob:
         return scheduler.PendingJob(
             row["id"], row["partition"], row["priority"], row["submit_time"],
             Request(row["nodes"], -(-row["req_cpus"] // row["nodes"]), row["req_mem_mb"],
                     bool(row["mem_whole_node"]), row["gpus_per_node"], row["gpu_type"],
-                    bool(row["exclusive"]), row["constraint_expr"]),
+                    bool(row["exclusive"]), row["constraint_expr"], row["gpu_mem_mb"] or 0),
             row["hold"])
 
     def reconfigure(self, config: Config) -> None:
@@ -257,8 +301,10 @@ class Controller:
         mem_whole = spec.mem_mb == 0
         smallest = min((n.mem_mb for n in members), default=0)
         mem_node = spec.mem_on_node(smallest, cfg.cluster.controller.default_mem_per_cpu)
+        gpu_mem = spec.gpu_mem_mb or 0 if gpus_node else 0
         request = Request(spec.nodes, spec.cpus_on_node(), 0 if mem_whole else mem_node,
-                          mem_whole, gpus_node, spec.gpu_type, spec.exclusive, spec.constraint)
+                          mem_whole, gpus_node, spec.gpu_type, spec.exclusive, spec.constraint,
+                          gpu_mem)
         try:
             placement.check_feasible(request, members, partition)
         except placement.InfeasibleRequest as exc:
@@ -273,7 +319,7 @@ class Controller:
             "nodes": spec.nodes, "ntasks": spec.ntasks, "cpus_per_task": spec.cpus_per_task,
             "req_cpus": spec.cpus_total, "req_mem_mb": 0 if mem_whole else mem_node,
             "req_gpus": gpus_node * spec.nodes, "gpus_per_node": gpus_node,
-            "mem_whole_node": int(mem_whole), "gpu_type": spec.gpu_type,
+            "mem_whole_node": int(mem_whole), "gpu_type": spec.gpu_type, "gpu_mem_mb": gpu_mem,
             "constraint_expr": spec.constraint, "exclusive": int(spec.exclusive),
             "requeue": int(spec.requeue), "command": name, "workdir": spec.workdir,
             "stdout": spec.output or default_output(spec),
@@ -452,17 +498,27 @@ class Controller:
         nodes = []
         for name in names:
             nd, view, st = self.config.nodes[name], self.nodes[name], self.node_status[name]
-            types = sorted({g.type for g in nd.gpus})
-            nodes.append({
+            types = sorted({g.type for g in view.gpus.values()})
+            total = len(view.gpus)
+            drains = {int(i): d.get("reason", "") for i, d in st["gpu_drain"].items()}
+            record = {
                 "name": name, "state": self.node_state(name).value, "reason": st["reason"],
                 "cpus": nd.cpus, "alloc_cpus": nd.cpus - view.free_cpus, "mem_mb": nd.mem_mb,
-                "alloc_mem_mb": nd.mem_mb - view.free_mem, "gpus": len(nd.gpus),
-                "alloc_gpus": len(nd.gpus) - len(view.free_gpus), "gpu_type": ",".join(types),
+                "alloc_mem_mb": nd.mem_mb - view.free_mem, "gpus": total,
+                "alloc_gpus": total - len(view.free_gpus) - len(view.drained - self._busy(name)),
+                "gpus_drained": len(view.drained), "gpu_type": ",".join(types),
+                "gpu_drain": {str(i): r for i, r in sorted(drains.items())},
+                "gpu_reason": "; ".join(f"GPU {i}: {r}" for i, r in sorted(drains.items())),
+                "gpu_mode": nd.gpu_detect, "gpu_notes": st["gpu_notes"] + list(
+                    st["inventory"].get("gpu_notes") or [])[:10],
                 "features": list(nd.features), "partitions": nd.partitions,
                 "last_heartbeat": st["last_heartbeat"], "jobs": sorted(jobs_on.get(name, [])),
                 "protections": st["inventory"].get("protections", ""),
                 "connected": name in self.node_conns,
-            })
+            }
+            if msg.get("devices"):
+                record["devices"] = self._device_rows(name, drains)
+            nodes.append(record)
         partitions = [{
             "name": p.name, "nodes": hostlist.compress(self.config.partition_nodes[p.name]),
             "node_names": self.config.partition_nodes[p.name],
@@ -470,6 +526,28 @@ class Controller:
             "default_time": p.default_time, "max_time": p.max_time,
         } for p in self.config.partitions.values()]
         return {"nodes": nodes, "partitions": partitions}
+
+    def _busy(self, name: str) -> set[int]:
+        return {i for alloc in self.running.values() if name in alloc for i in alloc[name].gpus}
+
+    def _device_rows(self, name: str, drains: dict[int, str]) -> list[dict]:
+        """One row per accelerator: what it is, who has it, how it is doing."""
+        owner = {i: job_id for job_id, alloc in self.running.items() if name in alloc
+                 for i in alloc[name].gpus}
+        telemetry = self.node_status[name]["telemetry"]
+        rows = []
+        for d in self.devices_of(name) or []:
+            i = d["index"]
+            rows.append({
+                "index": i, "type": d.get("type"), "model": d.get("model"),
+                "vendor": d.get("vendor"), "mem_mb": d.get("mem_mb"), "uuid": d.get("uuid"),
+                "bdf": d.get("bdf"), "numa_node": d.get("numa_node"), "profile": d.get("profile"),
+                "parent": d.get("parent"), "device_files": d.get("device_files"),
+                "state": "drained" if i in drains else ("alloc" if i in owner else "idle"),
+                "job": owner.get(i), "health": drains.get(i) or "ok",
+                **{k: v for k, v in (telemetry.get(str(i)) or {}).items() if k != "lost"},
+            })
+        return rows
 
     def _node_names(self, msg: dict) -> list[str]:
         spec = msg.get("nodes")
@@ -497,8 +575,16 @@ class Controller:
         self._require_operator(conn, "resume")
         names = self._node_names(msg)
         for name in names:
-            self._set_node(name, drain=False, reason="" if self.node_status[name]["up"]
-                           else self.node_status[name]["reason"])
+            st, view = self.node_status[name], self.nodes[name]
+            busy = {i for alloc in self.running.values() if name in alloc for i in alloc[name].gpus}
+            view.undrain_gpus(busy)
+            self._set_node(name, drain=False, gpu_drain={},
+                           reason="" if st["up"] else st["reason"])
+            st["gpu_notes"] = []
+            if name in self.node_conns:
+                # the node's monitor judges its devices afresh: a fault that persists
+                # drains them again
+                self._send(self.node_conns[name], {"op": "health_reset"})
             log.info("node %s: resumed by uid %d", name, conn.uid)
         return {"nodes": names}
 
@@ -517,8 +603,7 @@ class Controller:
     def _set_node(self, name: str, **fields) -> None:
         self.node_status[name].update(fields)
         self.spool.upsert_node(name, **{k: int(v) if isinstance(v, bool) else v
-                                        for k, v in fields.items() if k != "inventory"},
-                               **({"inventory": fields["inventory"]} if "inventory" in fields else {}))
+                                        for k, v in fields.items()})
         self.nodes[name].usable = self.node_status[name]["up"] and not self.node_status[name]["drain"]
         self.dirty = True
 
@@ -540,9 +625,19 @@ class Controller:
         self.node_conns[name] = conn
         st = self.node_status[name]
         reason = "" if st["reason"] in ("Not responding", "Not registered") else st["reason"]
+        inventory = msg.get("inventory") if isinstance(msg.get("inventory"), dict) else {}
         self._set_node(name, up=True, reason=reason, last_heartbeat=self.clock(),
-                       inventory=msg.get("inventory") or {})
-        log.info("node %s: registered (pid %d)", name, conn.pid)
+                       inventory=inventory)
+        if self.config.nodes[name].gpu_detect != "static":
+            self._refresh_view(name)
+        problems = [str(p) for p in inventory.get("gpu_problems") or []][:20]
+        if problems:
+            why = "; ".join(problems)[:200]
+            if not (st["drain"] and st["reason"] == why):
+                self._set_node(name, drain=True, reason=why)
+                log.warning("node %s: drained: %s", name, why)
+        log.info("node %s: registered (pid %d, %d accelerators)", name, conn.pid,
+                 len(self.nodes[name].gpus))
         ended = msg.get("ended") or []
         for outcome in ended:
             self.job_ended(name, outcome)
@@ -578,10 +673,44 @@ class Controller:
         name = self._node_conn(conn, msg)
         now = self.clock()
         self.node_status[name]["last_heartbeat"] = now
+        telemetry = msg.get("gpus")
+        if isinstance(telemetry, dict) and len(telemetry) <= 1024:
+            self.node_status[name]["telemetry"] = {
+                str(k): v for k, v in telemetry.items() if isinstance(v, dict)}
         if not self.node_status[name]["up"]:
             return {"rehello": True}
         self.spool.upsert_node(name, last_heartbeat=now)
         return {}
+
+    def op_node_health(self, conn: Conn, msg: dict) -> dict:
+        """The node's monitor judged devices unfit: drain them; end the jobs on a device
+        that failed outright (NODE_FAIL, or requeued when they asked for it)."""
+        name = self._node_conn(conn, msg)
+        st, view = self.node_status[name], self.nodes[name]
+        st["gpu_notes"] = [str(p)[:200] for p in msg.get("problems") or []][:10]
+        unhealthy = msg.get("unhealthy") if isinstance(msg.get("unhealthy"), dict) else {}
+        now = self.clock()
+        drains = dict(st["gpu_drain"])
+        for key, verdict in unhealthy.items():
+            try:
+                index = int(key)
+            except ValueError:
+                continue
+            if index not in view.gpus or str(index) in drains or not isinstance(verdict, dict):
+                continue
+            reason = str(verdict.get("reason") or "unhealthy")[:200]
+            drains[str(index)] = {"reason": reason, "fatal": bool(verdict.get("fatal")),
+                                  "since": now}
+            view.drain_gpu(index)
+            log.warning("node %s: GPU %d drained: %s", name, index, reason)
+            if verdict.get("fatal"):
+                for job_id, alloc in list(self.running.items()):
+                    if name in alloc and index in alloc[name].gpus:
+                        self._node_failed(job_id, name, now,
+                                          f"GPU {index} on {name} failed: {reason}")
+        if drains != st["gpu_drain"]:
+            self._set_node(name, gpu_drain=drains)
+        return {"ack": "node_health"}
 
     def op_job_started(self, conn: Conn, msg: dict) -> dict:
         self._node_conn(conn, msg)
@@ -617,6 +746,9 @@ class Controller:
                      exit_signal=_opt_int(outcome.get("signal")),
                      max_rss_kb=_opt_int(outcome.get("max_rss_kb")),
                      total_cpu_s=_float(outcome.get("total_cpu_s")),
+                     gpu_util=_float(outcome.get("gpu_util")),
+                     gpu_mem_peak_mb=_opt_int(outcome.get("gpu_mem_peak_mb")),
+                     gpu_energy_j=_float(outcome.get("gpu_energy_j")),
                      end_reason=str(outcome.get("reason") or "")[:500],
                      **({"protections": str(outcome["protections"])[:500]}
                         if outcome.get("protections") else {}))
@@ -743,24 +875,28 @@ class Controller:
                             now - st["last_heartbeat"])
                 for job_id, alloc in list(self.running.items()):
                     if name in alloc:
-                        self._node_failed(job_id, name, now)
+                        self._node_failed(job_id, name, now, f"node {name} stopped responding")
             conn = self.node_conns.pop(name, None)
             if conn is not None:
                 self.loop.close(conn)
 
-    def _node_failed(self, job_id: int, node: str, now: float) -> None:
+    def _node_failed(self, job_id: int, node: str, now: float, why: str) -> None:
+        """The job's node (or one of its devices) failed: requeue it if it asked, else
+        NODE_FAIL; whatever still runs of it is told to stop."""
         row = self.spool.job(job_id)
+        stop = {"op": "cancel", "job_id": job_id, "run": row["restart_count"]}
         if row["requeue"] and not row["cancel_requested"]:
             if self.spool.transition(job_id, JobState.PENDING, start_time=None, alloc=None,
                                      nodelist="", alloc_cpus=0, alloc_gpus=0, launched=0,
                                      reason="None", restart_count=row["restart_count"] + 1):
                 placement.take(self.nodes, self.running.pop(job_id), -1)
                 self.pending[job_id] = self._pending(self.spool.job(job_id))
-                log.warning("job %d: node %s failed: requeued", job_id, node)
+                self._to_nodes(row, stop)
+                log.warning("job %d: %s: requeued", job_id, why)
                 return
-        self._finish(job_id, JobState.NODE_FAIL, end_time=now,
-                     end_reason=f"node {node} stopped responding")
-        log.warning("job %d: NODE_FAIL (node %s stopped responding)", job_id, node)
+        self._finish(job_id, JobState.NODE_FAIL, end_time=now, end_reason=why[:500])
+        self._to_nodes(row, stop)
+        log.warning("job %d: NODE_FAIL (%s)", job_id, why)
 
     def connection_closed(self, conn: Conn) -> None:
         for conns in self.waiters.values():

@@ -79,6 +79,20 @@ def _rss(kb) -> str:
     return "" if kb is None else format_kb(max(0, int(kb)))
 
 
+def _percent(value) -> str:
+    return "" if value is None else f"{value:.0f}%"
+
+
+def _energy(joules) -> str:
+    """Joules as sacct shows energy: 512, 12.34K, 3.21M."""
+    if joules is None:
+        return ""
+    for unit, size in (("M", 1e6), ("K", 1e3)):
+        if joules >= size:
+            return f"{joules / size:.2f}{unit}"
+    return f"{joules:.0f}"
+
+
 def _cpu_time(seconds) -> str:
     """sacct's TotalCPU: `MM:SS.mmm` below an hour, else `HH:MM:SS`."""
     if seconds is None:
@@ -476,6 +490,10 @@ SACCT_FIELDS: dict[str, Field] = {
     "NodeList": Field("NodeList", _sacct_nodelist),
     "MaxRSS": Field("MaxRSS", lambda j, now: _rss(j.get("max_rss_kb")), True),
     "TotalCPU": Field("TotalCPU", lambda j, now: _cpu_time(j.get("total_cpu_s")), True),
+    "GPUUtil": Field("GPUUtil", lambda j, now: _percent(j.get("gpu_util")), True),
+    "MaxGPUMem": Field("MaxGPUMem", lambda j, now: _memory(j.get("gpu_mem_peak_mb")), True),
+    "GPUEnergy": Field("GPUEnergy", lambda j, now: _energy(j.get("gpu_energy_j")), True),
+    "ReqGPUMem": Field("ReqGPUMem", lambda j, now: _memory(j.get("gpu_mem_mb")), True),
     "Priority": Field("Priority", _getter("priority"), True),
     "WorkDir": Field("WorkDir", _getter("workdir")),
 }
@@ -537,6 +555,14 @@ def _gres(node: dict) -> str:
     kind = node.get("gpu_type")
     # "gpu" is the type of GPUs declared without a model: no need to say it twice
     return f"gpu:{kind}:{gpus}" if kind and kind != "gpu" else f"gpu:{gpus}"
+
+
+def _gpu_counts(node: dict) -> str:
+    """Allocated/total, and how many are drained: "2/8", "2/8(1 drained)"."""
+    text = f"{node.get('alloc_gpus') or 0}/{node.get('gpus') or 0}"
+    if node.get("gpus_drained"):
+        text += f"({node['gpus_drained']} drained)"
+    return text
 
 
 def _row_layout(spec: list[tuple[str, str, bool]]) -> Layout:
@@ -629,7 +655,7 @@ def node_rows(nodes: list[dict], partitions: list[dict]) -> list[dict]:
             "cpus": f"{node.get('alloc_cpus') or 0}/{node.get('cpus') or 0}",
             "memory": str(node.get("mem_mb") or 0),
             "allocmem": str(node.get("alloc_mem_mb") or 0),
-            "gpus": f"{node.get('alloc_gpus') or 0}/{node.get('gpus') or 0}",
+            "gpus": _gpu_counts(node),
             "gres": _gres(node),
             "features": ",".join(node.get("features") or []) or "none",
             "protections": node.get("protections") or "none",
@@ -651,11 +677,14 @@ def reason_rows(nodes: list[dict]) -> list[dict]:
         state = (node.get("state") or "").upper()
         if state in UNUSABLE:
             groups.setdefault((node.get("reason") or "none", state), []).append(node["name"])
+        if node.get("gpu_reason"):      # devices out of service on a node still in use
+            groups.setdefault((node["gpu_reason"], "GPU_DRAIN"), []).append(node["name"])
     rows = []
     for (reason, state), names in sorted(groups.items(),
                                           key=lambda kv: natural_key(min(kv[1], key=natural_key))):
         rows.append({"reason": reason, "nodes": str(len(names)),
-                     "state": NODE_STATE_SHORT.get(state, state.lower()),
+                     "state": NODE_STATE_SHORT.get(state, "gpu-drain" if state == "GPU_DRAIN"
+                                                   else state.lower()),
                      "nodelist": compress(names)})
     return rows
 
@@ -709,6 +738,7 @@ def job_detail(job: dict, now: float | None = None) -> list[str]:
         f"NumTasks={job.get('ntasks') or 0} CPUs/Task={job.get('cpus_per_task') or 0}",
         f"ReqMem={_memory(job.get('req_mem_mb')) or NULL} GPUs={job.get('req_gpus') or 0} "
         f"GPUType={_or_null(job.get('gpu_type'))} "
+        + (f"GPUMem={_memory(job['gpu_mem_mb'])} " if job.get("gpu_mem_mb") else "") +
         f"GPUIndices={','.join(str(i) for i in indices) or NULL}",
         f"Features={_or_null(constraint)} Exclusive={_yes_no(job.get('exclusive'))} "
         f"Requeue={1 if job.get('requeue') else 0} Restarts={job.get('restart_count') or 0}",
@@ -717,7 +747,11 @@ def job_detail(job: dict, now: float | None = None) -> list[str]:
         f"StdOut={_or_null(job.get('stdout'))}",
         f"StdErr={_or_null(job.get('stderr'))}",
         f"Protections={job.get('protections') or 'none'}",
-    ]
+    ] + ([f"GPUUtil={_percent(job.get('gpu_util')) or NULL} "
+          f"MaxGPUMem={_memory(job.get('gpu_mem_peak_mb')) or NULL} "
+          f"GPUEnergy={_energy(job.get('gpu_energy_j')) or NULL}"]
+         if any(job.get(k) is not None for k in ("gpu_util", "gpu_mem_peak_mb", "gpu_energy_j"))
+         else [])
 
 
 def node_detail(node: dict) -> list[str]:
@@ -727,7 +761,8 @@ def node_detail(node: dict) -> list[str]:
         f"CPUAlloc={node.get('alloc_cpus') or 0} CPUTot={node.get('cpus') or 0}",
         f"RealMemory={node.get('mem_mb') or 0} AllocMem={node.get('alloc_mem_mb') or 0}",
         f"Gres={_gres(node)} GPUsAlloc={node.get('alloc_gpus') or 0} "
-        f"GPUTot={node.get('gpus') or 0}",
+        f"GPUTot={node.get('gpus') or 0} GPUsDrained={node.get('gpus_drained') or 0} "
+        f"GPUDetect={node.get('gpu_mode') or 'static'}",
         f"Features={','.join(node.get('features') or []) or NULL} "
         f"Partitions={','.join(node.get('partitions') or []) or NULL}",
         f"LastHeartbeat={_timestamp(node.get('last_heartbeat'))} "
@@ -736,7 +771,67 @@ def node_detail(node: dict) -> list[str]:
     ]
     if node.get("reason"):
         lines.append(f"Reason={node['reason']}")
+    for index, why in (node.get("gpu_drain") or {}).items():
+        lines.append(f"GPU{index}=DRAIN Reason={why}")
+    for note in node.get("gpu_notes") or []:
+        lines.append(f"GPUNote={note}")
+    for dev in node.get("devices") or []:
+        lines.append(device_line(dev))
     return lines
+
+
+def device_line(dev: dict) -> str:
+    """scontrol show node -d: one line per accelerator."""
+    parts = [f"GPU{dev.get('index')}={dev.get('type')}", f"Model={_or_null(dev.get('model'))}",
+             f"Memory={_memory(dev.get('mem_mb')) or NULL}", f"State={dev.get('state')}"]
+    if dev.get("job") is not None:
+        parts.append(f"Job={dev['job']}")
+    for key, label in (("uuid", "UUID"), ("bdf", "PCI"), ("numa_node", "NUMA"),
+                       ("profile", "Profile")):
+        if dev.get(key) is not None:
+            parts.append(f"{label}={dev[key]}")
+    for key, label, unit in (("util_pct", "Util", "%"), ("mem_used_mb", "MemUsed", "M"),
+                             ("temp_c", "Temp", "C"), ("power_w", "Power", "W")):
+        if dev.get(key) is not None:
+            parts.append(f"{label}={dev[key]}{unit}")
+    if dev.get("health") and dev["health"] != "ok":
+        parts.append(f"Health={dev['health']}")
+    return " ".join(parts)
+
+
+# -- rinfo --gpus: one row per accelerator -------------------------------------
+_GPU_COLUMNS = [
+    ("NODE", "node", False), ("GPU", "index", True), ("TYPE", "type", False),
+    ("MEMORY", "memory", True), ("STATE", "state", False), ("JOBID", "job", True),
+    ("UTIL", "util", True), ("MEMUSED", "memused", True), ("TEMP", "temp", True),
+    ("POWER", "power", True), ("HEALTH", "health", False),
+]
+_GPU_LONG_COLUMNS = _GPU_COLUMNS[:3] + [("MODEL", "model", False)] + _GPU_COLUMNS[3:-1] + [
+    ("NUMA", "numa", True), ("ID", "id", False), ("HEALTH", "health", False)]
+
+
+def gpu_rows(nodes: list[dict]) -> list[dict]:
+    rows = []
+    for node in sorted(nodes, key=lambda n: natural_key(n["name"])):
+        for dev in node.get("devices") or []:
+            def num(key, unit=""):
+                value = dev.get(key)
+                return "-" if value is None else f"{value:g}{unit}" if isinstance(value, float) \
+                    else f"{value}{unit}"
+            rows.append({
+                "node": node["name"], "index": str(dev.get("index")), "type": dev.get("type") or "",
+                "model": dev.get("model") or "", "memory": _memory(dev.get("mem_mb")) or "-",
+                "state": dev.get("state") or "", "job": "-" if dev.get("job") is None else str(dev["job"]),
+                "util": num("util_pct", "%"), "memused": num("mem_used_mb", "M"),
+                "temp": num("temp_c", "C"), "power": num("power_w", "W"),
+                "numa": num("numa_node"), "id": dev.get("uuid") or dev.get("bdf") or "-",
+                "health": dev.get("health") or "ok",
+            })
+    return rows
+
+
+def render_gpus(rows: list[dict], long: bool = False, header: bool = True) -> str:
+    return _row_layout(_GPU_LONG_COLUMNS if long else _GPU_COLUMNS).render(rows, 0, header)
 
 
 def partition_detail(part: dict, nodes: list[dict]) -> list[str]:

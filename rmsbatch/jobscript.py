@@ -549,6 +549,8 @@ OPTIONS: tuple[Option, ...] = (
          "GPUs on each node, Slurm style: gpu:4, gpu:a100:4"),
     _job("mem-per-gpu", None, "mem_per_gpu_mb", _typed(_mem_at_least_1, "a size such as 32G"),
          "SIZE", "GPUs", "memory per GPU"),
+    _job("gpu-mem", None, "gpu_mem_mb", _typed(_mem_at_least_1, "a size such as 40G"),
+         "SIZE", "GPUs", "GPUs (or MIG instances) with at least this much memory, e.g. 40G"),
     # Files
     _job("output", "o", "output", _text, "FILE", "Files",
          "stdout file (default rms-%j.out in the submit dir; %j id, %x name)"),
@@ -981,6 +983,9 @@ def _reconcile_gpus(spec: JobSpec, settings: dict[str, _Setting], gpu_type: str 
                 f"{spec.nodes} node(s) is {spec.gpus} GPUs"
             )
     spec.gpu_type = gpu_type if spec.gpus else None
+    mem = settings.get("gpu_mem_mb")
+    if mem is not None and not spec.gpus:
+        raise OptionError(f"{mem.shown}: asks for GPU memory but no GPUs; add --gpus N")
 
 
 def _reconcile_tasks(spec: JobSpec, settings: dict[str, _Setting]) -> None:

@@ -38,7 +38,8 @@ FIELDS: tuple = (
     ('mem_per_gpu_mb', None),
     ('gpus', 0),  # total over the job
     ('gpus_per_node', None),
-    ('gpu_type', None),  # lower-cased model name, e.g. "a100"
+    ('gpu_type', None),  # lower-cased model name, e.g. "a100", or a MIG profile "1g.10gb"
+    ('gpu_mem_mb', None),  # memory each GPU must have
     ('constraint', None),
     ('exclusive', False),
     ('output', None),  # pattern, relative to workdir unless absolute
@@ -129,7 +130,7 @@ class JobSpec:
         for key in ("nodes", "ntasks", "cpus_per_task"):
             _check_int(key, getattr(self, key), minimum=1)
         _check_int("gpus", self.gpus, minimum=0)
-        for key in ("gpus_per_node", "mem_per_cpu_mb", "mem_per_gpu_mb"):
+        for key in ("gpus_per_node", "mem_per_cpu_mb", "mem_per_gpu_mb", "gpu_mem_mb"):
             value = getattr(self, key)
             if value is not None:
                 _check_int(key, value, minimum=1 if key == "gpus_per_node" else 1)

@@ -17,10 +17,14 @@ import pwd
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 from rmsbatch import supervisor
 from rmsbatch.config import Config
+from rmsbatch.devices import discovery, record
+from rmsbatch.devices.usage import GpuUsage
 from rmsbatch.server import Conn, Loop
 
 log = logging.getLogger("rmsbatch.noded")
@@ -31,7 +35,11 @@ except ImportError:
     pass
 
 VISIBILITY_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
-                   "ZE_AFFINITY_MASK")
+                   "ZE_AFFINITY_MASK", "GPU_DEVICE_ORDINAL")
+# Telemetry forwarded to rmsctld with each heartbeat (process lists stay on the node).
+TELEMETRY_KEYS = ("util_pct", "mem_used_mb", "power_w", "temp_c", "sm_clock_mhz", "thermal",
+                  "ecc_uncorrected")
+MONITOR_BACKOFF_S = (1, 5, 30, 60)
 
 
 def _write_json(path: str, data: dict, mode: int = 0o600) -> None:
@@ -94,10 +102,31 @@ class NodeDaemon:
         self.loop.listen(self.notify_path, "notify", mode=0o600)
         self.host_cpus = sorted(os.sched_getaffinity(0))
         self.cpus_in_use: dict[str, list[int]] = {}
+        self.gpu_usage: dict[str, GpuUsage] = {}
         for run in self.runs():
-            spec = (_read_json(os.path.join(self.job_dir(run), "job.json")) or {}).get("isolation")
+            job = _read_json(os.path.join(self.job_dir(run), "job.json")) or {}
+            spec = job.get("isolation")
             if spec and spec.get("cpus"):
                 self.cpus_in_use[run] = spec["cpus"]
+            if job.get("gpus"):
+                self.gpu_usage[run] = GpuUsage.load(self.job_dir(run), job["gpus"])
+        # Accelerators: declared ones are known now; detected ones when the monitor
+        # reports, and rmsd registers only then (or when discovery times out).
+        nd = config.nodes[node]
+        ndc = config.cluster.node_daemon
+        self.gpu_mode = nd.gpu_detect
+        self.gpus: discovery.Inventory | None = (
+            discovery.static_inventory(nd.gpus) if self.gpu_mode == "static" else None)
+        self.discovery_deadline = time.time() + ndc.gpu_discovery_timeout
+        self.monitor: subprocess.Popen | None = None
+        self.monitor_conn: Conn | None = None
+        self.monitor_idle = ""
+        self.monitor_starts = 0
+        self.monitor_next_start = 0.0
+        self.telemetry: dict[str, dict] = {}
+        self.unhealthy: dict[str, dict] = {}
+        self.gpu_problems: list[str] = []
+        self.reported_health: str | None = None
 
     @property
     def protections(self) -> str:
@@ -117,20 +146,27 @@ class NodeDaemon:
         """Will jobs see only their own accelerators?"""
         return bool(self.layout is not None and self.layout.mechanisms.get("devices"))
 
+    @property
+    def devices(self) -> list[record.Accelerator]:
+        return self.gpus.devices if self.gpus else []
+
     def isolation(self, job: dict, run: str) -> dict | None:
         """The limits the job's supervisor applies (job.json "isolation")."""
         if self.isolation_mode == "off":
             return None
         alloc = job["alloc"]
         nd = self.config.nodes[self.node]
+        every, allowed = record.device_files(self.devices, alloc["gpus"])
         spec = {"mem_bytes": alloc["mem_mb"] * 1024 * 1024,
                 "pids_max": self.config.cluster.node_daemon.pids_max,
-                "devices": [g.file for g in nd.gpus if g.file],
-                "allowed": [nd.gpus[i].file for i in alloc["gpus"] if nd.gpus[i].file]}
+                "devices": every, "allowed": allowed}
         used = {c for cpus in self.cpus_in_use.values() for c in cpus}
         free = [c for c in self.host_cpus if c not in used]
         if alloc["cpus"] <= len(free):
-            spec["cpus"] = free[:alloc["cpus"]]
+            # CPUs on the NUMA node of the job's accelerators first, then the rest
+            near = set(record.local_cpus(self.devices, alloc["gpus"]))
+            ordered = [c for c in free if c in near] + [c for c in free if c not in near]
+            spec["cpus"] = sorted(ordered[:alloc["cpus"]])
             self.cpus_in_use[run] = spec["cpus"]
         else:
             spec["why_no_cpuset"] = (f"{len(free)} of the host's {len(self.host_cpus)} CPUs "
@@ -139,9 +175,12 @@ class NodeDaemon:
 
     def inventory(self) -> dict:
         nd = self.config.nodes[self.node]
+        gpus = self.gpus or discovery.Inventory()
         return {"cpus": nd.cpus, "mem_mb": nd.mem_mb, "features": list(nd.features),
-                "gpus": [{"index": g.index, "type": g.type, "file": g.file} for g in nd.gpus],
-                "protections": self.protections, "pid": os.getpid()}
+                "gpus": [d.to_dict() for d in gpus.devices], "gpu_mode": self.gpu_mode,
+                "gpu_problems": gpus.problems + self.gpu_problems, "gpu_notes": gpus.notes,
+                "gpu_backends": gpus.backends, "protections": self.protections,
+                "pid": os.getpid()}
 
     # -- job directories ------------------------------------------------------------
     # A run is one start of a job: a requeued job runs again under the same id,
@@ -236,7 +275,10 @@ class NodeDaemon:
             "kill_grace": job.get("kill_grace", 30), "node": self.node,
             "notify_socket": self.notify_path, "array_job_id": None, "array_task_id": None,
             "isolation": self.isolation(job, os.path.basename(jobdir)),
+            "gpus": list(job["alloc"]["gpus"]),
         })
+        if job["alloc"]["gpus"]:
+            self.gpu_usage[os.path.basename(jobdir)] = GpuUsage(jobdir, job["alloc"]["gpus"])
 
     def environment(self, job: dict, pw) -> dict[str, str]:
         env = dict(job["environment"])
@@ -267,18 +309,10 @@ class NodeDaemon:
         env["SLURM_JOBID"] = env["RMS_JOBID"] = str(job["job_id"])
         env["SLURM_NODELIST"] = job["nodelist"]
         env["SLURMD_NODENAME"] = self.node
-        gpus = self.config.nodes[self.node].gpus
-        if gpus:
-            by_var: dict[str, list[str]] = {}
-            for g in gpus:
-                by_var.setdefault(g.env, [])
-            # Fenced, a job sees only its own devices, numbered from 0 as the
-            # vendor runtime will number them; unfenced, it sees all of them.
-            for position, index in enumerate(alloc["gpus"]):
-                by_var[gpus[index].env].append(str(position if self.fenced else index))
-            for var, ids in by_var.items():
-                env[var] = ",".join(ids)   # empty: a GPU-less job sees no GPU
-            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["RMS_GPUS_ON_NODE"] = env["SLURM_GPUS_ON_NODE"] = str(len(alloc["gpus"]))
+        # Fenced, a job sees only its own devices, numbered from 0 as the vendor
+        # runtime will number them; unfenced, it sees all of them.
+        env.update(record.visibility(self.devices, alloc["gpus"], self.fenced))
         return env
 
     def _spawn_supervisor(self, jobdir: str) -> int:
@@ -337,12 +371,16 @@ class NodeDaemon:
         out = self._ended_or_lost(run)
         if out is None:
             return
+        usage = self.gpu_usage.get(run)
+        if usage is not None:
+            out.update(usage.summary())
         if self.send({"op": "job_ended", "node": self.node, "outcome": out}):
             self.unacked[run] = time.time()
 
     def acknowledged(self, run: str) -> None:
         self.unacked.pop(run, None)
         self.cpus_in_use.pop(run, None)
+        self.gpu_usage.pop(run, None)
         shutil.rmtree(self.job_dir(run), ignore_errors=True)
 
     def scan(self) -> None:
@@ -357,11 +395,106 @@ class NodeDaemon:
     def reap(self) -> None:
         while True:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            if self.monitor is not None and pid == self.monitor.pid:
+                self.monitor.returncode = os.waitstatus_to_exitcode(status)
+                self._monitor_gone()
+
+    # -- the accelerator monitor ---------------------------------------------------------
+    def wants_monitor(self) -> bool:
+        ndc = self.config.cluster.node_daemon
+        if not ndc.gpu_monitor or self.monitor_idle:
+            return False
+        return self.gpu_mode != "static" or bool(self.config.nodes[self.node].gpus)
+
+    def start_monitor(self) -> None:
+        argv = [sys.executable, "-m", "rmsbatch.devices.monitor", "--conf-dir",
+                self.config.directory, "--node", self.node, "--socket", self.notify_path]
+        try:
+            self.monitor = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, close_fds=True)
+        except OSError as exc:
+            log.error("node %s: cannot start the accelerator monitor: %s", self.node, exc)
+            self._monitor_gone()
+            return
+        self.monitor_starts += 1
+        log.info("node %s: accelerator monitor started (pid %d)", self.node, self.monitor.pid)
+
+    def _monitor_gone(self) -> None:
+        code = self.monitor.returncode if self.monitor is not None else None
+        self.monitor = None
+        if self.monitor_conn is not None:
+            self.loop.close(self.monitor_conn)
+            self.monitor_conn = None
+        if self.monitor_idle:
+            return
+        delay = MONITOR_BACKOFF_S[min(self.monitor_starts, len(MONITOR_BACKOFF_S)) - 1]
+        self.monitor_next_start = time.time() + delay
+        log.warning("node %s: accelerator monitor exited (%s); restarting in %d s",
+                    self.node, code, delay)
+
+    def on_monitor(self, conn: Conn, msg: dict) -> None:
+        op = msg.get("op")
+        if op == "monitor_hello":
+            conn.meta["monitor"] = True
+            self.monitor_conn = conn
+        elif op == "gpu_inventory":
+            self._monitor_inventory(msg)
+        elif op == "gpu_sample":
+            self._monitor_sample(msg)
+        elif op == "monitor_idle":
+            self.monitor_idle = str(msg.get("why") or "idle")
+            log.info("node %s: accelerator monitor stops: %s", self.node, self.monitor_idle)
+
+    def _monitor_inventory(self, msg: dict) -> None:
+        if self.gpu_mode == "static":
+            return
+        inv = discovery.Inventory.from_dict(msg.get("inventory") or {})
+        changed = self.gpus is None or [d.to_dict() for d in inv.devices] != \
+            [d.to_dict() for d in self.gpus.devices] or inv.problems != self.gpus.problems
+        self.gpus = inv
+        log.info("node %s: %d accelerator(s) found (%s)", self.node, len(inv.devices),
+                 "; ".join(f"{k}: {v}" for k, v in inv.backends.items()))
+        for line in inv.problems:
+            log.warning("node %s: %s", self.node, line)
+        if changed and self.controller is not None and not self.controller.closed:
+            self.loop.close(self.controller)     # register again with the new inventory
+
+    def _monitor_sample(self, msg: dict) -> None:
+        samples = msg.get("samples") or {}
+        now = float(msg.get("time") or time.time())
+        for index, s in samples.items():
+            self.telemetry[str(index)] = {k: s.get(k) for k in TELEMETRY_KEYS}
+            if s.get("lost"):
+                self.telemetry[str(index)]["lost"] = s["lost"]
+        if samples:
+            sessions = self._job_sessions()
+            for run, usage in self.gpu_usage.items():
+                usage.add(samples, now, run, sessions.get(run))
+        self.unhealthy = {str(k): v for k, v in (msg.get("unhealthy") or {}).items()}
+        self.gpu_problems = [str(p) for p in msg.get("problems") or []]
+        self.report_health()
+
+    def _job_sessions(self) -> dict[str, int]:
+        """run -> session id of the job (its process is a session leader)."""
+        out = {}
+        for run in self.gpu_usage:
+            info = _read_json(os.path.join(self.job_dir(run), "pid"))
+            if info and isinstance(info.get("pid"), int):
+                out[run] = info["pid"]
+        return out
+
+    def report_health(self, force: bool = False) -> None:
+        state = json.dumps([self.unhealthy, self.gpu_problems], sort_keys=True)
+        if state == self.reported_health and not force:
+            return
+        if self.send({"op": "node_health", "node": self.node, "unhealthy": self.unhealthy,
+                      "problems": self.gpu_problems}):
+            self.reported_health = state
 
     # -- the controller connection ------------------------------------------------------
     def send(self, message: dict) -> bool:
@@ -405,6 +538,9 @@ class NodeDaemon:
 
     def on_message(self, conn: Conn, msg: dict) -> None:
         if conn.listener == "notify":
+            if conn.meta.get("monitor") or msg.get("op") == "monitor_hello":
+                self.on_monitor(conn, msg)
+                return
             if msg.get("op") == "ended" and isinstance(msg.get("job_id"), int):
                 for run in self.runs():
                     if _parse_run(run)[0] == msg["job_id"]:
@@ -424,6 +560,8 @@ class NodeDaemon:
             self.hello_ended = []
             for order in msg["orders"]:
                 self.order(order)
+            self.reported_health = None
+            self.report_health()
         elif msg.get("ack") == "job_ended":
             self.acknowledged(f"{msg['job_id']}.{msg['run']}")
         elif msg.get("rehello"):
@@ -437,29 +575,57 @@ class NodeDaemon:
             self.cancel(f"{msg['job_id']}.{msg['run']}")
         elif op == "signal":
             self.signal_job(f"{msg['job_id']}.{msg['run']}", msg["signal"])
+        elif op == "health_reset":
+            self.unhealthy, self.gpu_problems, self.reported_health = {}, [], None
+            if self.monitor_conn is not None and not self.monitor_conn.closed:
+                self.loop.send(self.monitor_conn, {"op": "health_reset"})
         else:
             log.warning("node %s: unknown order %r", self.node, op)
 
     def run_once(self, timeout: float = 0.5) -> None:
+        now = time.time()
+        if self.monitor is None and self.wants_monitor() and now >= self.monitor_next_start:
+            self.start_monitor()
+        if self.gpus is None and (now >= self.discovery_deadline or not self.wants_monitor()):
+            why = self.monitor_idle or (f"GPU discovery did not finish within "
+                                        f"{self.config.cluster.node_daemon.gpu_discovery_timeout:g} s")
+            self.gpus = discovery.Inventory(problems=[] if self.monitor_idle else [why])
+            log.warning("node %s: registering without detected accelerators: %s", self.node, why)
         if self.controller is None or self.controller.closed:
             if self.controller is not None:
                 log.warning("node %s: lost rmsctld; reconnecting", self.node)
                 self.controller = None
                 self.unacked.clear()
-            self.connect()
+                self.reported_health = None
+            if self.gpus is not None:
+                self.connect()
         interval = self.config.cluster.controller.heartbeat_interval
         for conn, msg in self.loop.poll(min(timeout, interval)):
             self.on_message(conn, msg)
+        for conn in self.loop.closed:
+            if conn is self.monitor_conn:
+                self.monitor_conn = None
         self.loop.closed.clear()
         now = time.time()
         if self.controller is not None and now - self.last_heartbeat >= interval:
-            self.send({"op": "heartbeat", "node": self.node})
+            self.send({"op": "heartbeat", "node": self.node,
+                       **({"gpus": self.telemetry} if self.telemetry else {})})
             self.last_heartbeat = now
         self.reap()
         if now - self.last_scan >= 1.0:
             self.last_scan = now
             if self.controller is not None:
                 self.scan()
+
+    def stop_monitor(self) -> None:
+        if self.monitor is not None:
+            self.monitor_idle = "rmsd stopping"
+            try:
+                self.monitor.terminate()
+                self.monitor.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.monitor.kill()
+            self.monitor = None
 
     def stop_jobs(self) -> int:
         """SIGTERM every supervisor (used by `rms-local down`); returns how many."""

@@ -3,11 +3,18 @@
 `allocate` answers with an Allocation or raises InsufficientResources (wait:
 it may fit later); `check_feasible` raises InfeasibleRequest when no node
 could ever satisfy the request (reject at submit), with the numbers that say
-why. First fit for now; topology-aware placement is a later policy.
+why. Nodes are taken first fit; on a node, GPUs are chosen by topology where the
+node reports it: a multi-GPU job gets GPUs linked to each other (NVLink, XGMI,
+partitions of one physical GPU) and on one NUMA node, and a one-GPU job the GPU
+whose linked peers are already busy, so well-connected groups stay whole.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+# GPUs sold as "80 GB" report a little less (80 GB HBM shows as 81,559 MiB, a 40 GB
+# MIG slice as 40,192 MiB): a --gpu-mem request is met by devices within this share.
+GPU_MEM_SLACK = 0.95
 
 
 class InsufficientResources(Exception):
@@ -28,6 +35,27 @@ class Request:
     gpu_type: str | None = None
     exclusive: bool = False
     constraint: str | None = None
+    gpu_mem_mb: int = 0         # at least this much memory on each GPU
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One allocatable device as placement sees it."""
+    type: str = "gpu"           # "h100", or a MIG profile such as "1g.10gb"
+    mem_mb: int = 0             # 0: unknown
+    model: str = ""             # the physical GPU's type, for MIG instances ("a100")
+    partition: bool = False     # a MIG instance or an AMD partition
+    numa: int | None = None
+    links: tuple = ()           # ((peer index, weight), ...)
+
+
+def gpu_matches(gpu: Gpu, gpu_type: str | None, gpu_mem_mb: int = 0) -> bool:
+    if gpu_type is not None and gpu_type != gpu.type and not (
+            gpu.partition and gpu.model and gpu_type == f"{gpu.model}_{gpu.type}"):
+        return False
+    if gpu_mem_mb and gpu.mem_mb < gpu_mem_mb * GPU_MEM_SLACK:
+        return False
+    return True
 
 
 @dataclass
@@ -36,7 +64,7 @@ class NodeView:
     name: str
     cpus: int
     mem_mb: int
-    gpus: dict[int, str]                        # index -> type
+    gpus: dict[int, Gpu]                        # index -> device (a str: its type)
     features: frozenset[str] = frozenset()
     usable: bool = True                         # up and not drained
     free_cpus: int = -1
@@ -44,14 +72,28 @@ class NodeView:
     free_gpus: set[int] | None = None
     jobs: int = 0
     exclusive: bool = False                     # held by an --exclusive job
+    drained: set[int] = field(default_factory=set)   # devices out of service
+    gpus_known: bool = True                     # False until an auto-detected node reports
 
     def __post_init__(self):
+        self.gpus = {i: Gpu(g) if isinstance(g, str) else g for i, g in self.gpus.items()}
         if self.free_cpus < 0:
             self.free_cpus = self.cpus
         if self.free_mem < 0:
             self.free_mem = self.mem_mb
         if self.free_gpus is None:
-            self.free_gpus = set(self.gpus)
+            self.free_gpus = set(self.gpus) - self.drained
+        self.weights = {i: dict(g.links) for i, g in self.gpus.items() if g.links}
+        self.topology = bool(self.weights) or any(g.numa is not None for g in self.gpus.values())
+
+    def drain_gpu(self, index: int) -> None:
+        self.drained.add(index)
+        self.free_gpus.discard(index)
+
+    def undrain_gpus(self, busy: set[int]) -> None:
+        """Every device back in service; `busy`: the ones allocated to jobs now."""
+        self.free_gpus.update(i for i in self.drained if i in self.gpus and i not in busy)
+        self.drained.clear()
 
 
 @dataclass
@@ -73,8 +115,17 @@ def matches_constraint(expr: str | None, features: frozenset[str]) -> bool:
                for alt in expr.replace(",", "&").split("|"))
 
 
-def _gpus_of_type(node: NodeView, gpu_type: str | None, indices) -> list[int]:
-    return sorted(i for i in indices if gpu_type is None or node.gpus[i] == gpu_type)
+def _gpus_of_type(node: NodeView, req: Request, indices) -> list[int]:
+    if req.gpu_type is None and not req.gpu_mem_mb:
+        return sorted(indices)
+    return sorted(i for i in indices if gpu_matches(node.gpus[i], req.gpu_type, req.gpu_mem_mb))
+
+
+def _gpu_kind(req: Request) -> str:
+    kind = f"{req.gpu_type} GPUs" if req.gpu_type else "GPUs"
+    if req.gpu_mem_mb:
+        kind += f" with {req.gpu_mem_mb} MB"
+    return kind
 
 
 def shape_problem(req: Request, node: NodeView) -> str | None:
@@ -85,11 +136,10 @@ def shape_problem(req: Request, node: NodeView) -> str | None:
         return f"requested {req.cpus} CPUs per node; node {node.name} has {node.cpus}"
     if not req.mem_whole_node and req.mem_mb > node.mem_mb:
         return f"requested {req.mem_mb} MB per node; node {node.name} has {node.mem_mb} MB"
-    if req.gpus:
-        have = len(_gpus_of_type(node, req.gpu_type, node.gpus))
+    if req.gpus and node.gpus_known:
+        have = len(_gpus_of_type(node, req, node.gpus))
         if req.gpus > have:
-            kind = f"{req.gpu_type} GPUs" if req.gpu_type else "GPUs"
-            return f"requested {req.gpus} {kind} per node; node {node.name} has {have}"
+            return f"requested {req.gpus} {_gpu_kind(req)} per node; node {node.name} has {have}"
     return None
 
 
@@ -125,11 +175,48 @@ def fits_now(req: Request, node: NodeView) -> list[int] | None:
     if (req.mem_whole_node and node.jobs) or node.free_mem < mem:
         return None
     if req.gpus:
-        free = _gpus_of_type(node, req.gpu_type, node.free_gpus)
+        free = _gpus_of_type(node, req, node.free_gpus)
         if len(free) < req.gpus:
             return None
-        return free[:req.gpus]
+        if not node.topology or len(free) == req.gpus:
+            return free[:req.gpus]
+        return choose_gpus(node, free, req.gpus)
     return []
+
+
+def choose_gpus(node: NodeView, free: list[int], count: int) -> list[int]:
+    """`count` of the `free` GPUs, by topology (see the module's doc)."""
+    w = node.weights
+
+    def weight(a: int, b: int) -> int:
+        return w.get(a, {}).get(b, 0)
+
+    def numa(i: int):
+        return node.gpus[i].numa
+
+    if count == 1:
+        # best fit: the GPU that breaks up the least of what is still free
+        return [min(free, key=lambda i: (sum(weight(i, j) for j in free if j != i), i))]
+    best = None
+    seeds, numas = [], set()
+    for i in free:                      # a few seeds: one per NUMA node, then the first
+        if numa(i) not in numas or len(seeds) < 2:
+            seeds.append(i)
+            numas.add(numa(i))
+        if len(seeds) >= 4:
+            break
+    for seed in seeds:
+        chosen, rest = [seed], [i for i in free if i != seed]
+        while len(chosen) < count:
+            nxt = max(rest, key=lambda i: (sum(weight(i, c) for c in chosen),
+                                           numa(i) == numa(seed), -i))
+            chosen.append(nxt)
+            rest.remove(nxt)
+        score = (sum(weight(a, b) for a in chosen for b in chosen if a < b),
+                 sum(1 for c in chosen if numa(c) == numa(seed)), -sum(chosen))
+        if best is None or score > best[0]:
+            best = (score, sorted(chosen))
+    return best[1]
 
 
 def allocate(req: Request, nodes: list[NodeView]) -> Allocation:
@@ -139,7 +226,8 @@ def allocate(req: Request, nodes: list[NodeView]) -> Allocation:
         if gpus is None:
             continue
         if req.exclusive:
-            chosen[node.name] = NodeAlloc(node.cpus, node.mem_mb, sorted(node.gpus), True)
+            chosen[node.name] = NodeAlloc(node.cpus, node.mem_mb, sorted(set(node.gpus) - node.drained),
+                                          True)
         else:
             mem = node.mem_mb if req.mem_whole_node else req.mem_mb
             chosen[node.name] = NodeAlloc(req.cpus, mem, gpus)
@@ -161,6 +249,6 @@ def take(nodes: dict[str, NodeView], alloc: Allocation, sign: int = 1) -> None:
             node.free_gpus.difference_update(a.gpus)
             node.exclusive = node.exclusive or a.exclusive
         else:
-            node.free_gpus.update(i for i in a.gpus if i in node.gpus)
+            node.free_gpus.update(i for i in a.gpus if i in node.gpus and i not in node.drained)
             if a.exclusive:
                 node.exclusive = False

@@ -65,6 +65,14 @@ MIGRATIONS: list[str] = [
         inventory TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    # 2: accelerators: what a job asked of each GPU and what it used; devices drained
+    """
+    ALTER TABLE jobs ADD COLUMN gpu_mem_mb INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN gpu_util REAL;
+    ALTER TABLE jobs ADD COLUMN gpu_mem_peak_mb INTEGER;
+    ALTER TABLE jobs ADD COLUMN gpu_energy_j REAL;
+    ALTER TABLE nodes ADD COLUMN gpu_drain TEXT NOT NULL DEFAULT '{}';
+    """,
 ]
 
 # Columns returned in job records; payloads (script, env) are read separately.
@@ -76,6 +84,7 @@ JOB_COLUMNS = (
     "alloc", "nodelist", "alloc_cpus", "alloc_gpus", "launched", "cancel_requested",
     "exit_code", "exit_signal", "max_rss_kb", "total_cpu_s", "requeue", "restart_count",
     "command", "workdir", "stdout", "stderr", "submit_host", "protections", "end_reason",
+    "gpu_mem_mb", "gpu_util", "gpu_mem_peak_mb", "gpu_energy_j",
 )
 _SELECT = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
 
@@ -220,14 +229,17 @@ class Spool:
 
     # -- nodes ----------------------------------------------------------------
     def nodes(self) -> dict[str, dict]:
-        cur = self.db.execute("SELECT name, up, drain, reason, last_heartbeat, inventory FROM nodes")
+        cur = self.db.execute(
+            "SELECT name, up, drain, reason, last_heartbeat, inventory, gpu_drain FROM nodes")
         cols = [d[0] for d in cur.description]
         rows = [dict(zip(cols, r)) for r in cur]
-        return {r["name"]: {**r, "inventory": json.loads(r["inventory"])} for r in rows}
+        return {r["name"]: {**r, "inventory": json.loads(r["inventory"]),
+                            "gpu_drain": json.loads(r["gpu_drain"] or "{}")} for r in rows}
 
     def upsert_node(self, name: str, **fields) -> None:
-        if "inventory" in fields:
-            fields["inventory"] = json.dumps(fields["inventory"])
+        for key in ("inventory", "gpu_drain"):
+            if key in fields:
+                fields[key] = json.dumps(fields[key])
         self.db.execute("INSERT INTO nodes (name) VALUES (?) ON CONFLICT(name) DO NOTHING", (name,))
         if fields:
             sets = ", ".join(f"{k} = ?" for k in fields)

@@ -554,7 +554,7 @@ def test_rcontrol_show_node_and_partition():
         "NodeName=gpu004 State=DRAIN\n"
         "   CPUAlloc=0 CPUTot=64\n"
         "   RealMemory=512000 AllocMem=0\n"
-        "   Gres=gpu:a100:8 GPUsAlloc=0 GPUTot=8\n"
+        "   Gres=gpu:a100:8 GPUsAlloc=0 GPUTot=8 GPUsDrained=0 GPUDetect=static\n"
         "   Features=a100,nvlink Partitions=gpu\n"
         "   LastHeartbeat=2024-05-01T11:59:55 Jobs=(null)\n"
         "   Protections=cgroup,devices\n"

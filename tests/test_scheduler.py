@@ -97,3 +97,69 @@ def test_pass_over_a_large_snapshot_decides_every_job():
     decided = {s[0] for s in out.starts} | set(out.reasons)
     assert decided == {j.id for j in pending}
     assert sum(len(a.gpus) for _, alloc in out.starts for a in alloc.values()) <= 128 * 8
+
+
+# -- accelerators: types, MIG, memory, drained devices, topology -----------------------------
+from rmsbatch.placement import Gpu  # noqa: E402
+
+
+def mig_node() -> NodeView:
+    """GPU 0 of an A100 80GB split into MIG instances, GPU 1 whole."""
+    return NodeView("m", 32, 256_000, {
+        0: Gpu("3g.40gb", 40192, "a100", True), 1: Gpu("2g.20gb", 19968, "a100", True),
+        2: Gpu("1g.10gb", 9728, "a100", True), 3: Gpu("1g.10gb", 9728, "a100", True),
+        4: Gpu("a100", 81920)})
+
+
+def test_requests_by_type_profile_and_memory():
+    node = mig_node()
+    assert placement.allocate(Request(gpus=1, gpu_type="1g.10gb"), [node])["m"].gpus == [2]
+    assert placement.allocate(Request(gpus=1, gpu_type="a100_3g.40gb"), [node])["m"].gpus == [0]
+    # a whole A100 is asked for by its type; MIG instances of one are not whole A100s
+    assert placement.allocate(Request(gpus=1, gpu_type="a100"), [node])["m"].gpus == [4]
+    with pytest.raises(InfeasibleRequest, match="requested 2 a100 GPUs per node; node m has 1"):
+        placement.check_feasible(Request(gpus=2, gpu_type="a100"), [node], "gpu")
+    # by memory: a "40G" request is met by the 40,192 MiB slice and the 80 GB GPU
+    assert placement.allocate(Request(gpus=2, gpu_mem_mb=40960), [node])["m"].gpus == [0, 4]
+    assert placement.allocate(Request(gpus=1, gpu_mem_mb=10240), [node])["m"].gpus == [0]
+    with pytest.raises(InfeasibleRequest, match="GPUs with 90000 MB per node; node m has 0"):
+        placement.check_feasible(Request(gpus=1, gpu_mem_mb=90000), [node], "gpu")
+
+
+def test_drained_devices_are_never_allocated():
+    node = gpu_node("g", gpus=4)
+    node.drain_gpu(1)
+    assert placement.allocate(Request(gpus=3), [node])["g"].gpus == [0, 2, 3]
+    alloc = placement.allocate(Request(gpus=3), [node])
+    placement.take({"g": node}, alloc)
+    with pytest.raises(InsufficientResources):
+        placement.allocate(Request(gpus=1), [node])
+    placement.take({"g": node}, alloc, -1)
+    assert node.free_gpus == {0, 2, 3}              # the drained one does not come back
+    placement.check_feasible(Request(gpus=4), [node], "gpu")   # it may, after a resume
+    node.undrain_gpus(busy=set())
+    assert node.free_gpus == {0, 1, 2, 3}
+    whole = placement.allocate(Request(exclusive=True), [gpu_node("h", gpus=2, drained={1})])
+    assert whole["h"].gpus == [0]
+
+
+def test_topology_keeps_linked_gpus_together():
+    # 2 x A100 joined by NVLink (0-2) and 2 x L40S, NUMA 0 = {0, 1}, NUMA 1 = {2, 3}
+    gpus = {0: Gpu("a100", 81920, numa=0, links=((2, 12),)), 1: Gpu("l40s", 46068, numa=0),
+            2: Gpu("a100", 81920, numa=1, links=((0, 12),)), 3: Gpu("l40s", 46068, numa=1)}
+    node = NodeView("x", 32, 256_000, gpus)
+    assert placement.allocate(Request(gpus=2, gpu_type="a100"), [node])["x"].gpus == [0, 2]
+    # untyped pairs: the linked pair beats two on one NUMA node
+    assert placement.allocate(Request(gpus=2), [node])["x"].gpus == [0, 2]
+    # one GPU: one that breaks up no link (an L40S), lowest first
+    assert placement.allocate(Request(gpus=1), [node])["x"].gpus == [1]
+    nv = NodeView("n", 64, 512_000, {i: Gpu("h100", 81559, numa=i // 4) for i in range(8)})
+    nv.free_gpus = {1, 2, 5, 6, 7}
+    assert placement.allocate(Request(gpus=3), [nv])["n"].gpus == [5, 6, 7]   # one NUMA node
+
+
+def test_unregistered_auto_node_accepts_gpu_requests_but_runs_none():
+    node = NodeView("a", 64, 512_000, {}, gpus_known=False)
+    placement.check_feasible(Request(gpus=8, gpu_type="h100"), [node], "gpu")
+    with pytest.raises(InsufficientResources):
+        placement.allocate(Request(gpus=1), [node])

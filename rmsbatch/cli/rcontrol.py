@@ -24,6 +24,7 @@ EXAMPLES = """
   rcontrol show job 42                  everything about job 42
   rcontrol -o show jobs                 active jobs, one line each
   rcontrol show node gpu01              a node's CPUs, memory, GPUs and jobs
+  rcontrol show -d node gpu01           ... and each GPU: model, job, health, telemetry
   rcontrol show partition gpu
   rcontrol show hostnames 'gpu[01-03]'  one name per line
   rcontrol drain 'gpu[01-02]' reason="replacing a fan"
@@ -96,6 +97,8 @@ def build_parser() -> fmt.CommandParser:
                       help="each record on one line")
     show.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                       help="records as JSON")
+    show.add_argument("-d", "--details", action="store_true",
+                      help="nodes: one line per GPU (model, job, health, telemetry)")
 
     drain = sub.add_parser("drain", help="stop scheduling jobs on nodes (reason required)",
                            version=False)
@@ -211,7 +214,8 @@ def show(args: argparse.Namespace) -> str:
             if not reply.get("jobs"):
                 raise CommandError(f"job {args.job_id} not found")
         return render_show(args, reply)
-    reply = client.call("nodes", names=name if entity == "node" else None)
+    reply = client.call("nodes", names=name if entity == "node" else None,
+                        **({"devices": True} if entity == "node" and args.details else {}))
     if entity == "node" and name and not reply.get("nodes"):
         raise CommandError(f"node {name} not found")
     if entity == "partition" and name and not any(

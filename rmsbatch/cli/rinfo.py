@@ -18,7 +18,9 @@ EXAMPLES = """
   rinfo -N                    one line per node: CPUs, memory and GPUs allocated/total
   rinfo -N -l -n gpu[01-04]   four nodes in detail
   rinfo -p gpu -t idle,mix    where a job could start now in partition gpu
-  rinfo -R                    down and drained nodes, and why
+  rinfo -R                    down and drained nodes (and drained GPUs), and why
+  rinfo --gpus                one line per GPU: type, memory, job, utilization, health
+  rinfo --gpus -l -n gpu01    ... with model, NUMA node and UUID
   rinfo --json
 """
 
@@ -51,6 +53,8 @@ def build_parser() -> fmt.CommandParser:
     view.add_argument("-l", "--long", action="store_true", help="more columns")
     view.add_argument("-R", "--list-reasons", dest="reasons", action="store_true",
                       help="down and drained nodes with the reason")
+    view.add_argument("-G", "--gpus", action="store_true",
+                      help="one line per GPU: type, memory, allocation, telemetry, health")
     sel = parser.add_argument_group("which nodes")
     sel.add_argument("-p", "--partition", dest="partitions", action="extend",
                      type=fmt.comma_list, metavar="PARTITION[,...]")
@@ -68,7 +72,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def request(args: argparse.Namespace) -> dict:
-    return {"names": args.nodes}
+    return {"names": args.nodes, **({"devices": True} if args.gpus else {})}
 
 
 def select(nodes: list[dict], partitions: list[dict], args: argparse.Namespace):
@@ -91,6 +95,8 @@ def render(nodes: list[dict], partitions: list[dict], args: argparse.Namespace) 
     header = not args.noheader
     if args.json:
         return fmt.render_json("nodes", nodes, partitions=partitions)
+    if args.gpus:
+        return fmt.render_gpus(fmt.gpu_rows(nodes), long=args.long, header=header)
     if args.reasons:
         return fmt.render_reasons(fmt.reason_rows(nodes), header=header)
     if args.node_view:
