@@ -511,6 +511,7 @@ class Controller:
                 "gpu_reason": "; ".join(f"GPU {i}: {r}" for i, r in sorted(drains.items())),
                 "gpu_mode": nd.gpu_detect, "gpu_notes": st["gpu_notes"] + list(
                     st["inventory"].get("gpu_notes") or [])[:10],
+                "gpu_backends": dict(st["inventory"].get("gpu_backends") or {}),
                 "features": list(nd.features), "partitions": nd.partitions,
                 "last_heartbeat": st["last_heartbeat"], "jobs": sorted(jobs_on.get(name, [])),
                 "protections": st["inventory"].get("protections", ""),
@@ -575,16 +576,19 @@ class Controller:
         self._require_operator(conn, "resume")
         names = self._node_names(msg)
         for name in names:
-            st, view = self.node_status[name], self.nodes[name]
-            busy = {i for alloc in self.running.values() if name in alloc for i in alloc[name].gpus}
-            view.undrain_gpus(busy)
-            self._set_node(name, drain=False, gpu_drain={},
-                           reason="" if st["up"] else st["reason"])
+            st = self.node_status[name]
+            self._set_node(name, drain=False, reason="" if st["up"] else st["reason"])
             st["gpu_notes"] = []
-            if name in self.node_conns:
-                # the node's monitor judges its devices afresh: a fault that persists
-                # drains them again
-                self._send(self.node_conns[name], {"op": "health_reset"})
+            if st["gpu_drain"] and name in self.node_conns:
+                # Drained devices stay out until the node's monitor has judged them
+                # afresh: a fault that persists keeps them out, and no job lands on a
+                # device that is still broken in between.
+                st["health_seq"] = st.get("health_seq", 0) + 1
+                st["recheck"] = st["health_seq"]
+                self._send(self.node_conns[name], {"op": "health_reset", "seq": st["health_seq"]})
+            elif st["gpu_drain"]:
+                self.nodes[name].undrain_gpus(self._busy(name))
+                self._set_node(name, gpu_drain={})
             log.info("node %s: resumed by uid %d", name, conn.uid)
         return {"nodes": names}
 
@@ -691,6 +695,15 @@ class Controller:
         unhealthy = msg.get("unhealthy") if isinstance(msg.get("unhealthy"), dict) else {}
         now = self.clock()
         drains = dict(st["gpu_drain"])
+        recheck = st.get("recheck")
+        if recheck and isinstance(msg.get("seq"), int) and msg["seq"] >= recheck:
+            # the first judgement since `rcontrol resume`: what it finds healthy is back
+            healthy = [int(i) for i in drains if i not in unhealthy]
+            view.undrain_gpus(self._busy(name), healthy)
+            for i in healthy:
+                drains.pop(str(i))
+                log.info("node %s: GPU %d back in service", name, i)
+            st["recheck"] = None
         for key, verdict in unhealthy.items():
             try:
                 index = int(key)

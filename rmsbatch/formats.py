@@ -773,6 +773,8 @@ def node_detail(node: dict) -> list[str]:
         lines.append(f"Reason={node['reason']}")
     for index, why in (node.get("gpu_drain") or {}).items():
         lines.append(f"GPU{index}=DRAIN Reason={why}")
+    if node.get("gpu_mode") in ("auto", "check") and node.get("gpu_backends"):
+        lines.append("GPUBackends=" + "; ".join(f"{k}: {v}" for k, v in node["gpu_backends"].items()))
     for note in node.get("gpu_notes") or []:
         lines.append(f"GPUNote={note}")
     for dev in node.get("devices") or []:

@@ -127,6 +127,7 @@ class NodeDaemon:
         self.unhealthy: dict[str, dict] = {}
         self.gpu_problems: list[str] = []
         self.reported_health: str | None = None
+        self.health_seq = 0
 
     @property
     def protections(self) -> str:
@@ -477,7 +478,7 @@ class NodeDaemon:
                 usage.add(samples, now, run, sessions.get(run))
         self.unhealthy = {str(k): v for k, v in (msg.get("unhealthy") or {}).items()}
         self.gpu_problems = [str(p) for p in msg.get("problems") or []]
-        self.report_health()
+        self.report_health(seq=msg.get("seq") if isinstance(msg.get("seq"), int) else 0)
 
     def _job_sessions(self) -> dict[str, int]:
         """run -> session id of the job (its process is a session leader)."""
@@ -488,12 +489,15 @@ class NodeDaemon:
                 out[run] = info["pid"]
         return out
 
-    def report_health(self, force: bool = False) -> None:
-        state = json.dumps([self.unhealthy, self.gpu_problems], sort_keys=True)
-        if state == self.reported_health and not force:
+    def report_health(self, seq: int | None = None) -> None:
+        """Tell rmsctld which devices are unfit, when that changed; `seq` is the last
+        `health_reset` the judgement follows."""
+        seq = self.health_seq if seq is None else seq
+        state = json.dumps([self.unhealthy, self.gpu_problems, seq], sort_keys=True)
+        if state == self.reported_health:
             return
         if self.send({"op": "node_health", "node": self.node, "unhealthy": self.unhealthy,
-                      "problems": self.gpu_problems}):
+                      "problems": self.gpu_problems, "seq": seq}):
             self.reported_health = state
 
     # -- the controller connection ------------------------------------------------------
@@ -576,9 +580,13 @@ class NodeDaemon:
         elif op == "signal":
             self.signal_job(f"{msg['job_id']}.{msg['run']}", msg["signal"])
         elif op == "health_reset":
+            self.health_seq = msg.get("seq") if isinstance(msg.get("seq"), int) else 0
             self.unhealthy, self.gpu_problems, self.reported_health = {}, [], None
             if self.monitor_conn is not None and not self.monitor_conn.closed:
-                self.loop.send(self.monitor_conn, {"op": "health_reset"})
+                # the monitor's next sample, judged afresh, is the answer
+                self.loop.send(self.monitor_conn, {"op": "health_reset", "seq": self.health_seq})
+            else:
+                self.report_health(seq=self.health_seq)
         else:
             log.warning("node %s: unknown order %r", self.node, op)
 

@@ -84,16 +84,23 @@ class NodeView:
         if self.free_gpus is None:
             self.free_gpus = set(self.gpus) - self.drained
         self.weights = {i: dict(g.links) for i, g in self.gpus.items() if g.links}
+        # what each requested type names: a type, and for MIG instances "a100_1g.10gb"
+        self.by_type: dict[str, set[int]] = {}
+        for i, g in self.gpus.items():
+            self.by_type.setdefault(g.type, set()).add(i)
+            if g.partition and g.model:
+                self.by_type.setdefault(f"{g.model}_{g.type}", set()).add(i)
         self.topology = bool(self.weights) or any(g.numa is not None for g in self.gpus.values())
 
     def drain_gpu(self, index: int) -> None:
         self.drained.add(index)
         self.free_gpus.discard(index)
 
-    def undrain_gpus(self, busy: set[int]) -> None:
-        """Every device back in service; `busy`: the ones allocated to jobs now."""
-        self.free_gpus.update(i for i in self.drained if i in self.gpus and i not in busy)
-        self.drained.clear()
+    def undrain_gpus(self, busy: set[int], which=None) -> None:
+        """Devices back in service (all, or `which`); `busy`: those allocated to jobs now."""
+        back = set(self.drained) if which is None else set(which) & self.drained
+        self.free_gpus.update(i for i in back if i in self.gpus and i not in busy)
+        self.drained -= back
 
 
 @dataclass
@@ -116,9 +123,15 @@ def matches_constraint(expr: str | None, features: frozenset[str]) -> bool:
 
 
 def _gpus_of_type(node: NodeView, req: Request, indices) -> list[int]:
-    if req.gpu_type is None and not req.gpu_mem_mb:
-        return sorted(indices)
-    return sorted(i for i in indices if gpu_matches(node.gpus[i], req.gpu_type, req.gpu_mem_mb))
+    if req.gpu_type is not None:
+        indices = node.by_type.get(req.gpu_type, _NONE).intersection(indices)
+    if req.gpu_mem_mb:
+        floor = req.gpu_mem_mb * GPU_MEM_SLACK
+        return sorted(i for i in indices if node.gpus[i].mem_mb >= floor)
+    return sorted(indices)
+
+
+_NONE: frozenset = frozenset()
 
 
 def _gpu_kind(req: Request) -> str:
@@ -167,12 +180,12 @@ def fits_now(req: Request, node: NodeView) -> list[int] | None:
     """The GPUs to use if the request fits on the node now, else None."""
     if not node.usable or node.exclusive or (req.exclusive and node.jobs):
         return None
-    if shape_problem(req, node):
-        return None
-    if node.free_cpus < req.cpus:
+    if node.free_cpus < req.cpus:       # free never exceeds the node's size: no shape check
         return None
     mem = node.mem_mb if req.mem_whole_node else req.mem_mb
     if (req.mem_whole_node and node.jobs) or node.free_mem < mem:
+        return None
+    if req.constraint and not matches_constraint(req.constraint, node.features):
         return None
     if req.gpus:
         free = _gpus_of_type(node, req, node.free_gpus)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import inspect
 import os
+import time
 
 import pytest
 
@@ -178,7 +179,7 @@ def test_nvml_processes_and_telemetry(root):
 def test_nvml_xid_events(root):
     import threading
     m = machines.a100_mig()
-    m["events"] = [{"gpu": 1, "xid": 79}, {"gpu": 0, "xid": 48, "gi": 13, "ci": 0}]
+    m["events"] = [{"gpu": 1, "xid": 31}]          # before the watch: never delivered
     b = nvml(m, root)
     devs = b.discover()
     got = []
@@ -188,7 +189,12 @@ def test_nvml_xid_events(root):
         got.append(event)
         if len(got) == 2:
             stop.set()
-    b.watch_events(stop, emit, devs, timeout_ms=50)
+    watcher = threading.Thread(target=b.watch_events, args=(stop, emit, devs, 50))
+    watcher.start()
+    time.sleep(0.2)
+    m["events"] += [{"gpu": 1, "xid": 79}, {"gpu": 0, "xid": 48, "gi": 13, "ci": 0}]
+    watcher.join(timeout=5)
+    assert not watcher.is_alive()
     assert got[0] == ("xid", [devs[4].key], 79)
     assert got[1] == ("xid", [devs[2].key], 48)     # the MIG instance of gi 13 only
 

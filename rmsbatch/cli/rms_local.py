@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show which daemons are running")
     for sp in (up, down, status):
         sp.add_argument("--dir", required=True, help="the cluster's directory (config, spool, logs)")
-    up.add_argument("--gpus", type=int, default=0,
-                    help="stand-in accelerators to declare (character devices nothing uses)")
+    up.add_argument("--gpus", type=int, default=None,
+                    help="stand-in accelerators to declare (character devices nothing uses); "
+                         "without it, rmsd finds the host's real GPUs (NVML, AMD SMI, sysfs)")
     up.add_argument("--cpus", type=int, help="CPUs to declare (default: this machine's)")
     up.add_argument("--memory", help="memory to declare, e.g. 16G (default: this machine's)")
     up.add_argument("--node", help="node name (default: the short host name)")
@@ -80,12 +81,15 @@ def generate_config(directory: str, args) -> None:
     cpus = args.cpus or psutil.cpu_count(logical=True) or 1
     mem_mb = units.parse_memory(args.memory) if args.memory else \
         psutil.virtual_memory().total // (1024 * 1024)
-    if args.gpus < 0:
+    if args.gpus is not None and args.gpus < 0:
         raise CommandError(f"--gpus={args.gpus}: must be 0 or more")
-    files = stand_in_devices(directory, args.gpus)
+    files = stand_in_devices(directory, args.gpus or 0)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     gpu_block = ""
-    if args.gpus:
+    if args.gpus is None:
+        gpu_block = ("# the host's own GPUs, found by rmsd (NVML, AMD SMI, else /proc and /sys)\n"
+                     "gpu_detect = \"auto\"\n")
+    elif args.gpus:
         gpu_block = (f"\n[[nodes.gpus]]\ntype = \"gpu\"\ncount = {args.gpus}\n"
                      + (f"files = \"{files}\"\n" if files else "")
                      + "# stand-in devices: character devices no real hardware uses\n")
@@ -203,15 +207,20 @@ def controller_ping(directory: str):
         return None
 
 
-def node_states(directory: str) -> dict[str, str]:
+def node_records(directory: str) -> dict[str, dict]:
     from rmsbatch import client
     try:
         reply = client.Client(client.socket_path(directory), timeout=5).connect().call("nodes")
     except client.ClientError:
         return {}
+    return {n["name"]: n for n in reply["nodes"]}
+
+
+def node_states(directory: str) -> dict[str, str]:
     # A node counts once its rmsd is connected: after a controller restart the
     # spool still says "up" for a while, whatever the node daemon is doing.
-    return {n["name"]: n["state"] if n.get("connected") else "DOWN" for n in reply["nodes"]}
+    return {name: n["state"] if n.get("connected") else "DOWN"
+            for name, n in node_records(directory).items()}
 
 
 def up(args) -> int:
@@ -243,10 +252,14 @@ def up(args) -> int:
                      and node_states(directory)[node], proc, args.timeout,
                      f"rmsd for node {node}", rmsd_log)
     nodedef = cfg.nodes[node]
+    record = node_records(directory).get(node) or {}
+    gpus = record.get("gpus", len(nodedef.gpus))
+    kinds = f" {record['gpu_type']}" if record.get("gpu_type") not in (None, "", "gpu") else ""
     print(f"rms-local: cluster {cfg.cluster.name!r} in {directory}: "
           f"{'started ' + ' and '.join(started) if started else 'already running'}; "
-          f"node {node} ({nodedef.cpus} CPUs, {nodedef.mem_mb} MB, {len(nodedef.gpus)} GPUs) is "
-          f"{state.lower()}", file=sys.stderr)
+          f"node {node} ({nodedef.cpus} CPUs, {nodedef.mem_mb} MB, {gpus}{kinds} GPUs) is "
+          f"{state.lower()}" + (f" ({record['reason']})" if record.get("reason") else ""),
+          file=sys.stderr)
     print(f"export RMS_CONF_DIR={directory}")
     return 0
 

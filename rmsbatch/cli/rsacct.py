@@ -37,7 +37,8 @@ _UNITS = {
 FIELDS = ["id", "name", "user", "uid", "account", "partition", "qos", "state", "reason",
           "exit_code", "exit_signal", "submit_time", "start_time", "end_time", "time_limit",
           "nodes", "alloc_cpus", "req_cpus", "req_mem_mb", "alloc_gpus", "req_gpus",
-          "nodelist", "max_rss_kb", "total_cpu_s", "priority", "workdir"]
+          "nodelist", "max_rss_kb", "total_cpu_s", "priority", "workdir", "gpu_mem_mb",
+          "gpu_util", "gpu_mem_peak_mb", "gpu_energy_j"]
 
 
 def parse_when(text: str, now: float | None = None) -> float:

@@ -25,6 +25,15 @@ DEVICE_MODEL = {0x74a1: "MI300X", 0x74a5: "MI325X", 0x74a0: "MI300A", 0x740f: "M
                 0x740c: "MI250X", 0x7408: "MI250X", 0x738c: "MI100", 0x75a0: "MI350X"}
 
 
+def describe(exc) -> str:
+    """One line: "AMDSMI_STATUS_NOT_SUPPORTED" rather than the multi-line str()."""
+    info = getattr(exc, "get_error_info", None)
+    try:
+        return info(False) if info else str(exc)
+    except Exception:  # noqa: BLE001
+        return str(exc).replace("\n", " ").replace("\t", "")
+
+
 def _na(value):
     return None if value in ("N/A", None) else value
 
@@ -45,7 +54,7 @@ class AmdSmiBackend:
             try:
                 import amdsmi
             except Exception as exc:  # noqa: BLE001 - KeyError without libamd_smi.so
-                raise BackendUnavailable(f"AMD SMI: cannot load amdsmi ({type(exc).__name__}: "
+                raise BackendUnavailable(f"cannot load amdsmi ({type(exc).__name__}: "
                                          f"{exc}); install ROCm's amd-smi-lib") from None
             self._amd = amdsmi
         return self._amd
@@ -55,7 +64,7 @@ class AmdSmiBackend:
         try:
             amd.amdsmi_init(amd.AmdSmiInitFlags.INIT_AMD_GPUS)
         except amd.AmdSmiException as exc:
-            raise BackendUnavailable(f"AMD SMI: {exc}") from None
+            raise BackendUnavailable(describe(exc)) from None
 
     def close(self) -> None:
         try:
@@ -69,7 +78,7 @@ class AmdSmiBackend:
         try:
             handles = amd.amdsmi_get_processor_handles()
         except amd.AmdSmiException as exc:
-            raise BackendUnavailable(f"AMD SMI: cannot list GPUs: {exc}") from None
+            raise BackendUnavailable(f"cannot list GPUs: {describe(exc)}") from None
         records: list[Accelerator] = []
         keyed: list[tuple[Accelerator, object]] = []
         for order, h in enumerate(handles):
@@ -78,7 +87,7 @@ class AmdSmiBackend:
                 asic = amd.amdsmi_get_gpu_asic_info(h)
                 vram = amd.amdsmi_get_gpu_vram_usage(h)
             except amd.AmdSmiException as exc:
-                self.problems.append(f"AMD GPU {order} not usable: {exc}")
+                self.problems.append(f"AMD GPU {order} not usable: {describe(exc)}")
                 continue
             enum = self._opt(getattr(amd, "amdsmi_get_gpu_enumeration_info", None), h) or {}
             kfd = self._opt(getattr(amd, "amdsmi_get_gpu_kfd_info", None), h) or {}

@@ -61,6 +61,7 @@ class Monitor:
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self.problems: list[str] = []
+        self.seq = 0                # the last health reset rmsd asked for
 
     # -- discovery ----------------------------------------------------------------
     def discover(self) -> discovery.Inventory:
@@ -169,11 +170,12 @@ class Monitor:
     def message(self, now: float, samples: dict | None = None) -> dict:
         return {"op": "gpu_sample", "time": now, "samples": samples or {},
                 "unhealthy": {k: v.to_dict() for k, v in self.health.unhealthy().items()},
-                "problems": list(self.problems)}
+                "problems": list(self.problems), "seq": self.seq}
 
-    def reset(self) -> None:
+    def reset(self, seq: int = 0) -> None:
         self.health.reset()
         self.problems = []
+        self.seq = seq
 
 
 def _attribute(procs):
@@ -226,15 +228,16 @@ def serve(monitor: Monitor, sock: socket.socket, interval: float) -> int:
         _send(sock, {"op": "monitor_idle", "why": why})
         monitor.close()
         return 0
-    monitor.start_events()
     wake_r, wake_w = os.pipe()
-    monitor.events = _WakingQueue(monitor.events, wake_w)
+    monitor.events = _WakingQueue(monitor.events, wake_w)   # before the threads take it
+    monitor.start_events()
     buf = b""
     next_tick = time.monotonic()
     try:
         while True:
             now = time.monotonic()
             if now >= next_tick:
+                monitor.drain_events(time.time())
                 _send(sock, monitor.tick(time.time()))
                 next_tick = now + interval
             ready, _, _ = select.select([sock, wake_r], [], [], max(0.0, next_tick - time.monotonic()))
@@ -254,7 +257,7 @@ def serve(monitor: Monitor, sock: socket.socket, interval: float) -> int:
                     except ValueError:
                         continue
                     if msg.get("op") == "health_reset":
-                        monitor.reset()
+                        monitor.reset(msg.get("seq") if isinstance(msg.get("seq"), int) else 0)
                         next_tick = time.monotonic()     # judge afresh now
                     elif msg.get("op") == "stop":
                         return 0

@@ -46,7 +46,7 @@ class NvmlBackend:
             try:
                 import pynvml
             except Exception as exc:  # noqa: BLE001 - any import failure means "no NVML"
-                raise BackendUnavailable(f"NVML: cannot import pynvml ({exc}); install "
+                raise BackendUnavailable(f"cannot import pynvml ({exc}); install "
                                          "nvidia-ml-py") from None
             self._nv = pynvml
         return self._nv
@@ -60,9 +60,9 @@ class NvmlBackend:
         try:
             nv.nvmlInit()
         except nv.NVMLError as exc:
-            raise BackendUnavailable(f"NVML: {describe(nv, exc)}") from None
+            raise BackendUnavailable(f"{describe(nv, exc)}") from None
         except OSError as exc:
-            raise BackendUnavailable(f"NVML: {exc}") from None
+            raise BackendUnavailable(f"{exc}") from None
 
     def close(self) -> None:
         try:
@@ -79,7 +79,7 @@ class NvmlBackend:
         try:
             count = nv.nvmlDeviceGetCount()
         except nv.NVMLError as exc:
-            raise BackendUnavailable(f"NVML: cannot count GPUs: {describe(nv, exc)}") from None
+            raise BackendUnavailable(f"cannot count GPUs: {describe(nv, exc)}") from None
         ncpus = self.ncpus
         minors = _mig_minors(self.path("proc/driver/nvidia-caps/mig-minors"))
         records: list[Accelerator] = []

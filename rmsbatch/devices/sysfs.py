@@ -87,7 +87,7 @@ class SysfsBackend:
 
     def open(self) -> None:
         if not (os.path.isdir(self.path("proc/driver/nvidia/gpus")) or kfd_nodes(self.root)):
-            raise BackendUnavailable("sysfs: no /proc/driver/nvidia/gpus and no KFD GPU nodes")
+            raise BackendUnavailable("no /proc/driver/nvidia/gpus and no KFD GPU nodes")
 
     def close(self) -> None:
         pass

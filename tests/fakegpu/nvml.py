@@ -323,6 +323,8 @@ class FakeNvml:
     # -- events -----------------------------------------------------------------------
     def nvmlEventSetCreate(self):
         self._need_init()
+        # as the driver: only events that happen from now on
+        self._delivered = len(self.machine.get("events", []))
         return SimpleNamespace(registered={})
 
     def nvmlDeviceGetSupportedEventTypes(self, handle):
