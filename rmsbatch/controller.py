@@ -31,6 +31,8 @@ HIDDEN = ("alloc", "launched", "cancel_requested", "gid", "mem_whole_node", "gpu
           "constraint_expr")
 
 
+PCIE_SWITCH = 20      # NVML_TOPOLOGY_MULTIPLE: GPUs behind one tree of PCIe switches
+
 # Record fields a listing may ask for by name (stored as they are shown).
 PROJECTABLE = frozenset(c for c in JOB_COLUMNS if c not in HIDDEN
                         and c not in ("hold", "requeue", "exclusive"))
@@ -68,11 +70,17 @@ def _gpus(devices: list[dict]) -> dict[int, Gpu]:
         except TypeError:
             continue      # a record from an incompatible rmsd: not allocatable
     index_of = {r.key: r.index for r in records}
+
+    def links(r) -> tuple:
+        # NVLink/XGMI lanes; GPUs behind one PCIe switch count as a thin link
+        weights = {index_of[k]: int(w) for k, w in (r.links or {}).items() if k in index_of}
+        for k, level in (r.pcie or {}).items():
+            if k in index_of and index_of[k] not in weights and int(level) <= PCIE_SWITCH:
+                weights[index_of[k]] = 1
+        return tuple(sorted(weights.items()))
     return {r.index: Gpu(str(r.type), int(r.mem_mb or 0),
                          short_type(r.model) if r.is_partition else "", r.is_partition,
-                         r.numa_node if isinstance(r.numa_node, int) else None,
-                         tuple(sorted((index_of[k], int(w)) for k, w in (r.links or {}).items()
-                                      if k in index_of)))
+                         r.numa_node if isinstance(r.numa_node, int) else None, links(r))
             for r in records}
 
 

@@ -8,6 +8,8 @@ One cluster, three nodes on this host:
            device root point at stand-in ttys 20-23, so fencing is real
     lnode  static: 2 x "l40s" stand-ins (ttys 32-33)
     cnode  gpu_detect = "check": declares 8 h100 where the fake NVML has 4 -> drained
+    mnode  gpu_detect = "auto": 2 x A100, one in MIG mode (tests/fakegpu/machines.a100_mig);
+           its /dev/nvidia4-5 and MIG capability files are stand-in ttys 40-49
 """
 from __future__ import annotations
 
@@ -71,6 +73,12 @@ gpu_detect = "check"
 type = "h100"
 count = 8
 
+[[nodes]]
+names = "mnode"
+cpus = 4
+memory = "8G"
+gpu_detect = "auto"
+
 [[partitions]]
 name = "main"
 nodes = "ALL"
@@ -90,6 +98,10 @@ class GpuCluster(Cluster):
         self.machine = machine
         write_machine(self.machine_path, machine)
         machines.device_tree(self.root, range(4), range(20, 24))
+        self.mig = machines.a100_mig(first_minor=4)
+        self.mig_path = os.path.join(directory, "a100-mig.json")
+        write_machine(self.mig_path, self.mig)
+        self.mig_files = machines.mig_device_tree(self.root, self.mig, range(40, 50))
         for name, text in (("cluster.toml", CLUSTER.format(root=self.root)),
                            ("tenants.toml", TENANTS), ("qos.toml", QOS)):
             with open(os.path.join(directory, name), "w") as fh:
@@ -98,8 +110,9 @@ class GpuCluster(Cluster):
                          "RMS_FAKE_NVML": self.machine_path}
 
     def start(self) -> None:
-        for node in ("hnode", "lnode", "cnode"):
-            env = self.fake_env if node != "lnode" else None
+        for node in ("hnode", "lnode", "cnode", "mnode"):
+            env = {"hnode": self.fake_env, "cnode": self.fake_env, "lnode": None,
+                   "mnode": dict(self.fake_env, RMS_FAKE_NVML=self.mig_path)}[node]
             self.run("rms-local", "up", "--dir", self.dir, "--node", node, check=True, env=env)
 
     def change(self, fn) -> None:
@@ -170,10 +183,9 @@ def test_jobs_land_on_the_type_they_ask_for(gc):
     for job_id in (h100, l40s, big):
         assert gc.wait_ended(job_id)["state"] == "COMPLETED"
     assert gc.job(h100)["nodelist"] == "hnode" and gc.job(l40s)["nodelist"] == "lnode"
-    assert gc.job(big)["nodelist"] == "hnode"          # only the H100s have 80 GB
-    fenced = "devices(" in gc.job(h100)["protections"]
-    assert gc.output(h100).split()[0] == ("0,1" if fenced else "0,1")
-    for bad, why in ((["--gpus=a100:1"], "requested 1 a100 GPUs per node"),
+    assert gc.job(big)["nodelist"] == "hnode"          # not the 45 GB L40S on lnode
+    assert gc.output(h100).split() == ["0,1", "0,1"]    # fenced or not: GPUs 0 and 1
+    for bad, why in ((["--gpus=v100:1"], "requested 1 v100 GPUs per node"),
                      (["--gpus=2", "--gpu-mem=100G"], "GPUs with 102400 MB per node")):
         result = gc.run("rsub", *bad, "--wrap", "true")
         assert result.returncode == 1 and why in result.stderr, result.stderr
@@ -190,6 +202,30 @@ def test_detected_devices_are_fenced(gc):
     index = seen["GPUS"]
     assert seen["CVD"] == "0" and seen[f"nv{index}"] == "open"
     assert [k for k, v in seen.items() if v == "open"] == [f"nv{index}"]
+
+
+def test_a_mig_instance_is_all_a_job_sees(gc):
+    m = gc.node("mnode", devices=True)
+    assert [d["type"] for d in m["devices"]] == ["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb", "a100"]
+    every = sorted({f for files in gc.mig_files.values() for f in files}
+                   | {os.path.join(gc.root, "dev", "nvidia5")})
+    probe = "echo CVD=$CUDA_VISIBLE_DEVICES; " + "; ".join(
+        f"if (exec 3<>{f}) 2>/dev/null; then echo {f}=open; else echo {f}=denied; fi"
+        for f in every)
+    job_id = gc.submit("--gpus=1g.10gb:1", "--wrap", probe)
+    assert gc.wait_ended(job_id)["state"] == "COMPLETED"
+    assert gc.job(job_id)["nodelist"] == "mnode"
+    seen = dict(line.split("=", 1) for line in gc.output(job_id).split())
+    uuid = seen.pop("CVD")
+    assert uuid in gc.mig_files and gc.mig_files[uuid][0].endswith("nvidia4")
+    assert "1g.10gb" in [mig["profile"] for g in gc.mig["gpus"]
+                         for mig in (g.get("mig") or {}).get("devices", []) if mig["uuid"] == uuid]
+    if os.geteuid() == 0:          # fenced: its parent GPU and its own capabilities only
+        assert sorted(f for f, v in seen.items() if v == "open") == sorted(gc.mig_files[uuid])
+    # named with its GPU's type too, Slurm style
+    named = gc.submit("--gpus=a100_3g.40gb:1", "--wrap", "echo $RMS_JOB_GPUS")
+    assert gc.wait_ended(named)["state"] == "COMPLETED"
+    assert gc.job(named)["nodelist"] == "mnode" and gc.output(named).strip() == "0"
 
 
 def test_usage_is_accounted_per_job(gc):

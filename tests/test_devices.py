@@ -12,7 +12,7 @@ import pytest
 from rmsbatch.config import GpuDef
 from rmsbatch.devices import discovery, record
 from rmsbatch.devices.amd import AmdSmiBackend
-from rmsbatch.devices.errors import BackendUnavailable
+from rmsbatch.devices.backend import BackendUnavailable
 from rmsbatch.devices.health import Health
 from rmsbatch.devices.monitor import Monitor
 from rmsbatch.devices.nvml import NvmlBackend
@@ -118,6 +118,9 @@ def test_nvml_mixed_node_links_and_types(root):
     assert [d.type for d in devs] == ["a100", "l40s", "a100", "l40s"]
     assert devs[0].links == {devs[2].uuid: 12} and devs[1].links == {}
     assert devs[1].mem_mb == 46068
+    # PCIe distance, as nvidia-smi topo -m: one switch (PIX), one NUMA node, across
+    assert devs[0].pcie == {devs[1].uuid: 10, devs[2].uuid: 50, devs[3].uuid: 50}
+    assert devs[2].pcie[devs[3].uuid] == 40
 
 
 def test_nvml_error_paths(root):

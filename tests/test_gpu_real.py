@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from rmsbatch.devices.errors import BackendUnavailable
+from rmsbatch.devices.backend import BackendUnavailable
 from rmsbatch.devices.nvml import NvmlBackend
 from rmsbatch.devices.record import normalize_bdf
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 
-from rmsbatch.devices.errors import BackendUnavailable, DeviceLost
+from rmsbatch.devices.backend import BackendUnavailable, DeviceLost, read_text, sample_each
 from rmsbatch.devices.record import AMD_ENV, Accelerator, normalize_bdf, parse_cpu_list, short_type
 
 log = logging.getLogger("rmsbatch.devices.amd")
@@ -109,7 +109,7 @@ class AmdSmiBackend:
                 self.notes.append(f"AMD GPU {bdf}: no render node known: not fenced")
             model = self._model(asic)
             numa = _na(self._opt(amd.amdsmi_topo_get_numa_node_number, h))
-            cpus_text = _read(os.path.join(self.root, "sys/bus/pci/devices", bdf, "local_cpulist"))
+            cpus_text = read_text(os.path.join(self.root, "sys/bus/pci/devices", bdf, "local_cpulist"))
             hip_id = _na(enum.get("hip_id"))
             rec = Accelerator(
                 # AMD SMI's UUIDs changed format across ROCm releases: key on the address
@@ -166,16 +166,7 @@ class AmdSmiBackend:
 
     # -- sampling ---------------------------------------------------------------------
     def sample(self, devices: list[Accelerator]) -> dict[str, dict]:
-        out = {}
-        for dev in devices:
-            h = self.handles.get(dev.key)
-            if h is None:
-                continue
-            try:
-                out[dev.key] = self._sample_one(dev, h)
-            except DeviceLost as exc:
-                out[dev.key] = {"lost": str(exc)}
-        return out
+        return sample_each(self.handles, devices, self._sample_one)
 
     def _sample_one(self, dev: Accelerator, h) -> dict:
         amd = self.amd
@@ -246,12 +237,4 @@ class AmdSmiBackend:
 
     def watch_events(self, stop, emit, devices) -> None:
         """AMD SMI's event reader is not used yet: health comes from sampling."""
-        return None
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as fh:
-            return fh.read()
-    except OSError:
         return None

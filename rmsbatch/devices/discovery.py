@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 
 from rmsbatch.devices import static
-from rmsbatch.devices.errors import BackendUnavailable
+from rmsbatch.devices.backend import BackendUnavailable
 from rmsbatch.devices.record import Accelerator
 
 log = logging.getLogger("rmsbatch.devices.discovery")

@@ -16,7 +16,8 @@ import logging
 import math
 import os
 
-from rmsbatch.devices.errors import BackendUnavailable, DeviceLost
+from rmsbatch.devices.backend import (BackendUnavailable, DeviceLost, read_int, read_text,
+                                      sample_each)
 from rmsbatch.devices.record import (NVIDIA_ENV, Accelerator, cpus_from_mask, mig_profile,
                                      normalize_bdf, parse_cpu_list, short_type)
 
@@ -109,10 +110,26 @@ class NvmlBackend:
                                        mem_mb=mem // MiB, device_files=[gpu_file],
                                        env_id=str(i), **base))
         links = self._nvlinks(gpus)
+        pcie = self._pcie(gpus)
         for rec in records:
             if not rec.is_partition:
                 rec.links = links.get(rec.uuid, {})
+                rec.pcie = pcie.get(rec.uuid, {})
         return records
+
+    def _pcie(self, gpus: list[tuple[str, str, object]]) -> dict[str, dict[str, int]]:
+        """How far apart two GPUs are on PCIe, as `nvidia-smi topo -m` shows it:
+        NVML_TOPOLOGY_SINGLE (10, one switch) ... NODE (40, one NUMA node), SYSTEM (50)."""
+        nv = self.nv
+        out: dict[str, dict[str, int]] = {}
+        for a, _, ha in gpus:
+            for b, _, hb in gpus:
+                if a < b:
+                    level = self._opt(nv.nvmlDeviceGetTopologyCommonAncestor, ha, hb)
+                    if isinstance(level, int):
+                        out.setdefault(a, {})[b] = level
+                        out.setdefault(b, {})[a] = level
+        return out
 
     def _mig_enabled(self, h, i: int) -> bool:
         nv = self.nv
@@ -171,9 +188,9 @@ class NvmlBackend:
         cpus = cpus_from_mask(list(words), ncpus) if words is not None else []
         pci = self.path("sys/bus/pci/devices", bdf)
         if numa is None:
-            numa = _read_int(os.path.join(pci, "numa_node"))
+            numa = read_int(os.path.join(pci, "numa_node"))
         if not cpus:
-            text = _read_text(os.path.join(pci, "local_cpulist"))
+            text = read_text(os.path.join(pci, "local_cpulist"))
             cpus = parse_cpu_list(text) if text else []
         return (numa if numa is not None and numa >= 0 else None), cpus
 
@@ -211,16 +228,7 @@ class NvmlBackend:
 
     # -- sampling ---------------------------------------------------------------------
     def sample(self, devices: list[Accelerator]) -> dict[str, dict]:
-        out = {}
-        for dev in devices:
-            h = self.handles.get(dev.key)
-            if h is None:
-                continue
-            try:
-                out[dev.key] = self._sample_one(dev, h)
-            except DeviceLost as exc:
-                out[dev.key] = {"lost": str(exc)}
-        return out
+        return sample_each(self.handles, devices, self._sample_one)
 
     def _sample_one(self, dev: Accelerator, h) -> dict:
         nv = self.nv
@@ -366,25 +374,9 @@ def describe(nv, exc) -> str:
 def _mig_minors(path: str) -> dict[str, int]:
     """/proc/driver/nvidia-caps/mig-minors: "gpu0/gi1/ci0/access 52" per line."""
     out = {}
-    text = _read_text(path) or ""
+    text = read_text(path) or ""
     for line in text.splitlines():
         name, _, minor = line.strip().rpartition(" ")
         if name and minor.isdigit():
             out[name] = int(minor)
     return out
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path) as fh:
-            return fh.read()
-    except OSError:
-        return None
-
-
-def _read_int(path: str) -> int | None:
-    text = _read_text(path)
-    try:
-        return int(text.strip()) if text is not None else None
-    except ValueError:
-        return None

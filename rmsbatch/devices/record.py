@@ -28,6 +28,7 @@ class Accelerator:
     numa_node: int | None = None
     cpus: list[int] = field(default_factory=list)      # CPUs local to the device
     links: dict[str, int] = field(default_factory=dict)  # peer key -> weight (NVLink lanes, XGMI)
+    pcie: dict[str, int] = field(default_factory=dict)   # peer key -> PCIe distance (NVML level)
     parent: str | None = None        # key of the physical device (MIG instance, partition)
     profile: str | None = None       # MIG profile ("1g.10gb") or AMD compute partition ("CPX")
     env: str = NVIDIA_ENV            # the visibility variable
@@ -111,15 +112,9 @@ def bdf_from_location(domain: int, location_id: int) -> str:
 
 
 def parse_cpu_list(text: str) -> list[int]:
-    """"0-3,8,10-11" -> [0, 1, 2, 3, 8, 10, 11]."""
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
+    """"0-3,8,10-11" -> [0, 1, 2, 3, 8, 10, 11] (the kernel's CPU list format)."""
+    from rmsbatch.cgroup import parse_cpus
+    return parse_cpus(text)
 
 
 def cpus_from_mask(words, ncpus: int) -> list[int]:

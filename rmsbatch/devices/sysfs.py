@@ -15,7 +15,7 @@ from __future__ import annotations
 import glob
 import os
 
-from rmsbatch.devices.errors import BackendUnavailable
+from rmsbatch.devices.backend import BackendUnavailable, read_text
 from rmsbatch.devices.record import (AMD_ENV, NVIDIA_ENV, Accelerator, bdf_from_location,
                                      normalize_bdf, parse_cpu_list, short_type)
 from rmsbatch.devices.amd import DEVICE_MODEL
@@ -24,17 +24,9 @@ KFD = "sys/class/kfd/kfd/topology/nodes"
 IOLINK_XGMI = 11
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as fh:
-            return fh.read()
-    except OSError:
-        return None
-
-
 def _properties(path: str) -> dict[str, int]:
     out = {}
-    for line in (_read(path) or "").splitlines():
+    for line in (read_text(path) or "").splitlines():
         key, _, value = line.strip().partition(" ")
         try:
             out[key] = int(value.strip())
@@ -53,7 +45,7 @@ def kfd_nodes(root: str) -> list[dict]:
         return nodes
     for n in names:
         props = _properties(os.path.join(base, n, "properties"))
-        if not props.get("simd_count") or not props.get("gpu_id", _int(_read(os.path.join(base, n, "gpu_id")))):
+        if not props.get("simd_count") or not props.get("gpu_id", _int(read_text(os.path.join(base, n, "gpu_id")))):
             continue
         links = []
         for link in sorted(glob.glob(os.path.join(base, n, "io_links", "*", "properties"))):
@@ -97,8 +89,8 @@ class SysfsBackend:
 
     def _pci(self, bdf: str) -> tuple[int | None, list[int]]:
         pci = self.path("sys/bus/pci/devices", bdf)
-        numa = _read(os.path.join(pci, "numa_node"))
-        cpus = _read(os.path.join(pci, "local_cpulist"))
+        numa = read_text(os.path.join(pci, "numa_node"))
+        cpus = read_text(os.path.join(pci, "local_cpulist"))
         try:
             node = int(numa.strip()) if numa else None
         except ValueError:
@@ -110,7 +102,7 @@ class SysfsBackend:
         infos = sorted(glob.glob(self.path("proc/driver/nvidia/gpus", "*", "information")))
         for order, info in enumerate(infos):
             fields = {}
-            for line in (_read(info) or "").splitlines():
+            for line in (read_text(info) or "").splitlines():
                 key, _, value = line.partition(":")
                 fields[key.strip()] = value.strip()
             minor = fields.get("Device Minor", "")
@@ -144,7 +136,7 @@ class SysfsBackend:
             partitioned = per_bdf[bdf] > 1
             numa, cpus = self._pci(bdf)
             model = _amd_model(self.root, bdf, n.get("device_id"))
-            compute = (_read(self.path("sys/bus/pci/devices", bdf, "current_compute_partition"))
+            compute = (read_text(self.path("sys/bus/pci/devices", bdf, "current_compute_partition"))
                        or "").strip() or None
             render = n.get("drm_render_minor")
             files = [self.path(f"dev/dri/renderD{render}")] if render else []
@@ -175,7 +167,7 @@ class SysfsBackend:
 
 
 def _amd_model(root: str, bdf: str, device_id: int | None) -> str:
-    name = (_read(os.path.join(root, "sys/bus/pci/devices", bdf, "product_name")) or "").strip()
+    name = (read_text(os.path.join(root, "sys/bus/pci/devices", bdf, "product_name")) or "").strip()
     if name:
         return name
     if device_id in DEVICE_MODEL:

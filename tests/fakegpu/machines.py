@@ -4,7 +4,8 @@ would report on them), and the device trees their drivers create.
     dgx_h100()     8 x H100 80GB HBM3 on NVSwitch (18 NVLink lanes each), 2 NUMA nodes
     a100_mig()     2 x A100-SXM4-80GB: GPU 0 in MIG mode (3g.40gb, 2g.20gb, 1g.10gb x2,
                    one empty slot), GPU 1 whole
-    mixed()        2 x A100 80GB PCIe joined by an NVLink bridge + 2 x L40S (no NVLink)
+    mixed()        2 x A100 80GB PCIe joined by an NVLink bridge + 2 x L40S (no NVLink);
+                   GPUs 0 and 1 behind one PCIe switch
     mi300x_cpx()   AMD SMI view of 2 x MI300X in CPX mode: 16 logical GPUs
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ def dgx_h100() -> dict:
     return {"driver": "550.54.15", "gpus": gpus, "events": []}
 
 
-def a100_mig() -> dict:
+def a100_mig(first_minor: int = 0) -> dict:
     mig = {"current": 1, "pending": 1, "slots": 7, "devices": [
         {"slot": 0, "profile": "3g.40gb", "mem_mb": 40192, "gi": 1, "ci": 0, "uuid": _uuid("MIG", 1)},
         {"slot": 1, "profile": "2g.20gb", "mem_mb": 19968, "gi": 5, "ci": 0, "uuid": _uuid("MIG", 2)},
@@ -43,34 +44,40 @@ def a100_mig() -> dict:
     ]}
     return {"driver": "535.161.08", "events": [], "gpus": [
         {"name": "NVIDIA A100-SXM4-80GB", "uuid": _uuid("GPU", 0x10), "bus_id": "00000000:07:00.0",
-         "minor": 0, "mem_mb": 81920, "numa": 0, "cpus": "0-31", "mig": mig,
+         "minor": first_minor, "mem_mb": 81920, "numa": 0, "cpus": "0-31", "mig": mig,
          "nvlinks": [{"remote": "00000000:0F:00.0", "count": 12}]},
         {"name": "NVIDIA A100-SXM4-80GB", "uuid": _uuid("GPU", 0x11), "bus_id": "00000000:0F:00.0",
-         "minor": 1, "mem_mb": 81920, "numa": 0, "cpus": "0-31",
+         "minor": first_minor + 1, "mem_mb": 81920, "numa": 0, "cpus": "0-31",
          "mig": {"current": 0, "pending": 0, "devices": []},
          "nvlinks": [{"remote": "00000000:07:00.0", "count": 12}]},
     ]}
 
 
-def mig_minors(gpus: int = 2) -> str:
-    """/proc/driver/nvidia-caps/mig-minors as the driver writes it: per GPU 15 GPU
-    instances, each with an access minor and 8 compute-instance minors."""
+def cap_minor(gpu_minor: int, gi: int, ci: int | None = None) -> int:
+    """The driver's numbering of MIG capability minors: per GPU 15 GPU instances,
+    each with an access minor and 8 compute-instance minors."""
+    base = 3 + gpu_minor * 135 + gi * 9
+    return base if ci is None else base + 1 + ci
+
+
+def mig_minors(minors=range(2)) -> str:
+    """/proc/driver/nvidia-caps/mig-minors as the driver writes it."""
     lines = ["config 1", "monitor 2"]
-    for g in range(gpus):
+    for g in minors:
         for gi in range(15):
-            base = 3 + g * 135 + gi * 9
-            lines.append(f"gpu{g}/gi{gi}/access {base}")
-            lines.extend(f"gpu{g}/gi{gi}/ci{ci}/access {base + 1 + ci}" for ci in range(8))
+            lines.append(f"gpu{g}/gi{gi}/access {cap_minor(g, gi)}")
+            lines.extend(f"gpu{g}/gi{gi}/ci{ci}/access {cap_minor(g, gi, ci)}" for ci in range(8))
     return "\n".join(lines) + "\n"
 
 
 def mixed() -> dict:
     return {"driver": "550.90.07", "events": [], "gpus": [
         {"name": "NVIDIA A100 80GB PCIe", "uuid": _uuid("GPU", 0x20), "bus_id": "00000000:17:00.0",
-         "minor": 0, "mem_mb": 81920, "numa": 0, "cpus": "0-15",
+         "minor": 0, "mem_mb": 81920, "numa": 0, "cpus": "0-15", "pcie_switch": 0,
          "nvlinks": [{"remote": "00000000:65:00.0", "count": 12}]},
         {"name": "NVIDIA L40S", "uuid": _uuid("GPU", 0x21), "bus_id": "00000000:31:00.0",
-         "minor": 1, "mem_mb": 46068, "numa": 0, "cpus": "0-15", "unsupported": ["nvlink"]},
+         "minor": 1, "mem_mb": 46068, "numa": 0, "cpus": "0-15", "pcie_switch": 0,
+         "unsupported": ["nvlink"]},
         {"name": "NVIDIA A100 80GB PCIe", "uuid": _uuid("GPU", 0x22), "bus_id": "00000000:65:00.0",
          "minor": 2, "mem_mb": 81920, "numa": 1, "cpus": "16-31",
          "nvlinks": [{"remote": "00000000:17:00.0", "count": 12}]},
@@ -110,4 +117,24 @@ def device_tree(root: str, minors, ttys, mig: bool = False) -> None:
         caps = os.path.join(root, "proc", "driver", "nvidia-caps")
         os.makedirs(caps, exist_ok=True)
         with open(os.path.join(caps, "mig-minors"), "w") as fh:
-            fh.write(mig_minors())
+            fh.write(mig_minors(minors))
+
+
+def mig_device_tree(root: str, machine: dict, ttys) -> dict[str, list[str]]:
+    """For a machine with MIG instances: root/dev/nvidia<minor> and the capability files
+    of every instance as stand-in ttys, and mig-minors; returns, per MIG UUID, the
+    device files the instance is (the parent's and its two capabilities)."""
+    ttys = list(ttys)
+    minors = [g["minor"] for g in machine["gpus"]]
+    device_tree(root, minors, ttys[:len(minors)], mig=True)
+    ttys = iter(ttys[len(minors):])
+    files = {}
+    for g in machine["gpus"]:
+        for m in (g.get("mig") or {}).get("devices", []):
+            own = []
+            for minor in (cap_minor(g["minor"], m["gi"]), cap_minor(g["minor"], m["gi"], m["ci"])):
+                path = os.path.join(root, "dev", "nvidia-caps", f"nvidia-cap{minor}")
+                os.symlink(f"/dev/tty{next(ttys)}", path)
+                own.append(path)
+            files[m["uuid"]] = [os.path.join(root, "dev", f"nvidia{g['minor']}"), *own]
+    return files

@@ -15,8 +15,10 @@ Per GPU of a machine (all optional but name/uuid/bus_id/minor/mem_mb):
     lost, no_permission, unsupported [metric names], util, mem_used_mb, power_mw,
     energy_mj, temp, sm_clock, throttle, ecc_uncorrected, remap [corr, unc, pending, failed],
     retired_pending, processes [[pid, MiB or None]]
-`unsupported` names what answers NOT_SUPPORTED: util power energy temp clock throttle ecc
-remap retired processes numa affinity mig nvlink nvlink_type events.
+`pcie_switch` (a number) puts GPUs behind one PCIe switch; otherwise the NUMA node decides
+how far apart they are. `unsupported` names what answers NOT_SUPPORTED: util power energy
+temp clock throttle ecc remap retired processes numa affinity mig nvlink nvlink_type
+events topology.
 Machine: {"library": true, "driver": "...", "gpus": [...], "events": [{"gpu", "xid"}]}
 """
 from __future__ import annotations
@@ -270,6 +272,14 @@ class FakeNvml:
             self._fail(self.NVML_ERROR_INVALID_ARGUMENT)
         return self.NVML_NVLINK_DEVICE_TYPE_SWITCH if lanes[link] == "switch" \
             else self.NVML_NVLINK_DEVICE_TYPE_GPU
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, device1, device2):
+        a, b = self._gpu(device1, "topology"), self._gpu(device2, "topology")
+        if a.get("pcie_switch") is not None and a.get("pcie_switch") == b.get("pcie_switch"):
+            return self.NVML_TOPOLOGY_SINGLE
+        if a.get("numa", 0) == b.get("numa", 0):
+            return self.NVML_TOPOLOGY_NODE
+        return self.NVML_TOPOLOGY_SYSTEM
 
     # -- telemetry -------------------------------------------------------------------
     def _value(self, handle, metric, key, default):
