@@ -309,7 +309,7 @@ class Controller:
         mem_whole = spec.mem_mb == 0
         smallest = min((n.mem_mb for n in members), default=0)
         mem_node = spec.mem_on_node(smallest, cfg.cluster.controller.default_mem_per_cpu)
-        gpu_mem = spec.gpu_mem_mb or 0 if gpus_node else 0
+        gpu_mem = (spec.gpu_mem_mb or 0) if gpus_node else 0
         request = Request(spec.nodes, spec.cpus_on_node(), 0 if mem_whole else mem_node,
                           mem_whole, gpus_node, spec.gpu_type, spec.exclusive, spec.constraint,
                           gpu_mem)
@@ -513,7 +513,8 @@ class Controller:
                 "name": name, "state": self.node_state(name).value, "reason": st["reason"],
                 "cpus": nd.cpus, "alloc_cpus": nd.cpus - view.free_cpus, "mem_mb": nd.mem_mb,
                 "alloc_mem_mb": nd.mem_mb - view.free_mem, "gpus": total,
-                "alloc_gpus": total - len(view.free_gpus) - len(view.drained - self._busy(name)),
+                "alloc_gpus": total - len(view.free_gpus) - (
+                    len(view.drained - self._busy(name)) if view.drained else 0),
                 "gpus_drained": len(view.drained), "gpu_type": ",".join(types),
                 "gpu_drain": {str(i): r for i, r in sorted(drains.items())},
                 "gpu_reason": "; ".join(f"GPU {i}: {r}" for i, r in sorted(drains.items())),

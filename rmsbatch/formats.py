@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING
 
 from rmsbatch import __version__
 from rmsbatch.cli.common import UsageError
 from rmsbatch.hostlist import compress, expand, natural_key
 from rmsbatch.units import format_kb, format_memory, format_time
+
+if TYPE_CHECKING:       # `typing` proper costs every command ~4 ms to import
+    from typing import Callable
 
 UNLIMITED = "UNLIMITED"
 UNKNOWN = "Unknown"
@@ -164,11 +168,17 @@ def _time_of(key):
 
 # -- columns and layouts ------------------------------------------------------
 
-class Field(NamedTuple):
+class Field:
     """A value a command can show: its header and how to get it from a record."""
-    header: str
-    get: Callable[[dict, float], str]
-    right: bool = False          # numbers align right
+    __slots__ = ("header", "get", "right")
+
+    def __init__(self, header: str, get: Callable[[dict, float], str], right: bool = False):
+        self.header = header
+        self.get = get
+        self.right = right          # numbers align right
+
+    def __repr__(self) -> str:
+        return f"Field({self.header!r})"
 
 
 class Column:
@@ -860,6 +870,20 @@ def render_details(blocks: list[list[str]], oneliner: bool = False) -> str:
 
 # -- command-line helpers shared by the query commands ------------------------
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The terminal's width from os, not shutil: argparse builds a formatter for
+    every add_argument, and `import shutil` costs every command ~4 ms."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        if width is None:
+            try:
+                width = int(os.environ.get("COLUMNS") or os.get_terminal_size(1).columns)
+            except (ValueError, OSError):
+                width = 80
+            width -= 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
 class CommandParser(argparse.ArgumentParser):
     """argparse with the project's conventions.
 
@@ -871,7 +895,7 @@ class CommandParser(argparse.ArgumentParser):
 
     def __init__(self, *args, examples: str | None = None, short_help: bool = True,
                  version: bool = True, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         kwargs["add_help"] = False
         if examples:
             kwargs["epilog"] = "Examples:\n" + examples.strip("\n")

@@ -179,7 +179,7 @@ class NodeDaemon:
         gpus = self.gpus or discovery.Inventory()
         return {"cpus": nd.cpus, "mem_mb": nd.mem_mb, "features": list(nd.features),
                 "gpus": [d.to_dict() for d in gpus.devices], "gpu_mode": self.gpu_mode,
-                "gpu_problems": gpus.problems + self.gpu_problems, "gpu_notes": gpus.notes,
+                "gpu_problems": gpus.problems, "gpu_notes": gpus.notes,
                 "gpu_backends": gpus.backends, "protections": self.protections,
                 "pid": os.getpid()}
 
@@ -415,6 +415,9 @@ class NodeDaemon:
     def start_monitor(self) -> None:
         argv = [sys.executable, "-m", "rmsbatch.devices.monitor", "--conf-dir",
                 self.config.directory, "--node", self.node, "--socket", self.notify_path]
+        ndc = self.config.cluster.node_daemon
+        if ndc.log_file:
+            argv += ["--log-file", self.config.path(ndc.log_file).replace("%n", self.node)]
         try:
             self.monitor = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, close_fds=True)

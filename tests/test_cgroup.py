@@ -360,7 +360,9 @@ def test_v2_freeze_kill_fallback(fake):
         cg.add(child.pid)
         assert cg.kill(timeout=3) is True
         assert child.wait(timeout=3) == -signal.SIGKILL
-        assert k.written("rmsbatch/job_6/cgroup.freeze") == ["1", "0"]
+        # frozen, then thawed (again if the kill had to be repeated on a busy host)
+        written = k.written("rmsbatch/job_6/cgroup.freeze")
+        assert written[:2] == ["1", "0"] and written == ["1", "0"] * (len(written) // 2)
     finally:
         if child.poll() is None:
             child.kill()

@@ -35,10 +35,16 @@ LONG_OPTION = re.compile(r"(?<![\w-])(--[A-Za-z][\w-]*)")
 
 
 def _scripts() -> dict[str, str]:
-    """Console script name -> module, from pyproject.toml."""
+    """Command name -> module, from pyproject.toml: console scripts, and the scripts
+    installed as they are (bin/rsub), by the module they run."""
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
-        scripts = tomllib.load(fh)["project"]["scripts"]
-    return {name: target.split(":")[0] for name, target in scripts.items()}
+        project = tomllib.load(fh)
+    scripts = {name: target.split(":")[0] for name, target in project["project"]["scripts"].items()}
+    for path in project["tool"]["setuptools"].get("script-files", []):
+        with open(os.path.join(ROOT, path)) as fh:
+            module = re.search(r"^from (\S+) import main$", fh.read(), re.M).group(1)
+        scripts[os.path.basename(path)] = module
+    return scripts
 
 
 SCRIPTS = _scripts()

@@ -7,7 +7,6 @@ pipe (`rq | head`). Tracebacks only with RMS_DEBUG=1.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 
@@ -35,6 +34,7 @@ def run_main(prog: str, body, argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
+        import signal
         return 128 + signal.SIGINT
     except UsageError as exc:
         _report(prog, exc)     # one line: messages carry their own hints

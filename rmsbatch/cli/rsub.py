@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 from rmsbatch.cli.common import UsageError, exit_with
@@ -13,7 +12,7 @@ def body(argv: list[str]) -> int:
 
     def parse(stdin_text):
         return jobscript.parse_rsub(argv, stdin_text=stdin_text, environ=dict(os.environ),
-                                    cwd=os.getcwd(), hostname=socket.gethostname())
+                                    cwd=os.getcwd(), hostname=os.uname().nodename)
 
     try:
         try:

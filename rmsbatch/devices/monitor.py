@@ -288,9 +288,11 @@ def main(argv=None) -> int:
     p.add_argument("--conf-dir", required=True)
     p.add_argument("--node", required=True)
     p.add_argument("--socket", required=True, help="rmsd's notify socket")
+    p.add_argument("--log-file", help="append the log here (rmsd's) instead of stderr")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        filename=args.log_file,
                         format=f"%(asctime)s rmsd-monitor[{os.getpid()}] %(levelname)s "
                                "%(name)s: %(message)s")
     _die_with_parent()
