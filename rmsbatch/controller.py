@@ -507,6 +507,9 @@ class Controller:
         for name in names:
             nd, view, st = self.config.nodes[name], self.nodes[name], self.node_status[name]
             types = sorted({g.type for g in view.gpus.values()})
+            counts: dict[str, int] = {}
+            for g in view.gpus.values():
+                counts[g.type] = counts.get(g.type, 0) + 1
             total = len(view.gpus)
             drains = {int(i): d.get("reason", "") for i, d in st["gpu_drain"].items()}
             record = {
@@ -516,6 +519,7 @@ class Controller:
                 "alloc_gpus": total - len(view.free_gpus) - (
                     len(view.drained - self._busy(name)) if view.drained else 0),
                 "gpus_drained": len(view.drained), "gpu_type": ",".join(types),
+                "gpu_counts": counts,
                 "gpu_drain": {str(i): r for i, r in sorted(drains.items())},
                 "gpu_reason": "; ".join(f"GPU {i}: {r}" for i, r in sorted(drains.items())),
                 "gpu_mode": nd.gpu_detect, "gpu_notes": st["gpu_notes"] + list(

@@ -562,6 +562,10 @@ def _gres(node: dict) -> str:
     gpus = node.get("gpus") or 0
     if not gpus:
         return "none"
+    counts = node.get("gpu_counts")
+    if counts and len(counts) > 1:       # "gpu:a100:1,gpu:1g.10gb:2", as Slurm's Gres
+        return ",".join(f"gpu:{t}:{n}" if t != "gpu" else f"gpu:{n}"
+                        for t, n in sorted(counts.items()))
     kind = node.get("gpu_type")
     # "gpu" is the type of GPUs declared without a model: no need to say it twice
     return f"gpu:{kind}:{gpus}" if kind and kind != "gpu" else f"gpu:{gpus}"

@@ -207,6 +207,8 @@ def test_detected_devices_are_fenced(gc):
 def test_a_mig_instance_is_all_a_job_sees(gc):
     m = gc.node("mnode", devices=True)
     assert [d["type"] for d in m["devices"]] == ["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb", "a100"]
+    shown = gc.run("rinfo", "-N", "-l", "-n", "mnode", check=True).stdout
+    assert "gpu:1g.10gb:2,gpu:2g.20gb:1,gpu:3g.40gb:1,gpu:a100:1" in shown
     every = sorted({f for files in gc.mig_files.values() for f in files}
                    | {os.path.join(gc.root, "dev", "nvidia5")})
     probe = "echo CVD=$CUDA_VISIBLE_DEVICES; " + "; ".join(
