@@ -22,14 +22,14 @@ import argparse
 import json
 import os
 import time
-from typing import TYPE_CHECKING
 
 from rmsbatch import __version__
 from rmsbatch.cli.common import UsageError
 from rmsbatch.hostlist import compress, expand, natural_key
 from rmsbatch.units import format_kb, format_memory, format_time
 
-if TYPE_CHECKING:       # `typing` proper costs every command ~4 ms to import
+TYPE_CHECKING = False   # importing `typing` costs every command ~4 ms
+if TYPE_CHECKING:
     from typing import Callable
 
 UNLIMITED = "UNLIMITED"
@@ -48,6 +48,14 @@ class FormatError(ValueError):
 def _squeue_time(seconds: float) -> str:
     """squeue's TIME: `M:SS`, `H:MM:SS`, `D-HH:MM:SS` (negative reads 0:00)."""
     return format_time(int(seconds) if seconds and seconds > 0 else 0)
+
+
+def _job_time(job: dict, now: float) -> str:
+    # Most of a long queue is pending: no start, "0:00", without the arithmetic.
+    start = job.get("start_time")
+    if not start or job.get("state") == "PENDING":
+        return "0:00"
+    return _squeue_time(_elapsed(job, now))
 
 
 def _clock(seconds: float) -> str:
@@ -129,7 +137,16 @@ def _getter(key: str) -> Callable[[dict, float], str]:
     def get(record, now, key=key):
         value = record.get(key)
         return "" if value is None else str(value)
+    get.key = key               # lets a layout fill the column without a call per cell
     return get
+
+
+def _cells(get, records: list[dict], now: float) -> list[str]:
+    key = getattr(get, "key", None)
+    if key is None:
+        return [get(r, now) for r in records]
+    return ["" if (v := r.get(key)) is None else v if v.__class__ is str else str(v)
+            for r in records]
 
 
 def _job_short_state(job, now):
@@ -235,8 +252,7 @@ class Layout:
         out = []
         last = len(self.columns) - 1
         for index, col in enumerate(self.columns):
-            get = col.get
-            values = [get(r, now) for r in records]
+            values = _cells(col.get, records, now)
             width = col.width
             head = col.header
             if width is None:
@@ -285,7 +301,7 @@ class Layout:
                  trailing: bool = False, sep: str = "|") -> str:
         """`a|b|c` lines (sacct -P; with trailing=True, sacct -p's `a|b|c|`)."""
         now = time.time() if now is None else now
-        columns = [[c.get(r, now) for r in records] for c in self.columns]
+        columns = [_cells(c.get, records, now) for c in self.columns]
         end = sep if trailing else ""
         lines = [sep.join(row) + end for row in zip(*columns)] if columns else [end] * len(records)
         if header:
@@ -355,7 +371,7 @@ JOB_FIELDS: dict[str, Field] = {
     "qos": Field("QOS", _getter("qos")),
     "st": Field("ST", _job_short_state),
     "state": Field("STATE", _getter("state")),
-    "time": Field("TIME", lambda j, now: _squeue_time(_elapsed(j, now)), True),
+    "time": Field("TIME", _job_time, True),
     "time_limit": Field("TIME_LIMIT", lambda j, now: _limit(j.get("time_limit")), True),
     "nodes": Field("NODES", _getter("nodes"), True),
     "cpus": Field("CPUS", _job_cpus, True),

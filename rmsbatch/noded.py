@@ -40,6 +40,7 @@ VISIBILITY_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_
 TELEMETRY_KEYS = ("util_pct", "mem_used_mb", "power_w", "temp_c", "sm_clock_mhz", "thermal",
                   "ecc_uncorrected")
 MONITOR_BACKOFF_S = (1, 5, 30, 60)
+MONITOR_SILENCE_S = 60      # a monitor quiet for longer than this (and 5 intervals) is stuck
 
 
 def _write_json(path: str, data: dict, mode: int = 0o600) -> None:
@@ -123,6 +124,7 @@ class NodeDaemon:
         self.monitor_idle = ""
         self.monitor_starts = 0
         self.monitor_next_start = 0.0
+        self.monitor_heard = 0.0
         self.telemetry: dict[str, dict] = {}
         self.unhealthy: dict[str, dict] = {}
         self.gpu_problems: list[str] = []
@@ -426,7 +428,26 @@ class NodeDaemon:
             self._monitor_gone()
             return
         self.monitor_starts += 1
+        self.monitor_heard = time.time()
         log.info("node %s: accelerator monitor started (pid %d)", self.node, self.monitor.pid)
+
+    def check_monitor(self, now: float) -> None:
+        """A monitor stuck in the driver (NVML calls can hang on a failing GPU) is killed
+        and started again; meanwhile the node says so."""
+        if self.monitor is None or self.monitor_idle:
+            return
+        limit = max(MONITOR_SILENCE_S, 5 * self.config.cluster.node_daemon.gpu_sample_interval)
+        if now - self.monitor_heard <= limit:
+            return
+        why = f"accelerator monitor silent for {int(now - self.monitor_heard)} s: restarted"
+        log.warning("node %s: %s", self.node, why)
+        self.gpu_problems = [why]
+        self.report_health()
+        try:
+            self.monitor.kill()
+        except OSError:
+            pass
+        self.monitor_heard = now     # reap() sees it go and schedules the restart
 
     def _monitor_gone(self) -> None:
         code = self.monitor.returncode if self.monitor is not None else None
@@ -443,12 +464,14 @@ class NodeDaemon:
 
     def on_monitor(self, conn: Conn, msg: dict) -> None:
         op = msg.get("op")
+        self.monitor_heard = time.time()
         if op == "monitor_hello":
             conn.meta["monitor"] = True
             self.monitor_conn = conn
         elif op == "gpu_inventory":
             self._monitor_inventory(msg)
         elif op == "gpu_sample":
+            self.monitor_starts = min(self.monitor_starts, 1)     # it works: back off less
             self._monitor_sample(msg)
         elif op == "monitor_idle":
             self.monitor_idle = str(msg.get("why") or "idle")
@@ -623,6 +646,7 @@ class NodeDaemon:
                        **({"gpus": self.telemetry} if self.telemetry else {})})
             self.last_heartbeat = now
         self.reap()
+        self.check_monitor(now)
         if now - self.last_scan >= 1.0:
             self.last_scan = now
             if self.controller is not None:

@@ -84,3 +84,16 @@ def test_visibility_per_variable(daemon, fenced, cuda, npu, monkeypatch):
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     none = daemon.environment(job([]), pwd.getpwuid(os.getuid()))
     assert none["CUDA_VISIBLE_DEVICES"] == "" and none["NPU_VISIBLE_DEVICES"] == ""
+
+
+def test_a_stuck_monitor_is_killed_and_said(daemon):
+    import subprocess
+    import time
+    stuck = subprocess.Popen(["sleep", "60"])        # a monitor blocked in the driver
+    daemon.monitor = stuck
+    daemon.monitor_heard = time.time() - 30
+    daemon.check_monitor(time.time())
+    assert stuck.poll() is None                      # not yet: 60 s of silence allowed
+    daemon.check_monitor(time.time() + 60)
+    assert stuck.wait(timeout=5) == -9
+    assert "accelerator monitor silent for 90 s: restarted" in daemon.gpu_problems[0]
