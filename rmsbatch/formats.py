@@ -138,6 +138,7 @@ def _getter(key: str) -> Callable[[dict, float], str]:
         value = record.get(key)
         return "" if value is None else str(value)
     get.key = key               # lets a layout fill the column without a call per cell
+    get.reads = (key,)
     return get
 
 
@@ -180,19 +181,24 @@ def _job_gpu_type(job, now):
 def _time_of(key):
     def get(job, now, key=key):
         return _timestamp(job.get(key))
+    get.reads = (key,)
     return get
 
 
 # -- columns and layouts ------------------------------------------------------
 
 class Field:
-    """A value a command can show: its header and how to get it from a record."""
-    __slots__ = ("header", "get", "right")
+    """A value a command can show: its header, how to get it from a record, and the
+    record keys it reads (commands ask the controller for just those: a listing of
+    thousands of jobs travels as rows of a few columns)."""
+    __slots__ = ("header", "get", "right", "reads")
 
-    def __init__(self, header: str, get: Callable[[dict, float], str], right: bool = False):
+    def __init__(self, header: str, get: Callable[[dict, float], str], right: bool = False,
+                 reads: tuple[str, ...] | None = None):
         self.header = header
         self.get = get
         self.right = right          # numbers align right
+        self.reads = reads if reads is not None else getattr(get, "reads", ())
 
     def __repr__(self) -> str:
         return f"Field({self.header!r})"
@@ -200,11 +206,12 @@ class Field:
 
 class Column:
     """A field placed in a layout: width None means sized to fit (or natural)."""
-    __slots__ = ("header", "get", "width", "right", "mark", "name")
+    __slots__ = ("header", "get", "width", "right", "mark", "name", "reads")
 
     def __init__(self, header: str, get, width: int | None = None, right: bool = False,
-                 mark: str = "", name: str = ""):
-        self.name = name            # the field's key in its table (rq asks only for those)
+                 mark: str = "", name: str = "", reads: tuple[str, ...] = ()):
+        self.name = name            # the field's name in its table
+        self.reads = reads          # the record keys it needs
         self.header = header
         self.get = get
         self.width = width
@@ -215,7 +222,7 @@ class Column:
     def of(cls, field: Field, width: int | None = None, right: bool | None = None,
            mark: str = "", name: str = "") -> "Column":
         return cls(field.header, field.get, width, field.right if right is None else right,
-                   mark, name)
+                   mark, name, field.reads)
 
     def __repr__(self) -> str:
         return f"Column({self.header!r}, width={self.width}, right={self.right})"
@@ -247,6 +254,13 @@ class Layout:
         self.literals = literals
         self.auto = auto
         self.dashes = dashes        # sacct's "------ ---" line under the header
+
+    def reads(self) -> list[str]:
+        """The record keys this layout needs (always the job id, which orders rows)."""
+        keys = {"id"}
+        for col in self.columns:
+            keys.update(col.reads)
+        return sorted(keys)
 
     def _column_cells(self, records, now, header: bool) -> list[list[str]]:
         out = []
@@ -369,23 +383,26 @@ JOB_FIELDS: dict[str, Field] = {
     "uid": Field("UID", _getter("uid"), True),
     "account": Field("ACCOUNT", _getter("account")),
     "qos": Field("QOS", _getter("qos")),
-    "st": Field("ST", _job_short_state),
+    "st": Field("ST", _job_short_state, reads=("state",)),
     "state": Field("STATE", _getter("state")),
-    "time": Field("TIME", _job_time, True),
-    "time_limit": Field("TIME_LIMIT", lambda j, now: _limit(j.get("time_limit")), True),
+    "time": Field("TIME", _job_time, True, reads=("start_time", "end_time", "state")),
+    "time_limit": Field("TIME_LIMIT", lambda j, now: _limit(j.get("time_limit")), True,
+                        reads=("time_limit",)),
     "nodes": Field("NODES", _getter("nodes"), True),
-    "cpus": Field("CPUS", _job_cpus, True),
-    "gpus": Field("GPUS", _job_gpus, True),
-    "gpu_type": Field("GPU_TYPE", _job_gpu_type),
-    "min_memory": Field("MIN_MEMORY", lambda j, now: _memory(j.get("req_mem_mb")), True),
-    "nodelist_reason": Field("NODELIST(REASON)", _job_nodelist_reason),
+    "cpus": Field("CPUS", _job_cpus, True, reads=("alloc_cpus", "req_cpus")),
+    "gpus": Field("GPUS", _job_gpus, True, reads=("req_gpus",)),
+    "gpu_type": Field("GPU_TYPE", _job_gpu_type, reads=("gpu_type",)),
+    "min_memory": Field("MIN_MEMORY", lambda j, now: _memory(j.get("req_mem_mb")), True,
+                        reads=("req_mem_mb",)),
+    "nodelist_reason": Field("NODELIST(REASON)", _job_nodelist_reason,
+                             reads=("nodelist", "state", "reason")),
     "nodelist": Field("NODELIST", _getter("nodelist")),
     "reason": Field("REASON", _getter("reason")),
     "submit_time": Field("SUBMIT_TIME", _time_of("submit_time")),
     "start_time": Field("START_TIME", _time_of("start_time")),
     "end_time": Field("END_TIME", _time_of("end_time")),
     "priority": Field("PRIORITY", _getter("priority"), True),
-    "exit_code": Field("EXIT_CODE", _job_exit_code),
+    "exit_code": Field("EXIT_CODE", _job_exit_code, reads=("exit_code", "exit_signal")),
     "work_dir": Field("WORK_DIR", _getter("workdir")),
     "command": Field("COMMAND", _getter("command")),
 }
@@ -501,25 +518,37 @@ SACCT_FIELDS: dict[str, Field] = {
     "QOS": Field("QOS", _getter("qos")),
     "State": Field("State", _getter("state")),
     "Reason": Field("Reason", _getter("reason")),
-    "ExitCode": Field("ExitCode", _job_exit_code, True),
+    "ExitCode": Field("ExitCode", _job_exit_code, True, reads=("exit_code", "exit_signal")),
     "Submit": Field("Submit", _time_of("submit_time")),
     "Start": Field("Start", _time_of("start_time")),
     "End": Field("End", _time_of("end_time")),
-    "Elapsed": Field("Elapsed", lambda j, now: _clock(_elapsed(j, now)), True),
-    "Timelimit": Field("Timelimit", lambda j, now: _limit(j.get("time_limit"), _clock), True),
+    "Elapsed": Field("Elapsed", lambda j, now: _clock(_elapsed(j, now)), True,
+                     reads=("start_time", "end_time", "state")),
+    "Timelimit": Field("Timelimit", lambda j, now: _limit(j.get("time_limit"), _clock), True,
+                       reads=("time_limit",)),
     "NNodes": Field("NNodes", _getter("nodes"), True),
-    "AllocCPUS": Field("AllocCPUS", lambda j, now: str(j.get("alloc_cpus") or 0), True),
-    "ReqCPUS": Field("ReqCPUS", lambda j, now: str(j.get("req_cpus") or 0), True),
-    "ReqMem": Field("ReqMem", lambda j, now: _memory(j.get("req_mem_mb")), True),
-    "AllocGPUs": Field("AllocGPUs", lambda j, now: str(j.get("alloc_gpus") or 0), True),
-    "ReqGPUs": Field("ReqGPUs", _job_gpus, True),
-    "NodeList": Field("NodeList", _sacct_nodelist),
-    "MaxRSS": Field("MaxRSS", lambda j, now: _rss(j.get("max_rss_kb")), True),
-    "TotalCPU": Field("TotalCPU", lambda j, now: _cpu_time(j.get("total_cpu_s")), True),
-    "GPUUtil": Field("GPUUtil", lambda j, now: _percent(j.get("gpu_util")), True),
-    "MaxGPUMem": Field("MaxGPUMem", lambda j, now: _memory(j.get("gpu_mem_peak_mb")), True),
-    "GPUEnergy": Field("GPUEnergy", lambda j, now: _energy(j.get("gpu_energy_j")), True),
-    "ReqGPUMem": Field("ReqGPUMem", lambda j, now: _memory(j.get("gpu_mem_mb")), True),
+    "AllocCPUS": Field("AllocCPUS", lambda j, now: str(j.get("alloc_cpus") or 0), True,
+                       reads=("alloc_cpus",)),
+    "ReqCPUS": Field("ReqCPUS", lambda j, now: str(j.get("req_cpus") or 0), True,
+                     reads=("req_cpus",)),
+    "ReqMem": Field("ReqMem", lambda j, now: _memory(j.get("req_mem_mb")), True,
+                    reads=("req_mem_mb",)),
+    "AllocGPUs": Field("AllocGPUs", lambda j, now: str(j.get("alloc_gpus") or 0), True,
+                       reads=("alloc_gpus",)),
+    "ReqGPUs": Field("ReqGPUs", _job_gpus, True, reads=("req_gpus",)),
+    "NodeList": Field("NodeList", _sacct_nodelist, reads=("nodelist",)),
+    "MaxRSS": Field("MaxRSS", lambda j, now: _rss(j.get("max_rss_kb")), True,
+                    reads=("max_rss_kb",)),
+    "TotalCPU": Field("TotalCPU", lambda j, now: _cpu_time(j.get("total_cpu_s")), True,
+                      reads=("total_cpu_s",)),
+    "GPUUtil": Field("GPUUtil", lambda j, now: _percent(j.get("gpu_util")), True,
+                     reads=("gpu_util",)),
+    "MaxGPUMem": Field("MaxGPUMem", lambda j, now: _memory(j.get("gpu_mem_peak_mb")), True,
+                       reads=("gpu_mem_peak_mb",)),
+    "GPUEnergy": Field("GPUEnergy", lambda j, now: _energy(j.get("gpu_energy_j")), True,
+                       reads=("gpu_energy_j",)),
+    "ReqGPUMem": Field("ReqGPUMem", lambda j, now: _memory(j.get("gpu_mem_mb")), True,
+                       reads=("gpu_mem_mb",)),
     "Priority": Field("Priority", _getter("priority"), True),
     "WorkDir": Field("WorkDir", _getter("workdir")),
 }

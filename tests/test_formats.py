@@ -318,6 +318,26 @@ def test_rq_asks_only_for_fields_the_controller_has():
         assert layout.render([record], NOW, header=False) == layout.render([RUNNING], NOW, header=False)
 
 
+def test_every_field_says_what_it_reads():
+    for table in (fmt.JOB_FIELDS, fmt.SACCT_FIELDS):
+        for name, field in table.items():
+            assert field.reads, name
+
+
+def test_rsacct_asks_only_for_what_it_shows():
+    from rmsbatch.controller import PROJECTABLE
+    for name in fmt.SACCT_FIELDS:
+        args = rsacct.parse_args(["-o", name], now=NOW)
+        keys = args.layout.reads()
+        assert set(keys) <= PROJECTABLE, (name, keys)
+        for job in (RUNNING, PENDING, DONE, FAILED):
+            slim = {k: job.get(k) for k in keys}
+            assert rsacct.render([slim], args, now=NOW) == rsacct.render([job], args, now=NOW), name
+    default = rsacct.parse_args([], now=NOW).layout.reads()
+    assert default == ["account", "alloc_cpus", "alloc_gpus", "exit_code", "exit_signal", "id",
+                       "name", "partition", "state"]
+
+
 # -- rsacct -------------------------------------------------------------------
 
 def test_rsacct_default_table():

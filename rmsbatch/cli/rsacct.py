@@ -33,14 +33,6 @@ _UNITS = {
     "w": 604800, "week": 604800, "weeks": 604800,
 }
 
-# Everything rsacct's fields can show (see the "jobs" op's `fields`).
-FIELDS = ["id", "name", "user", "uid", "account", "partition", "qos", "state", "reason",
-          "exit_code", "exit_signal", "submit_time", "start_time", "end_time", "time_limit",
-          "nodes", "alloc_cpus", "req_cpus", "req_mem_mb", "alloc_gpus", "req_gpus",
-          "nodelist", "max_rss_kb", "total_cpu_s", "priority", "workdir", "gpu_mem_mb",
-          "gpu_util", "gpu_mem_peak_mb", "gpu_energy_j"]
-
-
 def parse_when(text: str, now: float | None = None) -> float:
     """A -S/-E value -> epoch seconds (local time); ValueError names the accepted forms."""
     now = time.time() if now is None else now
@@ -172,7 +164,8 @@ def body(argv: list[str]) -> int:
         return 0
     fields = request(args)
     if not args.json:
-        fields["fields"] = FIELDS   # compact rows: listings run to tens of thousands
+        # compact rows of what the layout shows: listings run to tens of thousands
+        fields["fields"] = args.layout.reads()
     reply = client.call("jobs", **fields)
     return emit(render(client.records(reply), args))
 
