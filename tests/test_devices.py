@@ -433,3 +433,49 @@ def test_gpu_usage_accumulates_and_survives_a_restart(tmp_path):
 def _numbered(devs):
     discovery.number(devs)
     return devs
+
+
+def test_monitor_process_protocol_and_a_failing_backend(root):
+    """serve() over a socket pair, as rmsd sees it: hello, inventory, samples; and a
+    backend that blows up during discovery is reported, not a silent death."""
+    import json
+    import socket
+    import threading
+    from rmsbatch.devices import monitor as monitor_mod
+
+    def lines(sock, count):
+        buf, out = b"", []
+        while len(out) < count:
+            buf += sock.recv(65536)
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                out.append(json.loads(line))
+        return out
+
+    ours, theirs = socket.socketpair()
+    mon = Monitor([], "auto", backends=("nvml",), root=root,
+                  modules={"pynvml": FakeNvml(machines.dgx_h100())})
+    t = threading.Thread(target=monitor_mod.serve, args=(mon, theirs, 1.0), daemon=True)
+    t.start()
+    hello, inventory, sample = lines(ours, 3)
+    assert hello["op"] == "monitor_hello" and inventory["op"] == "gpu_inventory"
+    assert len(inventory["inventory"]["devices"]) == 8 and inventory["sampled"] == list(range(8))
+    assert sample["op"] == "gpu_sample" and sample["samples"]["7"]["temp_c"] == 38
+    ours.sendall(b'{"op": "health_reset", "seq": 3}\n')
+    assert lines(ours, 1)[0]["seq"] == 3             # judged afresh at once, and says so
+    ours.sendall(b'{"op": "stop"}\n')
+    t.join(timeout=5)
+    assert not t.is_alive()
+
+    class Broken(FakeNvml):
+        def nvmlDeviceGetCount(self):
+            raise RuntimeError("driver bug")
+    ours, theirs = socket.socketpair()
+    mon = Monitor([], "auto", backends=("nvml",), root=root,
+                  modules={"pynvml": Broken(machines.dgx_h100())})
+    t = threading.Thread(target=monitor_mod.serve, args=(mon, theirs, 1.0), daemon=True)
+    t.start()
+    _, inventory, idle = lines(ours, 3)
+    assert inventory["inventory"]["problems"] == ["GPU discovery failed: RuntimeError: driver bug"]
+    assert idle["op"] == "monitor_idle"
+    t.join(timeout=5)

@@ -217,7 +217,12 @@ def _send(sock: socket.socket, message: dict) -> None:
 
 def serve(monitor: Monitor, sock: socket.socket, interval: float) -> int:
     _send(sock, {"op": "monitor_hello", "pid": os.getpid()})
-    inv = monitor.discover()
+    try:
+        inv = monitor.discover()
+    except Exception as exc:  # noqa: BLE001 - a backend's bug must not hide the node's GPUs
+        log.exception("GPU discovery failed")
+        inv = discovery.Inventory(problems=[f"GPU discovery failed: {type(exc).__name__}: {exc}"])
+        monitor.inventory, monitor.targets = inv, {}
     _send(sock, {"op": "gpu_inventory", "inventory": inv.to_dict(),
                  "sampled": sorted(monitor.targets)})
     for line in inv.problems + inv.notes:
