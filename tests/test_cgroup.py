@@ -512,6 +512,16 @@ def launch():
             pass
 
 
+def _running(pid: int, command: str) -> bool:
+    """The job has exec'd `command`: it joined every hierarchy before that (attach_self
+    writes one cgroup.procs after another, so membership in one is not enough)."""
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().strip() == command
+    except OSError:
+        return False
+
+
 def _wait_for(pred, timeout=5.0, what="condition"):
     deadline = time.monotonic() + timeout
     while not pred():
@@ -535,7 +545,7 @@ def test_real_membership_limits_and_ownership(jobs, launch):
     cg = jobs(1, Limits(mem_bytes=64 * MIB, cpus=[0], pids_max=50))
     assert {"memory", "cpuset", "pids", "kill"} <= set(cg.protections())
     job = launch(cg, ["sleep", "30"])
-    _wait_for(lambda: job.pid in cg.procs(), what="membership")
+    _wait_for(lambda: _running(job.pid, "sleep"), what="the job's exec")
     assert cg.procs() == [job.pid]
     where = _proc_cgroups(job.pid)
     rel = f"/{PARENT}/job_1"
@@ -686,7 +696,7 @@ def test_real_cleanup_stale(jobs, launch):
     stale = jobs(7, Limits())
     live = jobs(8, Limits())
     job = launch(live, ["sleep", "30"])
-    _wait_for(lambda: live.procs() == [job.pid], what="membership")
+    _wait_for(lambda: _running(job.pid, "sleep"), what="the job's exec")
     removed = cleanup_stale(PARENT, HOST)
     assert sorted(removed) == sorted(stale.dirs.values())
     assert all(os.path.isdir(d) for d in live.dirs.values())
