@@ -260,17 +260,21 @@ def output_paths(job: Job) -> tuple[str, str]:
 # --------------------------------------------------------------------------
 # files
 
-def write_json_atomic(path: str, data: dict) -> None:
-    """tmp file + fsync + rename + fsync of the directory."""
+def write_json_atomic(path: str, data: dict, durable: bool = True) -> None:
+    """tmp file + fsync + rename + fsync of the directory. `durable=False` for what
+    only has to outlive processes (rmsd restarts), not the machine: no fsync."""
     directory = os.path.dirname(path) or "."
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.write(fd, (json.dumps(data) + "\n").encode())
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
+    if not durable:
+        return
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -528,9 +532,11 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(errw)
         os.set_blocking(self.errr, False)
+        # A machine that crashes takes the job with it: the pid file only has to outlive
+        # rmsd, so it is not synced to disk (the outcome is).
         write_json_atomic(os.path.join(self.jobdir, PID_FILE),
                           {"pid": self.pid, "start_time": self.start_time,
-                           "supervisor_pid": os.getpid()})
+                           "supervisor_pid": os.getpid()}, durable=False)
 
     def watch(self) -> None:
         job = self.job
