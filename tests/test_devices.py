@@ -1,5 +1,6 @@
 """Accelerator discovery, telemetry and health, against fake vendor libraries built on the
-real packages' classes (tests/fakegpu) and recorded /proc and /sys trees (tests/data)."""
+real packages' classes (tests/fakegpu) and /proc and /sys trees laid out as a DGX H100
+and a 2 x MI300X CPX host show them (tests/data/sysfs)."""
 from __future__ import annotations
 
 import ast
