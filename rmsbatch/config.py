@@ -152,8 +152,8 @@ class GpuGroup(_Model):
         if v is None:
             return v
         try:
-            from rmsbatch.devices.record import parse_cpu_list
-            if not parse_cpu_list(v):
+            from rmsbatch.cgroup import parse_cpus
+            if not parse_cpus(v):
                 raise ValueError
         except ValueError:
             raise ValueError("expected a CPU list such as '0-31' or '0-15,32-47'") from None

@@ -60,15 +60,23 @@ def default_output(spec) -> str:
     return os.path.join(submit_dir, "rms-%j.out")
 
 
-def _gpus(devices: list[dict]) -> dict[int, Gpu]:
-    """Placement's view of a node's accelerator records."""
-    from rmsbatch.devices.record import Accelerator, short_type
+def _records(devices) -> list:
+    """Accelerator records from an inventory's dicts (an rmsd's report, or the spool)."""
+    from rmsbatch.devices.record import Accelerator
     records = []
     for d in devices:
+        if not isinstance(d, dict) or not isinstance(d.get("index"), int):
+            continue
         try:
             records.append(Accelerator.from_dict(d))
         except TypeError:
             continue      # a record from an incompatible rmsd: not allocatable
+    return records
+
+
+def _gpus(records: list) -> dict[int, Gpu]:
+    """Placement's view of a node's accelerator records."""
+    from rmsbatch.devices.record import short_type
     index_of = {r.key: r.index for r in records}
 
     def links(r) -> tuple:
@@ -139,6 +147,7 @@ class Controller:
                 "inventory": st.get("inventory", {}),
                 "gpu_drain": st.get("gpu_drain", {}), "telemetry": {}, "gpu_notes": [],
             }
+            self.node_status[name]["devices"] = self._devices(name)
             self.nodes[name] = self._view(name)
         self.pending: dict[int, scheduler.PendingJob] = {}
         self.reasons: dict[int, str] = {}
@@ -156,33 +165,32 @@ class Controller:
     def _view(self, name: str) -> NodeView:
         nd = self.config.nodes[name]
         st = self.node_status[name]
-        devices = self.devices_of(name)
+        devices = st["devices"]
         gpus = {} if devices is None else _gpus(devices)
         drained = {int(i) for i in st["gpu_drain"] if int(i) in gpus}
         return NodeView(name, nd.cpus, nd.mem_mb, gpus, frozenset(nd.features),
                         usable=st["up"] and not st["drain"], drained=drained,
                         gpus_known=devices is not None)
 
-    def devices_of(self, name: str) -> list[dict] | None:
-        """The node's accelerators as records (dicts): declared ones from cluster.toml,
-        detected ones as the node last reported them; None until a detecting node has."""
+    def _devices(self, name: str) -> list | None:
+        """The node's accelerator records: declared ones from cluster.toml, detected ones
+        as the node last reported them; None until a detecting node has."""
         nd = self.config.nodes[name]
         if nd.gpu_detect == "static":
             from rmsbatch.devices.discovery import static_inventory
-            return [d.to_dict() for d in static_inventory(nd.gpus).devices]
+            return static_inventory(nd.gpus).devices
         inv = self.node_status[name]["inventory"]
         if inv.get("gpu_mode") not in ("auto", "check") or not isinstance(inv.get("gpus"), list):
             return None
-        return [d for d in inv["gpus"] if isinstance(d, dict) and isinstance(d.get("index"), int)]
+        return _records(inv["gpus"])
 
     def _refresh_view(self, name: str) -> None:
         """A new view of one node (new inventory), with its running jobs on it."""
-        view = self._view(name)
-        self.nodes[name] = view
+        self.node_status[name]["devices"] = self._devices(name)
+        self.nodes[name] = self._view(name)
         for alloc in self.running.values():
             if name in alloc:
                 placement.take(self.nodes, {name: alloc[name]})
-        view.free_gpus.difference_update(view.drained)
 
     def _pending(self, row: dict) -> scheduler.PendingJob:
         return scheduler.PendingJob(
@@ -500,26 +508,25 @@ class Controller:
                 raise RequestError(f"node {unknown[0]} not found")
             names = wanted
         jobs_on: dict[str, list[int]] = {}
+        owners: dict[str, dict[int, int]] = {}      # node -> GPU index -> job
         for job_id, alloc in self.running.items():
-            for n in alloc:
+            for n, a in alloc.items():
                 jobs_on.setdefault(n, []).append(job_id)
+                owners.setdefault(n, {}).update(dict.fromkeys(a.gpus, job_id))
         nodes = []
         for name in names:
             nd, view, st = self.config.nodes[name], self.nodes[name], self.node_status[name]
-            types = sorted({g.type for g in view.gpus.values()})
             counts: dict[str, int] = {}
             for g in view.gpus.values():
                 counts[g.type] = counts.get(g.type, 0) + 1
-            total = len(view.gpus)
+            owner = owners.get(name, {})
             drains = {int(i): d.get("reason", "") for i, d in st["gpu_drain"].items()}
             record = {
                 "name": name, "state": self.node_state(name).value, "reason": st["reason"],
                 "cpus": nd.cpus, "alloc_cpus": nd.cpus - view.free_cpus, "mem_mb": nd.mem_mb,
-                "alloc_mem_mb": nd.mem_mb - view.free_mem, "gpus": total,
-                "alloc_gpus": total - len(view.free_gpus) - (
-                    len(view.drained - self._busy(name)) if view.drained else 0),
-                "gpus_drained": len(view.drained), "gpu_type": ",".join(types),
-                "gpu_counts": counts,
+                "alloc_mem_mb": nd.mem_mb - view.free_mem, "gpus": len(view.gpus),
+                "alloc_gpus": len(owner), "gpus_drained": len(view.drained),
+                "gpu_type": ",".join(sorted(counts)), "gpu_counts": counts,
                 "gpu_drain": {str(i): r for i, r in sorted(drains.items())},
                 "gpu_reason": "; ".join(f"GPU {i}: {r}" for i, r in sorted(drains.items())),
                 "gpu_mode": nd.gpu_detect, "gpu_notes": st["gpu_notes"] + list(
@@ -531,7 +538,7 @@ class Controller:
                 "connected": name in self.node_conns,
             }
             if msg.get("devices"):
-                record["devices"] = self._device_rows(name, drains)
+                record["devices"] = self._device_rows(name, drains, owner)
             nodes.append(record)
         partitions = [{
             "name": p.name, "nodes": hostlist.compress(self.config.partition_nodes[p.name]),
@@ -544,19 +551,16 @@ class Controller:
     def _busy(self, name: str) -> set[int]:
         return {i for alloc in self.running.values() if name in alloc for i in alloc[name].gpus}
 
-    def _device_rows(self, name: str, drains: dict[int, str]) -> list[dict]:
+    def _device_rows(self, name: str, drains: dict[int, str], owner: dict[int, int]) -> list[dict]:
         """One row per accelerator: what it is, who has it, how it is doing."""
-        owner = {i: job_id for job_id, alloc in self.running.items() if name in alloc
-                 for i in alloc[name].gpus}
         telemetry = self.node_status[name]["telemetry"]
         rows = []
-        for d in self.devices_of(name) or []:
-            i = d["index"]
+        for d in self.node_status[name]["devices"] or []:
+            i = d.index
             rows.append({
-                "index": i, "type": d.get("type"), "model": d.get("model"),
-                "vendor": d.get("vendor"), "mem_mb": d.get("mem_mb"), "uuid": d.get("uuid"),
-                "bdf": d.get("bdf"), "numa_node": d.get("numa_node"), "profile": d.get("profile"),
-                "parent": d.get("parent"), "device_files": d.get("device_files"),
+                "index": i, "type": d.type, "model": d.model, "vendor": d.vendor,
+                "mem_mb": d.mem_mb, "uuid": d.uuid, "bdf": d.bdf, "numa_node": d.numa_node,
+                "profile": d.profile, "parent": d.parent, "device_files": d.device_files,
                 "state": "drained" if i in drains else ("alloc" if i in owner else "idle"),
                 "job": owner.get(i), "health": drains.get(i) or "ok",
                 **{k: v for k, v in (telemetry.get(str(i)) or {}).items() if k != "lost"},
@@ -732,8 +736,7 @@ class Controller:
             if verdict.get("fatal"):
                 for job_id, alloc in list(self.running.items()):
                     if name in alloc and index in alloc[name].gpus:
-                        self._node_failed(job_id, name, now,
-                                          f"GPU {index} on {name} failed: {reason}")
+                        self._node_failed(job_id, now, f"GPU {index} on {name} failed: {reason}")
         if drains != st["gpu_drain"]:
             self._set_node(name, gpu_drain=drains)
         return {"ack": "node_health"}
@@ -901,12 +904,12 @@ class Controller:
                             now - st["last_heartbeat"])
                 for job_id, alloc in list(self.running.items()):
                     if name in alloc:
-                        self._node_failed(job_id, name, now, f"node {name} stopped responding")
+                        self._node_failed(job_id, now, f"node {name} stopped responding")
             conn = self.node_conns.pop(name, None)
             if conn is not None:
                 self.loop.close(conn)
 
-    def _node_failed(self, job_id: int, node: str, now: float, why: str) -> None:
+    def _node_failed(self, job_id: int, now: float, why: str) -> None:
         """The job's node (or one of its devices) failed: requeue it if it asked, else
         NODE_FAIL; whatever still runs of it is told to stop."""
         row = self.spool.job(job_id)

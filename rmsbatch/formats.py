@@ -19,7 +19,6 @@ standard-library modules are imported: every command loads this file.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -142,6 +141,18 @@ def _getter(key: str) -> Callable[[dict, float], str]:
     return get
 
 
+def _shown(key: str, render) -> Callable[[dict, float], str]:
+    """A getter that shows one record key through `render`, and says it reads it."""
+    def get(record, now, key=key):
+        return render(record.get(key))
+    get.reads = (key,)
+    return get
+
+
+def _count(value) -> str:
+    return str(value or 0)
+
+
 def _cells(get, records: list[dict], now: float) -> list[str]:
     key = getattr(get, "key", None)
     if key is None:
@@ -170,19 +181,8 @@ def _job_exit_code(job, now):
     return f"{job.get('exit_code') or 0}:{job.get('exit_signal') or 0}"
 
 
-def _job_gpus(job, now):
-    return str(job.get("req_gpus") or 0)
-
-
-def _job_gpu_type(job, now):
-    return job.get("gpu_type") or ""
-
-
 def _time_of(key):
-    def get(job, now, key=key):
-        return _timestamp(job.get(key))
-    get.reads = (key,)
-    return get
+    return _shown(key, _timestamp)
 
 
 # -- columns and layouts ------------------------------------------------------
@@ -386,14 +386,12 @@ JOB_FIELDS: dict[str, Field] = {
     "st": Field("ST", _job_short_state, reads=("state",)),
     "state": Field("STATE", _getter("state")),
     "time": Field("TIME", _job_time, True, reads=("start_time", "end_time", "state")),
-    "time_limit": Field("TIME_LIMIT", lambda j, now: _limit(j.get("time_limit")), True,
-                        reads=("time_limit",)),
+    "time_limit": Field("TIME_LIMIT", _shown("time_limit", _limit), True),
     "nodes": Field("NODES", _getter("nodes"), True),
     "cpus": Field("CPUS", _job_cpus, True, reads=("alloc_cpus", "req_cpus")),
-    "gpus": Field("GPUS", _job_gpus, True, reads=("req_gpus",)),
-    "gpu_type": Field("GPU_TYPE", _job_gpu_type, reads=("gpu_type",)),
-    "min_memory": Field("MIN_MEMORY", lambda j, now: _memory(j.get("req_mem_mb")), True,
-                        reads=("req_mem_mb",)),
+    "gpus": Field("GPUS", _shown("req_gpus", _count), True),
+    "gpu_type": Field("GPU_TYPE", _shown("gpu_type", lambda v: v or "")),
+    "min_memory": Field("MIN_MEMORY", _shown("req_mem_mb", _memory), True),
     "nodelist_reason": Field("NODELIST(REASON)", _job_nodelist_reason,
                              reads=("nodelist", "state", "reason")),
     "nodelist": Field("NODELIST", _getter("nodelist")),
@@ -497,16 +495,13 @@ def job_format_help() -> str:
 
 def render_json(key: str, records: list, **extra) -> str:
     """`{"<key>": [records...]}` with 2-space indentation."""
+    import json             # only for --json: json brings `re` and ~2 ms to every start
     doc = {key: records}
     doc.update(extra)
     return json.dumps(doc, indent=2)
 
 
 # -- rsacct (sacct) -----------------------------------------------------------
-
-def _sacct_nodelist(job, now):
-    return job.get("nodelist") or "None assigned"
-
 
 SACCT_FIELDS: dict[str, Field] = {
     "JobID": Field("JobID", _getter("id")),
@@ -524,31 +519,20 @@ SACCT_FIELDS: dict[str, Field] = {
     "End": Field("End", _time_of("end_time")),
     "Elapsed": Field("Elapsed", lambda j, now: _clock(_elapsed(j, now)), True,
                      reads=("start_time", "end_time", "state")),
-    "Timelimit": Field("Timelimit", lambda j, now: _limit(j.get("time_limit"), _clock), True,
-                       reads=("time_limit",)),
+    "Timelimit": Field("Timelimit", _shown("time_limit", lambda v: _limit(v, _clock)), True),
     "NNodes": Field("NNodes", _getter("nodes"), True),
-    "AllocCPUS": Field("AllocCPUS", lambda j, now: str(j.get("alloc_cpus") or 0), True,
-                       reads=("alloc_cpus",)),
-    "ReqCPUS": Field("ReqCPUS", lambda j, now: str(j.get("req_cpus") or 0), True,
-                     reads=("req_cpus",)),
-    "ReqMem": Field("ReqMem", lambda j, now: _memory(j.get("req_mem_mb")), True,
-                    reads=("req_mem_mb",)),
-    "AllocGPUs": Field("AllocGPUs", lambda j, now: str(j.get("alloc_gpus") or 0), True,
-                       reads=("alloc_gpus",)),
-    "ReqGPUs": Field("ReqGPUs", _job_gpus, True, reads=("req_gpus",)),
-    "NodeList": Field("NodeList", _sacct_nodelist, reads=("nodelist",)),
-    "MaxRSS": Field("MaxRSS", lambda j, now: _rss(j.get("max_rss_kb")), True,
-                    reads=("max_rss_kb",)),
-    "TotalCPU": Field("TotalCPU", lambda j, now: _cpu_time(j.get("total_cpu_s")), True,
-                      reads=("total_cpu_s",)),
-    "GPUUtil": Field("GPUUtil", lambda j, now: _percent(j.get("gpu_util")), True,
-                     reads=("gpu_util",)),
-    "MaxGPUMem": Field("MaxGPUMem", lambda j, now: _memory(j.get("gpu_mem_peak_mb")), True,
-                       reads=("gpu_mem_peak_mb",)),
-    "GPUEnergy": Field("GPUEnergy", lambda j, now: _energy(j.get("gpu_energy_j")), True,
-                       reads=("gpu_energy_j",)),
-    "ReqGPUMem": Field("ReqGPUMem", lambda j, now: _memory(j.get("gpu_mem_mb")), True,
-                       reads=("gpu_mem_mb",)),
+    "AllocCPUS": Field("AllocCPUS", _shown("alloc_cpus", _count), True),
+    "ReqCPUS": Field("ReqCPUS", _shown("req_cpus", _count), True),
+    "ReqMem": Field("ReqMem", _shown("req_mem_mb", _memory), True),
+    "AllocGPUs": Field("AllocGPUs", _shown("alloc_gpus", _count), True),
+    "ReqGPUs": Field("ReqGPUs", _shown("req_gpus", _count), True),
+    "NodeList": Field("NodeList", _shown("nodelist", lambda v: v or "None assigned")),
+    "MaxRSS": Field("MaxRSS", _shown("max_rss_kb", _rss), True),
+    "TotalCPU": Field("TotalCPU", _shown("total_cpu_s", _cpu_time), True),
+    "GPUUtil": Field("GPUUtil", _shown("gpu_util", _percent), True),
+    "MaxGPUMem": Field("MaxGPUMem", _shown("gpu_mem_peak_mb", _memory), True),
+    "GPUEnergy": Field("GPUEnergy", _shown("gpu_energy_j", _energy), True),
+    "ReqGPUMem": Field("ReqGPUMem", _shown("gpu_mem_mb", _memory), True),
     "Priority": Field("Priority", _getter("priority"), True),
     "WorkDir": Field("WorkDir", _getter("workdir")),
 }
@@ -607,13 +591,11 @@ def _gres(node: dict) -> str:
     gpus = node.get("gpus") or 0
     if not gpus:
         return "none"
-    counts = node.get("gpu_counts")
-    if counts and len(counts) > 1:       # "gpu:a100:1,gpu:1g.10gb:2", as Slurm's Gres
-        return ",".join(f"gpu:{t}:{n}" if t != "gpu" else f"gpu:{n}"
-                        for t, n in sorted(counts.items()))
-    kind = node.get("gpu_type")
-    # "gpu" is the type of GPUs declared without a model: no need to say it twice
-    return f"gpu:{kind}:{gpus}" if kind and kind != "gpu" else f"gpu:{gpus}"
+    # "gpu:a100:1,gpu:1g.10gb:2", as Slurm's Gres; "gpu" is the type of GPUs declared
+    # without a model: no need to say it twice
+    counts = node.get("gpu_counts") or {node.get("gpu_type") or "gpu": gpus}
+    return ",".join(f"gpu:{t}:{n}" if t != "gpu" else f"gpu:{n}"
+                    for t, n in sorted(counts.items()))
 
 
 def _gpu_counts(node: dict) -> str:
@@ -737,13 +719,12 @@ def reason_rows(nodes: list[dict]) -> list[dict]:
         if state in UNUSABLE:
             groups.setdefault((node.get("reason") or "none", state), []).append(node["name"])
         if node.get("gpu_reason"):      # devices out of service on a node still in use
-            groups.setdefault((node["gpu_reason"], "GPU_DRAIN"), []).append(node["name"])
+            groups.setdefault((node["gpu_reason"], "gpu-drain"), []).append(node["name"])
     rows = []
     for (reason, state), names in sorted(groups.items(),
                                           key=lambda kv: natural_key(min(kv[1], key=natural_key))):
         rows.append({"reason": reason, "nodes": str(len(names)),
-                     "state": NODE_STATE_SHORT.get(state, "gpu-drain" if state == "GPU_DRAIN"
-                                                   else state.lower()),
+                     "state": NODE_STATE_SHORT.get(state, state.lower()),
                      "nodelist": compress(names)})
     return rows
 
@@ -871,14 +852,19 @@ _GPU_LONG_COLUMNS = _GPU_COLUMNS[:3] + [("MODEL", "model", False)] + _GPU_COLUMN
     ("NUMA", "numa", True), ("ID", "id", False), ("HEALTH", "health", False)]
 
 
+def _reading(value, unit: str = "") -> str:
+    """A telemetry value with its unit, "-" where the device does not report it."""
+    if value is None:
+        return "-"
+    return f"{value:g}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+
 def gpu_rows(nodes: list[dict]) -> list[dict]:
     rows = []
     for node in sorted(nodes, key=lambda n: natural_key(n["name"])):
         for dev in node.get("devices") or []:
-            def num(key, unit=""):
-                value = dev.get(key)
-                return "-" if value is None else f"{value:g}{unit}" if isinstance(value, float) \
-                    else f"{value}{unit}"
+            def num(key, unit="", dev=dev):
+                return _reading(dev.get(key), unit)
             rows.append({
                 "node": node["name"], "index": str(dev.get("index")), "type": dev.get("type") or "",
                 "model": dev.get("model") or "", "memory": _memory(dev.get("mem_mb")) or "-",

@@ -49,15 +49,6 @@ class Gpu:
     links: tuple = ()           # ((peer index, weight), ...)
 
 
-def gpu_matches(gpu: Gpu, gpu_type: str | None, gpu_mem_mb: int = 0) -> bool:
-    if gpu_type is not None and gpu_type != gpu.type and not (
-            gpu.partition and gpu.model and gpu_type == f"{gpu.model}_{gpu.type}"):
-        return False
-    if gpu_mem_mb and gpu.mem_mb < gpu_mem_mb * GPU_MEM_SLACK:
-        return False
-    return True
-
-
 @dataclass
 class NodeView:
     """A node as placement sees it: capacity and what is free now."""

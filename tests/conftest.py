@@ -36,6 +36,17 @@ def make_traversable(path: str) -> None:
             os.chmod(d, mode | stat.S_IXOTH)
 
 
+def wait_for(pred, timeout: float = 5.0, what: str = "condition"):
+    """The predicate's first true value, polled; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def ensure_user(name: str, groups: tuple[str, ...] = ()) -> pwd.struct_passwd:
     for g in groups:
         subprocess.run(["groupadd", "-f", g], check=True)

@@ -13,7 +13,6 @@ One cluster, three nodes on this host:
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import time
 
 import pytest
 
-from tests.conftest import Cluster, _kill_leftovers
+from tests.conftest import Cluster, _kill_leftovers, wait_for
 from tests.fakegpu import machines
 from tests.fakegpu.nvml import write_machine
 
@@ -124,13 +123,7 @@ class GpuCluster(Cluster):
         return next(n for n in self.api("nodes", names=name, devices=devices)["nodes"])
 
     def until(self, predicate, timeout: float = 15, what: str = "condition"):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.1)
-        raise AssertionError(f"{what}: not within {timeout} s")
+        return wait_for(predicate, timeout, what)
 
     def output(self, job_id: int) -> str:
         with open(os.path.join(self.work, f"rms-{job_id}.out")) as fh:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from rmsbatch.cgroup import parse_cpus
 from rmsbatch.config import GpuDef
 from rmsbatch.devices import discovery, record
 from rmsbatch.devices.amd import AmdSmiBackend
@@ -346,7 +347,7 @@ def test_bdf_cpu_mask_and_lists():
     assert record.normalize_bdf("0000:3b:00.0") == "0000:3b:00.0"
     assert record.bdf_from_location(0, 0x0c00) == "0000:0c:00.0"
     assert record.cpus_from_mask([0b1011, 1], 80) == [0, 1, 3, 64]
-    assert record.parse_cpu_list("0-2,8,10-11") == [0, 1, 2, 8, 10, 11]
+    assert parse_cpus("0-2,8,10-11") == [0, 1, 2, 8, 10, 11]
     assert record.mig_profile("NVIDIA A100-SXM4-80GB MIG 1g.10gb") == "1g.10gb"
 
 
@@ -453,11 +454,14 @@ def test_monitor_process_protocol_and_a_failing_backend(root):
                 out.append(json.loads(line))
         return out
 
-    ours, theirs = socket.socketpair()
-    mon = Monitor([], "auto", backends=("nvml",), root=root,
-                  modules={"pynvml": FakeNvml(machines.dgx_h100())})
-    t = threading.Thread(target=monitor_mod.serve, args=(mon, theirs, 1.0), daemon=True)
-    t.start()
+    def serve(nvml):
+        ours, theirs = socket.socketpair()
+        mon = Monitor([], "auto", backends=("nvml",), root=root, modules={"pynvml": nvml})
+        t = threading.Thread(target=monitor_mod.serve, args=(mon, theirs, 1.0), daemon=True)
+        t.start()
+        return ours, t
+
+    ours, t = serve(FakeNvml(machines.dgx_h100()))
     hello, inventory, sample = lines(ours, 3)
     assert hello["op"] == "monitor_hello" and inventory["op"] == "gpu_inventory"
     assert len(inventory["inventory"]["devices"]) == 8 and inventory["sampled"] == list(range(8))
@@ -471,11 +475,7 @@ def test_monitor_process_protocol_and_a_failing_backend(root):
     class Broken(FakeNvml):
         def nvmlDeviceGetCount(self):
             raise RuntimeError("driver bug")
-    ours, theirs = socket.socketpair()
-    mon = Monitor([], "auto", backends=("nvml",), root=root,
-                  modules={"pynvml": Broken(machines.dgx_h100())})
-    t = threading.Thread(target=monitor_mod.serve, args=(mon, theirs, 1.0), daemon=True)
-    t.start()
+    ours, t = serve(Broken(machines.dgx_h100()))
     _, inventory, idle = lines(ours, 3)
     assert inventory["inventory"]["problems"] == ["GPU discovery failed: RuntimeError: driver bug"]
     assert idle["op"] == "monitor_idle"

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from rmsbatch.supervisor import expand_pattern, outcome_from_status
+from tests.conftest import wait_for
 
 IS_ROOT = os.geteuid() == 0
 TEST_USER = "rmstestsup1"
@@ -83,16 +84,6 @@ def finish(proc: subprocess.Popen, jobdir: Path, timeout: float = 10) -> dict:
 
 def run_job(jobdir: Path, timeout: float = 10) -> dict:
     return finish(start(jobdir), jobdir, timeout)
-
-
-def wait_for(pred, timeout: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def read_pidfile(jobdir: Path) -> dict | None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import os
 
-from rmsbatch.devices.backend import BackendUnavailable, DeviceLost, read_text, sample_each
-from rmsbatch.devices.record import AMD_ENV, Accelerator, normalize_bdf, parse_cpu_list, short_type
+from rmsbatch.devices.backend import BackendUnavailable, DeviceLost, pci_locality, sample_each
+from rmsbatch.devices.record import AMD_ENV, Accelerator, normalize_bdf, short_type
 
 log = logging.getLogger("rmsbatch.devices.amd")
 
@@ -109,14 +109,15 @@ class AmdSmiBackend:
                 self.notes.append(f"AMD GPU {bdf}: no render node known: not fenced")
             model = self._model(asic)
             numa = _na(self._opt(amd.amdsmi_topo_get_numa_node_number, h))
-            cpus_text = read_text(os.path.join(self.root, "sys/bus/pci/devices", bdf, "local_cpulist"))
+            sys_numa, cpus = pci_locality(self.root, bdf)
+            if not isinstance(numa, int) or numa < 0:
+                numa = sys_numa
             hip_id = _na(enum.get("hip_id"))
             rec = Accelerator(
                 # AMD SMI's UUIDs changed format across ROCm releases: key on the address
                 vendor="amd", type=short_type(model), model=model, uuid=None, bdf=bdf,
                 mem_mb=int(_na(vram.get("vram_total")) or 0), device_files=files,
-                numa_node=numa if isinstance(numa, int) and numa >= 0 else None,
-                cpus=parse_cpu_list(cpus_text) if cpus_text else [],
+                numa_node=numa, cpus=cpus,
                 parent=bdf if partitioned else None, profile=compute,
                 env=AMD_ENV, env_id=str(hip_id if hip_id is not None else order),
                 vendor_index=order, sub_index=partition_id if partitioned else None,

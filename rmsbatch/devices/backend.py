@@ -2,6 +2,10 @@
 small files under a filesystem root (sysfs, procfs)."""
 from __future__ import annotations
 
+import os
+
+from rmsbatch.cgroup import parse_cpus
+
 
 class BackendUnavailable(Exception):
     """The backend cannot run on this host (no library, no driver, no sysfs entries);
@@ -41,3 +45,12 @@ def read_int(path: str) -> int | None:
         return int(text.strip()) if text is not None else None
     except ValueError:
         return None
+
+
+def pci_locality(root: str, bdf: str) -> tuple[int | None, list[int]]:
+    """(NUMA node, local CPUs) of a PCI device from sysfs; (None, []) where unknown
+    (numa_node reads -1 on machines with one node)."""
+    pci = os.path.join(root, "sys/bus/pci/devices", bdf)
+    numa = read_int(os.path.join(pci, "numa_node"))
+    cpus = read_text(os.path.join(pci, "local_cpulist"))
+    return (numa if numa is not None and numa >= 0 else None), (parse_cpus(cpus) if cpus else [])

@@ -62,6 +62,7 @@ class Monitor:
         self.threads: list[threading.Thread] = []
         self.problems: list[str] = []
         self.seq = 0                # the last health reset rmsd asked for
+        self._opened: list = []     # backends discovery left open, for sampling and events
 
     # -- discovery ----------------------------------------------------------------
     def discover(self) -> discovery.Inventory:
@@ -107,7 +108,7 @@ class Monitor:
 
     def start_events(self) -> None:
         """One event thread per backend that has events (NVML's XIDs)."""
-        for backend in getattr(self, "_opened", []):
+        for backend in self._opened:
             watched = [dev for b, dev in self.targets.values() if b is backend]
             if not watched or not hasattr(backend, "watch_events"):
                 continue
@@ -120,7 +121,7 @@ class Monitor:
         self.stop.set()
         for t in self.threads:
             t.join(timeout=2)
-        for backend in getattr(self, "_opened", []):
+        for backend in self._opened:
             backend.close()
 
     # -- sampling -----------------------------------------------------------------

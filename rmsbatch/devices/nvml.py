@@ -16,10 +16,10 @@ import logging
 import math
 import os
 
-from rmsbatch.devices.backend import (BackendUnavailable, DeviceLost, read_int, read_text,
+from rmsbatch.devices.backend import (BackendUnavailable, DeviceLost, pci_locality, read_text,
                                       sample_each)
 from rmsbatch.devices.record import (NVIDIA_ENV, Accelerator, cpus_from_mask, mig_profile,
-                                     normalize_bdf, parse_cpu_list, short_type)
+                                     normalize_bdf, short_type)
 
 log = logging.getLogger("rmsbatch.devices.nvml")
 
@@ -186,12 +186,10 @@ class NvmlBackend:
         numa = self._opt(getattr(nv, "nvmlDeviceGetNumaNodeId", None), h)
         words = self._opt(nv.nvmlDeviceGetCpuAffinity, h, math.ceil(ncpus / 64))
         cpus = cpus_from_mask(list(words), ncpus) if words is not None else []
-        pci = self.path("sys/bus/pci/devices", bdf)
-        if numa is None:
-            numa = read_int(os.path.join(pci, "numa_node"))
-        if not cpus:
-            text = read_text(os.path.join(pci, "local_cpulist"))
-            cpus = parse_cpu_list(text) if text else []
+        if numa is None or not cpus:       # older drivers: what sysfs says
+            sys_numa, sys_cpus = pci_locality(self.root, bdf)
+            numa = sys_numa if numa is None else numa
+            cpus = cpus or sys_cpus
         return (numa if numa is not None and numa >= 0 else None), cpus
 
     def _nvlinks(self, gpus: list[tuple[str, str, object]]) -> dict[str, dict[str, int]]:

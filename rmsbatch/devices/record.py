@@ -111,12 +111,6 @@ def bdf_from_location(domain: int, location_id: int) -> str:
             f"{location_id & 0x7:x}")
 
 
-def parse_cpu_list(text: str) -> list[int]:
-    """"0-3,8,10-11" -> [0, 1, 2, 3, 8, 10, 11] (the kernel's CPU list format)."""
-    from rmsbatch.cgroup import parse_cpus
-    return parse_cpus(text)
-
-
 def cpus_from_mask(words, ncpus: int) -> list[int]:
     """NVML's affinity mask: 64-bit words, bit b of word w is CPU 64*w + b."""
     out = []

@@ -6,7 +6,8 @@ and what an auto-detected node is checked against (`gpu_detect = "check"`).
 """
 from __future__ import annotations
 
-from rmsbatch.devices.record import Accelerator, parse_cpu_list
+from rmsbatch.cgroup import parse_cpus
+from rmsbatch.devices.record import Accelerator
 
 
 def from_config(gpus, vendors: set[str] | None = None) -> list[Accelerator]:
@@ -19,6 +20,6 @@ def from_config(gpus, vendors: set[str] | None = None) -> list[Accelerator]:
         out.append(Accelerator(
             vendor=g.vendor, type=g.type, model=g.type, mem_mb=g.mem_mb or 0,
             device_files=[g.file] if g.file else [],
-            cpus=parse_cpu_list(g.cpus) if g.cpus else [],
+            cpus=parse_cpus(g.cpus) if g.cpus else [],
             env=g.env, env_id=str(g.index), backend="static", vendor_index=g.index))
     return out

@@ -15,9 +15,9 @@ from __future__ import annotations
 import glob
 import os
 
-from rmsbatch.devices.backend import BackendUnavailable, read_text
+from rmsbatch.devices.backend import BackendUnavailable, pci_locality, read_text
 from rmsbatch.devices.record import (AMD_ENV, NVIDIA_ENV, Accelerator, bdf_from_location,
-                                     normalize_bdf, parse_cpu_list, short_type)
+                                     normalize_bdf, short_type)
 from rmsbatch.devices.amd import DEVICE_MODEL
 
 KFD = "sys/class/kfd/kfd/topology/nodes"
@@ -87,16 +87,6 @@ class SysfsBackend:
     def discover(self) -> list[Accelerator]:
         return self._nvidia() + self._amd()
 
-    def _pci(self, bdf: str) -> tuple[int | None, list[int]]:
-        pci = self.path("sys/bus/pci/devices", bdf)
-        numa = read_text(os.path.join(pci, "numa_node"))
-        cpus = read_text(os.path.join(pci, "local_cpulist"))
-        try:
-            node = int(numa.strip()) if numa else None
-        except ValueError:
-            node = None
-        return (node if node is not None and node >= 0 else None), (parse_cpu_list(cpus) if cpus else [])
-
     def _nvidia(self) -> list[Accelerator]:
         out = []
         infos = sorted(glob.glob(self.path("proc/driver/nvidia/gpus", "*", "information")))
@@ -110,7 +100,7 @@ class SysfsBackend:
                 self.problems.append(f"{info}: no Device Minor")
                 continue
             bdf = normalize_bdf(fields.get("Bus Location") or os.path.basename(os.path.dirname(info)))
-            numa, cpus = self._pci(bdf)
+            numa, cpus = pci_locality(self.root, bdf)
             model = fields.get("Model", "NVIDIA GPU")
             out.append(Accelerator(
                 vendor="nvidia", type=short_type(model), model=model,
@@ -134,7 +124,7 @@ class SysfsBackend:
             part = seen.get(bdf, 0)
             seen[bdf] = part + 1
             partitioned = per_bdf[bdf] > 1
-            numa, cpus = self._pci(bdf)
+            numa, cpus = pci_locality(self.root, bdf)
             model = _amd_model(self.root, bdf, n.get("device_id"))
             compute = (read_text(self.path("sys/bus/pci/devices", bdf, "current_compute_partition"))
                        or "").strip() or None

@@ -88,13 +88,12 @@ class GpuUsage:
                 "gpu_mem_peak_mb": self.mem_peak, "gpu_energy_j": energy}
 
     def save(self) -> None:
+        from rmsbatch.supervisor import write_json_atomic
         data = {"samples": self.samples, "util_sum": self.util_sum, "util_n": self.util_n,
                 "mem_peak_mb": self.mem_peak, "energy_first": self.energy_first,
                 "energy_last": self.energy_last}
-        tmp = self.path + ".tmp"
         try:
-            with open(tmp, "w") as fh:
-                json.dump(data, fh)
-            os.replace(tmp, self.path)
+            # every few seconds, and only to outlive rmsd: not synced to disk
+            write_json_atomic(self.path, data, durable=False)
         except OSError:
             pass      # the job directory is gone: the job has been acknowledged
