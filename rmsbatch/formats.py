@@ -825,7 +825,7 @@ def node_detail(node: dict) -> list[str]:
 def device_line(dev: dict) -> str:
     """scontrol show node -d: one line per accelerator."""
     parts = [f"GPU{dev.get('index')}={dev.get('type')}", f"Model={_or_null(dev.get('model'))}",
-             f"Memory={_memory(dev.get('mem_mb')) or NULL}", f"State={dev.get('state')}"]
+             f"Memory={_memory(dev.get('mem_mb') or None) or NULL}", f"State={dev.get('state')}"]
     if dev.get("job") is not None:
         parts.append(f"Job={dev['job']}")
     for key, label in (("uuid", "UUID"), ("bdf", "PCI"), ("numa_node", "NUMA"),
@@ -867,7 +867,7 @@ def gpu_rows(nodes: list[dict]) -> list[dict]:
                 return _reading(dev.get(key), unit)
             rows.append({
                 "node": node["name"], "index": str(dev.get("index")), "type": dev.get("type") or "",
-                "model": dev.get("model") or "", "memory": _memory(dev.get("mem_mb")) or "-",
+                "model": dev.get("model") or "", "memory": _memory(dev.get("mem_mb") or None) or "-",     # 0: unknown
                 "state": dev.get("state") or "", "job": "-" if dev.get("job") is None else str(dev["job"]),
                 "util": num("util_pct", "%"), "memused": num("mem_used_mb", "M"),
                 "temp": num("temp_c", "C"), "power": num("power_w", "W"),

@@ -759,3 +759,11 @@ def test_commands_import_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == ""
+
+
+def test_gpu_rows_say_unknown_memory_is_unknown():
+    node = {"name": "n", "devices": [{"index": 0, "type": "gpu", "mem_mb": 0, "state": "idle"},
+                                     {"index": 1, "type": "h100", "mem_mb": 81559, "state": "idle"}]}
+    rows = fmt.gpu_rows([node])
+    assert [r["memory"] for r in rows] == ["-", "81559M"]
+    assert "Memory=(null)" in fmt.device_line(node["devices"][0])
