@@ -104,7 +104,7 @@ class Cluster:
         return self.api("jobs", ids=[job_id])["jobs"][0]
 
     def api(self, op: str, **fields) -> dict:
-        from rmsbatch.client import Client, socket_path
+        from rmsbatch.net.client import Client, socket_path
         with Client(socket_path(self.dir)) as c:
             return c.call(op, **fields)
 

@@ -1,4 +1,4 @@
-"""rmsbatch.cgroup: (a) the v2 file-level logic against a fake kernel in a temp
+"""rmsbatch.node.cgroup: (a) the v2 file-level logic against a fake kernel in a temp
 tree, (b) real cgroups on this host (root only), (c) detection."""
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from rmsbatch import cgroup
-from rmsbatch.cgroup import (CgroupError, JobCgroup, Limits, cleanup_stale, detect,
+from rmsbatch.node import cgroup
+from rmsbatch.node.cgroup import (CgroupError, JobCgroup, Limits, cleanup_stale, detect,
                              format_cpus, parse_cpus)
 
 ROOT = os.geteuid() == 0
@@ -187,7 +187,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
-    """factory: a fake pure-v2 root wired into rmsbatch.cgroup's primitives."""
+    """factory: a fake pure-v2 root wired into rmsbatch.node.cgroup's primitives."""
     def make(**kw) -> FakeKernel:
         root = tmp_path / "cg"
         root.mkdir()

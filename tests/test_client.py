@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from rmsbatch import client
+from rmsbatch.net import client
 
 CASES = [
     '[controller]\nsocket = "run/rmsctld.sock"\n',
@@ -57,7 +57,7 @@ MESSAGES = [
 def test_wire_format_is_json(message):
     import json
 
-    from rmsbatch.client import decode, encode
+    from rmsbatch.net.client import decode, encode
     line = encode(message)
     assert line == json.dumps(message, separators=(",", ":")).encode() + b"\n"
     assert decode(line) == json.loads(line)
@@ -65,7 +65,7 @@ def test_wire_format_is_json(message):
 
 
 def test_wire_format_refuses_what_json_refuses():
-    from rmsbatch.client import decode, encode
+    from rmsbatch.net.client import decode, encode
     with pytest.raises(TypeError):
         encode({"op": object()})
     with pytest.raises(ValueError):

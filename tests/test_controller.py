@@ -8,11 +8,11 @@ import sqlite3
 import pytest
 
 from rmsbatch import config as configmod
-from rmsbatch.controller import Controller
-from rmsbatch.jobspec import JobSpec
-from rmsbatch.server import Conn
-from rmsbatch.spool import Spool
-from rmsbatch.states import JobState
+from rmsbatch.ctld.service import Controller
+from rmsbatch.core.jobspec import JobSpec
+from rmsbatch.net.loop import Conn
+from rmsbatch.ctld.spool import Spool
+from rmsbatch.core.states import JobState
 
 CLUSTER = """
 name = "t"

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 CLIENT = textwrap.dedent("""
     import json, os, socket, sys, time
-    from rmsbatch import client, jobscript
+    from rmsbatch.net import client
+    from rmsbatch.cli import jobscript
     ledger, count = sys.argv[1], int(sys.argv[2])
     sub = jobscript.parse_rsub(["--wrap", f"echo $RMS_JOB_ID >> {ledger}"], stdin_text=None,
                                environ=dict(os.environ), cwd=os.getcwd(),

@@ -1,4 +1,4 @@
-"""rmsbatch.devfilter: the program assembler (golden checks and a tiny
+"""rmsbatch.node.devfilter: the program assembler (golden checks and a tiny
 interpreter), the fence's rule set, and real denials on this host through a
 cgroup-v2 device eBPF program and through the v1 devices controller."""
 from __future__ import annotations
@@ -9,9 +9,9 @@ import struct
 
 import pytest
 
-from rmsbatch import devfilter
-from rmsbatch.cgroup import JobCgroup, Limits, cleanup_stale, detect
-from rmsbatch.devfilter import (BPF_DEVCG_ACC_MKNOD, BPF_DEVCG_ACC_READ,
+from rmsbatch.node import devfilter
+from rmsbatch.node.cgroup import JobCgroup, Limits, cleanup_stale, detect
+from rmsbatch.node.devfilter import (BPF_DEVCG_ACC_MKNOD, BPF_DEVCG_ACC_READ,
                                 BPF_DEVCG_ACC_WRITE, BPF_DEVCG_DEV_BLOCK, BPF_DEVCG_DEV_CHAR,
                                 DeviceFence, DeviceRule, attached_count, load_and_attach,
                                 program_bytes)

@@ -10,16 +10,16 @@ import time
 
 import pytest
 
-from rmsbatch.cgroup import parse_cpus
+from rmsbatch.node.cgroup import parse_cpus
 from rmsbatch.config import GpuDef
-from rmsbatch.devices import discovery, record
-from rmsbatch.devices.amd import AmdSmiBackend
-from rmsbatch.devices.backend import BackendUnavailable
-from rmsbatch.devices.health import Health
-from rmsbatch.devices.monitor import Monitor
-from rmsbatch.devices.nvml import NvmlBackend
-from rmsbatch.devices.sysfs import SysfsBackend
-from rmsbatch.devices.usage import GpuUsage
+from rmsbatch.node.devices import discovery, record
+from rmsbatch.node.devices.amd import AmdSmiBackend
+from rmsbatch.node.devices.backend import BackendUnavailable
+from rmsbatch.node.devices.health import Health
+from rmsbatch.node.devices.monitor import Monitor
+from rmsbatch.node.devices.nvml import NvmlBackend
+from rmsbatch.node.devices.sysfs import SysfsBackend
+from rmsbatch.node.devices.usage import GpuUsage
 from tests.fakegpu import machines
 from tests.fakegpu.amd import FakeAmdSmi, real_parts
 from tests.fakegpu.nvml import FakeNvml, real_pynvml
@@ -443,7 +443,7 @@ def test_monitor_process_protocol_and_a_failing_backend(root):
     import json
     import socket
     import threading
-    from rmsbatch.devices import monitor as monitor_mod
+    from rmsbatch.node.devices import monitor as monitor_mod
 
     def lines(sock, count):
         buf, out = b"", []

@@ -21,6 +21,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from rmsbatch import config
+from rmsbatch.config import models as config_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAN = os.path.join(ROOT, "man")
@@ -149,7 +150,7 @@ def test_man_pages_have_the_standard_sections():
 
 
 def test_rq_man_page_lists_every_pending_reason():
-    from rmsbatch import scheduler
+    from rmsbatch.sched import plan as scheduler
     reasons = [scheduler.HELD_USER, scheduler.HELD_ADMIN, scheduler.PARTITION_DOWN,
                scheduler.NODES_UNAVAILABLE, scheduler.RESOURCES, scheduler.PRIORITY]
     text = _man_text(os.path.join(MAN, "man1", "rq.1"))
@@ -168,7 +169,7 @@ MAN5_MODELS = {
 @pytest.mark.parametrize("page", sorted(MAN5_MODELS))
 def test_man5_documents_every_config_key(page):
     text = _man_text(os.path.join(MAN, "man5", page))
-    keys = {key for model in MAN5_MODELS[page] for key in getattr(config, model).model_fields}
+    keys = {key for model in MAN5_MODELS[page] for key in getattr(config_models, model).model_fields}
     missing = sorted(k for k in keys  # a ".B key" entry, or a "[key]"/"[[key]]" section
                      if not re.search(rf"^\.BR? {re.escape(k)}$|^\.SH \[+{re.escape(k)}\]+$",
                                       text, re.M))

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from rmsbatch import client
-from rmsbatch import formats as fmt
+from rmsbatch.net import client
+from rmsbatch.cli import formats as fmt
 from rmsbatch.cli import rcancel, rcontrol, rinfo, rq, rsacct
 from rmsbatch.cli.common import UsageError, run_main
 
@@ -308,7 +308,7 @@ def test_rq_body(monkeypatch, capsys):
 
 
 def test_rq_asks_only_for_fields_the_controller_has():
-    from rmsbatch.controller import PROJECTABLE
+    from rmsbatch.ctld.service import PROJECTABLE
     for name in fmt.JOB_FIELDS:
         layout = fmt.job_layout(name)
         keys = rq.projection(layout)
@@ -325,7 +325,7 @@ def test_every_field_says_what_it_reads():
 
 
 def test_rsacct_asks_only_for_what_it_shows():
-    from rmsbatch.controller import PROJECTABLE
+    from rmsbatch.ctld.service import PROJECTABLE
     for name in fmt.SACCT_FIELDS:
         args = rsacct.parse_args(["-o", name], now=NOW)
         keys = args.layout.reads()

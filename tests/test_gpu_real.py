@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from rmsbatch.devices.backend import BackendUnavailable
-from rmsbatch.devices.nvml import NvmlBackend
-from rmsbatch.devices.record import normalize_bdf
+from rmsbatch.node.devices.backend import BackendUnavailable
+from rmsbatch.node.devices.nvml import NvmlBackend
+from rmsbatch.node.devices.record import normalize_bdf
 
 pytestmark = pytest.mark.gpu
 

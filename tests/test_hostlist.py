@@ -1,7 +1,7 @@
 """Host lists: expand, compress, and the errors people see."""
 import pytest
 
-from rmsbatch.hostlist import MAX_NAMES, Hostlist, HostlistError, compress, expand, natural_key
+from rmsbatch.core.hostlist import MAX_NAMES, Hostlist, HostlistError, compress, expand, natural_key
 
 
 @pytest.mark.parametrize("text, names", [

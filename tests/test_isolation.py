@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rmsbatch import cgroup
+from rmsbatch.node import cgroup
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups need root")
 

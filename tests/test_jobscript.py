@@ -4,8 +4,8 @@ import os
 import pytest
 
 import rmsbatch
-from rmsbatch import jobspec
-from rmsbatch.jobscript import (
+from rmsbatch.core import jobspec
+from rmsbatch.cli.jobscript import (
     HelpRequested,
     OptionError,
     ScriptError,
@@ -721,7 +721,7 @@ def test_import_is_light():
     import subprocess
     import sys
 
-    code = ("import sys, rmsbatch.jobscript; "
+    code = ("import sys, rmsbatch.cli.jobscript; "
             "bad = {'click', 'pydantic', 'argparse', 'difflib', 'textwrap'} & set(sys.modules); "
             "print(sorted(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from rmsbatch import config
-from rmsbatch.noded import NodeDaemon
+from rmsbatch.node.daemon import NodeDaemon
 
 CLUSTER = """
 [controller]

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from rmsbatch import placement, scheduler
-from rmsbatch.placement import InfeasibleRequest, InsufficientResources, NodeView, Request
-from rmsbatch.scheduler import PartitionView, PendingJob
+from rmsbatch.sched import placement
+from rmsbatch.sched import plan as scheduler
+from rmsbatch.sched.placement import InfeasibleRequest, InsufficientResources, NodeView, Request
+from rmsbatch.sched.plan import PartitionView, PendingJob
 
 
 def gpu_node(name: str, gpus: int = 8, cpus: int = 64, mem: int = 512_000, **kw) -> NodeView:
@@ -100,7 +101,7 @@ def test_pass_over_a_large_snapshot_decides_every_job():
 
 
 # -- accelerators: types, MIG, memory, drained devices, topology -----------------------------
-from rmsbatch.placement import Gpu  # noqa: E402
+from rmsbatch.sched.placement import Gpu  # noqa: E402
 
 
 def mig_node() -> NodeView:

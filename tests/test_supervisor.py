@@ -1,7 +1,7 @@
 """The per-job supervisor, with real processes and real files.
 
 Each test builds a JOBDIR with a job.json and a script, runs
-`python -m rmsbatch.supervisor JOBDIR` and reads JOBDIR/outcome.json.
+`python -m rmsbatch.node.supervisor JOBDIR` and reads JOBDIR/outcome.json.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rmsbatch.supervisor import expand_pattern, outcome_from_status
+from rmsbatch.node.supervisor import expand_pattern, outcome_from_status
 from tests.conftest import wait_for
 
 IS_ROOT = os.geteuid() == 0
@@ -70,7 +70,7 @@ def make_job(base: Path, body: str, *, job_id: int = 42, shebang: str = "#!/bin/
 
 
 def start(jobdir: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rmsbatch.supervisor", str(jobdir)],
+    return subprocess.Popen([sys.executable, "-m", "rmsbatch.node.supervisor", str(jobdir)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
 

@@ -1,7 +1,7 @@
 """Slurm-style times and sizes: what users type in --time and --mem, and what commands print."""
 import pytest
 
-from rmsbatch.units import (
+from rmsbatch.core.units import (
     UnitError,
     format_kb,
     format_memory,

@@ -20,7 +20,7 @@ class CommandError(Exception):
 
 def run_main(prog: str, body, argv: list[str] | None = None) -> int:
     """Run body(argv) and map what it raises to messages and exit codes."""
-    from rmsbatch.client import ClientError
+    from rmsbatch.net.client import ClientError
 
     if argv is None:
         argv = sys.argv[1:]
@@ -65,7 +65,7 @@ def job_filters(args, keys: tuple[str, ...]) -> dict:
     fields: dict = {}
     users = list(getattr(args, "users", None) or [])
     if getattr(args, "me", False):
-        from rmsbatch.formats import current_user
+        from rmsbatch.cli.formats import current_user
         users.append(current_user())
     if users:
         fields["users"] = users

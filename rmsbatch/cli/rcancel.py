@@ -8,8 +8,8 @@ import argparse
 import signal
 import sys
 
-from rmsbatch import client
-from rmsbatch import formats as fmt
+from rmsbatch.net import client
+from rmsbatch.cli import formats as fmt
 from rmsbatch.cli.common import exit_with, job_filters
 
 PROG = "rcancel"

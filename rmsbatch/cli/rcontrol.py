@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rmsbatch import client
-from rmsbatch import formats as fmt
+from rmsbatch.net import client
+from rmsbatch.cli import formats as fmt
 from rmsbatch.cli.common import CommandError, exit_with
-from rmsbatch.hostlist import HostlistError, compress, expand
+from rmsbatch.core.hostlist import HostlistError, compress, expand
 
 PROG = "rcontrol"
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 
-from rmsbatch import client
-from rmsbatch import formats as fmt
+from rmsbatch.net import client
+from rmsbatch.cli import formats as fmt
 from rmsbatch.cli.common import CommandError, emit, exit_with
-from rmsbatch.hostlist import HostlistError, expand
+from rmsbatch.core.hostlist import HostlistError, expand
 
 PROG = "rinfo"
 

@@ -75,7 +75,7 @@ def stand_in_devices(directory: str, count: int) -> str | None:
 
 def generate_config(directory: str, args) -> None:
     import psutil
-    from rmsbatch import units
+    from rmsbatch.core import units
 
     node = args.node or socket.gethostname().split(".")[0]
     cpus = args.cpus or psutil.cpu_count(logical=True) or 1
@@ -200,7 +200,7 @@ def tail(path: str) -> str:
 
 
 def controller_ping(directory: str):
-    from rmsbatch import client
+    from rmsbatch.net import client
     try:
         return client.Client(client.socket_path(directory), timeout=2).connect().call("ping")
     except client.ClientError:
@@ -208,7 +208,7 @@ def controller_ping(directory: str):
 
 
 def node_records(directory: str) -> dict[str, dict]:
-    from rmsbatch import client
+    from rmsbatch.net import client
     try:
         reply = client.Client(client.socket_path(directory), timeout=5).connect().call("nodes")
     except client.ClientError:
@@ -235,7 +235,7 @@ def up(args) -> int:
     pid = read_pid(cfg.path(ctl.pid_file or "run/rmsctld.pid"))
     started = []
     if pid is None:
-        proc = start("daemons.rmsctld", directory, [], ctl_log)
+        proc = start("rmsbatch.ctld.rmsctld", directory, [], ctl_log)
         wait_for(lambda: controller_ping(directory), proc, args.timeout, "rmsctld", ctl_log)
         started.append("rmsctld")
     node = args.node or socket.gethostname().split(".")[0]
@@ -246,7 +246,7 @@ def up(args) -> int:
     rmsd_log = cfg.path(nd.log_file or "log/rmsd-%n.log").replace("%n", node)
     proc = None
     if read_pid(rmsd_pid) is None:
-        proc = start("daemons.rmsd", directory, ["--node", node], rmsd_log)
+        proc = start("rmsbatch.node.rmsd", directory, ["--node", node], rmsd_log)
         started.append("rmsd")
     state = wait_for(lambda: node_states(directory).get(node) not in (None, "DOWN")
                      and node_states(directory)[node], proc, args.timeout,
@@ -292,7 +292,7 @@ def load_config(directory: str):
 
 def down(args) -> int:
     directory = os.path.abspath(os.path.expanduser(args.dir))
-    from rmsbatch import client
+    from rmsbatch.net import client
     cfg = load_config(directory)
     ctl = cfg.cluster.controller
     nd = cfg.cluster.node_daemon

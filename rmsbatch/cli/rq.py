@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 
-from rmsbatch import client
-from rmsbatch import formats as fmt
+from rmsbatch.net import client
+from rmsbatch.cli import formats as fmt
 from rmsbatch.cli.common import emit, exit_with, job_filters
-from rmsbatch.hostlist import HostlistError, expand
+from rmsbatch.core.hostlist import HostlistError, expand
 
 PROG = "rq"
 

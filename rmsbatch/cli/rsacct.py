@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from rmsbatch import client
-from rmsbatch import formats as fmt
+from rmsbatch.net import client
+from rmsbatch.cli import formats as fmt
 from rmsbatch.cli.common import emit, exit_with
 
 PROG = "rsacct"

@@ -8,7 +8,8 @@ from rmsbatch.cli.common import UsageError, exit_with
 
 
 def body(argv: list[str]) -> int:
-    from rmsbatch import client, jobscript
+    from rmsbatch.net import client
+    from rmsbatch.cli import jobscript
 
     def parse(stdin_text):
         return jobscript.parse_rsub(argv, stdin_text=stdin_text, environ=dict(os.environ),
@@ -64,7 +65,7 @@ def _wait(client, job_id: int) -> dict:
 
 
 def _read_stdin() -> str:
-    from rmsbatch.jobspec import MAX_SCRIPT_BYTES
+    from rmsbatch.core.jobspec import MAX_SCRIPT_BYTES
     data = sys.stdin.buffer.read(MAX_SCRIPT_BYTES + 1)
     if len(data) > MAX_SCRIPT_BYTES:
         raise ValueError(f"script on stdin is larger than {MAX_SCRIPT_BYTES // (1 << 20)} MiB")

@@ -1,7 +1,7 @@
 """Figure 11 (rmsbatch only, as root): what each protection costs a job launch.
 
 The steps a job's supervisor takes around every job, timed one by one on this host's
-real cgroups with the launch code itself (rmsbatch.cgroup, rmsbatch.devfilter):
+real cgroups with the launch code itself (rmsbatch.node.cgroup, rmsbatch.node.devfilter):
 create the job's cgroups and write the limits (memory with swap capped, cpuset, pids),
 fence a node's 8 accelerator devices with the job given 1 of them (v1 devices.deny
 lines, or a cgroup v2 device eBPF program loaded and attached), start a process
@@ -24,7 +24,8 @@ def _devices() -> list[str]:
 
 
 def one_launch(layout, n: int, mechanism: str | None) -> dict[str, float]:
-    from rmsbatch import cgroup, devfilter
+    from rmsbatch.node import cgroup
+    from rmsbatch.node import devfilter
     cpus = sorted(os.sched_getaffinity(0))[:1]
     out = {}
     t0 = time.perf_counter()
@@ -68,7 +69,7 @@ def isolation_cost(ctx, reps: int | None = None) -> None:
     def run():
         if os.geteuid() != 0:
             raise RuntimeError("needs root (real cgroups)")
-        from rmsbatch import cgroup
+        from rmsbatch.node import cgroup
         layout = cgroup.detect()
         samples: dict[str, list[float]] = {k: [] for k in rows}
         mechanisms = [m for m in ("v1", "ebpf")

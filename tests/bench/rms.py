@@ -75,7 +75,7 @@ class Rms(System):
     # -- the library client (for setting the stage; never timed as a figure) -------------
     def client(self):
         if self._conn is None:
-            from rmsbatch import client
+            from rmsbatch.net import client
             self._conn = client.Client(client.socket_path(self.dir), timeout=300).connect()
         return self._conn
 
@@ -93,7 +93,7 @@ class Rms(System):
 
     def spec(self, *args: str) -> dict:
         """The job spec `rsub ARGS` would send."""
-        from rmsbatch import jobscript
+        from rmsbatch.cli import jobscript
         sub = jobscript.parse_rsub(list(args), stdin_text=None, environ=dict(self.env),
                                    cwd=self.workdir, hostname=socket.gethostname())
         return sub.spec.to_dict()

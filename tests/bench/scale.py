@@ -32,8 +32,8 @@ SHAPES = [  # weight, (nodes, cpus, mem_mb, gpus, gpu type or None)
 
 
 def build(seed: int = 7):
-    from rmsbatch.placement import NodeView, Request
-    from rmsbatch.scheduler import PartitionView, PendingJob
+    from rmsbatch.sched.placement import NodeView, Request
+    from rmsbatch.sched.plan import PartitionView, PendingJob
     names = [f"gpu{i:03d}" for i in range(1, NODES + 1)]
     nodes = {}
     for i, name in enumerate(names):
@@ -63,7 +63,7 @@ def build(seed: int = 7):
 
 
 def timed_pass(pending, nodes, partitions, now):
-    from rmsbatch import scheduler
+    from rmsbatch.sched import plan as scheduler
     start = time.perf_counter()
     decisions = scheduler.schedule(list(pending), nodes, partitions, now)
     return time.perf_counter() - start, decisions
@@ -71,7 +71,7 @@ def timed_pass(pending, nodes, partitions, now):
 
 def instrumented_pass(pending, nodes, partitions, now) -> list[float]:
     """Seconds of every allocate() call the scheduler makes in one pass."""
-    from rmsbatch import scheduler
+    from rmsbatch.sched import plan as scheduler
     real = scheduler.allocate
     calls: list[float] = []
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import glob
 import os
 
-from rmsbatch.devices.backend import BackendUnavailable, pci_locality, read_text
-from rmsbatch.devices.record import (AMD_ENV, NVIDIA_ENV, Accelerator, bdf_from_location,
+from rmsbatch.node.devices.backend import BackendUnavailable, pci_locality, read_text
+from rmsbatch.node.devices.record import (AMD_ENV, NVIDIA_ENV, Accelerator, bdf_from_location,
                                      normalize_bdf, short_type)
-from rmsbatch.devices.amd import DEVICE_MODEL
+from rmsbatch.node.devices.amd import DEVICE_MODEL
 
 KFD = "sys/class/kfd/kfd/topology/nodes"
 IOLINK_XGMI = 11

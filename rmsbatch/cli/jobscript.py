@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import stat
 
-from . import __version__
-from .jobspec import MAX_COUNT, MAX_SCRIPT_BYTES, JobSpec, SpecError
-from .units import parse_memory, parse_time
+from rmsbatch import __version__
+from rmsbatch.core.jobspec import MAX_COUNT, MAX_SCRIPT_BYTES, JobSpec, SpecError
+from rmsbatch.core.units import parse_memory, parse_time
 
 __all__ = [
     "ScriptError",

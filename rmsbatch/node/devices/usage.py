@@ -88,7 +88,7 @@ class GpuUsage:
                 "gpu_mem_peak_mb": self.mem_peak, "gpu_energy_j": energy}
 
     def save(self) -> None:
-        from rmsbatch.supervisor import write_json_atomic
+        from rmsbatch.node.supervisor import write_json_atomic
         data = {"samples": self.samples, "util_sum": self.util_sum, "util_n": self.util_n,
                 "mem_peak_mb": self.mem_peak, "energy_first": self.energy_first,
                 "energy_last": self.energy_last}

@@ -18,7 +18,7 @@ import os
 import sqlite3
 from contextlib import contextmanager
 
-from rmsbatch.states import TRANSITIONS, JobState
+from rmsbatch.core.states import TRANSITIONS, JobState
 
 log = logging.getLogger("rmsbatch.spool")
 

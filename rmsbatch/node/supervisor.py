@@ -1,6 +1,6 @@
 """The per-job supervisor: one process per running job, started by rmsd as
 
-    python -m rmsbatch.supervisor JOBDIR
+    python -m rmsbatch.node.supervisor JOBDIR
 
 in a session of its own (so it outlives a `kill -9` of rmsd), with stdin,
 stdout and stderr on /dev/null.  It reads `JOBDIR/job.json`, forks the job
@@ -10,7 +10,7 @@ into a cancel, cleans up what the job left behind, writes
 `JOBDIR/outcome.json` and pokes rmsd's notify socket.
 
 Everything it has to say goes to `JOBDIR/supervisor.log` (logger
-`rmsbatch.supervisor`, lines starting `job N: `).
+`rmsbatch.node.supervisor`, lines starting `job N: `).
 
 Files (all written atomically: tmp file, fsync, rename, fsync of JOBDIR):
 
@@ -32,8 +32,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from rmsbatch.isolation import Isolation
-from rmsbatch.states import JobState
+from rmsbatch.node.isolation import Isolation
+from rmsbatch.core.states import JobState
 
 log = logging.getLogger("rmsbatch.supervisor")
 
@@ -153,7 +153,7 @@ class Job:
     notify_socket: str | None = None
     array_job_id: int | None = None
     array_task_id: int | None = None
-    isolation: dict | None = None           # limits for rmsbatch.isolation
+    isolation: dict | None = None           # limits for rmsbatch.node.isolation
 
 
 def _is_int(v) -> bool:
@@ -778,7 +778,7 @@ def run(jobdir: str) -> int:
     try:
         _setup_logging(jobdir)
     except OSError as e:
-        print(f"rmsbatch.supervisor: cannot log to {jobdir}: {e}", file=sys.stderr)
+        print(f"rmsbatch.node.supervisor: cannot log to {jobdir}: {e}", file=sys.stderr)
         return 2
     try:
         job = load_job(os.path.join(jobdir, JOB_FILE))
@@ -837,7 +837,7 @@ def run(jobdir: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m rmsbatch.supervisor JOBDIR", file=sys.stderr)
+        print("usage: python -m rmsbatch.node.supervisor JOBDIR", file=sys.stderr)
         return 2
     return run(args[0])
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import os
 
-from rmsbatch.devices.backend import BackendUnavailable, DeviceLost, pci_locality, sample_each
-from rmsbatch.devices.record import AMD_ENV, Accelerator, normalize_bdf, short_type
+from rmsbatch.node.devices.backend import BackendUnavailable, DeviceLost, pci_locality, sample_each
+from rmsbatch.node.devices.record import AMD_ENV, Accelerator, normalize_bdf, short_type
 
 log = logging.getLogger("rmsbatch.devices.amd")
 
@@ -142,7 +142,7 @@ class AmdSmiBackend:
         return name
 
     def _render_from_kfd(self, bdf: str, partition: int) -> int | None:
-        from rmsbatch.devices.sysfs import kfd_nodes
+        from rmsbatch.node.devices.sysfs import kfd_nodes
         same = [n for n in kfd_nodes(self.root) if n.get("bdf") == bdf]
         if partition < len(same):
             return same[partition].get("drm_render_minor")

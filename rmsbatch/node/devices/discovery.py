@@ -20,9 +20,9 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from rmsbatch.devices import static
-from rmsbatch.devices.backend import BackendUnavailable
-from rmsbatch.devices.record import Accelerator
+from rmsbatch.node.devices import static
+from rmsbatch.node.devices.backend import BackendUnavailable
+from rmsbatch.node.devices.record import Accelerator
 
 log = logging.getLogger("rmsbatch.devices.discovery")
 
@@ -56,13 +56,13 @@ class Inventory:
 def make_backend(name: str, root: str = "/", modules: dict | None = None):
     modules = modules or {}
     if name == "nvml":
-        from rmsbatch.devices.nvml import NvmlBackend
+        from rmsbatch.node.devices.nvml import NvmlBackend
         return NvmlBackend(modules.get("pynvml"), root)
     if name == "amdsmi":
-        from rmsbatch.devices.amd import AmdSmiBackend
+        from rmsbatch.node.devices.amd import AmdSmiBackend
         return AmdSmiBackend(modules.get("amdsmi"), root)
     if name == "sysfs":
-        from rmsbatch.devices.sysfs import SysfsBackend
+        from rmsbatch.node.devices.sysfs import SysfsBackend
         return SysfsBackend(root)
     raise ValueError(f"unknown accelerator backend {name!r} (use nvml, amdsmi or sysfs)")
 

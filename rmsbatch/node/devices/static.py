@@ -6,8 +6,8 @@ and what an auto-detected node is checked against (`gpu_detect = "check"`).
 """
 from __future__ import annotations
 
-from rmsbatch.cgroup import parse_cpus
-from rmsbatch.devices.record import Accelerator
+from rmsbatch.node.cgroup import parse_cpus
+from rmsbatch.node.devices.record import Accelerator
 
 
 def from_config(gpus, vendors: set[str] | None = None) -> list[Accelerator]:

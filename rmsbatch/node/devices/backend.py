@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from rmsbatch.cgroup import parse_cpus
+from rmsbatch.node.cgroup import parse_cpus
 
 
 class BackendUnavailable(Exception):

@@ -378,7 +378,7 @@ class DeviceFence:
         os.close(fd)
 
     def apply(self, job, mechanism: str | None = None) -> str | None:
-        """Apply to a rmsbatch.cgroup.JobCgroup (after create, before the job
+        """Apply to a rmsbatch.node.cgroup.JobCgroup (after create, before the job
         process starts) and record the outcome on it ("devices" in its
         protections, or in missing()).  mechanism: "v1", "ebpf" or None (the
         host's preference, then the other).  Returns the mechanism used."""

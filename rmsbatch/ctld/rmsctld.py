@@ -1,4 +1,4 @@
-"""rmsctld: the controller daemon. A thin shell around rmsbatch.controller."""
+"""rmsctld: the controller daemon. A thin shell around rmsbatch.ctld.service."""
 from __future__ import annotations
 
 import argparse
@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from rmsbatch import client, config as configmod, daemon
+    from rmsbatch import config as configmod
+    from rmsbatch.net import client
+    from rmsbatch.core import daemon
     conf_dir = args.conf_dir or client.conf_dir()
     try:
         cfg = configmod.load(conf_dir)
@@ -53,9 +55,9 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         log.info("rmsctld runs as uid %d; whether jobs run as their submitters depends on "
                  "each rmsd, which says so when it starts", os.geteuid())
-    from rmsbatch.controller import Controller
-    from rmsbatch.server import Loop
-    from rmsbatch.spool import Spool
+    from rmsbatch.ctld.service import Controller
+    from rmsbatch.net.loop import Loop
+    from rmsbatch.ctld.spool import Spool
 
     spool = Spool(cfg.spool_dir)
     loop = Loop()

@@ -1,7 +1,7 @@
 """JobSpec: what a submission asks for, parsed at the edge and passed inward.
 
 `rsub` builds one from the command line and the script's directives
-(`rmsbatch.jobscript`), sends it to the controller as a plain dict, and the
+(`rmsbatch.cli.jobscript`), sends it to the controller as a plain dict, and the
 controller rebuilds it with `JobSpec.from_dict`, validating every field again:
 nothing a client sends is trusted.
 

@@ -24,8 +24,8 @@ import time
 
 from rmsbatch import __version__
 from rmsbatch.cli.common import UsageError
-from rmsbatch.hostlist import compress, expand, natural_key
-from rmsbatch.units import format_kb, format_memory, format_time
+from rmsbatch.core.hostlist import compress, expand, natural_key
+from rmsbatch.core.units import format_kb, format_memory, format_time
 
 TYPE_CHECKING = False   # importing `typing` costs every command ~4 ms
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class FormatError(ValueError):
 
 
 # -- values -------------------------------------------------------------------
-# squeue's durations and Slurm's sizes come from rmsbatch.units; sacct's and
+# squeue's durations and Slurm's sizes come from rmsbatch.core.units; sacct's and
 # scontrol's zero-padded durations and the timestamps are rendered here.
 
 def _squeue_time(seconds: float) -> str:
@@ -965,7 +965,7 @@ def job_id_list(text: str) -> list[int]:
 
 def job_state_list(text: str) -> list[str]:
     """`PD,running` -> ["PENDING", "RUNNING"]; `all` -> ["all"]."""
-    from rmsbatch.states import parse_state
+    from rmsbatch.core.states import parse_state
     states = []
     for item in comma_list(text):
         if item.lower() == "all":

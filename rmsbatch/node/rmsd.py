@@ -1,4 +1,4 @@
-"""rmsd: the node daemon. A thin shell around rmsbatch.noded."""
+"""rmsd: the node daemon. A thin shell around rmsbatch.node.daemon."""
 from __future__ import annotations
 
 import argparse
@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from rmsbatch import client, config as configmod, daemon
+    from rmsbatch import config as configmod
+    from rmsbatch.net import client
+    from rmsbatch.core import daemon
     try:
         cfg = configmod.load(args.conf_dir or client.conf_dir())
     except (configmod.ConfigError, ValueError) as exc:
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
     if log_file:
         log_file = log_file.replace("%n", node)
     daemon.setup_logging(log_file, args.verbose)
-    from rmsbatch.noded import NodeDaemon
+    from rmsbatch.node.daemon import NodeDaemon
     if args.stop_jobs:
         n = NodeDaemon.__new__(NodeDaemon)
         n.jobs_dir = os.path.join(cfg.node_state_dir, node, "jobs")

@@ -1,6 +1,6 @@
 """The node daemon service: registers the node, launches and stops jobs.
 
-Each job runs under its own supervisor (rmsbatch.supervisor) in a job
+Each job runs under its own supervisor (rmsbatch.node.supervisor) in a job
 directory `<state_dir>/jobs/<id>/`. The directory is the node's record of the
 job: creating it is the launch's point of no return (mkdir is atomic, so a
 job is never launched twice), the supervisor writes `outcome.json` there when
@@ -21,11 +21,11 @@ import subprocess
 import sys
 import time
 
-from rmsbatch import supervisor
+from rmsbatch.node import supervisor
 from rmsbatch.config import Config
-from rmsbatch.devices import discovery, record
-from rmsbatch.devices.usage import GpuUsage
-from rmsbatch.server import Conn, Loop
+from rmsbatch.node.devices import discovery, record
+from rmsbatch.node.devices.usage import GpuUsage
+from rmsbatch.net.loop import Conn, Loop
 
 log = logging.getLogger("rmsbatch.noded")
 
@@ -35,7 +35,7 @@ except ImportError:
     pass
 # What every forked supervisor uses to isolate its job: imported here once, not by each
 # supervisor (devfilter alone costs a launch ~10 ms of CPU).
-from rmsbatch import cgroup as _cgroup, devfilter as _devfilter  # noqa: E402,F401
+from rmsbatch.node import cgroup as _cgroup, devfilter as _devfilter  # noqa: E402,F401
 
 VISIBILITY_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
                    "ZE_AFFINITY_MASK", "GPU_DEVICE_ORDINAL")
@@ -94,7 +94,7 @@ class NodeDaemon:
         self.isolation_mode = config.cluster.node_daemon.isolation
         self.layout = None
         if self.privileged and self.isolation_mode != "off":
-            from rmsbatch import cgroup
+            from rmsbatch.node import cgroup
             try:
                 self.layout = cgroup.detect()
             except Exception as exc:   # noqa: BLE001 - jobs run without cgroups then
@@ -418,7 +418,7 @@ class NodeDaemon:
         return self.gpu_mode != "static" or bool(self.config.nodes[self.node].gpus)
 
     def start_monitor(self) -> None:
-        argv = [sys.executable, "-m", "rmsbatch.devices.monitor", "--conf-dir",
+        argv = [sys.executable, "-m", "rmsbatch.node.devices.monitor", "--conf-dir",
                 self.config.directory, "--node", self.node, "--socket", self.notify_path]
         ndc = self.config.cluster.node_daemon
         if ndc.log_file:

@@ -14,13 +14,15 @@ import os
 import pwd
 import time
 
-from rmsbatch import hostlist, placement, scheduler
+from rmsbatch.core import hostlist
+from rmsbatch.sched import placement
+from rmsbatch.sched import plan as scheduler
 from rmsbatch.config import Config
-from rmsbatch.jobspec import JobSpec, SpecError
-from rmsbatch.placement import Gpu, NodeAlloc, NodeView, Request
-from rmsbatch.server import Conn, Loop
-from rmsbatch.spool import JOB_COLUMNS, Spool
-from rmsbatch.states import FINISHED, JobState, NodeState, parse_state
+from rmsbatch.core.jobspec import JobSpec, SpecError
+from rmsbatch.sched.placement import Gpu, NodeAlloc, NodeView, Request
+from rmsbatch.net.loop import Conn, Loop
+from rmsbatch.ctld.spool import JOB_COLUMNS, Spool
+from rmsbatch.core.states import FINISHED, JobState, NodeState, parse_state
 
 log = logging.getLogger("rmsbatch.controller")
 
@@ -62,7 +64,7 @@ def default_output(spec) -> str:
 
 def _records(devices) -> list:
     """Accelerator records from an inventory's dicts (an rmsd's report, or the spool)."""
-    from rmsbatch.devices.record import Accelerator
+    from rmsbatch.node.devices.record import Accelerator
     records = []
     for d in devices:
         if not isinstance(d, dict) or not isinstance(d.get("index"), int):
@@ -76,7 +78,7 @@ def _records(devices) -> list:
 
 def _gpus(records: list) -> dict[int, Gpu]:
     """Placement's view of a node's accelerator records."""
-    from rmsbatch.devices.record import short_type
+    from rmsbatch.node.devices.record import short_type
     index_of = {r.key: r.index for r in records}
 
     def links(r) -> tuple:
@@ -177,7 +179,7 @@ class Controller:
         as the node last reported them; None until a detecting node has."""
         nd = self.config.nodes[name]
         if nd.gpu_detect == "static":
-            from rmsbatch.devices.discovery import static_inventory
+            from rmsbatch.node.devices.discovery import static_inventory
             return static_inventory(nd.gpus).devices
         inv = self.node_status[name]["inventory"]
         if inv.get("gpu_mode") not in ("auto", "check") or not isinstance(inv.get("gpus"), list):
@@ -305,7 +307,7 @@ class Controller:
             limit = part.default_time or part.max_time
         for cap, what in ((part.max_time, f"partition {partition}"), (qos.max_time, f"QoS {qos_name}")):
             if cap and (limit == 0 or limit > cap):
-                from rmsbatch.units import format_time
+                from rmsbatch.core.units import format_time
                 asked = "UNLIMITED" if limit == 0 else format_time(limit)
                 raise RequestError(f"time limit {asked} exceeds the maximum of {what} "
                                    f"({format_time(cap)}): ask for less with --time")

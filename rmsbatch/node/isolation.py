@@ -46,7 +46,8 @@ class Isolation:
             self._no_cgroup("not root (single-user mode)")
             return
         try:
-            from rmsbatch import cgroup, devfilter
+            from rmsbatch.node import cgroup
+            from rmsbatch.node import devfilter
             layout = cgroup.detect(self.spec.get("cgroup_root", cgroup.DEFAULT_ROOT))
             limits = cgroup.Limits(mem_bytes=self.spec.get("mem_bytes"),
                                    cpus=self.spec.get("cpus"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rmsbatch.placement import (Allocation, InsufficientResources, NodeView, Request,
+from rmsbatch.sched.placement import (Allocation, InsufficientResources, NodeView, Request,
                                 allocate, take)
 
 # Slurm's reason names, so users and tools recognise them.

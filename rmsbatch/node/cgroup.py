@@ -3,7 +3,7 @@
     layout = detect()                         # what this host offers, per need
     cg = JobCgroup(42, layout)                # rmsbatch/job_42 in every hierarchy used
     cg.create(Limits(mem_bytes=4 << 30, cpus=[0, 1], pids_max=512))
-    DeviceFence(node_gpus, allocated).apply(cg)   # rmsbatch.devfilter
+    DeviceFence(node_gpus, allocated).apply(cg)   # rmsbatch.node.devfilter
     pid = os.fork()
     if pid == 0:
         cg.attach_self()                      # born inside, before exec

@@ -16,9 +16,9 @@ import logging
 import math
 import os
 
-from rmsbatch.devices.backend import (BackendUnavailable, DeviceLost, pci_locality, read_text,
+from rmsbatch.node.devices.backend import (BackendUnavailable, DeviceLost, pci_locality, read_text,
                                       sample_each)
-from rmsbatch.devices.record import (NVIDIA_ENV, Accelerator, cpus_from_mask, mig_profile,
+from rmsbatch.node.devices.record import (NVIDIA_ENV, Accelerator, cpus_from_mask, mig_profile,
                                      normalize_bdf, short_type)
 
 log = logging.getLogger("rmsbatch.devices.nvml")

@@ -1,10 +1,10 @@
 """The accelerator monitor: one process per node, started by rmsd, outside job cgroups.
 
-    python -m rmsbatch.devices.monitor --conf-dir DIR --node NAME --socket RMSD_SOCK
+    python -m rmsbatch.node.devices.monitor --conf-dir DIR --node NAME --socket RMSD_SOCK
 
 It finds the node's devices (discovery), then every `gpu_sample_interval` seconds
 samples each one (utilization, memory, power, temperature, clocks and throttling, ECC,
-the processes on it), judges its health (rmsbatch.devices.health) and reports to rmsd
+the processes on it), judges its health (rmsbatch.node.devices.health) and reports to rmsd
 over rmsd's notify socket. NVIDIA XID and ECC events arrive in a thread of their own and
 are reported at once. A process of its own, because NVML calls can block on the driver
 for seconds, and because rmsd forks job supervisors, which must not inherit a
@@ -35,9 +35,9 @@ import sys
 import threading
 import time
 
-from rmsbatch.devices import discovery
-from rmsbatch.devices.health import Health
-from rmsbatch.devices.record import char_device
+from rmsbatch.node.devices import discovery
+from rmsbatch.node.devices.health import Health
+from rmsbatch.node.devices.record import char_device
 
 log = logging.getLogger("rmsbatch.devices.monitor")
 
@@ -289,7 +289,7 @@ class _WakingQueue:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="rmsbatch.devices.monitor",
+    p = argparse.ArgumentParser(prog="rmsbatch.node.devices.monitor",
                                 description="rmsd's accelerator monitor (started by rmsd)")
     p.add_argument("--conf-dir", required=True)
     p.add_argument("--node", required=True)

@@ -1,0 +1,266 @@
+"""The three configuration files as pydantic models, unknown keys rejected.
+
+  cluster.toml   ClusterFile: controller, node daemon, nodes (hostlist ranges), partitions
+  tenants.toml   TenantsFile: admins/operators, accounts and their users, visibility
+  qos.toml       QosFile: QoS levels
+
+Each field validates its own value; what needs several files at once (a partition
+naming an unknown node, an account naming an unknown QoS) is checked in `load`.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from rmsbatch.core import hostlist, units
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _time(value) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a time such as '1:00:00' or 'UNLIMITED'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value * 60  # bare numbers are minutes, as in Slurm
+    return units.parse_time(str(value))
+
+
+def _seconds(value) -> int:
+    """Like _time, but a bare number is seconds (for daemon timings)."""
+    if isinstance(value, bool):
+        raise ValueError("expected seconds, or a time such as '5:00'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return int(value)
+    return units.parse_time(str(value))
+
+
+def _memory(value) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as '512G'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    return units.parse_memory(str(value))
+
+
+class ControllerSection(_Model):
+    socket: str = "/run/rmsbatch/rmsctld.sock"
+    spool_dir: str = "/var/spool/rmsbatch"
+    log_file: str | None = None
+    pid_file: str | None = None
+    heartbeat_interval: float = 5.0   # seconds between node heartbeats
+    node_timeout: float = 30.0        # seconds of silence before a node is DOWN
+    kill_grace: int = 30              # seconds between SIGTERM and SIGKILL
+    default_mem_per_cpu: int | str = 1024   # MB per CPU when a job gives no --mem
+    max_jobs: int = 200_000           # active jobs the controller accepts
+
+    @field_validator("default_mem_per_cpu")
+    @classmethod
+    def _mem(cls, v):
+        return _memory(v)
+
+    @field_validator("heartbeat_interval", "node_timeout")
+    @classmethod
+    def _positive(cls, v):
+        if v <= 0:
+            raise ValueError("must be positive")
+        return v
+
+
+    @model_validator(mode="after")
+    def _timeout_covers_heartbeats(self):
+        if self.node_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(f"node_timeout ({self.node_timeout:g} s) must be at least twice "
+                             f"heartbeat_interval ({self.heartbeat_interval:g} s), or nodes "
+                             "flap between up and down")
+        return self
+
+
+class NodeDaemonSection(_Model):
+    # Not under the controller's spool_dir: jobs must reach their own job
+    # directory here, and the spool is private to the daemons.
+    state_dir: str = "/var/spool/rmsd"
+    log_file: str | None = None
+    pid_file: str | None = None
+    pids_max: int = 4096               # processes per job (cgroup pids controller)
+    isolation: Literal["auto", "off"] = "auto"   # cgroups and device fencing per job
+    # The accelerator monitor (rmsbatch.node.devices.monitor): telemetry and health.
+    gpu_monitor: bool = True
+    gpu_sample_interval: float = 5.0   # seconds; NVML holds a driver lock, so not faster than 1
+    gpu_backends: list[Literal["nvml", "amdsmi", "sysfs"]] = ["nvml", "amdsmi", "sysfs"]
+    gpu_discovery_timeout: float = 60.0   # seconds rmsd waits for auto-detection
+    gpu_thermal_drain: int | str = "5:00"  # sustained thermal throttling that drains; 0 never
+    gpu_xid_ignore: list[int] = [13, 31, 43, 45, 68, 109]   # application XIDs: not a fault
+    device_root: str = "/"             # where /dev, /proc and /sys are (a container's /host)
+
+    @field_validator("gpu_sample_interval")
+    @classmethod
+    def _interval(cls, v):
+        if v < 1:
+            raise ValueError("must be at least 1 second (NVML holds a driver-wide lock)")
+        return v
+
+    @field_validator("gpu_discovery_timeout")
+    @classmethod
+    def _discovery(cls, v):
+        if v <= 0:
+            raise ValueError("must be positive")
+        return v
+
+    @field_validator("gpu_thermal_drain")
+    @classmethod
+    def _thermal(cls, v):
+        return _seconds(v)
+
+
+class GpuGroup(_Model):
+    type: str = "gpu"
+    count: int
+    files: str | None = None          # e.g. "/dev/nvidia[0-7]": one file per device
+    env: str = "CUDA_VISIBLE_DEVICES"
+    vendor: Literal["nvidia", "amd", "other"] | None = None   # None: from env
+    memory: int | str | None = None   # per device, MB or a size ("80G"): for --gpu-mem
+    cpus: str | None = None           # CPUs local to these devices, e.g. "0-31"
+
+    @field_validator("memory")
+    @classmethod
+    def _mem(cls, v):
+        return None if v is None else _memory(v)
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, v):
+        if v is None:
+            return v
+        try:
+            from rmsbatch.node.cgroup import parse_cpus
+            if not parse_cpus(v):
+                raise ValueError
+        except ValueError:
+            raise ValueError("expected a CPU list such as '0-31' or '0-15,32-47'") from None
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v):
+        if not v or not (v[0].isalpha() or v[0] == "_") or not all(c.isalnum() or c == "_" for c in v):
+            raise ValueError("expected an environment variable name such as CUDA_VISIBLE_DEVICES")
+        return v
+
+    @property
+    def vendor_name(self) -> str:
+        if self.vendor:
+            return self.vendor
+        return {"CUDA_VISIBLE_DEVICES": "nvidia", "ROCR_VISIBLE_DEVICES": "amd"}.get(self.env, "other")
+
+    @field_validator("count")
+    @classmethod
+    def _count(cls, v):
+        if v < 0 or v > 1024:
+            raise ValueError("must be between 0 and 1024")
+        return v
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v):
+        return v.lower()
+
+
+class NodeGroup(_Model):
+    names: str
+    cpus: int
+    memory: int | str                  # MB, or a size with a unit
+    features: list[str] = []
+    # static: the devices are the [[nodes.gpus]] tables; auto: rmsd finds them (NVML, AMD
+    # SMI, sysfs), plus the tables of vendor "other"; check: found, and compared with the
+    # tables (a mismatch drains the node).
+    gpu_detect: Literal["static", "auto", "check"] = "static"
+    gpus: list[GpuGroup] = []
+
+    @field_validator("memory")
+    @classmethod
+    def _mem(cls, v):
+        return _memory(v)
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, v):
+        if v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+    @field_validator("names")
+    @classmethod
+    def _names(cls, v):
+        hostlist.expand(v)
+        return v
+
+
+class PartitionSection(_Model):
+    name: str
+    nodes: str = "ALL"
+    default: bool = False
+    default_time: int | str = "UNLIMITED"
+    max_time: int | str = "UNLIMITED"
+    state: Literal["UP", "DOWN"] = "UP"
+    priority: int = 0
+
+    @field_validator("default_time", "max_time")
+    @classmethod
+    def _t(cls, v):
+        return _time(v)
+
+
+class ClusterFile(_Model):
+    name: str = "cluster"
+    controller: ControllerSection = ControllerSection()
+    node_daemon: NodeDaemonSection = NodeDaemonSection()
+    nodes: list[NodeGroup]
+    partitions: list[PartitionSection]
+
+
+class AccountSection(_Model):
+    name: str
+    description: str = ""
+    users: list[str] = []              # "*" admits every user
+    shares: int = 1
+    qos: list[str] = []                # empty: every QoS
+    default_qos: str | None = None
+
+
+class UserSection(_Model):
+    default_account: str
+
+
+class TenantsFile(_Model):
+    admins: list[str] = ["root"]
+    operators: list[str] = []
+    private_jobs: bool = False         # True: rq shows users only their own jobs
+    private_accounting: bool = True    # True: rsacct -a only for operators and admins
+    accounts: list[AccountSection]
+    users: dict[str, UserSection] = {}
+
+
+class QosSection(_Model):
+    name: str
+    description: str = ""
+    priority: int = 0
+    max_time: int | str = "UNLIMITED"
+
+    @field_validator("max_time")
+    @classmethod
+    def _t(cls, v):
+        return _time(v)
+
+
+class QosFile(_Model):
+    default: str = "normal"
+    qos: list[QosSection]
