@@ -9,7 +9,7 @@ import time
 import pytest
 
 from rmsbatch.net import client
-from rmsbatch.cli import formats as fmt
+from rmsbatch.cli import arguments, details, jobfields, layout, nodetables
 from rmsbatch.cli import rcancel, rcontrol, rinfo, rq, rsacct
 from rmsbatch.cli.common import UsageError, run_main
 
@@ -110,23 +110,23 @@ def no_controller(monkeypatch):
     (12 * 86400, "12-00:00:00", "12-00:00:00"),
 ])
 def test_durations(seconds, squeue, sacct):
-    assert fmt._squeue_time(seconds) == squeue
-    assert fmt._clock(seconds) == sacct
+    assert layout.squeue_time(seconds) == squeue
+    assert layout.clock(seconds) == sacct
 
 
 def test_limits_timestamps_sizes():
-    assert fmt._limit(0) == "UNLIMITED"
-    assert fmt._limit(None) == "UNLIMITED"
-    assert fmt._limit(5400) == "1:30:00"
-    assert fmt._limit(5400, fmt._clock) == "01:30:00"
-    assert fmt._timestamp(None) == "Unknown"
-    assert fmt._timestamp(NOW) == "2024-05-01T12:00:00"
-    assert [fmt._memory(m) for m in (0, 500, 1024, 16384, 1536, 2 * 1024 * 1024)] == \
+    assert layout.time_limit(0) == "UNLIMITED"
+    assert layout.time_limit(None) == "UNLIMITED"
+    assert layout.time_limit(5400) == "1:30:00"
+    assert layout.time_limit(5400, layout.clock) == "01:30:00"
+    assert layout.timestamp(None) == "Unknown"
+    assert layout.timestamp(NOW) == "2024-05-01T12:00:00"
+    assert [layout.memory(m) for m in (0, 500, 1024, 16384, 1536, 2 * 1024 * 1024)] == \
         ["0", "500M", "1G", "16G", "1536M", "2T"]
-    assert [fmt._rss(k) for k in (None, 900, 1536)] == ["", "900K", "1536K"]
-    assert fmt._cpu_time(75.5) == "01:15.500"
-    assert fmt._cpu_time(7322) == "02:02:02"
-    assert fmt._cpu_time(None) == ""
+    assert [layout.rss(k) for k in (None, 900, 1536)] == ["", "900K", "1536K"]
+    assert layout.cpu_time(75.5) == "01:15.500"
+    assert layout.cpu_time(7322) == "02:02:02"
+    assert layout.cpu_time(None) == ""
 
 
 # -- rq: % codes ----------------------------------------------------------------
@@ -158,13 +158,13 @@ def test_limits_timestamps_sizes():
     ("o", "COMMAND", "train.sh", "train.sh"),
 ])
 def test_every_percent_code(code, header, running, pending):
-    layout = fmt.squeue_layout(f"<%{code}>")
+    layout = jobfields.squeue_layout(f"<%{code}>")
     assert layout.render([RUNNING, PENDING], NOW) == \
         f"<{header}>\n<{running}>\n<{pending}>"
 
 
 def test_percent_widths_and_alignment():
-    layout = fmt.squeue_layout("%.6i|%-6i|%6i|%i|%3j|%.3j|%%")
+    layout = jobfields.squeue_layout("%.6i|%-6i|%6i|%i|%3j|%.3j|%%")
     assert layout.render([RUNNING], NOW).split("\n") == [
         " JOBID|JOBID |JOBID |JOBID|NAM|NAM|%",
         "    42|42    |42    |42|tra|tra|%",
@@ -172,7 +172,7 @@ def test_percent_widths_and_alignment():
 
 
 def test_percent_squeue_default_format():
-    layout = fmt.squeue_layout("%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R")
+    layout = jobfields.squeue_layout("%.18i %.9P %.8j %.8u %.2t %.10M %.6D %R")
     assert layout.render([RUNNING, PENDING], NOW, header=True) == (
         "             JOBID PARTITION     NAME     USER ST       TIME  NODES NODELIST(REASON)\n"
         "                42       gpu    train    alice  R    1:01:01      1 gpu001\n"
@@ -185,8 +185,8 @@ def test_percent_squeue_default_format():
     ("%.i", ["needs a width"]),
 ])
 def test_percent_errors(text, words):
-    with pytest.raises(fmt.FormatError) as info:
-        fmt.squeue_layout(text)
+    with pytest.raises(layout.FormatError) as info:
+        jobfields.squeue_layout(text)
     for word in words:
         assert word in str(info.value)
 
@@ -256,7 +256,7 @@ def test_rq_renders_ten_thousand_jobs():
 # -- rq: arguments and request ---------------------------------------------------
 
 def test_rq_request_defaults(monkeypatch):
-    monkeypatch.setattr(fmt, "current_user", lambda: "carol")
+    monkeypatch.setattr(arguments, "current_user", lambda: "carol")
     assert rq.request(rq.parse_args([])) == {"active": True}
     fields = rq.request(rq.parse_args(
         ["-u", "alice,bob", "--me", "-A", "ml", "-p", "gpu,cpu", "-j", "4,5", "-j", "6",
@@ -309,8 +309,8 @@ def test_rq_body(monkeypatch, capsys):
 
 def test_rq_asks_only_for_fields_the_controller_has():
     from rmsbatch.ctld.service import PROJECTABLE
-    for name in fmt.JOB_FIELDS:
-        layout = fmt.job_layout(name)
+    for name in jobfields.JOB_FIELDS:
+        layout = jobfields.job_layout(name)
         keys = rq.projection(layout)
         assert set(keys) <= PROJECTABLE, (name, keys)
         # and the rendered value needs nothing beyond them
@@ -319,14 +319,14 @@ def test_rq_asks_only_for_fields_the_controller_has():
 
 
 def test_every_field_says_what_it_reads():
-    for table in (fmt.JOB_FIELDS, fmt.SACCT_FIELDS):
+    for table in (jobfields.JOB_FIELDS, jobfields.SACCT_FIELDS):
         for name, field in table.items():
             assert field.reads, name
 
 
 def test_rsacct_asks_only_for_what_it_shows():
     from rmsbatch.ctld.service import PROJECTABLE
-    for name in fmt.SACCT_FIELDS:
+    for name in jobfields.SACCT_FIELDS:
         args = rsacct.parse_args(["-o", name], now=NOW)
         keys = args.layout.reads()
         assert set(keys) <= PROJECTABLE, (name, keys)
@@ -680,7 +680,7 @@ def test_rcancel_signals(text, name):
 
 
 def test_rcancel_request(monkeypatch):
-    monkeypatch.setattr(fmt, "current_user", lambda: "carol")
+    monkeypatch.setattr(arguments, "current_user", lambda: "carol")
     assert rcancel.request(rcancel.parse_args(["42", "43,44"])) == {"ids": [42, 43, 44]}
     assert rcancel.request(rcancel.parse_args(["--me", "-t", "PD", "-s", "USR1"])) == {
         "users": ["carol"], "states": ["PENDING"], "signal": "SIGUSR1"}
@@ -764,6 +764,6 @@ def test_commands_import_nothing_heavy():
 def test_gpu_rows_say_unknown_memory_is_unknown():
     node = {"name": "n", "devices": [{"index": 0, "type": "gpu", "mem_mb": 0, "state": "idle"},
                                      {"index": 1, "type": "h100", "mem_mb": 81559, "state": "idle"}]}
-    rows = fmt.gpu_rows([node])
+    rows = nodetables.gpu_rows([node])
     assert [r["memory"] for r in rows] == ["-", "81559M"]
-    assert "Memory=(null)" in fmt.device_line(node["devices"][0])
+    assert "Memory=(null)" in details.device_line(node["devices"][0])

@@ -9,7 +9,7 @@ import signal
 import sys
 
 from rmsbatch.net import client
-from rmsbatch.cli import formats as fmt
+from rmsbatch.cli.arguments import CommandParser, comma_list, job_id_list, job_state_list
 from rmsbatch.cli.common import exit_with, job_filters
 
 PROG = "rcancel"
@@ -35,27 +35,27 @@ def parse_signal(text: str) -> str:
             f"unknown signal {text!r}: use a name such as USR1, TERM or KILL, or a number") from None
 
 
-def build_parser() -> fmt.CommandParser:
-    parser = fmt.CommandParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog=PROG, examples=EXAMPLES,
         description="Cancel jobs, or signal them (like scancel).\n"
                     "Give job ids, filters, or both: filters narrow down the ids, and\n"
                     "alone select every job they match.")
-    parser.add_argument("job_ids", nargs="*", type=fmt.job_id_list, metavar="JOBID",
+    parser.add_argument("job_ids", nargs="*", type=job_id_list, metavar="JOBID",
                         help="job ids (space- or comma-separated)")
     sel = parser.add_argument_group("filters (comma-separated lists)")
-    sel.add_argument("-u", "--user", dest="users", action="extend", type=fmt.comma_list,
+    sel.add_argument("-u", "--user", dest="users", action="extend", type=comma_list,
                      metavar="USER[,...]", help="jobs of these users")
     sel.add_argument("--me", action="store_true", help="your own jobs")
-    sel.add_argument("-A", "--account", dest="accounts", action="extend", type=fmt.comma_list,
+    sel.add_argument("-A", "--account", dest="accounts", action="extend", type=comma_list,
                      metavar="ACCOUNT[,...]")
     sel.add_argument("-p", "--partition", dest="partitions", action="extend",
-                     type=fmt.comma_list, metavar="PARTITION[,...]")
+                     type=comma_list, metavar="PARTITION[,...]")
     sel.add_argument("-t", "--state", "--states", dest="states", action="extend",
-                     type=fmt.job_state_list, metavar="STATE[,...]",
+                     type=job_state_list, metavar="STATE[,...]",
                      help="jobs in these states (PENDING/PD, RUNNING/R, ...)")
     sel.add_argument("-n", "--name", "--jobname", dest="names", action="extend",
-                     type=fmt.comma_list, metavar="NAME[,...]")
+                     type=comma_list, metavar="NAME[,...]")
     act = parser.add_argument_group("what to do")
     act.add_argument("-s", "--signal", type=parse_signal, metavar="SIGNAL",
                      help="send this signal (name or number) instead of cancelling")

@@ -14,7 +14,9 @@ import argparse
 import sys
 
 from rmsbatch.net import client
-from rmsbatch.cli import formats as fmt
+from rmsbatch.cli.arguments import CommandParser, job_id_list
+from rmsbatch.cli.details import job_detail, node_detail, partition_detail, render_details
+from rmsbatch.cli.layout import render_json
 from rmsbatch.cli.common import CommandError, exit_with
 from rmsbatch.core.hostlist import HostlistError, compress, expand
 
@@ -75,8 +77,8 @@ def _settings(parser: argparse.ArgumentParser, items: list[str], allowed: tuple[
     return out
 
 
-def build_parser() -> fmt.CommandParser:
-    parser = fmt.CommandParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog=PROG, examples=EXAMPLES,
         description="Show and administer jobs, nodes and partitions (like scontrol).")
     parser.add_argument("-o", "--oneliner", action="store_true",
@@ -116,7 +118,7 @@ def build_parser() -> fmt.CommandParser:
     for name, text in (("hold", "keep pending jobs from starting"),
                        ("release", "let held jobs start")):
         cmd = sub.add_parser(name, help=text, version=False)
-        cmd.add_argument("job_ids", nargs="+", type=fmt.job_id_list, metavar="JOBID")
+        cmd.add_argument("job_ids", nargs="+", type=job_id_list, metavar="JOBID")
 
     sub.add_parser("reconfigure", help="make rmsctld re-read its configuration", version=False)
     parser.subcommands = sub.choices
@@ -182,22 +184,21 @@ def render_show(args: argparse.Namespace, reply: dict, now: float | None = None)
     if entity == "job":
         jobs = reply.get("jobs") or []
         if args.json:
-            return fmt.render_json("jobs", jobs)
+            return render_json("jobs", jobs)
         if not jobs:
             return "No jobs in the system"
-        return fmt.render_details([fmt.job_detail(job, now) for job in jobs], args.oneliner)
+        return render_details([job_detail(job, now) for job in jobs], args.oneliner)
     nodes = reply.get("nodes") or []
     partitions = reply.get("partitions") or []
     if entity == "node":
         if args.json:
-            return fmt.render_json("nodes", nodes)
-        return fmt.render_details([fmt.node_detail(n) for n in nodes], args.oneliner)
+            return render_json("nodes", nodes)
+        return render_details([node_detail(n) for n in nodes], args.oneliner)
     if args.name:
         partitions = [p for p in partitions if p["name"] == args.name]
     if args.json:
-        return fmt.render_json("partitions", partitions)
-    return fmt.render_details([fmt.partition_detail(p, nodes) for p in partitions],
-                              args.oneliner)
+        return render_json("partitions", partitions)
+    return render_details([partition_detail(p, nodes) for p in partitions], args.oneliner)
 
 
 def show(args: argparse.Namespace) -> str:

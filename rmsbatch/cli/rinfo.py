@@ -7,7 +7,12 @@ from __future__ import annotations
 import argparse
 
 from rmsbatch.net import client
-from rmsbatch.cli import formats as fmt
+from rmsbatch.cli.arguments import CommandParser, add_output_options, comma_list
+from rmsbatch.cli.layout import render_json
+from rmsbatch.cli.nodetables import (
+    gpu_rows, node_rows, parse_node_state, partition_rows, reason_rows, render_gpus,
+    render_node_rows, render_partitions, render_reasons,
+)
 from rmsbatch.cli.common import CommandError, emit, exit_with
 from rmsbatch.core.hostlist import HostlistError, expand
 
@@ -36,13 +41,13 @@ def _hostlist_arg(text: str) -> str:
 
 def _node_states(text: str) -> list[str]:
     try:
-        return [fmt.parse_node_state(item) for item in fmt.comma_list(text)]
+        return [parse_node_state(item) for item in comma_list(text)]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def build_parser() -> fmt.CommandParser:
-    parser = fmt.CommandParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog=PROG, short_help=False, examples=EXAMPLES,
         description="Show partitions and nodes (like sinfo).\n"
                     "Node states: idle, mix (partly allocated), alloc, drng (draining:\n"
@@ -57,13 +62,13 @@ def build_parser() -> fmt.CommandParser:
                       help="one line per GPU: type, memory, allocation, telemetry, health")
     sel = parser.add_argument_group("which nodes")
     sel.add_argument("-p", "--partition", dest="partitions", action="extend",
-                     type=fmt.comma_list, metavar="PARTITION[,...]")
+                     type=comma_list, metavar="PARTITION[,...]")
     sel.add_argument("-n", "--nodes", type=_hostlist_arg, metavar="HOSTLIST",
                      help="these nodes, e.g. gpu[01-04]")
     sel.add_argument("-t", "--states", dest="states", action="extend", type=_node_states,
                      metavar="STATE[,...]", help="nodes in these states (idle, mix, alloc, ...)")
     out = parser.add_argument_group("output")
-    fmt.add_output_options(out)
+    add_output_options(out)
     return parser
 
 
@@ -94,18 +99,18 @@ def render(nodes: list[dict], partitions: list[dict], args: argparse.Namespace) 
     nodes, partitions = select(nodes, partitions, args)
     header = not args.noheader
     if args.json:
-        return fmt.render_json("nodes", nodes, partitions=partitions)
+        return render_json("nodes", nodes, partitions=partitions)
     if args.gpus:
-        return fmt.render_gpus(fmt.gpu_rows(nodes), long=args.long, header=header)
+        return render_gpus(gpu_rows(nodes), long=args.long, header=header)
     if args.reasons:
-        return fmt.render_reasons(fmt.reason_rows(nodes), header=header)
+        return render_reasons(reason_rows(nodes), header=header)
     if args.node_view:
-        rows = fmt.node_rows(nodes, partitions)
-        return fmt.render_node_rows(rows, long=args.long, header=header)
-    rows = fmt.partition_rows(nodes, partitions)
+        rows = node_rows(nodes, partitions)
+        return render_node_rows(rows, long=args.long, header=header)
+    rows = partition_rows(nodes, partitions)
     if args.nodes or args.states:
         rows = [r for r in rows if r["state"] != "n/a"]
-    return fmt.render_partitions(rows, long=args.long, header=header)
+    return render_partitions(rows, long=args.long, header=header)
 
 
 def body(argv: list[str]) -> int:

@@ -8,7 +8,11 @@ from __future__ import annotations
 import argparse
 
 from rmsbatch.net import client
-from rmsbatch.cli import formats as fmt
+from rmsbatch.cli.arguments import (
+    CommandParser, add_output_options, comma_list, job_id_list, job_state_list,
+)
+from rmsbatch.cli.jobfields import JOB_ALIASES, JOB_FIELDS, job_format_help, job_layout
+from rmsbatch.cli.layout import FormatError, field_layout, render_json
 from rmsbatch.cli.common import emit, exit_with, job_filters
 from rmsbatch.core.hostlist import HostlistError, expand
 
@@ -44,28 +48,28 @@ def _hostlist_arg(text: str) -> list[str]:
     return names
 
 
-def build_parser() -> fmt.CommandParser:
-    parser = fmt.CommandParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog=PROG, short_help=False, examples=EXAMPLES,
         description="Show pending and running jobs (like squeue).\n"
                     "Options take comma-separated lists; different options combine with AND.")
     sel = parser.add_argument_group("which jobs")
-    sel.add_argument("-u", "--user", dest="users", action="extend", type=fmt.comma_list,
+    sel.add_argument("-u", "--user", dest="users", action="extend", type=comma_list,
                      metavar="USER[,...]", help="jobs of these users")
     sel.add_argument("--me", action="store_true", help="your own jobs (same as -u $USER)")
-    sel.add_argument("-A", "--account", dest="accounts", action="extend", type=fmt.comma_list,
+    sel.add_argument("-A", "--account", dest="accounts", action="extend", type=comma_list,
                      metavar="ACCOUNT[,...]", help="jobs charged to these accounts")
     sel.add_argument("-p", "--partition", dest="partitions", action="extend",
-                     type=fmt.comma_list, metavar="PARTITION[,...]",
+                     type=comma_list, metavar="PARTITION[,...]",
                      help="jobs in these partitions")
-    sel.add_argument("-t", "--states", dest="states", action="extend", type=fmt.job_state_list,
+    sel.add_argument("-t", "--states", dest="states", action="extend", type=job_state_list,
                      metavar="STATE[,...]",
                      help="jobs in these states, by name or code (PENDING or PD, "
                           "RUNNING or R, CD, F, CA, TO, ...); 'all' for every state. "
                           "Default: PENDING, RUNNING and COMPLETING")
-    sel.add_argument("-j", "--jobs", dest="ids", action="extend", type=fmt.job_id_list,
+    sel.add_argument("-j", "--jobs", dest="ids", action="extend", type=job_id_list,
                      metavar="ID[,...]", help="these jobs only")
-    sel.add_argument("-n", "--name", dest="names", action="extend", type=fmt.comma_list,
+    sel.add_argument("-n", "--name", dest="names", action="extend", type=comma_list,
                      metavar="NAME[,...]", help="jobs with these names")
     sel.add_argument("-w", "--nodelist", dest="nodes", action="extend", type=_hostlist_arg,
                      metavar="HOSTLIST", help="jobs running on these nodes, e.g. gpu[001-004]")
@@ -77,7 +81,7 @@ def build_parser() -> fmt.CommandParser:
                      help="field names as squeue --Format: 'JobID,Name:30,State'")
     out.add_argument("-l", "--long", action="store_true",
                      help="add TIME_LIMIT and NODES, and show STATE in full")
-    fmt.add_output_options(out)
+    add_output_options(out)
     return parser
 
 
@@ -93,10 +97,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not args.json and not args.format_help:
         try:
             if args.Format:
-                args.layout = fmt.field_layout(args.Format, fmt.JOB_FIELDS, fmt.JOB_ALIASES)
+                args.layout = field_layout(args.Format, JOB_FIELDS, JOB_ALIASES)
             else:
-                args.layout = fmt.job_layout(args.format, long=args.long)
-        except fmt.FormatError as exc:
+                args.layout = job_layout(args.format, long=args.long)
+        except FormatError as exc:
             parser.error(f"argument {'-O/--Format' if args.Format else '-o/--format'}: {exc}")
     return args
 
@@ -115,15 +119,15 @@ def request(args: argparse.Namespace) -> dict:
 def render(records: list[dict], args: argparse.Namespace, now: float | None = None) -> str:
     """The text rq prints for these job records ("" for none and no header)."""
     if args.json:
-        return fmt.render_json("jobs", records)
-    layout = getattr(args, "layout", None) or fmt.job_layout(args.format, long=args.long)
+        return render_json("jobs", records)
+    layout = getattr(args, "layout", None) or job_layout(args.format, long=args.long)
     return layout.render(records, now, header=not args.noheader)
 
 
 def body(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.format_help:
-        print(fmt.job_format_help())
+        print(job_format_help())
         return 0
     fields = request(args)
     if args.layout is not None and "nodes" not in fields:

@@ -8,7 +8,11 @@ import argparse
 import time
 
 from rmsbatch.net import client
-from rmsbatch.cli import formats as fmt
+from rmsbatch.cli.arguments import (
+    CommandParser, add_output_options, comma_list, job_id_list, job_state_list,
+)
+from rmsbatch.cli.jobfields import SACCT_DEFAULT, sacct_format_help, sacct_layout
+from rmsbatch.cli.layout import FormatError, render_json
 from rmsbatch.cli.common import emit, exit_with
 
 PROG = "rsacct"
@@ -65,24 +69,24 @@ def start_of_day(now: float) -> float:
     return time.mktime((local.tm_year, local.tm_mon, local.tm_mday, 0, 0, 0, 0, 0, -1))
 
 
-def build_parser() -> fmt.CommandParser:
-    parser = fmt.CommandParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog=PROG, examples=EXAMPLES,
         description="Show accounting data for jobs, running and finished (like sacct).\n"
                     "Without -j or -S: jobs since 00:00 today.")
     sel = parser.add_argument_group("which jobs")
-    sel.add_argument("-j", "--jobs", dest="ids", action="extend", type=fmt.job_id_list,
+    sel.add_argument("-j", "--jobs", dest="ids", action="extend", type=job_id_list,
                      metavar="ID[,...]", help="these jobs (no time window unless -S is given)")
-    sel.add_argument("-u", "--user", dest="users", action="extend", type=fmt.comma_list,
+    sel.add_argument("-u", "--user", dest="users", action="extend", type=comma_list,
                      metavar="USER[,...]", help="jobs of these users")
     sel.add_argument("-a", "--allusers", action="store_true", help="jobs of every user")
     sel.add_argument("-A", "--accounts", dest="accounts", action="extend",
-                     type=fmt.comma_list, metavar="ACCOUNT[,...]")
+                     type=comma_list, metavar="ACCOUNT[,...]")
     sel.add_argument("-r", "--partition", dest="partitions", action="extend",
-                     type=fmt.comma_list, metavar="PARTITION[,...]")
-    sel.add_argument("-s", "--state", dest="states", action="extend", type=fmt.job_state_list,
+                     type=comma_list, metavar="PARTITION[,...]")
+    sel.add_argument("-s", "--state", dest="states", action="extend", type=job_state_list,
                      metavar="STATE[,...]", help="jobs in these states (COMPLETED/CD, FAILED/F, ...)")
-    sel.add_argument("--name", dest="names", action="extend", type=fmt.comma_list,
+    sel.add_argument("--name", dest="names", action="extend", type=comma_list,
                      metavar="NAME[,...]", help="jobs with these names")
     sel.add_argument("-S", "--starttime", metavar="TIME",
                      help=f"jobs in the system after this time: {TIME_FORMS}")
@@ -92,9 +96,9 @@ def build_parser() -> fmt.CommandParser:
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--format", metavar="FIELDS",
                      help=f"comma-separated fields, any case, NAME%%WIDTH for a fixed width "
-                          f"(default {fmt.SACCT_DEFAULT})")
+                          f"(default {SACCT_DEFAULT})")
     out.add_argument("-e", "--helpformat", action="store_true", help="list the fields")
-    fmt.add_output_options(out, noheader_flags=("-n", "--noheader"))
+    add_output_options(out, noheader_flags=("-n", "--noheader"))
     style = out.add_mutually_exclusive_group()
     style.add_argument("-P", "--parsable2", action="store_true",
                        help="'|'-separated fields, no trailing '|'")
@@ -126,8 +130,8 @@ def parse_args(argv: list[str], now: float | None = None) -> argparse.Namespace:
     args.layout = None
     if not args.json and not args.helpformat:
         try:
-            args.layout = fmt.sacct_layout(args.format)
-        except fmt.FormatError as exc:
+            args.layout = sacct_layout(args.format)
+        except FormatError as exc:
             parser.error(f"argument -o/--format: {exc}")
     return args
 
@@ -149,8 +153,8 @@ def request(args: argparse.Namespace) -> dict:
 def render(records: list[dict], args: argparse.Namespace, now: float | None = None) -> str:
     records = sorted(records, key=lambda job: job.get("id") or 0)
     if args.json:
-        return fmt.render_json("jobs", records)
-    layout = getattr(args, "layout", None) or fmt.sacct_layout(args.format)
+        return render_json("jobs", records)
+    layout = getattr(args, "layout", None) or sacct_layout(args.format)
     header = not args.noheader
     if args.parsable2 or args.parsable:
         return layout.parsable(records, now, header=header, trailing=args.parsable)
@@ -160,7 +164,7 @@ def render(records: list[dict], args: argparse.Namespace, now: float | None = No
 def body(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.helpformat:
-        print(fmt.sacct_format_help())
+        print(sacct_format_help())
         return 0
     fields = request(args)
     if not args.json:

@@ -1,0 +1,247 @@
+"""The job fields of rq and rsacct, and their format strings.
+
+- rq (squeue): `JOB_FIELDS` by name (`rq -o jobid,name:30`, `-O JobID,Name:30`) and
+  squeue's `%` codes (`rq -o "%.18i %j"`, `squeue_layout`) with Slurm's width rules:
+  `%.18i` right-aligned in 18, `%-10j` or `%10j` left-aligned in 10 (values longer
+  than the width are cut), `%j` as long as the value;
+- rsacct (sacct): `SACCT_FIELDS` (`JobID,JobName%30`; `+` marks a cut value).
+
+The job values that several outputs share (elapsed time, CPUs, exit code, reason)
+are here too; rmsbatch.cli.details shows them in `rcontrol show job`.
+"""
+from __future__ import annotations
+
+from rmsbatch.cli.layout import (
+    Column, Field, FormatError, Layout, clock, count, cpu_time, energy, field_layout, getter,
+    memory, percent, rss, shown, squeue_time, time_limit, timestamp,
+)
+
+
+# -- job values ---------------------------------------------------------------
+
+def _job_time(job: dict, now: float) -> str:
+    # Most of a long queue is pending: no start, "0:00", without the arithmetic.
+    start = job.get("start_time")
+    if not start or job.get("state") == "PENDING":
+        return "0:00"
+    return squeue_time(elapsed(job, now))
+
+
+def elapsed(job: dict, now: float) -> float:
+    """Seconds a job has run: to its end, or to now while it runs."""
+    start = job.get("start_time")
+    if not start or job.get("state") == "PENDING":
+        return 0
+    end = job.get("end_time") or now
+    return max(0, end - start)
+
+
+_SHORT_STATE = {
+    "PENDING": "PD", "RUNNING": "R", "COMPLETING": "CG", "COMPLETED": "CD",
+    "FAILED": "F", "CANCELLED": "CA", "TIMEOUT": "TO", "OUT_OF_MEMORY": "OOM",
+    "NODE_FAIL": "NF", "PREEMPTED": "PR",
+}
+
+
+def _job_short_state(job, now):
+    state = job.get("state") or ""
+    return _SHORT_STATE.get(state, state)
+
+
+def job_cpus(job, now):
+    return str(job.get("alloc_cpus") or job.get("req_cpus") or 0)
+
+
+def _job_nodelist_reason(job, now):
+    nodelist = job.get("nodelist")
+    if nodelist and job.get("state") != "PENDING":
+        return nodelist
+    return f"({job.get('reason') or 'None'})"
+
+
+def job_exit_code(job, now):
+    return f"{job.get('exit_code') or 0}:{job.get('exit_signal') or 0}"
+
+
+def _time_of(key):
+    return shown(key, timestamp)
+
+
+def job_reason(job: dict) -> str:
+    """Why a job waits, or, once it has ended, what ended it (when known)."""
+    if job.get("state") != "PENDING" and job.get("end_reason"):
+        return job["end_reason"]
+    return job.get("reason") or "None"
+
+
+# -- rq (squeue) --------------------------------------------------------------
+
+JOB_FIELDS: dict[str, Field] = {
+    "jobid": Field("JOBID", getter("id"), True),
+    "partition": Field("PARTITION", getter("partition")),
+    "name": Field("NAME", getter("name")),
+    "user": Field("USER", getter("user")),
+    "uid": Field("UID", getter("uid"), True),
+    "account": Field("ACCOUNT", getter("account")),
+    "qos": Field("QOS", getter("qos")),
+    "st": Field("ST", _job_short_state, reads=("state",)),
+    "state": Field("STATE", getter("state")),
+    "time": Field("TIME", _job_time, True, reads=("start_time", "end_time", "state")),
+    "time_limit": Field("TIME_LIMIT", shown("time_limit", time_limit), True),
+    "nodes": Field("NODES", getter("nodes"), True),
+    "cpus": Field("CPUS", job_cpus, True, reads=("alloc_cpus", "req_cpus")),
+    "gpus": Field("GPUS", shown("req_gpus", count), True),
+    "gpu_type": Field("GPU_TYPE", shown("gpu_type", lambda v: v or "")),
+    "min_memory": Field("MIN_MEMORY", shown("req_mem_mb", memory), True),
+    "nodelist_reason": Field("NODELIST(REASON)", _job_nodelist_reason,
+                             reads=("nodelist", "state", "reason")),
+    "nodelist": Field("NODELIST", getter("nodelist")),
+    "reason": Field("REASON", getter("reason")),
+    "submit_time": Field("SUBMIT_TIME", _time_of("submit_time")),
+    "start_time": Field("START_TIME", _time_of("start_time")),
+    "end_time": Field("END_TIME", _time_of("end_time")),
+    "priority": Field("PRIORITY", getter("priority"), True),
+    "exit_code": Field("EXIT_CODE", job_exit_code, reads=("exit_code", "exit_signal")),
+    "work_dir": Field("WORK_DIR", getter("workdir")),
+    "command": Field("COMMAND", getter("command")),
+}
+
+# squeue --Format names and other spellings people type.
+JOB_ALIASES = {
+    "id": "jobid", "jobname": "name", "username": "user", "statecompact": "st",
+    "statelong": "state", "timeused": "time", "elapsed": "time", "timelimit": "time_limit",
+    "numnodes": "nodes", "numcpus": "cpus", "reasonlist": "nodelist_reason",
+    "nodelist(reason)": "nodelist_reason", "minmemory": "min_memory", "memory": "min_memory",
+    "submit": "submit_time", "start": "start_time", "end": "end_time", "workdir": "work_dir",
+    "gres": "gpus", "tresperjob": "gpus", "exitcode": "exit_code",
+}
+
+# squeue -o letters.
+PERCENT_CODES = {
+    "i": "jobid", "t": "st", "T": "state", "j": "name", "u": "user", "U": "uid",
+    "a": "account", "P": "partition", "q": "qos", "M": "time", "l": "time_limit",
+    "D": "nodes", "C": "cpus", "R": "nodelist_reason", "r": "reason", "N": "nodelist",
+    "b": "gpus", "V": "submit_time", "S": "start_time", "e": "end_time", "Q": "priority",
+    "m": "min_memory", "Z": "work_dir", "o": "command",
+}
+
+RQ_DEFAULT = "jobid,partition,name,user,account,st,time,gpus,nodelist_reason"
+RQ_LONG = ("jobid,partition,name,user,account,state,time,time_limit,nodes,gpus,"
+           "nodelist_reason")
+
+
+def squeue_layout(text: str, fields: dict[str, Field] = JOB_FIELDS,
+                  codes: dict[str, str] = PERCENT_CODES) -> Layout:
+    """Parse an squeue `-o` format: `%[.|-][width]<letter>` codes among literal text."""
+    columns: list[Column] = []
+    literals: list[str] = []
+    buf: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch != "%":
+            buf.append(ch)
+            i += 1
+            continue
+        j = i + 1
+        if j < n and text[j] == "%":
+            buf.append("%")
+            i = j + 1
+            continue
+        right = False
+        if j < n and text[j] in ".-":
+            right = text[j] == "."
+            j += 1
+        k = j
+        while k < n and text[k].isdigit():
+            k += 1
+        if k >= n:
+            raise FormatError(f"format {text!r} ends inside a % code")
+        letter = text[k]
+        if letter not in codes:
+            known = " ".join("%" + c for c in codes)
+            raise FormatError(f"unknown format code %{letter} in {text!r} (known: {known} %%)")
+        width = int(text[j:k]) if k > j else None
+        if width == 0:
+            width = None
+        if right and width is None:
+            raise FormatError(f"%.{letter} in {text!r} needs a width to align right, e.g. %.10{letter}")
+        literals.append("".join(buf))
+        buf = []
+        columns.append(Column.of(fields[codes[letter]], width, right, name=codes[letter]))
+        i = k + 1
+    literals.append("".join(buf))
+    return Layout(columns, literals, auto=False)
+
+
+def job_layout(text: str | None = None, long: bool = False) -> Layout:
+    """The layout for rq: a `%` format, a field list, or the default columns."""
+    if text is None:
+        text = RQ_LONG if long else RQ_DEFAULT
+    if "%" in text:
+        return squeue_layout(text)
+    return field_layout(text, JOB_FIELDS, JOB_ALIASES)
+
+
+def job_format_help() -> str:
+    """What `rq -o help` prints."""
+    by_field = {v: k for k, v in PERCENT_CODES.items()}
+    lines = ["Fields (rq -o NAME[:WIDTH],...; :.WIDTH aligns right) and squeue codes (-o '%.10i'):"]
+    for name, field in JOB_FIELDS.items():
+        code = f"%{by_field[name]}" if name in by_field else ""
+        lines.append(f"  {name:<16} {code:<4} {field.header}")
+    lines.append("  %% is a literal percent sign.")
+    return "\n".join(lines)
+
+
+# -- rsacct (sacct) -----------------------------------------------------------
+
+SACCT_FIELDS: dict[str, Field] = {
+    "JobID": Field("JobID", getter("id")),
+    "JobName": Field("JobName", getter("name")),
+    "User": Field("User", getter("user")),
+    "UID": Field("UID", getter("uid"), True),
+    "Account": Field("Account", getter("account")),
+    "Partition": Field("Partition", getter("partition")),
+    "QOS": Field("QOS", getter("qos")),
+    "State": Field("State", getter("state")),
+    "Reason": Field("Reason", getter("reason")),
+    "ExitCode": Field("ExitCode", job_exit_code, True, reads=("exit_code", "exit_signal")),
+    "Submit": Field("Submit", _time_of("submit_time")),
+    "Start": Field("Start", _time_of("start_time")),
+    "End": Field("End", _time_of("end_time")),
+    "Elapsed": Field("Elapsed", lambda j, now: clock(elapsed(j, now)), True,
+                     reads=("start_time", "end_time", "state")),
+    "Timelimit": Field("Timelimit", shown("time_limit", lambda v: time_limit(v, clock)), True),
+    "NNodes": Field("NNodes", getter("nodes"), True),
+    "AllocCPUS": Field("AllocCPUS", shown("alloc_cpus", count), True),
+    "ReqCPUS": Field("ReqCPUS", shown("req_cpus", count), True),
+    "ReqMem": Field("ReqMem", shown("req_mem_mb", memory), True),
+    "AllocGPUs": Field("AllocGPUs", shown("alloc_gpus", count), True),
+    "ReqGPUs": Field("ReqGPUs", shown("req_gpus", count), True),
+    "NodeList": Field("NodeList", shown("nodelist", lambda v: v or "None assigned")),
+    "MaxRSS": Field("MaxRSS", shown("max_rss_kb", rss), True),
+    "TotalCPU": Field("TotalCPU", shown("total_cpu_s", cpu_time), True),
+    "GPUUtil": Field("GPUUtil", shown("gpu_util", percent), True),
+    "MaxGPUMem": Field("MaxGPUMem", shown("gpu_mem_peak_mb", memory), True),
+    "GPUEnergy": Field("GPUEnergy", shown("gpu_energy_j", energy), True),
+    "ReqGPUMem": Field("ReqGPUMem", shown("gpu_mem_mb", memory), True),
+    "Priority": Field("Priority", getter("priority"), True),
+    "WorkDir": Field("WorkDir", getter("workdir")),
+}
+SACCT_ALIASES = {"QoS": "QOS", "NodeName": "NodeList", "JobIDRaw": "JobID"}
+SACCT_DEFAULT = "JobID,JobName,Partition,Account,AllocCPUS,AllocGPUs,State,ExitCode"
+
+
+def sacct_layout(text: str | None = None) -> Layout:
+    """`JobID,JobName%30,...`: sacct's field names, any case; `%N` fixes a width."""
+    return field_layout(text or SACCT_DEFAULT, SACCT_FIELDS, SACCT_ALIASES, width_sep="%",
+                        mark="+", dashes=True)
+
+
+def sacct_format_help() -> str:
+    """What `rsacct -e` prints: the field names, several per line."""
+    names = list(SACCT_FIELDS)
+    return "\n".join(" ".join(f"{n:<12}" for n in names[i:i + 6]).rstrip()
+                     for i in range(0, len(names), 6))
+
