@@ -5,17 +5,15 @@ import pytest
 
 import rmsbatch
 from rmsbatch.core import jobspec
+from rmsbatch.cli.directives import check_script_text, parse_directives, read_script_file
 from rmsbatch.cli.jobscript import (
     HelpRequested,
     OptionError,
     ScriptError,
     Submission,
-    check_script_text,
-    parse_directives,
     parse_rsub,
-    read_script_file,
-    usage_text,
 )
+from rmsbatch.cli.rsub_options import usage_text
 
 ENV = {"HOME": "/home/ada", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "CUDA_HOME": "/opt/cuda"}
 SHEBANG = "#!/bin/bash\n"
