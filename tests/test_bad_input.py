@@ -89,6 +89,29 @@ def test_other_commands_reject_bad_input(cluster):
         assert "Traceback" not in result.stderr
 
 
+HUGE_ID = "99999999999999999999999"
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["rq", "-j", HUGE_ID], "-j/--jobs"),
+    (["rcancel", HUGE_ID], "JOBID"),
+    (["rcancel", "42", f"43,{HUGE_ID}"], "JOBID"),
+    (["rsacct", "-j", HUGE_ID], "-j/--jobs"),
+    (["rcontrol", "hold", HUGE_ID], "JOBID"),
+])
+def test_job_id_beyond_the_spool_is_a_usage_error(cluster, argv, option):
+    # The spool stores job ids as SQLite INTEGERs: a larger id is refused before any request.
+    result = cluster.run(*argv)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"{argv[0]}: error: argument {option}: job id {HUGE_ID} is out of "
+                             "range (job ids go up to 9223372036854775807)\n")
+
+
+def test_largest_job_id_is_a_job_id(cluster):
+    result = cluster.run("rq", "-h", "-j", str(2 ** 63 - 1))
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+
+
 def test_no_controller_is_a_clear_error(tmp_path):
     from conftest import Cluster, command_path
     import subprocess

@@ -279,6 +279,7 @@ def test_rq_request_states():
 @pytest.mark.parametrize("argv, words", [
     (["-j", "12,abc"], ["-j/--jobs", "invalid job id 'abc'"]),
     (["-j", "0"], ["invalid job id '0'"]),
+    (["-j", "9223372036854775808"], ["-j/--jobs", "job id 9223372036854775808 is out of range"]),
     (["-t", "nope"], ["-t/--states", "unknown job state 'nope'"]),
     (["-o", "%Y"], ["-o/--format", "%Y"]),
     (["-o", "jobid,bogus"], ["unknown field 'bogus'"]),
@@ -693,6 +694,7 @@ def test_rcancel_request(monkeypatch):
     ([], ["name the jobs to cancel"]),
     (["-s", "USR1"], ["name the jobs to cancel"]),
     (["abc"], ["invalid job id 'abc'"]),
+    (["1" * 5000], ["is out of range (job ids go up to 9223372036854775807)"]),
     (["-s", "NOPE", "1"], ["unknown signal 'NOPE'"]),
     (["-q", "-v", "1"], ["not allowed with"]),
 ])

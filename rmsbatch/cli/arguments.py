@@ -62,12 +62,20 @@ def comma_list(text: str) -> list[str]:
     return items
 
 
+# The spool keeps job ids in SQLite INTEGER columns: larger ids cannot name a job.
+MAX_JOB_ID = 2 ** 63 - 1
+
+
 def job_id_list(text: str) -> list[int]:
     """`12,13` -> [12, 13]; anything else is a usage error naming the bad id."""
     ids = []
     for item in comma_list(text):
-        if not item.isdigit() or int(item) == 0:
+        if not item.isdigit() or not item.strip("0"):
             raise argparse.ArgumentTypeError(f"invalid job id {item!r}: expected a number such as 42")
+        # the length first: int() refuses strings of more than 4,300 digits
+        if len(item.lstrip("0")) > len(str(MAX_JOB_ID)) or int(item) > MAX_JOB_ID:
+            raise argparse.ArgumentTypeError(
+                f"job id {item} is out of range (job ids go up to {MAX_JOB_ID})")
         ids.append(int(item))
     return ids
 
