@@ -61,13 +61,34 @@ class ControllerSection(_Model):
     kill_grace: int = 30              # seconds between SIGTERM and SIGKILL
     default_mem_per_cpu: int | str = 1024   # MB per CPU when a job gives no --mem
     max_jobs: int = 200_000           # active jobs the controller accepts
+    # What one user may hold in rmsctld (root and the controller's own uid: no count).
+    # 256 connections: workflow tools run many `rsub --wait` at once, each holding one.
+    max_connections_per_user: int = 256
+    max_buffered_per_user: int | str = "32M"   # unfinished requests, all connections
+    max_request: int | str = "4M"     # any request but a job submission or a node's report
+    request_timeout: float = 30.0     # seconds from a request's first byte to its end
 
     @field_validator("default_mem_per_cpu")
     @classmethod
     def _mem(cls, v):
         return _memory(v)
 
-    @field_validator("heartbeat_interval", "node_timeout")
+    @field_validator("max_buffered_per_user", "max_request")
+    @classmethod
+    def _request_size(cls, v):
+        v = _memory(v)
+        if v < 1:
+            raise ValueError("must be at least 1M")
+        return v
+
+    @field_validator("max_connections_per_user")
+    @classmethod
+    def _connections(cls, v):
+        if v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+    @field_validator("heartbeat_interval", "node_timeout", "request_timeout")
     @classmethod
     def _positive(cls, v):
         if v <= 0:
@@ -81,6 +102,9 @@ class ControllerSection(_Model):
             raise ValueError(f"node_timeout ({self.node_timeout:g} s) must be at least twice "
                              f"heartbeat_interval ({self.heartbeat_interval:g} s), or nodes "
                              "flap between up and down")
+        if self.max_buffered_per_user < self.max_request:
+            raise ValueError(f"max_buffered_per_user ({self.max_buffered_per_user}M) must be at "
+                             f"least max_request ({self.max_request}M)")
         return self
 
 

@@ -42,16 +42,16 @@ def main(argv=None) -> int:
               f"{len(cfg.tenants.accounts)} accounts, {len(cfg.qos.qos)} QoS levels")
         return 0
     ctl_cfg = cfg.cluster.controller
-    daemon.setup_logging(args.log_file or (cfg.path(ctl_cfg.log_file) if ctl_cfg.log_file else None),
-                         args.verbose)
     try:
+        daemon.setup_logging(args.log_file or (cfg.path(ctl_cfg.log_file) if ctl_cfg.log_file
+                                               else None), args.verbose)
         lock = daemon.take_lock(os.path.join(cfg.spool_dir, "rmsctld.lock"), f"rmsctld is already running on spool {cfg.spool_dir}")
-    except daemon.AlreadyRunning as exc:
+        daemon.ensure_dir(cfg.spool_dir, 0o700)
+        daemon.write_pid_file(cfg.path(ctl_cfg.pid_file) if ctl_cfg.pid_file else None)
+    except (daemon.AlreadyRunning, daemon.UnsafePath) as exc:
         print(f"rmsctld: error: {exc}", file=sys.stderr)
         log.error("%s", exc)
         return 1
-    os.chmod(cfg.spool_dir, 0o700)
-    daemon.write_pid_file(cfg.path(ctl_cfg.pid_file) if ctl_cfg.pid_file else None)
     if os.geteuid() != 0:
         log.info("rmsctld runs as uid %d; whether jobs run as their submitters depends on "
                  "each rmsd, which says so when it starts", os.geteuid())
@@ -60,12 +60,18 @@ def main(argv=None) -> int:
     from rmsbatch.ctld.spool import Spool
 
     spool = Spool(cfg.spool_dir)
-    loop = Loop()
+    daemon.raise_fd_limit()
+    loop = Loop(loop_limits(cfg))
     signals = daemon.Signals()
     loop.add_waker(signals.wake_r)
     ctl = Controller(cfg, spool, loop)
+    try:
+        daemon.ensure_dir(os.path.dirname(cfg.socket), 0o755, at_least=True)
+    except daemon.UnsafePath as exc:
+        print(f"rmsctld: error: {exc}", file=sys.stderr)
+        log.error("%s", exc)
+        return 1
     loop.listen(cfg.socket, "api", mode=0o666)
-    os.chmod(os.path.dirname(cfg.socket), 0o755)
     log.info("rmsctld %d: serving %s (spool %s, %d nodes, %d pending, %d running)",
              os.getpid(), cfg.socket, spool.path, len(cfg.nodes), len(ctl.pending), len(ctl.running))
     run(ctl, loop, signals, spool, conf_dir)
@@ -78,10 +84,23 @@ def main(argv=None) -> int:
     return 0
 
 
+def loop_limits(cfg):
+    """What one user may hold in rmsctld, from cluster.toml [controller]."""
+    from rmsbatch.net.loop import Limits, MiB
+    c = cfg.cluster.controller
+    return Limits(max_connections=c.max_connections_per_user,
+                  max_buffered=c.max_buffered_per_user * MiB, max_request=c.max_request * MiB,
+                  request_timeout=c.request_timeout)
+
+
 def run(ctl, loop, signals, spool, conf_dir) -> None:
     from rmsbatch import config as configmod
     last_check = time.time()
+    limits_of = ctl.config
     while not signals.stop:
+        if ctl.config is not limits_of:     # reloaded (SIGHUP or rcontrol reconfigure)
+            limits_of = ctl.config
+            loop.limits = loop_limits(limits_of)
         messages = loop.poll(0 if ctl.needs_pass else 1.0)
         if messages:
             replies = []

@@ -4,7 +4,11 @@ The API is newline-delimited JSON over a Unix stream socket. A request is one
 object with an "op" key; the reply is one object with "ok": true plus the
 op's fields, or "ok": false and "error": a message fit for the user. The
 server learns who the caller is from the kernel (SO_PEERCRED), never from
-the request.
+the request. Requests send "op" first. What one user may hold in rmsctld is
+bounded (connections, request size, unfinished bytes, time to send a request:
+rmsbatch.net.loop.Limits); past a limit the server answers ok false with an
+error naming it, and closes the connection, possibly before reading the
+whole request: the client still shows that error.
 
 Ops (request fields -> reply fields):
   ping        {}                                   -> version, cluster, uid
@@ -270,10 +274,21 @@ class Client:
     def send(self, op: str, **fields) -> None:
         if self._sock is None:
             self.connect()
-        fields["op"] = op
+        # "op" first: the server sizes an unfinished request by its op (a job
+        # submission may be larger than other requests).
         try:
-            self._sock.sendall(encode(fields))
+            self._sock.sendall(encode({"op": op, **fields}))
+        except TimeoutError:
+            raise ControllerUnavailable("rmsctld did not take the request in time") from None
         except OSError as exc:
+            # The server may have refused us (too many connections, too large) and
+            # said why before closing: that is the message for the user.
+            try:
+                self.receive()
+            except RequestRejected:
+                raise
+            except ClientError:
+                pass
             raise ControllerUnavailable(f"lost the connection to rmsctld: {exc}") from None
 
     def receive(self) -> dict:

@@ -4,6 +4,12 @@ Both daemons use it: rmsctld to serve the API, rmsd to talk to rmsctld and to
 hear from its job supervisors. One thread, non-blocking sockets and a
 selector: no locks around the spool, and a burst of requests that arrives
 together is handled together (one transaction, one fsync).
+
+What one user may hold in the server is bounded (`Limits`): open connections,
+the size of one request, the bytes of unfinished requests across their
+connections, and the time a request may take to arrive once begun. A caller
+past a limit gets {"ok": false, "error": ...} naming the limit, then the
+connection is closed.
 """
 from __future__ import annotations
 
@@ -11,13 +17,61 @@ import errno
 import json
 import logging
 import os
+import re
 import selectors
 import socket
 import struct
+import time
+
+from rmsbatch.core.jobspec import MAX_ENV_BYTES, MAX_SCRIPT_BYTES
 
 log = logging.getLogger("rmsbatch.server")
 
-MAX_REQUEST = 16 * 1024 * 1024   # a request larger than this closes the connection
+MiB = 1024 * 1024
+# The largest request a job submission needs: its script and environment with every
+# non-ASCII character escaped by JSON (\uXXXX: at most 3 bytes on the wire per byte of
+# UTF-8), plus room for the other fields.
+MAX_SUBMIT_REQUEST = 3 * (MAX_SCRIPT_BYTES + MAX_ENV_BYTES) + MiB
+
+# Only the start of an unfinished request is looked at for its op: clients send "op" first.
+_OP = re.compile(rb'\s*\{\s*"op"\s*:\s*"([A-Za-z_]{1,40})"')
+
+
+class Limits:
+    """What one uid may hold in a server. `trusted` uids (root and the daemon's
+    own: node daemons, supervisors, the GPU monitor) are not counted per user and
+    may send any request up to `max_large_request` (a node's inventory), but are
+    held to that size and to the deadline like everyone."""
+
+    def __init__(self, max_connections: int = 256, max_buffered: int = 32 * MiB,
+                 max_request: int = 4 * MiB, max_large_request: int = MAX_SUBMIT_REQUEST,
+                 request_timeout: float = 30.0, server: str = "rmsctld",
+                 where: str | None = "cluster.toml [controller]",
+                 trusted: tuple[int, ...] | None = None):
+        self.max_connections = max_connections
+        self.max_buffered = max_buffered
+        self.max_request = max_request
+        self.max_large_request = max(max_large_request, max_request)
+        self.request_timeout = request_timeout
+        self.server = server
+        self.where = where
+        self.trusted = frozenset(trusted if trusted is not None else (0, os.geteuid()))
+
+    def key(self, name: str) -> str:
+        """How a user reads which knob this is, and where an admin turns it."""
+        return f"{name} in {self.where}" if self.where else f"a fixed limit of {self.server}"
+
+
+def _size(n: int) -> str:
+    return f"{n // MiB} MiB" if n >= MiB and n % MiB == 0 else f"{n} bytes"
+
+
+def _user(uid: int) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return f"uid {uid}"
 
 
 class Conn:
@@ -26,11 +80,14 @@ class Conn:
     def __init__(self, sock: socket.socket, listener: str | None):
         self.sock = sock
         self.listener = listener
-        self.inbuf = b""
+        self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.closed = False
         self.meta: dict = {}
         self.pid = self.uid = self.gid = -1
+        self.counted = False          # in its uid's connection count
+        self.pending = 0              # bytes of the unfinished request, in its uid's total
+        self.began: float | None = None   # when the unfinished request's first byte came
         if sock.family == socket.AF_UNIX and listener is not None:
             try:
                 creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -43,21 +100,31 @@ class Conn:
 
 
 class Loop:
-    def __init__(self):
+    def __init__(self, limits: Limits | None = None):
         self.sel = selectors.DefaultSelector()
         self.listeners: dict[socket.socket, str] = {}
         self.closed: list[Conn] = []
+        self.limits = limits or Limits()
+        self.open_by_uid: dict[int, int] = {}
+        self.buffered_by_uid: dict[int, int] = {}
+        self.unfinished: set[Conn] = set()      # connections in the middle of a request
+        self._warned: dict[tuple[int, str], float] = {}
 
     # -- sockets ------------------------------------------------------------
     def listen(self, path: str, name: str, mode: int = 0o666) -> None:
         try:
-            os.unlink(path)
+            os.unlink(path)       # a symlink planted here goes, not what it points to
         except FileNotFoundError:
             pass
         os.makedirs(os.path.dirname(path), exist_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
-        os.chmod(path, mode)
+        # The mode comes from the umask at bind: chmod on the path afterwards would
+        # follow a symlink swapped in meanwhile.
+        old = os.umask(0o777 & ~mode)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
         sock.listen(512)
         sock.setblocking(False)
         self.listeners[sock] = name
@@ -79,6 +146,13 @@ class Loop:
         if conn.closed:
             return
         conn.closed = True
+        self._account(conn, 0)
+        if conn.counted:
+            left = self.open_by_uid.get(conn.uid, 1) - 1
+            if left > 0:
+                self.open_by_uid[conn.uid] = left
+            else:
+                self.open_by_uid.pop(conn.uid, None)
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -118,6 +192,11 @@ class Loop:
         """Wait up to `timeout`, then read everything available. Returns the
         complete messages received, in order, with their connections."""
         messages: list[tuple[Conn, dict]] = []
+        if self.unfinished:
+            # Wake for the first request deadline, whatever the caller asked.
+            due = min(c.began for c in self.unfinished) + self.limits.request_timeout
+            left = max(0.0, due - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
         for key, events in self.sel.select(timeout):
             if key.data is None:
                 self._accept(key.fileobj)
@@ -134,6 +213,8 @@ class Loop:
                 self._flush(conn)
             if events & selectors.EVENT_READ and not conn.closed:
                 self._read(conn, messages)
+        if self.unfinished:
+            self._expire()
         return messages
 
     def _accept(self, lsock: socket.socket) -> None:
@@ -148,6 +229,16 @@ class Loop:
                 return
             sock.setblocking(False)
             conn = Conn(sock, self.listeners[lsock])
+            if conn.uid not in self.limits.trusted:
+                have = self.open_by_uid.get(conn.uid, 0)
+                if have >= self.limits.max_connections:
+                    self._refuse_now(conn, "connection refused", "connections",
+                                     f"{_user(conn.uid)} already has {have} open "
+                                     f"({self.limits.key('max_connections_per_user')}); "
+                                     "close some, or ask an admin to raise the limit")
+                    continue
+                self.open_by_uid[conn.uid] = have + 1
+                conn.counted = True
             self.sel.register(sock, selectors.EVENT_READ, conn)
 
     def _read(self, conn: Conn, out: list) -> None:
@@ -160,13 +251,24 @@ class Loop:
                 self.close(conn)
                 return
             if not chunk:
+                # What came before the end is still delivered (a supervisor sends and hangs up).
+                self._lines(conn, out)
                 self.close(conn)
-                break
+                return
             conn.inbuf += chunk
+            if not self._within_limits(conn, fresh=self._lines(conn, out)):
+                return
             if len(chunk) < (1 << 20):
                 break
-        while b"\n" in conn.inbuf:
-            line, _, conn.inbuf = conn.inbuf.partition(b"\n")
+
+    def _lines(self, conn: Conn, out: list) -> bool:
+        """Take the complete lines off conn's buffer; False if there were none."""
+        end = conn.inbuf.rfind(b"\n")
+        if end < 0:
+            return False
+        lines = conn.inbuf[:end].split(b"\n")
+        del conn.inbuf[:end + 1]
+        for line in lines:
             if not line.strip():
                 continue
             try:
@@ -177,8 +279,85 @@ class Loop:
                 self.send(conn, {"ok": False, "error": "malformed request (expected one JSON object per line)"})
                 continue
             out.append((conn, message))
-        if len(conn.inbuf) > MAX_REQUEST:
-            log.warning("closing connection from pid %s: request larger than %d bytes",
-                        conn.pid, MAX_REQUEST)
-            self.send(conn, {"ok": False, "error": f"request larger than {MAX_REQUEST} bytes"})
-            self.close(conn)
+        return True
+
+    # -- limits ---------------------------------------------------------------
+    def _account(self, conn: Conn, pending: int, fresh: bool = False) -> None:
+        """Set conn's unfinished bytes (in its uid's total) to `pending`; `fresh`:
+        they belong to a request begun since the last call."""
+        if conn.counted and pending != conn.pending:
+            total = self.buffered_by_uid.get(conn.uid, 0) + pending - conn.pending
+            if total > 0:
+                self.buffered_by_uid[conn.uid] = total
+            else:
+                self.buffered_by_uid.pop(conn.uid, None)
+        conn.pending = pending
+        if not pending:
+            conn.began = None
+            self.unfinished.discard(conn)
+        elif conn.began is None or fresh:
+            conn.began = time.monotonic()
+            self.unfinished.add(conn)
+
+    def _within_limits(self, conn: Conn, fresh: bool) -> bool:
+        if conn.listener is None:
+            return True       # an outgoing connection: the peer is the daemon we chose
+        size = len(conn.inbuf)
+        self._account(conn, size, fresh)
+        lim = self.limits
+        if size > lim.max_request:
+            cap = lim.max_large_request if self._large(conn) else lim.max_request
+            if size > cap:
+                also = "" if cap == lim.max_large_request else \
+                    f"; a job submission may be up to {_size(lim.max_large_request)}"
+                self._refuse(conn, "request refused", "size",
+                             f"larger than {_size(cap)} ({lim.key('max_request')}{also}); "
+                             "send less, or ask an admin to raise the limit")
+                return False
+        if conn.counted and self.buffered_by_uid.get(conn.uid, 0) > lim.max_buffered:
+            self._refuse(conn, "request refused", "buffered",
+                         f"{_user(conn.uid)} has more than {_size(lim.max_buffered)} in "
+                         f"unfinished requests ({lim.key('max_buffered_per_user')}); finish "
+                         "or close the other connections, or ask an admin to raise the limit")
+            return False
+        return True
+
+    def _large(self, conn: Conn) -> bool:
+        """May this request grow past max_request? Job submissions (a script and an
+        environment), and anything from a trusted uid (a node's inventory)."""
+        if conn.uid in self.limits.trusted:
+            return True
+        match = _OP.match(conn.inbuf, 0, 64)
+        return bool(match and match.group(1) == b"submit")
+
+    def _expire(self) -> None:
+        timeout = self.limits.request_timeout
+        late = time.monotonic() - timeout
+        for conn in [c for c in self.unfinished if c.began is not None and c.began <= late]:
+            self._refuse(conn, "request dropped", "timeout",
+                         f"not finished {timeout:g} s after its first byte "
+                         f"({self.limits.key('request_timeout')}); send each request whole, "
+                         "or ask an admin to raise the limit")
+
+    def _refuse(self, conn: Conn, what: str, kind: str, why: str) -> None:
+        error = f"{what} on {self.limits.server}: {why}"
+        self._warn(conn, kind, error)
+        self.send(conn, {"ok": False, "error": error})
+        self.close(conn)
+
+    def _refuse_now(self, conn: Conn, what: str, kind: str, why: str) -> None:
+        """Refuse a connection not yet registered with the selector."""
+        error = f"{what} on {self.limits.server}: {why}"
+        self._warn(conn, kind, error)
+        try:
+            conn.sock.send(json.dumps({"ok": False, "error": error}).encode() + b"\n")
+        except OSError:
+            pass
+        conn.sock.close()
+
+    def _warn(self, conn: Conn, kind: str, error: str) -> None:
+        # One line per uid and limit a minute: an attack must not fill the disk with logs.
+        now = time.monotonic()
+        if now - self._warned.get((conn.uid, kind), -1e9) >= 60:
+            self._warned[(conn.uid, kind)] = now
+            log.warning("uid %d (pid %d): %s", conn.uid, conn.pid, error)

@@ -99,10 +99,10 @@ class NodeDaemon:
                 self.layout = cgroup.detect()
             except Exception as exc:   # noqa: BLE001 - jobs run without cgroups then
                 log.warning("node %s: no cgroups: %s", node, exc)
-        os.makedirs(self.jobs_dir, exist_ok=True)
         # Jobs running as their users must be able to reach their own job dir.
+        from rmsbatch.core.daemon import ensure_dir
         for d in (config.node_state_dir, self.state_dir, self.jobs_dir):
-            os.chmod(d, 0o711)
+            ensure_dir(d, 0o711)
         self.loop.listen(self.notify_path, "notify", mode=0o600)
         self.host_cpus = sorted(os.sched_getaffinity(0))
         self.cpus_in_use: dict[str, list[int]] = {}

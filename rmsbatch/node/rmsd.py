@@ -44,7 +44,11 @@ def main(argv=None) -> int:
     log_file = args.log_file or (cfg.path(nd_cfg.log_file) if nd_cfg.log_file else None)
     if log_file:
         log_file = log_file.replace("%n", node)
-    daemon.setup_logging(log_file, args.verbose)
+    try:
+        daemon.setup_logging(log_file, args.verbose)
+    except daemon.UnsafePath as exc:
+        print(f"rmsd: error: {exc}", file=sys.stderr)
+        return 1
     from rmsbatch.node.daemon import NodeDaemon
     if args.stop_jobs:
         n = NodeDaemon.__new__(NodeDaemon)
@@ -52,20 +56,23 @@ def main(argv=None) -> int:
         if os.path.isdir(n.jobs_dir):
             print(f"rmsd: cancelled {n.stop_jobs()} running job(s) on {node}")
         return 0
+    pid_file = cfg.path(nd_cfg.pid_file).replace("%n", node) if nd_cfg.pid_file else None
     try:
         lock = daemon.take_lock(os.path.join(cfg.node_state_dir, node, "rmsd.lock"),
                                 f"rmsd is already running for node {node}")
-    except daemon.AlreadyRunning as exc:
+        daemon.write_pid_file(pid_file)
+    except (daemon.AlreadyRunning, daemon.UnsafePath) as exc:
         print(f"rmsd: error: {exc}", file=sys.stderr)
         return 1
-    pid_file = cfg.path(nd_cfg.pid_file).replace("%n", node) if nd_cfg.pid_file else None
-    daemon.write_pid_file(pid_file)
     notice = daemon.unprivileged_notice("rmsd")
     if notice:
         log.warning("%s", notice)
+    from rmsbatch.net.loop import Limits, Loop
     try:
-        nodedaemon = NodeDaemon(cfg, node)
-    except ValueError as exc:
+        # Only root and rmsd's own uid reach the notify socket (mode 0600): the limits
+        # that matter there are the size of a message and the time to send it.
+        nodedaemon = NodeDaemon(cfg, node, Loop(Limits(server="rmsd", where=None)))
+    except (ValueError, daemon.UnsafePath) as exc:
         print(f"rmsd: error: {exc}", file=sys.stderr)
         log.error("%s", exc)
         return 1
