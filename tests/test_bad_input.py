@@ -6,6 +6,7 @@ import signal
 import time
 
 import pytest
+from conftest import wait_for
 
 
 def job_count(cluster) -> int:
@@ -121,14 +122,44 @@ def test_no_controller_is_a_clear_error(tmp_path):
     assert result.stderr.startswith("rq: error: no cluster configuration")
 
 
-def test_cancel_with_signal(cluster):
+def test_signal_the_batch_shell_with_batch(cluster):
     job_id = cluster.submit("--wrap", "trap 'echo got USR1; exit 0' USR1; sleep 30 & wait")
     cluster.wait_state(job_id, "RUNNING")
     time.sleep(0.5)   # let the shell install its trap
-    cluster.run("rcancel", "--signal=USR1", str(job_id), check=True)
+    cluster.run("rcancel", "--batch", "--signal=USR1", str(job_id), check=True)
     job = cluster.wait_ended(job_id, timeout=15)
     assert job["state"] == "COMPLETED"
     assert "got USR1" in open(os.path.join(cluster.work, f"rms-{job_id}.out")).read()
+
+
+CHECKPOINTER = ("import signal, sys, time\n"
+                "signal.signal(signal.SIGUSR1, lambda *a: (print('checkpoint', flush=True), "
+                "sys.exit(0)))\n"
+                "print('ready', flush=True)\n"
+                "time.sleep(30)\n")
+
+
+def test_signal_reaches_the_job_but_not_its_batch_shell(cluster):
+    """rcancel -s USR1 (as scancel without -b/-f): the program gets it, the shell
+    (which would die of an untrapped USR1) does not, and the job goes on."""
+    script = os.path.join(cluster.work, "ckpt.py")
+    with open(script, "w") as fh:
+        fh.write(CHECKPOINTER)
+    job_id = cluster.submit("--wrap", f"python3 {script}; echo shell still here")
+    out = os.path.join(cluster.work, f"rms-{job_id}.out")
+    wait_for(lambda: os.path.exists(out) and "ready" in open(out).read(), 15, "the program")
+    result = cluster.run("rcancel", "-s", "USR1", str(job_id))
+    assert result.returncode == 0, result.stderr
+    job = cluster.wait_ended(job_id, timeout=15)
+    assert job["state"] == "COMPLETED", job
+    assert open(out).read().split() == ["ready", "checkpoint", "shell", "still", "here"]
+
+
+def test_batch_or_full_needs_a_signal(cluster):
+    result = cluster.run("rcancel", "-b", "1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "rcancel: error: -b/--batch says who gets a signal: give the signal with -s/--signal")
 
 
 def test_cancel_by_filters(cluster):

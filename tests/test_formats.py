@@ -309,7 +309,7 @@ def test_rq_body(monkeypatch, capsys):
 
 
 def test_rq_asks_only_for_fields_the_controller_has():
-    from rmsbatch.ctld.service import PROJECTABLE
+    from rmsbatch.ctld.records import PROJECTABLE
     for name in jobfields.JOB_FIELDS:
         layout = jobfields.job_layout(name)
         keys = rq.projection(layout)
@@ -326,7 +326,7 @@ def test_every_field_says_what_it_reads():
 
 
 def test_rsacct_asks_only_for_what_it_shows():
-    from rmsbatch.ctld.service import PROJECTABLE
+    from rmsbatch.ctld.records import PROJECTABLE
     for name in jobfields.SACCT_FIELDS:
         args = rsacct.parse_args(["-o", name], now=NOW)
         keys = args.layout.reads()
@@ -684,7 +684,9 @@ def test_rcancel_request(monkeypatch):
     monkeypatch.setattr(arguments, "current_user", lambda: "carol")
     assert rcancel.request(rcancel.parse_args(["42", "43,44"])) == {"ids": [42, 43, 44]}
     assert rcancel.request(rcancel.parse_args(["--me", "-t", "PD", "-s", "USR1"])) == {
-        "users": ["carol"], "states": ["PENDING"], "signal": "SIGUSR1"}
+        "users": ["carol"], "states": ["PENDING"], "signal": "SIGUSR1", "scope": "children"}
+    assert rcancel.request(rcancel.parse_args(["-b", "-s", "USR1", "42"]))["scope"] == "batch"
+    assert rcancel.request(rcancel.parse_args(["--full", "-s", "USR1", "42"]))["scope"] == "full"
     assert rcancel.request(rcancel.parse_args(
         ["-u", "bob", "-A", "ml", "-p", "gpu", "-n", "sweep"])) == {
         "users": ["bob"], "accounts": ["ml"], "partitions": ["gpu"], "names": ["sweep"]}

@@ -3,6 +3,7 @@ gets what it was allocated and nothing else, and cannot hurt its neighbours."""
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -14,16 +15,22 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="cgroups need root")
 ROOT = "/sys/fs/cgroup"
 
 
-def job_cgroups() -> list[str]:
-    """Job cgroup directories rmsbatch has left anywhere on the host."""
+def job_cgroups(under: str = "") -> list[str]:
+    """Job cgroup directories rmsbatch has left on the host (under one cluster's
+    parent, `rmsbatch/<cluster>_<node>_<hash>`, when given)."""
     found = []
     layout = cgroup.detect()
     roots = list(layout.v1.values()) + ([layout.v2] if layout.v2 else [])
     for root in roots:
-        parent = os.path.join(root, cgroup.DEFAULT_PARENT)
-        if os.path.isdir(parent):
-            found += [os.path.join(parent, d) for d in os.listdir(parent) if d.startswith("job_")]
+        base = os.path.join(root, under or cgroup.DEFAULT_PARENT)
+        for parent, dirs, _ in os.walk(base):
+            found += [os.path.join(parent, d) for d in dirs if d.startswith("job_")]
     return found
+
+
+def cluster_parent(cluster) -> str:
+    from rmsbatch.node.isolation import cgroup_parent
+    return cgroup_parent("local", cluster.node, os.path.join(cluster.dir, "state", cluster.node))
 
 
 def out(cluster, job_id) -> str:
@@ -130,7 +137,7 @@ def test_cancelled_job_with_many_children_leaves_nothing(cluster):
     alive = [p for p in open(pids).read().split() if os.path.exists(f"/proc/{p}")
              and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
     assert not alive
-    assert not job_cgroups()
+    assert not job_cgroups(cluster_parent(cluster))
 
 
 def test_job_cannot_escape_or_raise_its_limits(cluster, users):
@@ -149,7 +156,9 @@ def test_job_cannot_escape_or_raise_its_limits(cluster, users):
     text = out(cluster, job_id)
     assert "escaped" not in text and "raised" not in text and "nested" not in text
     first, *_, last = text.split()
-    assert "rmsbatch/job_" in first and first.split(":")[-1] in last
+    # under this cluster's and node's own parent, never a bare rmsbatch/job_N
+    assert re.search(r"/rmsbatch/local_[^/]+_[0-9a-f]{8}/job_\d+\.0$", first), first
+    assert first.split(":")[-1] in last
 
 
 def test_job_record_says_what_was_applied(cluster):

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from rmsbatch import config
+from rmsbatch.node import launch
 from rmsbatch.node.daemon import NodeDaemon
 
 CLUSTER = """
@@ -62,13 +63,13 @@ def job(gpus, cpus=1):
 
 def test_cpuset_comes_from_the_gpus_numa_node(daemon):
     # GPU 0 is local to CPU 1, GPU 1 to CPU 0: a one-CPU job gets the CPU of its GPU
-    assert daemon.isolation(job([0]), "7.0")["cpus"] == [1]
-    assert daemon.isolation(job([1]), "8.0")["cpus"] == [0]
-    assert daemon.isolation(job([0]), "9.0")["why_no_cpuset"].startswith("0 of the host's 2")
+    assert launch.isolation(daemon, job([0]), "7.0")["cpus"] == [1]
+    assert launch.isolation(daemon, job([1]), "8.0")["cpus"] == [0]
+    assert launch.isolation(daemon, job([0]), "9.0")["why_no_cpuset"].startswith("0 of the host's 2")
 
 
 def test_fence_lists_every_accelerator_file_and_allows_the_job_s(daemon):
-    spec = daemon.isolation(job([1, 3]), "7.0")
+    spec = launch.isolation(daemon, job([1, 3]), "7.0")
     assert spec["devices"] == ["/dev/tty30", "/dev/tty31", "/dev/tty32", "/dev/tty33"]
     assert spec["allowed"] == ["/dev/tty31", "/dev/tty33"]
 
@@ -77,12 +78,12 @@ def test_fence_lists_every_accelerator_file_and_allows_the_job_s(daemon):
 def test_visibility_per_variable(daemon, fenced, cuda, npu, monkeypatch):
     monkeypatch.setattr(NodeDaemon, "fenced", property(lambda self: fenced))
     import pwd
-    env = daemon.environment(job([1, 3]), pwd.getpwuid(os.getuid()))
+    env = launch.environment(daemon, job([1, 3]), pwd.getpwuid(os.getuid()))
     # the submit environment's CUDA_VISIBLE_DEVICES is never inherited
     assert env["CUDA_VISIBLE_DEVICES"] == cuda and env["NPU_VISIBLE_DEVICES"] == npu
     assert env["RMS_JOB_GPUS"] == "1,3" and env["RMS_GPUS_ON_NODE"] == "2"
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
-    none = daemon.environment(job([]), pwd.getpwuid(os.getuid()))
+    none = launch.environment(daemon, job([]), pwd.getpwuid(os.getuid()))
     assert none["CUDA_VISIBLE_DEVICES"] == "" and none["NPU_VISIBLE_DEVICES"] == ""
 
 

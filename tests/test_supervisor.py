@@ -135,7 +135,7 @@ def test_completed_output_pidfile_and_log(world):
     assert res["state"] == "COMPLETED" and res["exit_code"] == 0 and res["signal"] == 0
     assert res["job_id"] == 42 and res["reason"] == ""
     assert set(res) == {"job_id", "state", "exit_code", "signal", "start_time", "end_time",
-                        "max_rss_kb", "total_cpu_s", "reason", "protections"}
+                        "max_rss_kb", "total_cpu_s", "reason", "protections", "launch_failed"}
     assert res["start_time"] <= res["end_time"] <= time.time()
     assert res["max_rss_kb"] > 0 and res["total_cpu_s"] >= 0
     out = world / "work" / "rms-42.out"             # default pattern, both streams

@@ -19,7 +19,10 @@ EXAMPLES = """
   rcancel 42 43,44              cancel three jobs
   rcancel --me -t PD            cancel all your pending jobs
   rcancel -u $USER -n sweep     cancel your jobs named "sweep"
-  rcancel -s USR1 42            send SIGUSR1 to job 42's processes; it keeps running
+  rcancel -s USR1 42            send SIGUSR1 to job 42's processes but not to its
+                                batch shell: the job keeps running
+  rcancel -b -s USR1 42         send SIGUSR1 to the batch shell only (it may trap it)
+  rcancel -f -s TERM 42         send SIGTERM to the batch shell and all its processes
 """
 
 
@@ -58,7 +61,13 @@ def build_parser() -> CommandParser:
                      type=comma_list, metavar="NAME[,...]")
     act = parser.add_argument_group("what to do")
     act.add_argument("-s", "--signal", type=parse_signal, metavar="SIGNAL",
-                     help="send this signal (name or number) instead of cancelling")
+                     help="send this signal (name or number) instead of cancelling; it goes "
+                          "to the job's processes but not to its batch shell, unless -b or -f")
+    who = act.add_mutually_exclusive_group()
+    who.add_argument("-b", "--batch", action="store_true",
+                     help="with --signal: signal the batch shell only")
+    who.add_argument("-f", "--full", action="store_true",
+                     help="with --signal: signal the batch shell and all the job's processes")
     talk = act.add_mutually_exclusive_group()
     talk.add_argument("-q", "--quiet", action="store_true",
                       help="do not print errors (the exit status still reports them)")
@@ -76,6 +85,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not (args.ids or args.users or args.me or args.accounts or args.partitions
             or args.states or args.names):
         parser.error("name the jobs to cancel: job ids, or filters such as --me or -u USER")
+    if (args.batch or args.full) and not args.signal:
+        parser.error(f"{'-b/--batch' if args.batch else '-f/--full'} says who gets a signal: "
+                     "give the signal with -s/--signal")
     return args
 
 
@@ -83,6 +95,7 @@ def request(args: argparse.Namespace) -> dict:
     fields = job_filters(args, ("ids", "accounts", "partitions", "states", "names"))
     if args.signal:
         fields["signal"] = args.signal
+        fields["scope"] = "batch" if args.batch else "full" if args.full else "children"
     return fields
 
 

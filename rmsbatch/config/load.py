@@ -128,7 +128,28 @@ def _read(directory: str, filename: str, model):
         raise ConfigError(f"{path}: {key}: {msg}{more}") from None
 
 
+def _expand(text: str, path: str, key: str) -> list[str]:
+    try:
+        return hostlist.expand(text)
+    except hostlist.HostlistError as exc:
+        raise ConfigError(f"{path}: {key}: {exc} (write host lists such as "
+                          "gpu[001-004,010])") from None
+
+
 def load(directory: str) -> Config:
+    """The configuration in `directory`, checked as a whole. Every problem is one
+    ConfigError naming the file and the key: a daemon reloading on SIGHUP keeps its
+    old configuration rather than die of a typo."""
+    try:
+        return _load(directory)
+    except ConfigError:
+        raise
+    except Exception as exc:   # noqa: BLE001 - a check we did not foresee: still one line
+        raise ConfigError(f"{os.path.abspath(directory)}: cannot load the configuration: "
+                          f"{type(exc).__name__}: {exc}") from None
+
+
+def _load(directory: str) -> Config:
     directory = os.path.abspath(directory)
     cluster = _read(directory, "cluster.toml", ClusterFile)
     tenants = _read(directory, "tenants.toml", TenantsFile)
@@ -137,10 +158,11 @@ def load(directory: str) -> Config:
 
     nodes: dict[str, NodeDef] = {}
     for i, group in enumerate(cluster.nodes):
-        names = hostlist.expand(group.names)
+        names = _expand(group.names, cfile, f"nodes.{i}.names")
         gpus: list[GpuDef] = []
         for j, g in enumerate(group.gpus):
-            files = hostlist.expand(g.files) if g.files else [None] * g.count
+            files = _expand(g.files, cfile, f"nodes.{i}.gpus.{j}.files") if g.files \
+                else [None] * g.count
             if len(files) != g.count:
                 raise ConfigError(f"{cfile}: nodes.{i}.gpus.{j}.files: names {len(files)} "
                                   f"device files but count is {g.count}")
@@ -159,7 +181,8 @@ def load(directory: str) -> Config:
     for i, part in enumerate(cluster.partitions):
         if part.name in partitions:
             raise ConfigError(f"{cfile}: partitions.{i}.name: partition {part.name} is declared twice")
-        members = list(nodes) if part.nodes.upper() == "ALL" else hostlist.expand(part.nodes)
+        members = list(nodes) if part.nodes.upper() == "ALL" else \
+            _expand(part.nodes, cfile, f"partitions.{i}.nodes")
         unknown = [n for n in members if n not in nodes]
         if unknown:
             raise ConfigError(f"{cfile}: partitions.{i}.nodes: unknown node(s) "

@@ -57,7 +57,14 @@ class ControllerSection(_Model):
     log_file: str | None = None
     pid_file: str | None = None
     heartbeat_interval: float = 5.0   # seconds between node heartbeats
-    node_timeout: float = 30.0        # seconds of silence before a node is DOWN
+    node_timeout: float = 30.0        # seconds of silence before a node gets no new work
+    node_fail_timeout: float = 300.0  # seconds of silence before a node is DOWN
+    # A running job's lease (see rmsd(8)): renewed by its node daemon's heartbeats, or
+    # by its supervisor while the node daemon is away; a supervisor that cannot renew
+    # kills its job when it runs out, and the controller gives the job up as lost
+    # (requeue or NODE_FAIL) lease_margin seconds later.
+    job_lease: float = 20.0
+    lease_margin: float = 5.0
     kill_grace: int = 30              # seconds between SIGTERM and SIGKILL
     default_mem_per_cpu: int | str = 1024   # MB per CPU when a job gives no --mem
     max_jobs: int = 200_000           # active jobs the controller accepts
@@ -88,7 +95,8 @@ class ControllerSection(_Model):
             raise ValueError("must be at least 1")
         return v
 
-    @field_validator("heartbeat_interval", "node_timeout", "request_timeout")
+    @field_validator("heartbeat_interval", "node_timeout", "request_timeout", "job_lease",
+                     "lease_margin", "node_fail_timeout")
     @classmethod
     def _positive(cls, v):
         if v <= 0:
@@ -102,6 +110,13 @@ class ControllerSection(_Model):
             raise ValueError(f"node_timeout ({self.node_timeout:g} s) must be at least twice "
                              f"heartbeat_interval ({self.heartbeat_interval:g} s), or nodes "
                              "flap between up and down")
+        if self.node_fail_timeout < self.node_timeout:
+            raise ValueError(f"node_fail_timeout ({self.node_fail_timeout:g} s) must be at least "
+                             f"node_timeout ({self.node_timeout:g} s)")
+        if self.job_lease < 3 * self.heartbeat_interval:
+            raise ValueError(f"job_lease ({self.job_lease:g} s) must be at least three times "
+                             f"heartbeat_interval ({self.heartbeat_interval:g} s), or a late "
+                             "heartbeat kills jobs")
         if self.max_buffered_per_user < self.max_request:
             raise ValueError(f"max_buffered_per_user ({self.max_buffered_per_user}M) must be at "
                              f"least max_request ({self.max_request}M)")
@@ -115,7 +130,17 @@ class NodeDaemonSection(_Model):
     log_file: str | None = None
     pid_file: str | None = None
     pids_max: int = 4096               # processes per job (cgroup pids controller)
-    isolation: Literal["auto", "off"] = "auto"   # cgroups and device fencing per job
+    # Cgroups and device fencing per job. auto: as root, a job whose protections cannot
+    # be applied does not run (the node is drained, the job requeued); best-effort: it
+    # runs with what could be applied, and its record says what was missing; off: none.
+    isolation: Literal["auto", "best-effort", "off"] = "auto"
+    # What a job inherits from its submitter (as Slurm's PropagateResourceLimits): the
+    # umask, and these soft resource limits. MEMLOCK is left out: a login node's small
+    # locked-memory limit breaks RDMA and NCCL on compute nodes.
+    propagate_umask: bool = True
+    propagate_rlimits: list[Literal["CORE", "CPU", "DATA", "FSIZE", "MEMLOCK", "NOFILE",
+                                    "NPROC", "RSS", "STACK", "AS"]] = [
+        "CORE", "CPU", "DATA", "FSIZE", "NOFILE", "NPROC", "RSS", "STACK", "AS"]
     # The accelerator monitor (rmsbatch.node.devices.monitor): telemetry and health.
     gpu_monitor: bool = True
     gpu_sample_interval: float = 5.0   # seconds; NVML holds a driver lock, so not faster than 1

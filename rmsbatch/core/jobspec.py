@@ -52,7 +52,11 @@ FIELDS: tuple = (
     ('export', "ALL"),  # as given to --export, for the record
     ('environment', dict),  # the job's env, resolved by rsub
     ('requeue', False),
+    ('umask', None),  # the submitter's umask (the job's files get the same modes)
+    ('rlimits', None),  # the submitter's resource limits: {"NOFILE": [soft, hard], ...}
 )
+RLIMIT_NAMES = ("CORE", "CPU", "DATA", "FSIZE", "MEMLOCK", "NOFILE", "NPROC", "RSS", "STACK",
+                "AS")
 
 
 class JobSpec:
@@ -149,6 +153,16 @@ class JobSpec:
         size = sum(len(k) + len(v) + 2 for k, v in self.environment.items())
         if size > MAX_ENV_BYTES:
             raise SpecError(f"environment is larger than {MAX_ENV_BYTES // 1024} KiB")
+        if self.umask is not None:
+            _check_int("umask", self.umask, minimum=0, maximum=0o777)
+        if self.rlimits is not None:
+            if not isinstance(self.rlimits, dict) or set(self.rlimits) - set(RLIMIT_NAMES):
+                raise SpecError(f"rlimits: expected limits named {', '.join(RLIMIT_NAMES)}")
+            for name, pair in self.rlimits.items():
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise SpecError(f"rlimits.{name}: expected [soft, hard]")
+                for value in pair:      # -1: unlimited
+                    _check_int(f"rlimits.{name}", value, minimum=-1, maximum=(1 << 63) - 1)
         set_mem = [k for k in ("mem_mb", "mem_per_cpu_mb", "mem_per_gpu_mb")
                    if getattr(self, k) is not None]
         if len(set_mem) > 1:

@@ -94,7 +94,6 @@ def loop_limits(cfg):
 
 
 def run(ctl, loop, signals, spool, conf_dir) -> None:
-    from rmsbatch import config as configmod
     last_check = time.time()
     limits_of = ctl.config
     while not signals.stop:
@@ -103,32 +102,50 @@ def run(ctl, loop, signals, spool, conf_dir) -> None:
             loop.limits = loop_limits(limits_of)
         messages = loop.poll(0 if ctl.needs_pass else 1.0)
         if messages:
-            replies = []
-            with spool.transaction():
-                for conn, msg in messages:
-                    reply = ctl.handle(conn, msg)
-                    if reply is not None:
-                        replies.append((conn, reply))
-            for conn, reply in replies:
+            for conn, reply in ctl.handle_batch(messages):
                 loop.send(conn, reply)
             ctl.flush()
         for conn in loop.closed:
             ctl.connection_closed(conn)
         loop.closed.clear()
         if ctl.needs_pass:
-            ctl.schedule()
-            ctl.flush()
+            _guarded(ctl, ctl.schedule)
         now = time.time()
         if now - last_check >= 1.0:
             last_check = now
-            ctl.check_nodes(now)
-            ctl.flush()
+            _guarded(ctl, ctl.check_nodes, now)
         if signals.reload:
             signals.reload = False
-            try:
-                ctl.reconfigure(configmod.load(conf_dir))
-            except configmod.ConfigError as exc:
-                log.error("configuration not reloaded (keeping the old one): %s", exc)
+            reload(ctl, conf_dir)
+
+
+def _guarded(ctl, step, *args) -> None:
+    """A pass or a check that cannot write the spool (a full disk) changes nothing and
+    is tried again a second later; the controller keeps answering meanwhile."""
+    import sqlite3
+    try:
+        step(*args)
+    except sqlite3.Error as exc:
+        log.error("spool %s: cannot write (%s): retrying in 1 s", ctl.spool.path, exc)
+        ctl.outbox.clear()
+        ctl.restore()
+        ctl.backoff_until = time.time() + 1.0
+        return
+    ctl.flush()
+
+
+def reload(ctl, conf_dir: str) -> None:
+    """SIGHUP: the new configuration, or the old one and a line in the log saying why."""
+    from rmsbatch import config as configmod
+    from rmsbatch.ctld.requests import RequestError
+    try:
+        config = configmod.load(conf_dir)
+        with ctl.spool.transaction():
+            ctl.reconfigure(config)
+    except (configmod.ConfigError, RequestError) as exc:
+        log.error("configuration not reloaded (keeping the old one): %s", exc)
+    except Exception:   # noqa: BLE001 - a reload must never take the controller down
+        log.exception("configuration not reloaded (keeping the old one)")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,10 @@ class CgroupError(RuntimeError):
 # --------------------------------------------------------------------------
 # file primitives (module-level so tests can substitute a fake kernel)
 
+class CgroupExists(CgroupError):
+    """The job's cgroup directory exists already."""
+
+
 def _mkdir(path: str) -> None:
     os.mkdir(path, 0o755)
     os.chmod(path, 0o755)           # independent of the umask; never chowned
@@ -425,7 +429,13 @@ class JobCgroup:
                 _mkdir(job)
                 made.append(job)
             except FileExistsError:
-                pass            # left from a previous incarnation: reuse
+                # Someone else's (another cluster on this host), or a crashed run's that
+                # the node daemon's start-up sweep had not removed: never adopted.
+                raise CgroupExists(f"{job} already exists: not ours to use (another "
+                                   "cluster on this host, or a leftover: remove it "
+                                   "if it is empty)", job) from None
+        except CgroupExists:
+            raise
         except (OSError, CgroupError) as e:
             needs = self._needs_of(key)
             reason = f"{key} hierarchy unusable: {e}"

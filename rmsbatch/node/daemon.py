@@ -1,31 +1,37 @@
-"""The node daemon service: registers the node, launches and stops jobs.
+"""The node daemon service: registers the node, launches and stops jobs, keeps their
+leases.
 
-Each job runs under its own supervisor (rmsbatch.node.supervisor) in a job
-directory `<state_dir>/jobs/<id>/`. The directory is the node's record of the
-job: creating it is the launch's point of no return (mkdir is atomic, so a
-job is never launched twice), the supervisor writes `outcome.json` there when
-the job ends, and the directory is removed only once the controller has
-acknowledged the outcome. So rmsd can be killed at any moment: on restart it
-reads the directories back, reports what ended meanwhile, and carries on.
+Each run of a job lives in a job directory (rmsbatch.node.jobdir) under its own
+supervisor (rmsbatch.node.supervisor), which outlives rmsd. So rmsd can be killed or
+restarted at any moment: on start it reads the directories back, sweeps the cgroups
+of runs that are gone, reports what ended meanwhile, and carries on.
+
+Liveness of a run comes from its supervisor's lock and its job cgroup, never from a
+pid in a file: a run whose supervisor died while its processes live is killed through
+its cgroup before its end is reported, so its GPUs are never given to another job
+while it still holds them. Orders reach a job through its supervisor's control socket.
+
+Leases (rmsbatch.ctld.leases): every heartbeat lists the runs this node supervises;
+rmsctld renews their leases and rmsd writes the new deadline to
+`<state_dir>/<node>/leases.json`, which each supervisor watches.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import pwd
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 
-from rmsbatch.node import supervisor
 from rmsbatch.config import Config
+from rmsbatch.net.loop import Conn, Loop
+from rmsbatch.node import launch as launching
 from rmsbatch.node.devices import discovery, record
 from rmsbatch.node.devices.usage import GpuUsage
-from rmsbatch.net.loop import Conn, Loop
+from rmsbatch.node.isolation import cgroup_parent
+from rmsbatch.node.jobdir import (JobDir, SupervisorGone, parse_run, read_json,
+                                  write_json)
+from rmsbatch.node.monitorlink import MonitorLink
 
 log = logging.getLogger("rmsbatch.noded")
 
@@ -36,44 +42,12 @@ except ImportError:
 # What every forked supervisor uses to isolate its job: imported here once, not by each
 # supervisor (devfilter alone costs a launch ~10 ms of CPU).
 from rmsbatch.node import cgroup as _cgroup, devfilter as _devfilter  # noqa: E402,F401
+from rmsbatch.node import lease as _lease  # noqa: E402,F401
 
-VISIBILITY_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
-                   "ZE_AFFINITY_MASK", "GPU_DEVICE_ORDINAL")
-# Telemetry forwarded to rmsctld with each heartbeat (process lists stay on the node).
-TELEMETRY_KEYS = ("util_pct", "mem_used_mb", "power_w", "temp_c", "sm_clock_mhz", "thermal",
-                  "ecc_uncorrected")
-MONITOR_BACKOFF_S = (1, 5, 30, 60)
-MONITOR_SILENCE_S = 60      # a monitor quiet for longer than this (and 5 intervals) is stuck
+LaunchError = launching.LaunchError
 
 
-def _write_json(path: str, data: dict, mode: int = 0o600) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.rename(tmp, path)
-
-
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    """True if pid runs and is not a zombie (orphans may be left unreaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return False
-
-
-class NodeDaemon:
+class NodeDaemon(MonitorLink):
     def __init__(self, config: Config, node: str, loop: Loop | None = None):
         if node not in config.nodes:
             raise ValueError(f"node {node!r} is not in {config.directory}/cluster.toml "
@@ -84,55 +58,75 @@ class NodeDaemon:
         self.state_dir = os.path.join(config.node_state_dir, node)
         self.jobs_dir = os.path.join(self.state_dir, "jobs")
         self.notify_path = os.path.join(self.state_dir, "rmsd.sock")
+        self.lease_path = os.path.join(self.state_dir, "leases.json")
         self.privileged = os.geteuid() == 0
         self.controller: Conn | None = None
         self.next_connect = 0.0
         self.backoff = 0.1
         self.last_heartbeat = 0.0
         self.last_scan = 0.0
-        self.unacked: dict[int, float] = {}  # job id -> when its outcome was last sent
-        self.isolation_mode = config.cluster.node_daemon.isolation
-        self.layout = None
-        if self.privileged and self.isolation_mode != "off":
-            from rmsbatch.node import cgroup
-            try:
-                self.layout = cgroup.detect()
-            except Exception as exc:   # noqa: BLE001 - jobs run without cgroups then
-                log.warning("node %s: no cgroups: %s", node, exc)
+        self.unacked: dict[str, float] = {}  # run -> when its outcome was last sent
+        self.hello_ended: list[str] = []
+        self.registered = False
+        self.heartbeat_seq = 0
+        self.gpus: discovery.Inventory | None = None
         # Jobs running as their users must be able to reach their own job dir.
         from rmsbatch.core.daemon import ensure_dir
         for d in (config.node_state_dir, self.state_dir, self.jobs_dir):
             ensure_dir(d, 0o711)
+        self.derive()
         self.loop.listen(self.notify_path, "notify", mode=0o600)
         self.host_cpus = sorted(os.sched_getaffinity(0))
         self.cpus_in_use: dict[str, list[int]] = {}
         self.gpu_usage: dict[str, GpuUsage] = {}
         for run in self.runs():
-            job = _read_json(os.path.join(self.job_dir(run), "job.json")) or {}
+            job = read_json(os.path.join(self.job_dir(run), "job.json")) or {}
             spec = job.get("isolation")
             if spec and spec.get("cpus"):
                 self.cpus_in_use[run] = spec["cpus"]
             if job.get("gpus"):
                 self.gpu_usage[run] = GpuUsage.load(self.job_dir(run), job["gpus"])
+        self.sweep_cgroups()
         # Accelerators: declared ones are known now; detected ones when the monitor
         # reports, and rmsd registers only then (or when discovery times out).
-        nd = config.nodes[node]
-        ndc = config.cluster.node_daemon
+        self.discovery_deadline = time.time() + config.cluster.node_daemon.gpu_discovery_timeout
+        self.init_monitor()
+
+    def derive(self) -> None:
+        """What the daemon derives from its configuration: at start and on reload."""
+        nd = self.config.nodes[self.node]
+        self.isolation_mode = self.config.cluster.node_daemon.isolation
+        self.cgroup_parent = cgroup_parent(self.config.cluster.name, self.node, self.state_dir)
+        self.layout = None
+        self.isolation_problem = ""
+        if self.privileged and self.isolation_mode != "off":
+            from rmsbatch.node import cgroup
+            try:
+                self.layout = cgroup.detect()
+            except Exception as exc:   # noqa: BLE001 - said below, and on the node
+                self.isolation_problem = f"no usable cgroups: {exc}"
+            else:
+                lacking = [n for n in ("memory", "pids", "kill")
+                           if self.layout.mechanisms.get(n) in (None, "signal")]
+                if lacking:
+                    self.isolation_problem = (f"cgroups lack {', '.join(lacking)} (mounted "
+                                              "controllers: "
+                                              f"{', '.join(sorted(self.layout.v1)) or 'none'})")
+            if self.isolation_problem:
+                log.warning("node %s: %s", self.node, self.isolation_problem)
         self.gpu_mode = nd.gpu_detect
-        self.gpus: discovery.Inventory | None = (
-            discovery.static_inventory(nd.gpus) if self.gpu_mode == "static" else None)
-        self.discovery_deadline = time.time() + ndc.gpu_discovery_timeout
-        self.monitor: subprocess.Popen | None = None
-        self.monitor_conn: Conn | None = None
-        self.monitor_idle = ""
-        self.monitor_starts = 0
-        self.monitor_next_start = 0.0
-        self.monitor_heard = 0.0
-        self.telemetry: dict[str, dict] = {}
-        self.unhealthy: dict[str, dict] = {}
-        self.gpu_problems: list[str] = []
-        self.reported_health: str | None = None
-        self.health_seq = 0
+        if self.gpu_mode == "static":
+            self.gpus = discovery.static_inventory(nd.gpus)
+
+    def reload(self, config: Config) -> None:
+        """A new configuration: re-derive, and register again with what it says."""
+        if self.node not in config.nodes:
+            raise ValueError(f"node {self.node} is no longer in {config.directory}/cluster.toml")
+        self.config = config
+        self.derive()
+        if self.controller is not None and not self.controller.closed:
+            self.loop.close(self.controller)     # the next hello carries the new inventory
+        log.info("node %s: configuration reloaded", self.node)
 
     @property
     def protections(self) -> str:
@@ -145,7 +139,16 @@ class NodeDaemon:
         if self.layout is None:
             return "uid (no usable cgroups)"
         have = self.layout.available()
-        return "uid " + " ".join(f"{need}({how})" for need, how in have.items())
+        line = "uid " + " ".join(f"{need}({how})" for need, how in have.items())
+        if self.isolation_mode == "best-effort":
+            line += " [best-effort]"
+        missing = self.missing_device_files()
+        if missing:
+            line += f" (no device file: {', '.join(missing[:4])})"
+        return line
+
+    def missing_device_files(self) -> list[str]:
+        return [p for d in self.devices for p in d.device_files if not os.path.exists(p)]
 
     @property
     def fenced(self) -> bool:
@@ -156,37 +159,23 @@ class NodeDaemon:
     def devices(self) -> list[record.Accelerator]:
         return self.gpus.devices if self.gpus else []
 
-    def isolation(self, job: dict, run: str) -> dict | None:
-        """The limits the job's supervisor applies (job.json "isolation")."""
-        if self.isolation_mode == "off":
-            return None
-        alloc = job["alloc"]
-        nd = self.config.nodes[self.node]
-        every, allowed = record.device_files(self.devices, alloc["gpus"])
-        spec = {"mem_bytes": alloc["mem_mb"] * 1024 * 1024,
-                "pids_max": self.config.cluster.node_daemon.pids_max,
-                "devices": every, "allowed": allowed}
-        used = {c for cpus in self.cpus_in_use.values() for c in cpus}
-        free = [c for c in self.host_cpus if c not in used]
-        if alloc["cpus"] <= len(free):
-            # CPUs on the NUMA node of the job's accelerators first, then the rest
-            near = set(record.local_cpus(self.devices, alloc["gpus"]))
-            ordered = [c for c in free if c in near] + [c for c in free if c not in near]
-            spec["cpus"] = sorted(ordered[:alloc["cpus"]])
-            self.cpus_in_use[run] = spec["cpus"]
-        else:
-            spec["why_no_cpuset"] = (f"{len(free)} of the host's {len(self.host_cpus)} CPUs "
-                                     f"free for {alloc['cpus']} (node declares {nd.cpus})")
-        return spec
-
     def inventory(self) -> dict:
         nd = self.config.nodes[self.node]
         gpus = self.gpus or discovery.Inventory()
-        return {"cpus": nd.cpus, "mem_mb": nd.mem_mb, "features": list(nd.features),
-                "gpus": [d.to_dict() for d in gpus.devices], "gpu_mode": self.gpu_mode,
-                "gpu_problems": gpus.problems, "gpu_notes": gpus.notes,
-                "gpu_backends": gpus.backends, "protections": self.protections,
-                "pid": os.getpid()}
+        notes = list(gpus.notes)
+        missing = self.missing_device_files()
+        if missing:
+            notes.append(f"device file(s) missing, so not fenced: {', '.join(missing[:8])}")
+        inv = {"cpus": nd.cpus, "mem_mb": nd.mem_mb, "features": list(nd.features),
+               "gpus": [d.to_dict() for d in gpus.devices], "gpu_mode": self.gpu_mode,
+               "gpu_problems": gpus.problems, "gpu_notes": notes,
+               "gpu_backends": gpus.backends, "protections": self.protections,
+               "pid": os.getpid()}
+        if self.isolation_problem and self.isolation_mode == "auto":
+            inv["isolation_problem"] = self.isolation_problem
+        if not self.privileged:
+            inv["single_user_uid"] = os.geteuid()
+        return inv
 
     # -- job directories ------------------------------------------------------------
     # A run is one start of a job: a requeued job runs again under the same id,
@@ -195,42 +184,100 @@ class NodeDaemon:
         return os.path.join(self.jobs_dir, run)
 
     def runs(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.jobs_dir) if _parse_run(n))
+        return sorted(n for n in os.listdir(self.jobs_dir) if parse_run(n))
 
     def outcome(self, run: str) -> dict | None:
-        return _read_json(os.path.join(self.job_dir(run), "outcome.json"))
+        return JobDir(self.job_dir(run)).outcome()
 
-    def supervisor_pid(self, run: str) -> int | None:
-        try:
-            with open(os.path.join(self.job_dir(run), "supervisor.pid")) as fh:
-                return int(fh.read())
-        except (FileNotFoundError, ValueError):
+    def job_cgroup(self, run: str):
+        """The run's cgroups (which may not exist), or None without cgroups."""
+        if self.layout is None:
             return None
+        job_id, _ = parse_run(run)
+        return _cgroup.JobCgroup(job_id, self.layout, self.cgroup_parent, name=f"job_{run}")
 
-    def _ended_or_lost(self, run: str) -> dict | None:
-        """The run's outcome if it has ended, also when its supervisor died."""
-        out = self.outcome(run)
-        if out is None:
-            pid = self.supervisor_pid(run)
-            if pid is not None and _alive(pid):
-                return None
-            out = self.outcome(run)   # it may have finished writing just now
-        if out is None:
+    def sweep_cgroups(self) -> None:
+        """Remove the empty cgroups of runs this node no longer has (a crash)."""
+        if self.layout is None:
+            return
+        try:
+            removed = _cgroup.cleanup_stale(self.cgroup_parent, self.layout,
+                                            keep={f"job_{r}" for r in self.runs()})
+        except Exception as exc:   # noqa: BLE001 - a sweep is a nicety
+            log.warning("node %s: stale cgroup sweep failed: %s", self.node, exc)
+            return
+        if removed:
+            log.info("node %s: removed %d stale job cgroup(s)", self.node, len(removed))
+
+    def kill_run(self, run: str) -> bool:
+        """Kill what is left of a run without a supervisor: True once nothing of it lives."""
+        cg = self.job_cgroup(run)
+        if cg is not None:
+            if not cg.exists():
+                return True
+            empty = cg.kill()
+            if empty:
+                try:
+                    cg.remove()
+                except _cgroup.CgroupError as exc:
+                    log.warning("job %s: cgroup not removed: %s", run, exc)
+            return empty
+        # Without cgroups (single-user mode): the job's session, processes no older than it
+        info = JobDir(self.job_dir(run)).pid_info() or {}
+        sid, started = info.get("pid"), info.get("start_time")
+        if not isinstance(sid, int) or not isinstance(started, (int, float)):
+            return True
+        import psutil
+        alive = False
+        for proc in psutil.process_iter(["pid", "create_time"]):
             try:
-                if pid is None and time.time() - os.stat(self.job_dir(run)).st_mtime < 10:
-                    return None  # launch in progress
-            except FileNotFoundError:
+                if os.getsid(proc.pid) == sid and proc.info["create_time"] >= started - 1:
+                    proc.kill()
+                    alive = True
+            except (OSError, psutil.Error):
+                pass
+        return not alive
+
+    def ended_or_lost(self, run: str) -> dict | None:
+        """The run's outcome if it has ended, also when its supervisor died (then what is
+        left of the job is killed first); None while it runs."""
+        jd = JobDir(self.job_dir(run))
+        out = jd.outcome()
+        if out is None:
+            if jd.supervisor_alive():
                 return None
-            out = {"state": "FAILED", "exit_code": 1, "signal": 0,
-                   "end_time": time.time(), "reason": "job supervisor died (killed?)"}
-            _write_json(os.path.join(self.job_dir(run), "outcome.json"), out)
-        job_id, restart = _parse_run(run)
+            out = jd.outcome()   # it may have finished writing just now
+        if out is None:
+            if jd.pid_info() is None:
+                # The supervisor died (or rmsd did, mid-launch) before the job started:
+                # it never ran, so it is launched again (requeued), and no node is blamed.
+                self.kill_run(run)
+                out = {"state": "FAILED", "exit_code": 1, "signal": 0, "end_time": time.time(),
+                       "reason": "launch interrupted before the job started",
+                       "launch_failed": "launch interrupted before the job started",
+                       "node_fault": False}
+            else:
+                if not self.kill_run(run):
+                    log.warning("job %s: supervisor gone, job processes still dying", run)
+                    return None
+                out = {"state": "FAILED", "exit_code": 1, "signal": 0, "end_time": time.time(),
+                       "reason": "job supervisor died (killed?); the job was killed with it"}
+                log.warning("job %s: supervisor died; job killed", run)
+            jd.write_outcome(out)
+        job_id, restart = parse_run(run)
         return {**out, "job_id": job_id, "run": restart}
 
     # -- launching -------------------------------------------------------------------
     def launch(self, job: dict) -> None:
         job_id = job["job_id"]
         run = f"{job_id}.{job['restart_count']}"
+        until = job.get("lease_until")
+        if isinstance(until, (int, float)) and until <= time.time():
+            # The order waited past its lease (rmsd stopped, a slow link): rmsctld may be
+            # starting the job elsewhere already. Starting it here could run it twice.
+            log.warning("job %d: launch order arrived after its lease ran out: not started",
+                        job_id)
+            return
         jobdir = self.job_dir(run)
         try:
             os.mkdir(jobdir, 0o711)
@@ -239,142 +286,58 @@ class NodeDaemon:
             self._report_started(run)
             return
         try:
-            self._prepare(job, jobdir)
-        except LaunchError as exc:
-            log.error("job %d: launch failed: %s", job_id, exc)
-            _write_json(os.path.join(jobdir, "outcome.json"), {
-                "job_id": job_id, "state": "FAILED", "exit_code": 1, "signal": 0,
-                "start_time": time.time(), "end_time": time.time(), "reason": str(exc)})
+            launching.prepare(self, job, jobdir)
+            pid = launching.spawn_supervisor(jobdir)
+        except (LaunchError, OSError) as exc:
+            fault = getattr(exc, "node_fault", True)
+            why = str(exc) if isinstance(exc, LaunchError) else \
+                f"cannot set up the job directory {jobdir}: {exc.strerror or exc}"
+            log.error("job %d: launch failed: %s", job_id, why)
+            now = time.time()
+            try:
+                write_json(os.path.join(jobdir, "outcome.json"), {
+                    "job_id": job_id, "state": "FAILED", "exit_code": 1, "signal": 0,
+                    "start_time": now, "end_time": now, "reason": why,
+                    **({"launch_failed": why, "node_fault": True} if fault else {})})
+            except OSError as err:      # a full disk: say so without the file
+                log.error("job %d: cannot write its outcome: %s", job_id, err)
+                self.send({"op": "job_ended", "node": self.node, "outcome": {
+                    "job_id": job_id, "run": job["restart_count"], "state": "FAILED",
+                    "reason": why, "launch_failed": why, "node_fault": True}})
+                return
             self.report_outcome(run)
             return
-        pid = self._spawn_supervisor(jobdir)
-        with open(os.path.join(jobdir, "supervisor.pid"), "w") as fh:
-            fh.write(str(pid))
         log.info("job %d: launched for %s (supervisor pid %d)", job_id, job["user"], pid)
         self._report_started(run)
 
-    def _prepare(self, job: dict, jobdir: str) -> None:
-        user, uid, gid = job["user"], job["uid"], job["gid"]
-        try:
-            pw = pwd.getpwnam(user)
-        except KeyError:
-            raise LaunchError(f"user {user} does not exist on node {self.node}") from None
-        if pw.pw_uid != uid:
-            raise LaunchError(f"user {user} has uid {pw.pw_uid} on node {self.node} but "
-                              f"uid {uid} where the job was submitted")
-        if not self.privileged and uid != os.geteuid():
-            raise LaunchError(f"rmsd on {self.node} runs unprivileged as uid {os.geteuid()} "
-                              f"and cannot start jobs for {user}")
-        groups = os.getgrouplist(user, gid) if self.privileged else os.getgroups()
-        script = os.path.join(jobdir, "script")
-        fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o500)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(job["script"])
-        if self.privileged:
-            os.chown(script, uid, gid)
-        _write_json(os.path.join(jobdir, "job.json"), {
-            "job_id": job["job_id"], "name": job["name"], "user": user, "uid": uid,
-            "gid": gid, "groups": groups, "home": pw.pw_dir, "script_path": script,
-            "argv": job["argv"], "workdir": job["workdir"], "submit_dir": job["submit_dir"],
-            "output": job["output"], "error": job["error"],
-            "environment": self.environment(job, pw), "time_limit": job["time_limit"],
-            "kill_grace": job.get("kill_grace", 30), "node": self.node,
-            "notify_socket": self.notify_path, "array_job_id": None, "array_task_id": None,
-            "isolation": self.isolation(job, os.path.basename(jobdir)),
-            "gpus": list(job["alloc"]["gpus"]),
-        })
-        if job["alloc"]["gpus"]:
-            self.gpu_usage[os.path.basename(jobdir)] = GpuUsage(jobdir, job["alloc"]["gpus"])
-
-    def environment(self, job: dict, pw) -> dict[str, str]:
-        env = dict(job["environment"])
-        if job["export"].upper().startswith("NONE") or not env:
-            env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        env.setdefault("HOME", pw.pw_dir)
-        env.setdefault("USER", pw.pw_name)
-        env.setdefault("LOGNAME", pw.pw_name)
-        env.setdefault("SHELL", pw.pw_shell or "/bin/sh")
-        for var in VISIBILITY_VARS:
-            env.pop(var, None)   # never inherit another allocation's devices
-        alloc = job["alloc"]
-        ours = {
-            "JOB_ID": job["job_id"], "JOB_NAME": job["name"], "JOB_NODELIST": job["nodelist"],
-            "JOB_NUM_NODES": job["nodes"], "NNODES": job["nodes"],
-            "SUBMIT_DIR": job["submit_dir"], "SUBMIT_HOST": job["submit_host"],
-            "JOB_ACCOUNT": job["account"], "JOB_PARTITION": job["partition"],
-            "JOB_QOS": job["qos"], "JOB_USER": job["user"], "JOB_UID": job["uid"],
-            "NTASKS": job["ntasks"], "CPUS_PER_TASK": job["cpus_per_task"],
-            "CPUS_ON_NODE": alloc["cpus"], "MEM_PER_NODE": alloc["mem_mb"],
-            "NODENAME": self.node, "CLUSTER_NAME": job["cluster"],
-            "RESTART_COUNT": job["restart_count"], "NODEID": 0, "PROCID": 0, "LOCALID": 0,
-            "JOB_GPUS": ",".join(map(str, alloc["gpus"])),
-        }
-        for key, value in ours.items():
-            env[f"RMS_{key}"] = str(value)
-            env[f"SLURM_{key}"] = str(value)   # existing Slurm scripts keep working
-        env["SLURM_JOBID"] = env["RMS_JOBID"] = str(job["job_id"])
-        env["SLURM_NODELIST"] = job["nodelist"]
-        env["SLURMD_NODENAME"] = self.node
-        env["RMS_GPUS_ON_NODE"] = env["SLURM_GPUS_ON_NODE"] = str(len(alloc["gpus"]))
-        # Fenced, a job sees only its own devices, numbered from 0 as the vendor
-        # runtime will number them; unfenced, it sees all of them.
-        env.update(record.visibility(self.devices, alloc["gpus"], self.fenced))
-        return env
-
-    def _spawn_supervisor(self, jobdir: str) -> int:
-        # fork without exec: starting a fresh interpreter would add tens of
-        # milliseconds to every job's start. The child leaves rmsd's session,
-        # so it survives rmsd being killed.
-        pid = os.fork()
-        if pid:
-            return pid
-        try:
-            os.setsid()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
-                        signal.SIGUSR1, signal.SIGPIPE):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            os.closerange(3, 65536)
-            root = logging.getLogger()
-            for h in list(root.handlers):
-                root.removeHandler(h)
-            supervisor.main([jobdir])   # imported up front: the fork inherits it
-            os._exit(0)
-        except BaseException:
-            os._exit(1)
-
     def _report_started(self, run: str) -> None:
-        job_id, restart = _parse_run(run)
+        job_id, restart = parse_run(run)
         self.send({"op": "job_started", "node": self.node, "job_id": job_id, "run": restart,
                    "protections": self.protections})
 
-    # -- signals and cancel ----------------------------------------------------------
-    def cancel(self, run: str) -> None:
-        pid = self.supervisor_pid(run)
-        if pid is None or not _alive(pid):
-            if os.path.isdir(self.job_dir(run)):
-                self.report_outcome(run)
-            return
-        log.info("job %s: cancelling (supervisor pid %d)", run, pid)
-        os.kill(pid, signal.SIGTERM)
-
-    def signal_job(self, run: str, signum: int) -> None:
-        info = _read_json(os.path.join(self.job_dir(run), "pid"))
-        if not info:
-            log.warning("job %s: no process to signal", run)
+    # -- signals and cancel: through the supervisor ------------------------------------
+    def cancel(self, run: str, now: bool = False) -> None:
+        jd = JobDir(self.job_dir(run))
+        if not os.path.isdir(jd.path):
             return
         try:
-            os.killpg(info["pid"], signum)
-            log.info("job %s: sent signal %d", run, signum)
-        except ProcessLookupError:
-            pass
+            jd.control({"op": "cancel", "now": now})
+            log.info("job %s: cancelling%s", run, " now (superseded)" if now else "")
+        except SupervisorGone:
+            self.report_outcome(run)     # kills what is left, then reports
+
+    def signal_job(self, run: str, signum: int, scope: str = "children") -> None:
+        jd = JobDir(self.job_dir(run))
+        try:
+            reply = jd.control({"op": "signal", "signal": signum, "scope": scope})
+            log.info("job %s: signal %d to %s processes (%s)", run, signum,
+                     reply.get("signalled", 0), scope)
+        except SupervisorGone as exc:
+            log.warning("%s: signal %d not delivered", exc, signum)
 
     # -- reporting -------------------------------------------------------------------
     def report_outcome(self, run: str) -> None:
-        out = self._ended_or_lost(run)
+        out = self.ended_or_lost(run)
         if out is None:
             return
         usage = self.gpu_usage.get(run)
@@ -410,125 +373,6 @@ class NodeDaemon:
                 self.monitor.returncode = os.waitstatus_to_exitcode(status)
                 self._monitor_gone()
 
-    # -- the accelerator monitor ---------------------------------------------------------
-    def wants_monitor(self) -> bool:
-        ndc = self.config.cluster.node_daemon
-        if not ndc.gpu_monitor or self.monitor_idle:
-            return False
-        return self.gpu_mode != "static" or bool(self.config.nodes[self.node].gpus)
-
-    def start_monitor(self) -> None:
-        argv = [sys.executable, "-m", "rmsbatch.node.devices.monitor", "--conf-dir",
-                self.config.directory, "--node", self.node, "--socket", self.notify_path]
-        ndc = self.config.cluster.node_daemon
-        if ndc.log_file:
-            argv += ["--log-file", self.config.path(ndc.log_file).replace("%n", self.node)]
-        try:
-            self.monitor = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, close_fds=True)
-        except OSError as exc:
-            log.error("node %s: cannot start the accelerator monitor: %s", self.node, exc)
-            self._monitor_gone()
-            return
-        self.monitor_starts += 1
-        self.monitor_heard = time.time()
-        log.info("node %s: accelerator monitor started (pid %d)", self.node, self.monitor.pid)
-
-    def check_monitor(self, now: float) -> None:
-        """A monitor stuck in the driver (NVML calls can hang on a failing GPU) is killed
-        and started again; meanwhile the node says so."""
-        if self.monitor is None or self.monitor_idle:
-            return
-        limit = max(MONITOR_SILENCE_S, 5 * self.config.cluster.node_daemon.gpu_sample_interval)
-        if now - self.monitor_heard <= limit:
-            return
-        why = f"accelerator monitor silent for {int(now - self.monitor_heard)} s: restarted"
-        log.warning("node %s: %s", self.node, why)
-        self.gpu_problems = [why]
-        self.report_health()
-        try:
-            self.monitor.kill()
-        except OSError:
-            pass
-        self.monitor_heard = now     # reap() sees it go and schedules the restart
-
-    def _monitor_gone(self) -> None:
-        code = self.monitor.returncode if self.monitor is not None else None
-        self.monitor = None
-        if self.monitor_conn is not None:
-            self.loop.close(self.monitor_conn)
-            self.monitor_conn = None
-        if self.monitor_idle:
-            return
-        delay = MONITOR_BACKOFF_S[min(self.monitor_starts, len(MONITOR_BACKOFF_S)) - 1]
-        self.monitor_next_start = time.time() + delay
-        log.warning("node %s: accelerator monitor exited (%s); restarting in %d s",
-                    self.node, code, delay)
-
-    def on_monitor(self, conn: Conn, msg: dict) -> None:
-        op = msg.get("op")
-        self.monitor_heard = time.time()
-        if op == "monitor_hello":
-            conn.meta["monitor"] = True
-            self.monitor_conn = conn
-        elif op == "gpu_inventory":
-            self._monitor_inventory(msg)
-        elif op == "gpu_sample":
-            self.monitor_starts = min(self.monitor_starts, 1)     # it works: back off less
-            self._monitor_sample(msg)
-        elif op == "monitor_idle":
-            self.monitor_idle = str(msg.get("why") or "idle")
-            log.info("node %s: accelerator monitor stops: %s", self.node, self.monitor_idle)
-
-    def _monitor_inventory(self, msg: dict) -> None:
-        if self.gpu_mode == "static":
-            return
-        inv = discovery.Inventory.from_dict(msg.get("inventory") or {})
-        changed = self.gpus is None or [d.to_dict() for d in inv.devices] != \
-            [d.to_dict() for d in self.gpus.devices] or inv.problems != self.gpus.problems
-        self.gpus = inv
-        log.info("node %s: %d accelerator(s) found (%s)", self.node, len(inv.devices),
-                 "; ".join(f"{k}: {v}" for k, v in inv.backends.items()))
-        for line in inv.problems:
-            log.warning("node %s: %s", self.node, line)
-        if changed and self.controller is not None and not self.controller.closed:
-            self.loop.close(self.controller)     # register again with the new inventory
-
-    def _monitor_sample(self, msg: dict) -> None:
-        samples = msg.get("samples") or {}
-        now = float(msg.get("time") or time.time())
-        for index, s in samples.items():
-            self.telemetry[str(index)] = {k: s.get(k) for k in TELEMETRY_KEYS}
-            if s.get("lost"):
-                self.telemetry[str(index)]["lost"] = s["lost"]
-        if samples:
-            sessions = self._job_sessions()
-            for run, usage in self.gpu_usage.items():
-                usage.add(samples, now, run, sessions.get(run))
-        self.unhealthy = {str(k): v for k, v in (msg.get("unhealthy") or {}).items()}
-        self.gpu_problems = [str(p) for p in msg.get("problems") or []]
-        self.report_health(seq=msg.get("seq") if isinstance(msg.get("seq"), int) else 0)
-
-    def _job_sessions(self) -> dict[str, int]:
-        """run -> session id of the job (its process is a session leader)."""
-        out = {}
-        for run in self.gpu_usage:
-            info = _read_json(os.path.join(self.job_dir(run), "pid"))
-            if info and isinstance(info.get("pid"), int):
-                out[run] = info["pid"]
-        return out
-
-    def report_health(self, seq: int | None = None) -> None:
-        """Tell rmsctld which devices are unfit, when that changed; `seq` is the last
-        `health_reset` the judgement follows."""
-        seq = self.health_seq if seq is None else seq
-        state = json.dumps([self.unhealthy, self.gpu_problems, seq], sort_keys=True)
-        if state == self.reported_health:
-            return
-        if self.send({"op": "node_health", "node": self.node, "unhealthy": self.unhealthy,
-                      "problems": self.gpu_problems, "seq": seq}):
-            self.reported_health = state
-
     # -- the controller connection ------------------------------------------------------
     def send(self, message: dict) -> bool:
         if self.controller is None or self.controller.closed:
@@ -553,11 +397,12 @@ class NodeDaemon:
             return False
         self.backoff = 0.1
         self.controller = self.loop.add(sock, {"peer": "rmsctld"})
+        self.registered = False
         running, ended = [], []
         for run in self.runs():
-            out = self._ended_or_lost(run)
+            out = self.ended_or_lost(run)
             if out is None:
-                running.append(list(_parse_run(run)))
+                running.append(list(parse_run(run)))
             else:
                 ended.append(out)
                 self.unacked[run] = now
@@ -569,6 +414,26 @@ class NodeDaemon:
                  self.node, len(running), len(ended))
         return True
 
+    def heartbeat(self) -> None:
+        """Tell rmsctld we live, and which runs we supervise: it renews their leases."""
+        running = [list(parse_run(r)) for r in self.runs()
+                   if not os.path.exists(os.path.join(self.job_dir(r), "outcome.json"))]
+        self.heartbeat_seq += 1
+        self.send({"op": "heartbeat", "node": self.node, "seq": self.heartbeat_seq,
+                   "running": running, **({"gpus": self.telemetry} if self.telemetry else {})})
+
+    def renewed(self, reply: dict) -> None:
+        """rmsctld renewed leases: pass the new deadline on to the supervisors."""
+        until = reply.get("lease_until")
+        runs = [f"{j}.{r}" for j, r in reply.get("renewed") or []
+                if isinstance(j, int) and isinstance(r, int)]
+        if not isinstance(until, (int, float)) or not runs:
+            return
+        try:
+            write_json(self.lease_path, {"until": until, "runs": runs}, durable=False)
+        except OSError as exc:
+            log.error("node %s: cannot write %s: %s", self.node, self.lease_path, exc)
+
     def on_message(self, conn: Conn, msg: dict) -> None:
         if conn.listener == "notify":
             if conn.meta.get("monitor") or msg.get("op") == "monitor_hello":
@@ -576,7 +441,7 @@ class NodeDaemon:
                 return
             if msg.get("op") == "ended" and isinstance(msg.get("job_id"), int):
                 for run in self.runs():
-                    if _parse_run(run)[0] == msg["job_id"]:
+                    if parse_run(run)[0] == msg["job_id"]:
                         self.report_outcome(run)
             return
         if "op" in msg:  # an order from the controller
@@ -586,15 +451,22 @@ class NodeDaemon:
             log.error("node %s: rmsctld refused: %s", self.node, msg.get("error"))
             if "not in cluster.toml" in str(msg.get("error")):
                 raise SystemExit(f"rmsd: error: {msg.get('error')}")
+            if not self.registered:
+                # the registration itself was refused: try again on a fresh connection
+                self.loop.close(conn)
+                self.next_connect = time.time() + 1.0
             return
         if "orders" in msg:  # reply to node_hello
-            for run in getattr(self, "hello_ended", []):
+            self.registered = True
+            for run in self.hello_ended:
                 self.acknowledged(run)
             self.hello_ended = []
             for order in msg["orders"]:
                 self.order(order)
             self.reported_health = None
             self.report_health()
+        elif msg.get("ack") == "heartbeat":
+            self.renewed(msg)
         elif msg.get("ack") == "job_ended":
             self.acknowledged(f"{msg['job_id']}.{msg['run']}")
         elif msg.get("rehello"):
@@ -605,9 +477,10 @@ class NodeDaemon:
         if op == "launch":
             self.launch(msg["job"])
         elif op == "cancel":
-            self.cancel(f"{msg['job_id']}.{msg['run']}")
+            self.cancel(f"{msg['job_id']}.{msg['run']}", now=bool(msg.get("now")))
         elif op == "signal":
-            self.signal_job(f"{msg['job_id']}.{msg['run']}", msg["signal"])
+            self.signal_job(f"{msg['job_id']}.{msg['run']}", msg["signal"],
+                            msg.get("scope", "children"))
         elif op == "health_reset":
             self.health_seq = msg.get("seq") if isinstance(msg.get("seq"), int) else 0
             self.unhealthy, self.gpu_problems, self.reported_health = {}, [], None
@@ -630,7 +503,8 @@ class NodeDaemon:
             log.warning("node %s: registering without detected accelerators: %s", self.node, why)
         if self.controller is None or self.controller.closed:
             if self.controller is not None:
-                log.warning("node %s: lost rmsctld; reconnecting", self.node)
+                log.warning("node %s: lost rmsctld; reconnecting (jobs keep running)",
+                            self.node)
                 self.controller = None
                 self.unacked.clear()
                 self.reported_health = None
@@ -645,8 +519,7 @@ class NodeDaemon:
         self.loop.closed.clear()
         now = time.time()
         if self.controller is not None and now - self.last_heartbeat >= interval:
-            self.send({"op": "heartbeat", "node": self.node,
-                       **({"gpus": self.telemetry} if self.telemetry else {})})
+            self.heartbeat()
             self.last_heartbeat = now
         self.reap()
         self.check_monitor(now)
@@ -655,33 +528,13 @@ class NodeDaemon:
             if self.controller is not None:
                 self.scan()
 
-    def stop_monitor(self) -> None:
-        if self.monitor is not None:
-            self.monitor_idle = "rmsd stopping"
-            try:
-                self.monitor.terminate()
-                self.monitor.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.monitor.kill()
-            self.monitor = None
-
     def stop_jobs(self) -> int:
-        """SIGTERM every supervisor (used by `rms-local down`); returns how many."""
+        """Cancel every run (used by `rmsd --stop-jobs`); returns how many were asked."""
         count = 0
         for run in self.runs():
-            pid = self.supervisor_pid(run)
-            if pid and _alive(pid):
-                os.kill(pid, signal.SIGTERM)
+            try:
+                JobDir(self.job_dir(run)).control({"op": "cancel"})
                 count += 1
+            except SupervisorGone:
+                pass
         return count
-
-
-class LaunchError(Exception):
-    pass
-
-
-def _parse_run(name: str) -> tuple[int, int] | None:
-    job, dot, restart = name.partition(".")
-    if dot and job.isdigit() and restart.isdigit():
-        return int(job), int(restart)
-    return None

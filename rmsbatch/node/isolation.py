@@ -2,24 +2,51 @@
 
 The node daemon decides the limits (job.json "isolation": memory, CPU ids,
 process count, which accelerator device files the node has and which of them
-the job was given); the supervisor calls `setup()` before it forks the job,
-`enter()` in the forked child before dropping privileges (so the program is
-born inside its cgroup), `kill()` to end the whole tree at once, and
-`finish()` for the usage and the record of what was applied.
+the job was given, the cgroup parent, the mode); the supervisor calls `setup()`
+before it forks the job, `enter()` in the forked child before dropping
+privileges (so the program is born inside its cgroup), `kill()` to end the whole
+tree at once, and `finish()` for the usage and the record of what was applied.
 
-Where cgroups cannot be used (not root, controller missing), the job still
-runs: a psutil watchdog enforces the memory limit and tracks the process
-tree, and the record names what was missing.
+Modes (cluster.toml [node_daemon] isolation):
+  auto         as root, every protection the job needs is applied or the job does
+               not run: `setup()` raises IsolationError, the launch fails, rmsctld
+               drains the node and requeues the job ("fails closed")
+  best-effort  what can be applied is; the job record names what was missing
+  off          none (the job still runs as its user)
+Without root (single-user mode) there are no cgroups at all: a psutil watchdog
+enforces the memory limit and tracks the process tree, and the record says so.
+
+Job cgroups live under a parent named for the cluster, the node and the node's
+state directory (`cgroup_parent`), so two clusters on one host, or a test suite
+beside a live cluster, never share one; a job cgroup that already exists is never
+adopted (it belongs to someone else, or to a crashed run that rmsd's start-up
+sweep removes).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import signal
 
 log = logging.getLogger("rmsbatch.isolation")
 
 MiB = 1024 * 1024
+BASE = "rmsbatch"
+
+
+class IsolationError(Exception):
+    """A protection the job needs cannot be applied (isolation = "auto" as root)."""
+
+
+def cgroup_parent(cluster: str, node: str, state_dir: str) -> str:
+    """`rmsbatch/<cluster>_<node>_<8 hex>`: the hash of the node's state directory
+    tells apart two clusters with the same names on one host."""
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:64] or "x"
+    digest = hashlib.sha256(os.path.realpath(state_dir).encode()).hexdigest()[:8]
+    return f"{BASE}/{clean(cluster)}_{clean(node)}_{digest}"
 
 
 class Isolation:
@@ -35,8 +62,17 @@ class Isolation:
         self.oom_by_watchdog = False
 
     @property
+    def mode(self) -> str:
+        return self.spec.get("mode", "auto")
+
+    @property
     def wanted(self) -> bool:
-        return bool(self.spec) and self.spec.get("mode", "auto") != "off"
+        return bool(self.spec) and self.mode != "off"
+
+    @property
+    def required(self) -> bool:
+        """Fail closed: root, and the admin did not choose best-effort."""
+        return self.wanted and self.mode == "auto" and os.geteuid() == 0
 
     # -- before the fork ------------------------------------------------------
     def setup(self) -> None:
@@ -46,13 +82,14 @@ class Isolation:
             self._no_cgroup("not root (single-user mode)")
             return
         try:
-            from rmsbatch.node import cgroup
-            from rmsbatch.node import devfilter
+            from rmsbatch.node import cgroup, devfilter
             layout = cgroup.detect(self.spec.get("cgroup_root", cgroup.DEFAULT_ROOT))
             limits = cgroup.Limits(mem_bytes=self.spec.get("mem_bytes"),
                                    cpus=self.spec.get("cpus"),
                                    pids_max=self.spec.get("pids_max"))
-            self.cgroup = cgroup.JobCgroup(self.job_id, layout, name=self.name).create(limits)
+            self.cgroup = cgroup.JobCgroup(
+                self.job_id, layout, self.spec.get("cgroup_parent", cgroup.DEFAULT_PARENT),
+                name=self.name).create(limits)
             devices = self.spec.get("devices") or []
             if devices:
                 fence = devfilter.DeviceFence(devices, self.spec.get("allowed") or [])
@@ -60,18 +97,32 @@ class Isolation:
             record = self.cgroup.record()
             self.applied = record["mechanisms"]
             self.missing = record["missing"]
-        except Exception as exc:   # noqa: BLE001 - a job runs even when isolation fails
+        except Exception as exc:   # noqa: BLE001 - judged below: fail closed or run without
             log.warning("job %s: isolation not applied: %s", self.job_id, exc)
             self._drop_cgroup()
+            if self.required:
+                raise IsolationError(f"cannot create the job's cgroup: {exc}") from None
             self._no_cgroup(f"cgroup setup failed: {exc}")
             return
-        if "memory" not in self.applied and self.spec.get("mem_bytes"):
-            self.watchdog = True
-            self.applied["memory"] = "watchdog"
         if self.cpus_wanted and "cpuset" not in self.applied:
             self.missing.setdefault("cpuset", "no cpuset controller")
         if self.spec.get("why_no_cpuset"):
+            # The node declares more CPUs than the host has: an admin's choice, shown
+            # on the node, not a failure of this launch.
             self.missing["cpuset"] = self.spec["why_no_cpuset"]
+        if self.required:
+            needed = [n for n in ("memory", "pids", "devices", "kill", "cpuset")
+                      if n in self.missing and self._requested(n)
+                      and not (n == "cpuset" and self.spec.get("why_no_cpuset"))]
+            if needed:
+                self._drop_cgroup()
+                raise IsolationError("; ".join(f"{n}: {self.missing[n]}" for n in needed)
+                                     + " (isolation = \"best-effort\" in cluster.toml runs "
+                                     "jobs without them)")
+        if "memory" not in self.applied and self.spec.get("mem_bytes"):
+            self.watchdog = True
+            self.applied["memory"] = "watchdog"
+            self.missing.pop("memory", None)
 
     @property
     def cpus_wanted(self) -> bool:
@@ -91,7 +142,7 @@ class Isolation:
     def _requested(self, need: str) -> bool:
         return {"memory": bool(self.spec.get("mem_bytes")), "cpuset": self.cpus_wanted,
                 "pids": bool(self.spec.get("pids_max")),
-                "devices": bool(self.spec.get("devices"))}[need]
+                "devices": bool(self.spec.get("devices")), "kill": True}[need]
 
     # -- in the child, before exec ----------------------------------------------
     def enter(self) -> None:
@@ -99,6 +150,17 @@ class Isolation:
             self.cgroup.attach_self()
 
     # -- while the job runs --------------------------------------------------------
+    def procs(self, root_pid: int) -> list[int]:
+        """Every process of the job: the cgroup's members, else the tree under root_pid."""
+        if self.cgroup is not None:
+            return self.cgroup.procs()
+        try:
+            import psutil
+            root = psutil.Process(root_pid)
+            return [root.pid] + [p.pid for p in root.children(recursive=True)]
+        except Exception:   # noqa: BLE001 - gone already
+            return []
+
     def poll(self, pid: int) -> bool:
         """Watchdog tick (no cgroup): True when the job's tree went over its memory."""
         if not self.watchdog:

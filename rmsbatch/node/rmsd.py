@@ -84,11 +84,7 @@ def main(argv=None) -> int:
             nodedaemon.run_once()
             if signals.reload:
                 signals.reload = False
-                try:
-                    nodedaemon.config = configmod.load(cfg.directory)
-                    log.info("node %s: configuration reloaded", node)
-                except configmod.ConfigError as exc:
-                    log.error("configuration not reloaded: %s", exc)
+                reload(nodedaemon, cfg.directory)
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -98,6 +94,20 @@ def main(argv=None) -> int:
              node, os.getpid())
     os.close(lock)
     return 0
+
+
+def reload(nodedaemon, directory: str) -> None:
+    """SIGHUP: the new configuration, or the old one and a line in the log saying why;
+    never the end of rmsd (its jobs would lose their node daemon)."""
+    from rmsbatch import config as configmod
+    try:
+        nodedaemon.reload(configmod.load(directory))
+    except (configmod.ConfigError, ValueError) as exc:
+        log.error("node %s: configuration not reloaded (keeping the old one): %s",
+                  nodedaemon.node, exc)
+    except Exception:   # noqa: BLE001
+        log.exception("node %s: configuration not reloaded (keeping the old one)",
+                      nodedaemon.node)
 
 
 if __name__ == "__main__":

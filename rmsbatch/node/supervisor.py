@@ -1,27 +1,28 @@
-"""The per-job supervisor: one process per running job, started by rmsd as
+"""The per-job supervisor: one process per run of a job, forked by rmsd and run as
 
-    python -m rmsbatch.node.supervisor JOBDIR
+    rmsbatch.node.supervisor.main([JOBDIR, "--lock-fd", N])
 
-in a session of its own (so it outlives a `kill -9` of rmsd), with stdin,
-stdout and stderr on /dev/null.  It reads `JOBDIR/job.json`, forks the job
-(new session, privileges dropped to the user, working directory, output
-files), records `JOBDIR/pid`, enforces the time limit, turns SIGTERM/SIGINT
-into a cancel, cleans up what the job left behind, writes
-`JOBDIR/outcome.json` and pokes rmsd's notify socket.
+in a session of its own (so it outlives a `kill -9` of rmsd), with stdin, stdout and
+stderr on /dev/null. It holds JOBDIR/supervisor.lock (its liveness, see
+rmsbatch.node.jobdir), reads JOBDIR/job.json, applies the job's isolation (or fails
+the launch, as root, when it cannot: the job never runs unprotected), forks the job
+(new session, inside its cgroup, privileges dropped to the user with the submitter's
+umask and resource limits, working directory, output files), records JOBDIR/pid,
+enforces the time limit and the lease, obeys its control socket (cancel, signal,
+stop), kills whatever the job left behind, writes JOBDIR/outcome.json, and tells rmsd
+(or, when rmsd is away, rmsctld itself) that the run ended.
 
-Everything it has to say goes to `JOBDIR/supervisor.log` (logger
-`rmsbatch.node.supervisor`, lines starting `job N: `).
-
-Files (all written atomically: tmp file, fsync, rename, fsync of JOBDIR):
+Everything it has to say goes to JOBDIR/supervisor.log (logger
+`rmsbatch.supervisor`, lines starting `job N: `).
 
     JOBDIR/pid          {"pid": P, "start_time": T, "supervisor_pid": S}
                         P is the job process, its process group and session id.
-    JOBDIR/outcome.json {"job_id", "state", "exit_code", "signal", "start_time",
-                         "end_time", "max_rss_kb", "total_cpu_s", "reason"}
+    JOBDIR/outcome.json {"job_id", "run", "state", "exit_code", "signal", "start_time",
+                         "end_time", "max_rss_kb", "total_cpu_s", "reason",
+                         "protections", "launch_failed"}
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -30,74 +31,25 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 
-from rmsbatch.node.isolation import Isolation
 from rmsbatch.core.states import JobState
+from rmsbatch.node import procs
+from rmsbatch.node.isolation import Isolation, IsolationError
+from rmsbatch.node.jobdir import (CONTROL_SOCKET, JOB_FILE, LOG_FILE, OUTCOME_FILE,
+                                  PID_FILE, parse_run, write_json)
+from rmsbatch.node.jobfile import (Job, JobFileError, expand_pattern,  # noqa: F401 (API)
+                                   load_job, output_paths)
 
 log = logging.getLogger("rmsbatch.supervisor")
 
-NO_VALUE = 4294967294           # what Slurm writes for %a / %s outside arrays / steps
-DEFAULT_OUTPUT = "rms-%j.out"
-DEFAULT_KILL_GRACE = 30
-MAX_PAD = 10                    # Slurm caps the zero-padding width
 MAX_WAIT_S = 1.0                # longest select() sleep; SIGCHLD wakes us much earlier
 ORPHAN_REAP_S = 2.0             # how long to wait for killed leftovers at the end
-PR_SET_CHILD_SUBREAPER = 36
-
-JOB_FILE = "job.json"
-PID_FILE = "pid"
-OUTCOME_FILE = "outcome.json"
-LOG_FILE = "supervisor.log"
-
-
-# --------------------------------------------------------------------------
-# pure helpers
-
-def expand_pattern(pattern: str, *, job_id: int, name: str, user: str, node: str,
-                   array_job_id: int | None = None,
-                   array_task_id: int | None = None) -> str:
-    """Expand a Slurm-style output file pattern.
-
-    A backslash anywhere disables expansion (backslashes are removed).  A
-    number between `%` and the letter zero-pads numeric fields (`%4j`);
-    it is ignored for text fields.  Unknown `%` sequences are kept as is.
-    """
-    if "\\" in pattern:
-        return pattern.replace("\\", "")
-    numeric = {
-        "j": job_id, "J": job_id,
-        "A": array_job_id if array_job_id is not None else job_id,
-        "a": array_task_id if array_task_id is not None else NO_VALUE,
-        "n": 0, "t": 0, "s": NO_VALUE,
-    }
-    text = {"x": name, "u": user, "N": node}
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i]
-        if ch != "%":
-            out.append(ch)
-            i += 1
-            continue
-        j = i + 1
-        while j < n and "0" <= pattern[j] <= "9":
-            j += 1
-        if j >= n:                          # trailing "%" or "%12": literal
-            out.append(pattern[i:])
-            break
-        width, letter = pattern[i + 1:j], pattern[j]
-        if letter == "%" and not width:
-            out.append("%")
-        elif letter in numeric:
-            pad = min(int(width), MAX_PAD) if width else 0
-            out.append(str(numeric[letter]).zfill(pad))
-        elif letter in text:
-            out.append(str(text[letter]))
-        else:
-            out.append(pattern[i:j + 1])
-        i = j + 1
-    return "".join(out)
+REPORT_FOR_S = 600.0            # how long to keep trying to report an outcome
+# What the forked child reports on its error pipe before exec, first byte:
+SETUP_FAILED = b"S"             # the job's own setup (output file, working directory)
+ISOLATION_FAILED = b"I"         # the node's protections: the launch failed, not the job
+RLIMITS = {name: getattr(__import__("resource"), "RLIMIT_" + name) for name in
+           ("CORE", "CPU", "DATA", "FSIZE", "MEMLOCK", "NOFILE", "NPROC", "RSS", "STACK", "AS")}
 
 
 def outcome_from_status(status: int, *, cancelled: bool,
@@ -124,176 +76,21 @@ def outcome_from_status(status: int, *, cancelled: bool,
     return state.value, code, sig
 
 
-# --------------------------------------------------------------------------
-# job.json
-
-class JobFileError(ValueError):
-    """job.json is missing or malformed; the message says why."""
-
-
-@dataclass
-class Job:
-    job_id: int
-    uid: int
-    gid: int
-    script_path: str
-    workdir: str
-    environment: dict[str, str]
-    name: str = ""
-    user: str = ""
-    groups: list[int] = field(default_factory=list)
-    home: str = ""
-    argv: list[str] = field(default_factory=list)
-    submit_dir: str = ""
-    output: str | None = None
-    error: str | None = None
-    time_limit: int = 0
-    kill_grace: int = DEFAULT_KILL_GRACE
-    node: str = ""
-    notify_socket: str | None = None
-    array_job_id: int | None = None
-    array_task_id: int | None = None
-    isolation: dict | None = None           # limits for rmsbatch.node.isolation
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def isinstance_of(kind):
-    return lambda v: isinstance(v, kind)
-
-
-def parse_job(data) -> Job:
-    """Validate the decoded job.json; raise JobFileError naming the bad key."""
-    if not isinstance(data, dict):
-        raise JobFileError("job.json is not a JSON object")
-
-    def need(key, check, what, default=KeyError):
-        if key not in data:
-            if default is KeyError:
-                raise JobFileError(f"job.json: missing key {key!r}")
-            return default
-        value = data[key]
-        if not check(value):
-            raise JobFileError(f"job.json: {key!r} must be {what}, not {value!r:.80}")
-        return value
-
-    def opt_int(v):
-        return v is None or _is_int(v)
-
-    def opt_str(v):
-        return v is None or isinstance(v, str)
-
-    def abs_path(v):
-        return isinstance(v, str) and os.path.isabs(v)
-
-    def str_list(v):
-        return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-    def int_list(v):
-        return isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v)
-
-    def env(v):
-        return isinstance(v, dict) and all(
-            isinstance(k, str) and isinstance(x, str) and k and "=" not in k and "\0" not in k + x
-            for k, x in v.items())
-
-    def nonneg(v):
-        return _is_int(v) and v >= 0
-
-    job_id = need("job_id", nonneg, "a non-negative integer")
-    uid = need("uid", nonneg, "a non-negative integer")
-    gid = need("gid", nonneg, "a non-negative integer")
-    script_path = need("script_path", abs_path, "an absolute path")
-    return Job(
-        job_id=job_id, uid=uid, gid=gid, script_path=script_path,
-        workdir=need("workdir", abs_path, "an absolute path"),
-        environment=need("environment", env, "an object of strings"),
-        name=need("name", isinstance_of(str), "a string", None) or os.path.basename(script_path),
-        user=need("user", isinstance_of(str), "a string", None) or str(uid),
-        groups=need("groups", int_list, "a list of group ids", None) or [gid],
-        home=need("home", isinstance_of(str), "a string", ""),
-        argv=need("argv", str_list, "a list of strings", None) or [],
-        submit_dir=need("submit_dir", isinstance_of(str), "a string", ""),
-        output=need("output", opt_str, "a string or null", None) or None,
-        error=need("error", opt_str, "a string or null", None) or None,
-        time_limit=need("time_limit", nonneg, "a non-negative integer", 0),
-        kill_grace=need("kill_grace", nonneg, "a non-negative integer", DEFAULT_KILL_GRACE),
-        node=need("node", isinstance_of(str), "a string", None) or socket.gethostname(),
-        notify_socket=need("notify_socket", opt_str, "a string or null", None) or None,
-        array_job_id=need("array_job_id", opt_int, "an integer or null", None),
-        array_task_id=need("array_task_id", opt_int, "an integer or null", None),
-        isolation=need("isolation", lambda v: v is None or isinstance(v, dict),
-                       "an object or null", None),
-    )
-
-
-def load_job(path: str) -> Job:
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = f.read()
-    except OSError as e:
-        raise JobFileError(f"cannot read {path}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise JobFileError(f"malformed {path}: {e}") from None
-    try:
-        data = json.loads(raw)
-    except ValueError as e:
-        raise JobFileError(f"malformed {path}: {e}") from None
-    return parse_job(data)
-
-
-def output_paths(job: Job) -> tuple[str, str]:
-    """Absolute stdout and stderr paths (equal when both go to one file)."""
-    def resolve(pattern: str) -> str:
-        path = expand_pattern(pattern, job_id=job.job_id, name=job.name, user=job.user,
-                              node=job.node, array_job_id=job.array_job_id,
-                              array_task_id=job.array_task_id)
-        return os.path.normpath(os.path.join(job.workdir, path))
-
-    out = resolve(job.output or DEFAULT_OUTPUT)
-    err = resolve(job.error) if job.error else out
-    return out, err
-
-
-# --------------------------------------------------------------------------
-# files
-
 def write_json_atomic(path: str, data: dict, durable: bool = True) -> None:
-    """tmp file + fsync + rename + fsync of the directory. `durable=False` for what
-    only has to outlive processes (rmsd restarts), not the machine: no fsync."""
-    directory = os.path.dirname(path) or "."
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, (json.dumps(data) + "\n").encode())
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    if not durable:
-        return
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    write_json(path, data, durable=durable)
 
 
-def notify(sock_path: str, job_id: int) -> None:
-    """Tell rmsd the job ended; any error is ignored (rmsd also scans)."""
+def notify(sock_path: str, job_id: int) -> bool:
+    """Tell rmsd the job ended; False when rmsd is not there to hear it."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(1.0)
             s.connect(sock_path)
             s.sendall((json.dumps({"op": "ended", "job_id": job_id}) + "\n").encode())
+        return True
     except (OSError, ValueError) as e:
         log.info("job %s: cannot notify %s: %s", job_id, sock_path, e)
+        return False
 
 
 # --------------------------------------------------------------------------
@@ -307,9 +104,9 @@ def _catchable_signals():
 
 def _child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
     """Runs in the forked child; never returns."""
-    def fail(msg: str) -> None:
+    def fail(msg: str, kind: bytes = SETUP_FAILED) -> None:
         try:
-            os.write(errw, msg.encode("utf-8", "replace")[:4000])
+            os.write(errw, kind + msg.encode("utf-8", "replace")[:4000])
         finally:
             os._exit(1)
 
@@ -324,7 +121,7 @@ def _child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
                 fail(f"cannot create directory {e.filename or parent} for {kind} file "
                      f"{path}: {e.strerror or e}")
         try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         except OSError as e:
             fail(f"cannot open {kind} file {path}: {e.strerror or e}")
 
@@ -342,8 +139,9 @@ def _child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
         os.setsid()
         try:
             iso.enter()     # born inside its cgroup, while still root
-        except Exception:   # noqa: BLE001 - run unconfined rather than not at all
-            pass
+        except Exception as e:   # noqa: BLE001
+            if iso.required:
+                fail(f"cannot enter the job's cgroup: {e}", ISOLATION_FAILED)
         if os.geteuid() == 0:
             try:
                 os.setgroups(list(job.groups))
@@ -351,6 +149,7 @@ def _child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
                 os.setuid(job.uid)
             except OSError as e:
                 fail(f"cannot switch to uid {job.uid} gid {job.gid}: {e.strerror or e}")
+        _inherit(job)
         try:
             os.chdir(job.workdir)
         except OSError as e:
@@ -389,6 +188,27 @@ def _child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
         os._exit(1)
 
 
+def _inherit(job: Job) -> None:
+    """The submitter's umask and soft resource limits (as Slurm propagates them), after
+    the switch to the user: a soft limit is capped by the node's hard one."""
+    if job.umask is not None:
+        os.umask(job.umask)
+    import resource
+    for name, (soft, _hard) in (job.rlimits or {}).items():
+        which = RLIMITS.get(name)
+        if which is None:
+            continue
+        try:
+            _, node_hard = resource.getrlimit(which)
+            want = resource.RLIM_INFINITY if soft < 0 else soft
+            if node_hard != resource.RLIM_INFINITY and (want == resource.RLIM_INFINITY
+                                                        or want > node_hard):
+                want = node_hard
+            resource.setrlimit(which, (want, node_hard))
+        except (OSError, ValueError):
+            pass
+
+
 # --------------------------------------------------------------------------
 # the supervisor (parent side)
 
@@ -396,6 +216,7 @@ class Supervisor:
     def __init__(self, jobdir: str, job: Job):
         self.jobdir = jobdir
         self.job = job
+        self.run = os.path.basename(jobdir.rstrip("/"))
         self.pid: int | None = None
         self.start_time = 0.0
         self.end_time = 0.0
@@ -406,8 +227,8 @@ class Supervisor:
         self.cancelled = False
         self.timed_out = False
         self.oom = False
-        self.iso = Isolation(job.job_id, "job_" + os.path.basename(jobdir.rstrip("/")),
-                             job.isolation)
+        self.lost = ""                          # why the run was killed for its lease
+        self.iso = Isolation(job.job_id, "job_" + self.run, job.isolation)
         self.usage: dict = {}
         self.kill_at: float | None = None      # monotonic time of the SIGKILL
         self.killed = False
@@ -415,6 +236,17 @@ class Supervisor:
         self.err_chunks: list[bytes] = []
         self.errr: int | None = None
         self.wake_r = self.wake_w = -1
+        self.control: socket.socket | None = None
+        self.lease = None
+        if job.lease:
+            from rmsbatch.node.lease import LeaseKeeper
+            spec = job.lease
+            self.lease = LeaseKeeper(
+                until=float(spec["until"]), lease_s=float(spec["lease_s"]),
+                file=spec.get("file"), controller=spec.get("controller"), node=job.node,
+                job_id=job.job_id, run=int(spec["run"]),
+                retry_s=float(spec.get("retry_s") or 5.0))
+        self.next_lease_check = 0.0
 
     # -- logging helper
     def info(self, msg, *args):
@@ -450,6 +282,84 @@ class Supervisor:
         except (BlockingIOError, InterruptedError):
             pass
 
+    # -- the control socket: how rmsd reaches the job (never by a pid from a file)
+    def open_control(self) -> None:
+        path = os.path.join(self.jobdir, CONTROL_SOCKET)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        sock.listen(16)
+        sock.setblocking(False)
+        self.control = sock
+
+    def _on_control(self) -> None:
+        while True:
+            try:
+                conn, _ = self.control.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2.0)
+                try:
+                    data = b""
+                    while not data.endswith(b"\n") and len(data) < 65536:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                    request = json.loads(data or b"{}")
+                    reply = self.command(request if isinstance(request, dict) else {})
+                    conn.sendall((json.dumps(reply) + "\n").encode())
+                except (OSError, ValueError) as e:
+                    self.warn("control request failed: %s", e)
+
+    def command(self, request: dict) -> dict:
+        op = request.get("op")
+        if op == "cancel":
+            if request.get("now"):
+                self.kill_now("cancelled: this run was superseded (rmsctld gave it up)")
+            elif self.cancel_signal is None:
+                self.cancel_signal = signal.SIGTERM
+            return {"ok": True}
+        if op == "signal":
+            sig, scope = request.get("signal"), request.get("scope", "children")
+            if not isinstance(sig, int) or not 1 <= sig <= 64 or \
+                    scope not in ("children", "batch", "full"):
+                return {"ok": False, "error": "bad signal request"}
+            return {"ok": True, "signalled": self.signal_scope(sig, scope)}
+        if op == "status":
+            return {"ok": True, "pid": self.pid, "running": self.status is None}
+        return {"ok": False, "error": f"unknown request {op!r}"}
+
+    def signal_scope(self, sig: int, scope: str) -> int:
+        """`children`: every process of the job but the batch shell (scancel's default);
+        `batch`: the batch shell only; `full`: all of them."""
+        if self.pid is None or self.status is not None:
+            return 0
+        members = set(self.iso.procs(self.pid)) | {self.pid}
+        targets = {"batch": {self.pid}, "full": members,
+                   "children": members - {self.pid}}[scope]
+        sent = 0
+        for pid in sorted(targets):
+            if pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, sig)
+                sent += 1
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.info("signal %d sent to %d process(es) (%s)", sig, sent, scope)
+        return sent
+
     # -- process control
     def _signal_job(self, sig: int) -> None:
         try:
@@ -468,6 +378,25 @@ class Supervisor:
         self._signal_job(signal.SIGTERM)
         self._signal_job(signal.SIGCONT)        # a stopped job must see its SIGTERM
         self.kill_at = time.monotonic() + grace
+
+    def kill_now(self, why: str) -> None:
+        """No grace: the run must be dead before rmsctld starts the job elsewhere."""
+        if self.killed or self.pid is None or self.status is not None:
+            return
+        self.lost = why
+        self.warn("%s: killing the job now", why)
+        self.killed = True
+        self._signal_job(signal.SIGKILL)
+        self.iso.kill()
+
+    def check_lease(self) -> None:
+        now = time.monotonic()
+        if self.lease is None or self.lost or now < self.next_lease_check:
+            return
+        self.next_lease_check = now + 1.0
+        verdict = self.lease.check()
+        if verdict is not None:
+            self.kill_now(verdict[1])
 
     def _account(self, ru) -> None:
         self.max_rss_kb = max(self.max_rss_kb, int(ru.ru_maxrss))
@@ -513,6 +442,8 @@ class Supervisor:
             self.info("running %s as uid %d (pid %d)", self.job.script_path, uid, self.pid)
 
     def start(self) -> None:
+        """Isolation, then the job's process. Raises IsolationError (the launch
+        fails, the job does not run) when a protection it needs cannot be applied."""
         job = self.job
         out_path, err_path = output_paths(job)
         self.info("output %s, error %s", out_path, err_path)
@@ -534,15 +465,16 @@ class Supervisor:
         os.set_blocking(self.errr, False)
         # A machine that crashes takes the job with it: the pid file only has to outlive
         # rmsd, so it is not synced to disk (the outcome is).
-        write_json_atomic(os.path.join(self.jobdir, PID_FILE),
-                          {"pid": self.pid, "start_time": self.start_time,
-                           "supervisor_pid": os.getpid()}, durable=False)
+        write_json(os.path.join(self.jobdir, PID_FILE),
+                   {"pid": self.pid, "start_time": self.start_time,
+                    "supervisor_pid": os.getpid()}, durable=False)
 
     def watch(self) -> None:
         job = self.job
         limit_at = time.monotonic() + job.time_limit if job.time_limit > 0 else None
         while not self._reap():
             now = time.monotonic()
+            self.check_lease()
             if self.cancel_signal is not None and not (self.cancelled or self.timed_out):
                 self.cancelled = True
                 self._terminate(f"cancelled by {signal.Signals(self.cancel_signal).name}")
@@ -564,17 +496,20 @@ class Supervisor:
             timeout = min(MAX_WAIT_S, self.iso.poll_interval or MAX_WAIT_S)
             if deadlines:
                 timeout = min(timeout, max(0.0, min(deadlines) - time.monotonic()))
-            fds = [self.wake_r] + ([self.errr] if self.errr is not None else [])
+            fds = [self.wake_r] + ([self.errr] if self.errr is not None else []) + \
+                ([self.control] if self.control is not None else [])
             ready, _, _ = select.select(fds, [], [], timeout)
             if self.wake_r in ready:
                 self._drain_wakeup()
             if self.errr is not None and self.errr in ready:
                 self._read_errpipe(block=False)
+            if self.control is not None and self.control in ready:
+                self._on_control()
         self._read_errpipe(block=True)      # the child is gone: EOF is certain
 
     def cleanup(self) -> None:
-        """Kill what the job left behind: its process group, its session, and
-        (we are a child subreaper) every remaining descendant; reap them."""
+        """Kill what the job left behind: its cgroup, its process group, its session,
+        and (we are a child subreaper) every remaining descendant; reap them."""
         sid = self.pid
         signum = os.WTERMSIG(self.status) if self.status is not None and \
             os.WIFSIGNALED(self.status) else None
@@ -584,7 +519,7 @@ class Supervisor:
         except (ProcessLookupError, PermissionError):
             pass
         self._reap()
-        if _SUBREAPER and not _has_children():
+        if procs.SUBREAPER and not procs.has_children():
             return      # every orphan would be our child: nothing is left
         killed = self._sweep(sid)
         if killed:
@@ -593,7 +528,7 @@ class Supervisor:
         while True:
             self._reap()
             try:
-                if not _has_children():
+                if not procs.has_children():
                     break
             except Exception:       # noqa: BLE001
                 break
@@ -608,8 +543,8 @@ class Supervisor:
 
     def _sweep(self, sid: int) -> int:
         me = os.getpid()
-        victims = _descendants(me)
-        if not _SUBREAPER:
+        victims = procs.descendants(me)
+        if not procs.SUBREAPER:
             # Orphans went to init, not to us: look for the job's session instead.
             try:
                 import psutil
@@ -623,7 +558,7 @@ class Supervisor:
                 pass
         count = 0
         for pid in victims:
-            if _is_zombie(pid):
+            if procs.is_zombie(pid):
                 continue
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -633,9 +568,18 @@ class Supervisor:
         return count
 
     def outcome(self) -> dict:
+        launch_failed = ""
         if self.err_chunks:
-            self.reason = b"".join(self.err_chunks).decode("utf-8", "replace")
+            raw = b"".join(self.err_chunks)
+            kind, text = raw[:1], raw[1:].decode("utf-8", "replace")
+            self.reason = text
             state, code, sig = JobState.FAILED.value, 1, 0
+            if kind == ISOLATION_FAILED:
+                launch_failed = text
+        elif self.lost:
+            state, code, sig = outcome_from_status(self.status, cancelled=False,
+                                                   timed_out=False)
+            state, self.reason = JobState.NODE_FAIL.value, self.lost
         else:
             state, code, sig = outcome_from_status(
                 self.status, cancelled=self.cancelled, timed_out=self.timed_out)
@@ -652,85 +596,51 @@ class Supervisor:
             "start_time": self.start_time, "end_time": self.end_time,
             "max_rss_kb": rss, "total_cpu_s": round(cpu if cpu is not None else self.cpu_s, 3),
             "reason": self.reason, "protections": self.usage.get("protections", ""),
+            "launch_failed": launch_failed,
         }
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every live descendant of pid, from /proc/<pid>/task/*/children where the
-    kernel has it (no scan of the whole process table), else from a ppid map."""
-    if not os.path.exists(f"/proc/{pid}/task/{pid}/children"):
-        return _descendants_by_ppid(pid)
-    found: set[int] = set()
-    stack = [pid]
-    while stack:
-        parent = stack.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                with open(f"/proc/{parent}/task/{tid}/children") as fh:
-                    kids = fh.read().split()
-            except OSError:
-                continue
-            for kid in map(int, kids):
-                if kid not in found:
-                    found.add(kid)
-                    stack.append(kid)
-    return found
+# --------------------------------------------------------------------------
+# reporting the end
 
-
-def _descendants_by_ppid(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(name))
-    found: set[int] = set()
-    stack = [pid]
-    while stack:
-        for kid in children.get(stack.pop(), ()):
-            if kid not in found:
-                found.add(kid)
-                stack.append(kid)
-    return found
-
-
-def _is_zombie(pid: int) -> bool:
+def report(jobdir: str, job: Job | None, outcome: dict) -> None:
+    """rmsd reports what the run's directory holds; when rmsd is away, tell rmsctld
+    directly (a job that ended must not be taken for lost and run again)."""
+    job_id = outcome.get("job_id", 0)
+    if job is None or not job.notify_socket:
+        return
+    if notify(job.notify_socket, job_id):
+        return
+    lease = job.lease or {}
+    controller = lease.get("controller")
+    if not controller:
+        return
+    from rmsbatch.net import client
+    parsed = parse_run(os.path.basename(jobdir.rstrip("/")))
+    message = {"op": "job_ended", "node": job.node,
+               "outcome": {**outcome, "run": parsed[1] if parsed else lease.get("run", 0)}}
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
-def _has_children() -> bool:
-    try:
-        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return False
-    return True
-
-
-_SUBREAPER = False   # set once prctl succeeded: orphans of the job come to us
-
-
-def _set_subreaper() -> None:
-    global _SUBREAPER
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-            log.debug("prctl(PR_SET_CHILD_SUBREAPER) failed: errno %d", ctypes.get_errno())
-        else:
-            _SUBREAPER = True
-    except (OSError, AttributeError):
+        from rmsbatch.node.devices.usage import GpuUsage
+        if job.gpus:
+            message["outcome"].update(GpuUsage.load(jobdir, job.gpus).summary())
+    except Exception:   # noqa: BLE001 - usage is a nicety
         pass
+    deadline = time.monotonic() + REPORT_FOR_S
+    pause = 1.0
+    while time.monotonic() < deadline:
+        try:
+            with client.Client(controller, timeout=10) as conn:
+                conn.call("job_ended", **{k: v for k, v in message.items() if k != "op"})
+            log.info("job %s: outcome reported to rmsctld directly (rmsd is away)", job_id)
+            return
+        except client.ClientError as e:
+            log.info("job %s: cannot report to rmsctld yet: %s", job_id, e)
+        if notify(job.notify_socket, job_id):
+            return          # rmsd is back: it reports from the job directory
+        time.sleep(pause)
+        pause = min(pause * 2, 30.0)
+    log.warning("job %s: outcome not reported in %.0f s: rmsd reports it when it is back",
+                job_id, REPORT_FOR_S)
 
 
 # --------------------------------------------------------------------------
@@ -759,17 +669,24 @@ def _setup_logging(jobdir: str) -> None:
 
 
 def _guess_job_id(jobdir: str) -> int:
-    digits = "".join(ch for ch in os.path.basename(jobdir.rstrip("/")) if ch.isdigit())
+    name = os.path.basename(jobdir.rstrip("/"))
+    parsed = parse_run(name)
+    if parsed:
+        return parsed[0]
+    digits = "".join(ch for ch in name if ch.isdigit())
     return int(digits) if digits else 0
 
 
-def _fail_outcome(jobdir: str, job_id: int, reason: str, start: float | None = None) -> None:
+def _fail_outcome(jobdir: str, job_id: int, reason: str, start: float | None = None,
+                  launch_failed: str = "") -> dict:
     now = time.time()
-    write_json_atomic(os.path.join(jobdir, OUTCOME_FILE), {
+    outcome = {
         "job_id": job_id, "state": JobState.FAILED.value, "exit_code": 1, "signal": 0,
         "start_time": start if start is not None else now, "end_time": now,
-        "max_rss_kb": 0, "total_cpu_s": 0.0, "reason": reason,
-    })
+        "max_rss_kb": 0, "total_cpu_s": 0.0, "reason": reason, "launch_failed": launch_failed,
+    }
+    write_json(os.path.join(jobdir, OUTCOME_FILE), outcome)
+    return outcome
 
 
 def run(jobdir: str) -> int:
@@ -796,13 +713,21 @@ def run(jobdir: str) -> int:
     sup = Supervisor(jobdir, job)
     try:
         sup.install_signals()
-        _set_subreaper()
+        procs.set_subreaper()
+        sup.open_control()
         try:
             sup.start()
+        except IsolationError as e:
+            log.error("job %s: launch failed: %s", job.job_id, e)
+            report(jobdir, job, _fail_outcome(jobdir, job.job_id, f"launch failed: {e}",
+                                              launch_failed=str(e)))
+            return 0
         except OSError as e:
             if sup.pid is None:
                 log.error("job %s: cannot start: %s", job.job_id, e)
-                _fail_outcome(jobdir, job.job_id, f"cannot start job: {e.strerror or e}")
+                report(jobdir, job, _fail_outcome(
+                    jobdir, job.job_id, f"cannot start job: {e.strerror or e}",
+                    launch_failed=f"cannot start job: {e.strerror or e}"))
                 return 0
             raise
         sup.watch()
@@ -812,33 +737,38 @@ def run(jobdir: str) -> int:
         log.exception("job %s: supervisor error", job.job_id)
         if sup.pid is not None and sup.status is None:
             sup._signal_job(signal.SIGKILL)
+            sup.iso.kill()
         try:
-            _fail_outcome(jobdir, job.job_id, f"supervisor error: {type(e).__name__}: {e}",
-                          sup.start_time or None)
+            result = _fail_outcome(jobdir, job.job_id,
+                                   f"supervisor error: {type(e).__name__}: {e}",
+                                   sup.start_time or None)
         except OSError:
             return 2
-        if job.notify_socket:
-            notify(job.notify_socket, job.job_id)
+        report(jobdir, job, result)
         return 0
 
     sup.info("ended: %s exit_code %d signal %d (max_rss %d KiB, cpu %.2f s)%s",
              result["state"], result["exit_code"], result["signal"], result["max_rss_kb"],
              result["total_cpu_s"], f": {result['reason']}" if result["reason"] else "")
     try:
-        write_json_atomic(os.path.join(jobdir, OUTCOME_FILE), result)
+        write_json(os.path.join(jobdir, OUTCOME_FILE), result)
     except OSError as e:
         log.error("job %s: cannot write %s: %s", job.job_id, OUTCOME_FILE, e)
         return 2
-    if job.notify_socket:
-        notify(job.notify_socket, job.job_id)
+    if sup.control is not None:
+        sup.control.close()
+    report(jobdir, job, result)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m rmsbatch.node.supervisor JOBDIR", file=sys.stderr)
+    if len(args) not in (1, 3) or args[0].startswith("-") or \
+            (len(args) == 3 and args[1] != "--lock-fd"):
+        print("usage: python -m rmsbatch.node.supervisor JOBDIR [--lock-fd N]", file=sys.stderr)
         return 2
+    # --lock-fd: the descriptor of JOBDIR/supervisor.lock that rmsd locked before the
+    # fork; holding it open for our whole life is what tells rmsd we live.
     return run(args[0])
 
 

@@ -62,6 +62,7 @@ class Monitor:
         self.threads: list[threading.Thread] = []
         self.problems: list[str] = []
         self.seq = 0                # the last health reset rmsd asked for
+        self.cgroup_parent: str | None = None   # where this node's job cgroups are
         self._opened: list = []     # backends discovery left open, for sampling and events
 
     # -- discovery ----------------------------------------------------------------
@@ -143,7 +144,7 @@ class Monitor:
                 if s is None:
                     continue
                 if "procs" in s:
-                    s["procs"] = _attribute(s["procs"])
+                    s["procs"] = _attribute(s["procs"], self.cgroup_parent)
                 samples[str(index)] = s
                 self.health.sample(str(index), s, now)
         self.health.settle()
@@ -179,25 +180,30 @@ class Monitor:
         self.seq = seq
 
 
-def _attribute(procs):
-    """Add to each [pid, MiB] the job run its cgroup names (`job_<id>.<restart>`) and
-    its session id, which rmsd resolves to a job where there are no cgroups."""
+def _attribute(procs, parent: str | None = None):
+    """Add to each [pid, MiB] the job run its cgroup names (`<parent>/job_<id>.<restart>`)
+    and its session id, which rmsd resolves to a job where there are no cgroups."""
     if not procs:
         return procs
     out = []
     for pid, mem in procs:
-        out.append([pid, mem, _cgroup_run(pid), _session(pid)])
+        out.append([pid, mem, _cgroup_run(pid, parent), _session(pid)])
     return out
 
 
-def _cgroup_run(pid: int) -> str | None:
+def _cgroup_run(pid: int, parent: str | None = None) -> str | None:
+    """The run whose cgroup holds pid: only under this node's parent, so a job of
+    another cluster on the same host is never taken for one of ours."""
     try:
         with open(f"/proc/{pid}/cgroup") as fh:
             text = fh.read()
     except OSError:
         return None
     for line in text.splitlines():
-        for part in line.rpartition(":")[2].split("/"):
+        path = line.rpartition(":")[2]
+        if parent and f"/{parent}/" not in path + "/":
+            continue
+        for part in path.split("/"):
             if part.startswith("job_") and "." in part:
                 return part[4:]
     return None
@@ -312,6 +318,9 @@ def main(argv=None) -> int:
     ndc = cfg.cluster.node_daemon
     monitor = Monitor(nd.gpus, nd.gpu_detect, backends=ndc.gpu_backends, root=ndc.device_root,
                       thermal_after=ndc.gpu_thermal_drain, ignore_xids=ndc.gpu_xid_ignore)
+    from rmsbatch.node.isolation import cgroup_parent
+    monitor.cgroup_parent = cgroup_parent(cfg.cluster.name, args.node,
+                                          os.path.join(cfg.node_state_dir, args.node))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(args.socket)

@@ -1,0 +1,249 @@
+"""Ops on jobs: submit, list, wait for, cancel or signal, hold and release."""
+from __future__ import annotations
+
+import logging
+
+from rmsbatch.core import hostlist
+from rmsbatch.core.jobspec import JobSpec
+from rmsbatch.core.states import FINISHED, JobState, parse_state
+from rmsbatch.ctld import requests
+from rmsbatch.ctld.requests import RequestError
+from rmsbatch.ctld.ops import USER, op
+from rmsbatch.ctld.records import PROJECTABLE, job_record
+from rmsbatch.sched import plan as scheduler
+from rmsbatch.sched.admission import admit
+
+log = logging.getLogger("rmsbatch.controller")
+
+ACTIVE_STATES = [JobState.PENDING.value, JobState.RUNNING.value, JobState.COMPLETING.value]
+SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15,
+           "CONT": 18, "STOP": 19, "TSTP": 20, "ALRM": 14}
+
+
+def _error(text: str) -> RequestError:
+    return RequestError(text)
+
+
+def _states(names: list[str]) -> list[str]:
+    try:
+        return [parse_state(s).value for s in names]
+    except ValueError as exc:
+        raise _error(str(exc)) from None
+
+
+# -- submit -----------------------------------------------------------------------------
+@op("submit", model=requests.Submit, role=USER)
+def submit(ctl, conn, req: requests.Submit) -> dict:
+    user = ctl.user_name(conn.uid)
+    spec = JobSpec.from_dict(req.spec)
+    cc = ctl.config.cluster.controller
+    if spec.nice < 0 and not ctl.is_privileged(conn):
+        raise _error(f"--nice={spec.nice}: only operators and admins may raise a job's "
+                     "priority; use a value of 0 or more")
+    row = admit(spec, user, conn.uid, conn.gid, ctl.config, ctl.nodes, ctl.clock())
+    owner = _single_user_owner(ctl, row["partition"])
+    if owner is not None and owner != conn.uid:
+        who = _name_or_uid(ctl, owner)
+        raise _error(f"partition {row['partition']} runs jobs only as {who} (its node daemons "
+                     f"run unprivileged, in single-user mode): submit as {who}, or ask an "
+                     "admin to run rmsd as root")
+    if len(ctl.pending) + len(ctl.running) >= cc.max_jobs:
+        raise _error(f"the queue is full ({cc.max_jobs} active jobs): try again later")
+    job_id = ctl.spool.insert_job(row, spec.to_dict())
+    row["id"] = job_id
+    ctl.add_pending(row)
+    if not spec.hold:
+        ctl.fresh.append(job_id)
+    log.info("job %d: submitted by %s (%s, partition %s)", job_id, user, row["name"],
+             row["partition"])
+    return {"job_id": job_id}
+
+
+def _single_user_owner(ctl, partition: str) -> int | None:
+    """The uid every node of the partition runs jobs as, when all of them run their
+    node daemon unprivileged (so no other user's job could start there)."""
+    owners = set()
+    for name in ctl.config.partition_nodes[partition]:
+        inv = ctl.node_status[name].inventory
+        uid = inv.get("single_user_uid") if isinstance(inv, dict) else None
+        if not isinstance(uid, int):
+            return None          # root, or not registered yet: anyone may wait for it
+        owners.add(uid)
+    return owners.pop() if len(owners) == 1 else None
+
+
+def _name_or_uid(ctl, uid: int) -> str:
+    try:
+        return ctl.user_name(uid)
+    except Exception:   # noqa: BLE001 - only for a message
+        return f"uid {uid}"
+
+
+# -- queries ------------------------------------------------------------------------
+@op("jobs", model=requests.Jobs, role=USER)
+def jobs(ctl, conn, req: requests.Jobs) -> dict:
+    caller = ctl.user_name(conn.uid)
+    privileged = ctl.is_privileged(conn)
+    users, ids = list(req.users), list(req.ids)
+    own_only = False
+    if req.all_users is not None:   # accounting-style query: own jobs unless asked
+        if not req.all_users and not users and not ids:
+            users = [caller]
+        if not privileged and ctl.config.tenants.private_accounting:
+            if req.all_users or set(users) - {caller}:
+                raise _error("only operators and admins may see other users' jobs "
+                             "(tenants.toml: private_accounting)")
+            own_only = True
+    elif ctl.config.tenants.private_jobs and not privileged:
+        own_only = True
+    states = _states(req.states)
+    if req.active and not states:
+        states = ACTIVE_STATES
+    if req.finished and not states:
+        states = [s.value for s in FINISHED]
+    query = dict(ids=ids, users=[caller] if own_only else users, accounts=req.accounts,
+                 partitions=req.partitions, states=states, names=req.names,
+                 start_after=req.start_after, end_before=req.end_before)
+    if req.fields and not req.nodes:
+        # Listings of thousands of jobs: only the columns asked for, as rows.
+        unknown = [f for f in req.fields if f not in PROJECTABLE]
+        if unknown:
+            raise _error(f"unknown job field(s): {', '.join(unknown)}")
+        rows = ctl.spool.jobs(**query, columns=list(req.fields))
+        return {"columns": list(req.fields), "rows": rows}
+    rows = ctl.spool.jobs(**query)
+    if req.nodes:
+        try:
+            wanted = {n for spec in req.nodes for n in hostlist.expand(spec)}
+        except ValueError as exc:
+            raise _error(f"nodes: {exc}") from None
+        rows = [r for r in rows if set(hostlist.expand(r["nodelist"])) & wanted]
+    return {"jobs": [job_record(r) for r in rows]}
+
+
+@op("wait", model=requests.Wait, role=USER)
+def wait(ctl, conn, req: requests.Wait) -> dict | None:
+    row = ctl.spool.job(req.job_id)
+    if row is None:
+        raise _error(f"job {req.job_id} not found")
+    if JobState(row["state"]).is_finished:
+        return {"job": job_record(row)}
+    ctl.waiters.setdefault(req.job_id, []).append(conn)
+    return None
+
+
+# -- cancel, hold, release ---------------------------------------------------------------
+def _select(ctl, conn, req: requests.JobFilter, verb: str) -> tuple[list[dict], list[str]]:
+    filters = {"users": req.users, "accounts": req.accounts, "partitions": req.partitions,
+               "names": req.names}
+    states = _states(req.states)
+    if not req.ids and not any(filters.values()) and not states:
+        raise _error(f"{verb}: name job ids or a filter")
+    caller = ctl.user_name(conn.uid)
+    privileged = ctl.is_privileged(conn)
+    others = sorted(set(req.users) - {caller})
+    if others and not privileged:
+        raise _error(f"{verb}: permission denied for the jobs of {', '.join(others)} (you may "
+                     f"{verb} only your own jobs)")
+    rows = ctl.spool.jobs(ids=req.ids, states=states or ACTIVE_STATES, **filters)
+    errors = []
+    found = {r["id"] for r in rows}
+    for i in req.ids:
+        if i not in found:
+            row = ctl.spool.job(i)
+            errors.append(f"job {i} not found" if row is None
+                          else f"job {i} has already finished ({row['state']})")
+    mine = []
+    for r in rows:
+        if r["user"] != caller and not privileged:
+            if req.ids:  # only complain about jobs named explicitly
+                errors.append(f"{verb} job {r['id']}: permission denied (job belongs to "
+                              f"{r['user']}; you may {verb} only your own jobs)")
+            continue
+        mine.append(r)
+    return mine, errors
+
+
+def _signal_number(sig) -> int:
+    if isinstance(sig, int) and not isinstance(sig, bool):
+        if 1 <= sig <= 64:
+            return sig
+    elif isinstance(sig, str):
+        name = sig.upper().removeprefix("SIG")
+        if name.isdigit() and 1 <= int(name) <= 64:
+            return int(name)
+        if name in SIGNALS:
+            return SIGNALS[name]
+    raise _error(f"invalid signal {sig!r} (use a name such as USR1 or a number)")
+
+
+@op("cancel", model=requests.Cancel, role=USER)
+def cancel(ctl, conn, req: requests.Cancel) -> dict:
+    signum = _signal_number(req.signal) if req.signal not in (None, "") else None
+    rows, errors = _select(ctl, conn, req, "cancel")
+    now = ctl.clock()
+    cancelled, signalled = [], []
+    for row in rows:
+        job_id = row["id"]
+        state = JobState(row["state"])
+        if signum is not None:
+            if state is JobState.PENDING:
+                errors.append(f"job {job_id} is pending: it has no processes to signal")
+                continue
+            message = {"op": "signal", "job_id": job_id, "run": row["restart_count"],
+                       "signal": signum, "scope": req.scope}
+            for name in (ctl.running.get(job_id) or {}):
+                ctl.to_node(name, message)
+            signalled.append(job_id)
+            continue
+        if state is JobState.PENDING:
+            if ctl.finish(job_id, JobState.CANCELLED, end_time=now, reason="None",
+                          end_reason="cancelled while pending"):
+                ctl.pending.pop(job_id, None)
+                ctl.reasons.pop(job_id, None)
+                cancelled.append(job_id)
+        elif state is JobState.RUNNING:
+            if ctl.spool.transition(job_id, JobState.COMPLETING, cancel_requested=1):
+                ctl.changes += 1
+                ctl.stop_run(row)
+                cancelled.append(job_id)
+        else:
+            cancelled.append(job_id)  # already completing
+    if cancelled:
+        log.info("jobs %s: cancelled by uid %d", ",".join(map(str, cancelled)), conn.uid)
+    ctl.dirty = True
+    return {"cancelled": cancelled, "signalled": signalled, "errors": errors}
+
+
+def _set_hold(ctl, conn, req: requests.JobFilter, hold: bool) -> dict:
+    verb = "hold" if hold else "release"
+    rows, errors = _select(ctl, conn, req, verb)
+    caller = ctl.user_name(conn.uid)
+    admin = ctl.is_privileged(conn)
+    changed = []
+    for row in rows:
+        if row["state"] != JobState.PENDING.value:
+            errors.append(f"job {row['id']} is not pending ({row['state']})")
+            continue
+        if not hold and row["hold"] == 2 and not admin:
+            errors.append(f"job {row['id']} was held by an administrator: ask one to release it")
+            continue
+        value = (2 if admin and row["user"] != caller else 1) if hold else 0
+        reason = {0: "None", 1: scheduler.HELD_USER, 2: scheduler.HELD_ADMIN}[value]
+        ctl.spool.update_job(row["id"], hold=value, reason=reason)
+        ctl.pending[row["id"]].hold = value
+        ctl.reasons[row["id"]] = reason
+        ctl.changes += 1
+        changed.append(row["id"])
+    ctl.dirty = True
+    return {"changed": changed, "errors": errors}
+
+
+@op("hold", model=requests.JobFilter, role=USER)
+def hold(ctl, conn, req) -> dict:
+    return _set_hold(ctl, conn, req, True)
+
+
+@op("release", model=requests.JobFilter, role=USER)
+def release(ctl, conn, req) -> dict:
+    return _set_hold(ctl, conn, req, False)

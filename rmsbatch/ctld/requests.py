@@ -1,0 +1,178 @@
+"""What each API request may carry: one pydantic model per op.
+
+A request is validated whole before its handler runs, so a handler never meets a
+malformed field half-way through its changes. Every list and string is bounded and
+every integer fits the spool's 64-bit columns: a job id of 10**23 is a clean
+rejection, not an overflow inside SQLite.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+MAX_ID = 2 ** 63 - 1          # SQLite INTEGER
+MAX_LIST = 1_000_000
+MAX_TEXT = 4096
+
+
+def _comma_split(value):
+    """Filters arrive as lists; a comma-separated string is accepted too."""
+    if isinstance(value, str):
+        return [v for v in value.split(",") if v]
+    return value
+
+
+def _no_nulls(value):
+    return [] if value is None else value
+
+
+JobId = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
+Run = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+Int64 = Annotated[int, Field(strict=True, ge=-MAX_ID, le=MAX_ID)]
+Name = Annotated[str, Field(max_length=MAX_TEXT)]
+Names = Annotated[list[Name], BeforeValidator(_no_nulls), BeforeValidator(_comma_split),
+                  Field(max_length=MAX_LIST)]
+Ids = Annotated[list[JobId], BeforeValidator(_no_nulls), Field(max_length=MAX_LIST)]
+Epoch = Annotated[float, Field(ge=0, le=1e12)]
+
+
+class RequestError(Exception):
+    """The request cannot be honoured; the message goes back to the caller."""
+
+
+class Request(BaseModel):
+    # Newer clients may send fields an older controller does not know: ignored.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    op: str
+
+
+class Empty(Request):
+    pass
+
+
+class Submit(Request):
+    spec: dict[str, Any]
+
+
+class JobFilter(Request):
+    ids: Ids = []
+    users: Names = []
+    accounts: Names = []
+    partitions: Names = []
+    states: Names = []
+    names: Names = []
+
+
+class Jobs(JobFilter):
+    nodes: Names = []
+    fields: Names = []
+    active: bool = False
+    finished: bool = False
+    all_users: bool | None = None       # set by rsacct: accounting-style visibility
+    start_after: Epoch | None = None
+    end_before: Epoch | None = None
+
+
+class Wait(Request):
+    job_id: JobId
+
+
+class Cancel(JobFilter):
+    signal: Annotated[str | int, Field(union_mode="left_to_right")] | None = None
+    # Who gets a signal: "children" (the job's processes but not the batch shell,
+    # as scancel without -b/-f), "batch" (the batch shell only) or "full" (all).
+    scope: Annotated[str, Field(pattern="^(children|batch|full)$")] = "children"
+
+
+class Nodes(Request):
+    names: Name | None = None
+    devices: bool = False
+
+
+class NodeNames(Request):
+    nodes: Name
+
+
+class Drain(NodeNames):
+    reason: Annotated[str, Field(max_length=MAX_TEXT)] | None = None
+
+
+class NodeMessage(Request):
+    node: Name
+
+
+class RunRef(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    job_id: JobId
+    run: Run
+
+
+class NodeHello(NodeMessage):
+    inventory: dict[str, Any] = {}
+    # Runs the node still supervises, as [job id, run] pairs.
+    running: Annotated[list[tuple[JobId, Run]], Field(max_length=MAX_LIST)] = []
+    # Outcomes of runs that ended while the controller was not listening.
+    ended: Annotated[list[dict[str, Any]], Field(max_length=MAX_LIST)] = []
+
+
+class Heartbeat(NodeMessage):
+    gpus: dict[str, Any] | None = None
+    running: Annotated[list[tuple[JobId, Run]], Field(max_length=MAX_LIST)] | None = None
+    seq: Int64 = 0
+
+
+class NodeHealth(NodeMessage):
+    unhealthy: dict[str, Any] = {}
+    problems: Annotated[list[Any], Field(max_length=1000)] = []
+    seq: Int64 | None = None
+
+
+class JobStarted(NodeMessage):
+    job_id: JobId
+    run: Run
+    protections: Annotated[str, Field(max_length=MAX_TEXT)] = ""
+
+
+class Outcome(BaseModel):
+    """What a node says of a run that ended (supervisor's outcome.json)."""
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    job_id: JobId
+    run: Run
+    state: Name = "FAILED"
+    exit_code: Int64 | None = None
+    signal: Int64 | None = None
+    start_time: Epoch | None = None
+    end_time: Epoch | None = None
+    max_rss_kb: Int64 | None = None
+    total_cpu_s: Annotated[float, Field(ge=0)] | None = None
+    gpu_util: float | None = None
+    gpu_mem_peak_mb: Int64 | None = None
+    gpu_energy_j: float | None = None
+    reason: Annotated[str, Field(max_length=100_000)] = ""
+    protections: Annotated[str, Field(max_length=MAX_TEXT)] = ""
+    # Set when the run never reached the user's program because the node could not
+    # set it up (isolation, user, files): the job did not run, so it is requeued.
+    launch_failed: Annotated[str, Field(max_length=MAX_TEXT)] = ""
+    node_fault: bool = True             # ...and the node is to blame: drain it
+
+
+class JobEnded(NodeMessage):
+    outcome: Outcome
+
+
+class Lease(NodeMessage):
+    """A supervisor renewing its run's lease itself while its rmsd is away."""
+    job_id: JobId
+    run: Run
+
+
+def describe(exc: ValidationError) -> str:
+    """One line naming the first bad field."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "request"
+    msg = err["msg"]
+    if err["type"] in ("less_than_equal", "greater_than_equal") and "id" in where:
+        msg = f"out of range (job ids go from 1 to {MAX_ID})"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"bad request: {where}: {msg}{more}"

@@ -1,0 +1,172 @@
+"""Launching one run of a job on this node: its job directory (script and job.json),
+its environment, the limits its supervisor applies, and the supervisor itself.
+
+The node daemon (rmsbatch.node.daemon) decides *whether* to launch; this module says
+*what* the run gets. Nothing here talks to the controller.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import signal
+
+from rmsbatch.node import supervisor
+from rmsbatch.node.devices import record
+from rmsbatch.node.devices.usage import GpuUsage
+from rmsbatch.node.jobdir import JOB_FILE, LOCK_FILE, hold_lock, write_json
+
+log = logging.getLogger("rmsbatch.noded")
+
+VISIBILITY_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
+                   "ZE_AFFINITY_MASK", "GPU_DEVICE_ORDINAL")
+
+
+class LaunchError(Exception):
+    """The run cannot be set up here. `node_fault`: the node is at fault (a user it does
+    not know, say), so the job is requeued elsewhere and the node drained."""
+
+    def __init__(self, message: str, node_fault: bool = True):
+        super().__init__(message)
+        self.node_fault = node_fault
+
+
+def prepare(nd, job: dict, jobdir: str) -> None:
+    """Write the run's script and job.json. `nd` is the NodeDaemon."""
+    user, uid, gid = job["user"], job["uid"], job["gid"]
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise LaunchError(f"user {user} does not exist on node {nd.node}") from None
+    if pw.pw_uid != uid:
+        raise LaunchError(f"user {user} has uid {pw.pw_uid} on node {nd.node} but "
+                          f"uid {uid} where the job was submitted")
+    if not nd.privileged and uid != os.geteuid():
+        raise LaunchError(f"rmsd on {nd.node} runs unprivileged as uid {os.geteuid()} "
+                          f"and cannot start jobs for {user}", node_fault=False)
+    groups = os.getgrouplist(user, gid) if nd.privileged else os.getgroups()
+    script = os.path.join(jobdir, "script")
+    fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o500)
+    with os.fdopen(fd, "w") as fh:
+        if nd.privileged:
+            os.fchown(fh.fileno(), uid, gid)
+        fh.write(job["script"])
+    run = os.path.basename(jobdir)
+    ndc = nd.config.cluster.node_daemon
+    cc = nd.config.cluster.controller
+    spec = job.get("spec_extra") or {}
+    write_json(os.path.join(jobdir, JOB_FILE), {
+        "job_id": job["job_id"], "name": job["name"], "user": user, "uid": uid,
+        "gid": gid, "groups": groups, "home": pw.pw_dir, "script_path": script,
+        "argv": job["argv"], "workdir": job["workdir"], "submit_dir": job["submit_dir"],
+        "output": job["output"], "error": job["error"],
+        "environment": environment(nd, job, pw), "time_limit": job["time_limit"],
+        "kill_grace": job.get("kill_grace", 30), "node": nd.node,
+        "notify_socket": nd.notify_path, "array_job_id": None, "array_task_id": None,
+        "isolation": isolation(nd, job, run),
+        "gpus": list(job["alloc"]["gpus"]),
+        "lease": {"until": float(job.get("lease_until") or 0) or None,
+                  "lease_s": cc.job_lease, "file": nd.lease_path,
+                  "controller": nd.config.socket, "run": job["restart_count"],
+                  "retry_s": cc.heartbeat_interval} if job.get("lease_until") else None,
+        "umask": spec.get("umask") if ndc.propagate_umask else None,
+        "rlimits": {k: v for k, v in (spec.get("rlimits") or {}).items()
+                    if k in ndc.propagate_rlimits} or None,
+    })
+    if job["alloc"]["gpus"]:
+        nd.gpu_usage[run] = GpuUsage(jobdir, job["alloc"]["gpus"])
+
+
+def isolation(nd, job: dict, run: str) -> dict | None:
+    """The limits the job's supervisor applies (job.json "isolation")."""
+    if nd.isolation_mode == "off":
+        return None
+    alloc = job["alloc"]
+    node = nd.config.nodes[nd.node]
+    every, allowed = record.device_files(nd.devices, alloc["gpus"])
+    spec = {"mem_bytes": alloc["mem_mb"] * 1024 * 1024,
+            "pids_max": nd.config.cluster.node_daemon.pids_max,
+            "devices": every, "allowed": allowed, "mode": nd.isolation_mode,
+            "cgroup_parent": nd.cgroup_parent}
+    used = {c for cpus in nd.cpus_in_use.values() for c in cpus}
+    free = [c for c in nd.host_cpus if c not in used]
+    if alloc["cpus"] <= len(free):
+        # CPUs on the NUMA node of the job's accelerators first, then the rest
+        near = set(record.local_cpus(nd.devices, alloc["gpus"]))
+        ordered = [c for c in free if c in near] + [c for c in free if c not in near]
+        spec["cpus"] = sorted(ordered[:alloc["cpus"]])
+        nd.cpus_in_use[run] = spec["cpus"]
+    else:
+        spec["why_no_cpuset"] = (f"{len(free)} of the host's {len(nd.host_cpus)} CPUs "
+                                 f"free for {alloc['cpus']} (node declares {node.cpus})")
+    return spec
+
+
+def environment(nd, job: dict, pw) -> dict[str, str]:
+    env = dict(job["environment"])
+    if job["export"].upper().startswith("NONE") or not env:
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("HOME", pw.pw_dir)
+    env.setdefault("USER", pw.pw_name)
+    env.setdefault("LOGNAME", pw.pw_name)
+    env.setdefault("SHELL", pw.pw_shell or "/bin/sh")
+    for var in VISIBILITY_VARS:
+        env.pop(var, None)   # never inherit another allocation's devices
+    alloc = job["alloc"]
+    ours = {
+        "JOB_ID": job["job_id"], "JOB_NAME": job["name"], "JOB_NODELIST": job["nodelist"],
+        "JOB_NUM_NODES": job["nodes"], "NNODES": job["nodes"],
+        "SUBMIT_DIR": job["submit_dir"], "SUBMIT_HOST": job["submit_host"],
+        "JOB_ACCOUNT": job["account"], "JOB_PARTITION": job["partition"],
+        "JOB_QOS": job["qos"], "JOB_USER": job["user"], "JOB_UID": job["uid"],
+        "NTASKS": job["ntasks"], "CPUS_PER_TASK": job["cpus_per_task"],
+        "CPUS_ON_NODE": alloc["cpus"], "MEM_PER_NODE": alloc["mem_mb"],
+        "NODENAME": nd.node, "CLUSTER_NAME": job["cluster"],
+        "RESTART_COUNT": job["restart_count"], "NODEID": 0, "PROCID": 0, "LOCALID": 0,
+        "JOB_GPUS": ",".join(map(str, alloc["gpus"])),
+    }
+    for key, value in ours.items():
+        env[f"RMS_{key}"] = str(value)
+        env[f"SLURM_{key}"] = str(value)   # existing Slurm scripts keep working
+    env["SLURM_JOBID"] = env["RMS_JOBID"] = str(job["job_id"])
+    env["SLURM_NODELIST"] = job["nodelist"]
+    env["SLURMD_NODENAME"] = nd.node
+    env["RMS_GPUS_ON_NODE"] = env["SLURM_GPUS_ON_NODE"] = str(len(alloc["gpus"]))
+    # Fenced, a job sees only its own devices, numbered from 0 as the vendor
+    # runtime will number them; unfenced, it sees all of them.
+    env.update(record.visibility(nd.devices, alloc["gpus"], nd.fenced))
+    return env
+
+
+def spawn_supervisor(jobdir: str) -> int:
+    """Fork the run's supervisor, holding its lock from before the fork (so the run is
+    never without a live lock holder while its supervisor lives). Fork without exec:
+    a fresh interpreter would add tens of milliseconds to every job's start. The child
+    leaves rmsd's session, so it survives rmsd being killed."""
+    lock = hold_lock(os.path.join(jobdir, LOCK_FILE))
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(lock)
+        raise
+    if pid:
+        os.close(lock)      # the child holds it now
+        return pid
+    try:
+        os.setsid()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
+                    signal.SIGUSR1, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.dup2(lock, 3)
+        os.closerange(4, 65536)
+        root = logging.getLogger()
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        supervisor.main([jobdir, "--lock-fd", "3"])   # imported up front: the fork inherits it
+        os._exit(0)
+    except BaseException:
+        os._exit(1)

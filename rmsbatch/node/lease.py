@@ -1,0 +1,112 @@
+"""The supervisor's side of a job's lease (the contract is in rmsbatch.ctld.leases).
+
+rmsd renews the leases of every run it supervises with each heartbeat and writes
+what rmsctld granted to `<state_dir>/<node>/leases.json` ({"until": T, "runs": [...]}),
+which each supervisor reads. When that file has not moved the deadline for half a
+lease (rmsd is down, restarting, or cut off), the supervisor asks rmsctld itself,
+every `retry_s`. When the deadline passes with neither path renewing it, the job must
+die before rmsctld gives it up as lost (deadline + margin), so that a requeued job
+never runs twice at once: `check()` then says "kill".
+
+One exception: if rmsctld's socket refuses connections (rmsctld is down, not cut off),
+nothing can start the job elsewhere, and rmsctld grants every running job a fresh
+lease when it starts; the job goes on.
+
+Deadlines are wall-clock times on rmsctld's clock; hosts must keep their clocks
+within the lease margin of each other (NTP), as MUNGE credentials also require.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import time
+
+
+class LeaseKeeper:
+    def __init__(self, *, until: float, lease_s: float, file: str | None,
+                 controller: str | None, node: str, job_id: int, run: int,
+                 retry_s: float = 5.0, clock=time.time):
+        self.until = until
+        self.lease_s = lease_s
+        self.file = file
+        self.controller = controller
+        self.node = node
+        self.job_id = job_id
+        self.run = run
+        self.name = f"{job_id}.{run}"
+        self.retry_s = retry_s
+        self.clock = clock
+        self.file_mtime = 0.0
+        self.next_direct = 0.0
+        self.controller_down = False
+        self.last_error = ""
+
+    def _read_file(self) -> None:
+        if not self.file:
+            return
+        try:
+            mtime = os.stat(self.file).st_mtime
+        except OSError:
+            return
+        if mtime == self.file_mtime:
+            return
+        self.file_mtime = mtime
+        try:
+            with open(self.file) as fh:
+                data = json.load(fh)
+            if self.name in data.get("runs", ()):
+                self.until = max(self.until, float(data["until"]))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            pass
+
+    def ask_controller(self, timeout: float = 2.0) -> dict | None:
+        """One `lease` request; the reply, or None (self.last_error says why)."""
+        from rmsbatch.net import client
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(self.controller)
+            sock.sendall(client.encode({"op": "lease", "node": self.node,
+                                        "job_id": self.job_id, "run": self.run}))
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionResetError(errno.ECONNRESET, "connection closed")
+                data += chunk
+            self.controller_down = False
+            return client.decode(data)
+        except OSError as exc:
+            # Refused or absent: rmsctld is not running (so nothing is deciding). Any
+            # other failure (a timeout, a reset) may be a live rmsctld we cannot reach.
+            self.controller_down = exc.errno in (errno.ECONNREFUSED, errno.ENOENT)
+            self.last_error = exc.strerror or str(exc)
+            return None
+        except ValueError as exc:
+            self.controller_down = False
+            self.last_error = f"garbled reply: {exc}"
+            return None
+        finally:
+            sock.close()
+
+    def check(self) -> tuple[str, str] | None:
+        """None while the lease holds; ("stop", why) when rmsctld says this run is no
+        longer current; ("kill", why) when the lease ran out."""
+        now = self.clock()
+        self._read_file()
+        if self.controller and self.until - now < self.lease_s / 2 and now >= self.next_direct:
+            self.next_direct = now + self.retry_s
+            reply = self.ask_controller()
+            if reply is not None:
+                if reply.get("ok") and reply.get("stop"):
+                    return "stop", str(reply.get("why") or "rmsctld stopped this run")
+                if reply.get("ok") and isinstance(reply.get("lease_until"), (int, float)):
+                    self.until = max(self.until, float(reply["lease_until"]))
+                elif not reply.get("ok"):
+                    self.last_error = str(reply.get("error") or "refused")
+        if now < self.until or self.controller_down:
+            return None
+        return "kill", (f"lease expired: neither rmsd nor rmsctld renewed it for "
+                        f"{self.lease_s:g} s ({self.last_error or 'no answer'})")
