@@ -48,6 +48,8 @@ def wait_for(pred, timeout: float = 5.0, what: str = "condition"):
 
 
 def ensure_user(name: str, groups: tuple[str, ...] = ()) -> pwd.struct_passwd:
+    """The user, created if missing, and in `groups` whether it was created now or by
+    an earlier run (which may have been interrupted before it added the groups)."""
     for g in groups:
         subprocess.run(["groupadd", "-f", g], check=True)
     try:
@@ -58,6 +60,12 @@ def ensure_user(name: str, groups: tuple[str, ...] = ()) -> pwd.struct_passwd:
             cmd[1:1] = ["-G", ",".join(groups)]
         subprocess.run(cmd, check=True, capture_output=True)
         pw = pwd.getpwnam(name)
+    import grp
+    member_of = {grp.getgrgid(g).gr_name for g in os.getgrouplist(name, pw.pw_gid)}
+    missing = [g for g in groups if g not in member_of]
+    if missing:
+        subprocess.run(["usermod", "-a", "-G", ",".join(missing), name], check=True,
+                       capture_output=True)
     return pw
 
 
@@ -155,6 +163,41 @@ class Cluster:
     @property
     def node(self) -> str:
         return self.api("nodes")["nodes"][0]["name"]
+
+    def rmsd_pid(self, node: str) -> int | None:
+        try:
+            with open(os.path.join(self.dir, "run", f"rmsd-{node}.pid")) as fh:
+                return int(fh.read())
+        except (OSError, ValueError):
+            return None
+
+    def start_rmsd(self, node: str) -> None:
+        """One more node daemon on this host (INSTALL's "several nodes on one host")."""
+        log = open(os.path.join(self.dir, "log", f"rmsd-{node}.log.stderr"), "ab")
+        subprocess.Popen([command_path("rmsd"), "--conf-dir", self.dir, "-N", node],
+                         env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True)
+        wait_for(lambda: self.node_record(node).get("connected"), 20, f"node {node}")
+
+    def node_record(self, name: str) -> dict:
+        return next((n for n in self.api("nodes")["nodes"] if n["name"] == name), {})
+
+    def fast(self, **timings) -> None:
+        """Short heartbeats, timeouts and leases, so failures show within seconds."""
+        values = {"heartbeat_interval": 0.5, "node_timeout": 2, "node_fail_timeout": 4,
+                  "job_lease": 2, "lease_margin": 1, **timings}
+        self.tweak("heartbeat_interval = 2\nnode_timeout = 10",
+                   "\n".join(f"{k} = {v}" for k, v in values.items()))
+
+    def set_nodes(self, names: str) -> None:
+        """Declare these nodes (a hostlist) instead of the one rms-local wrote."""
+        import re
+        path = os.path.join(self.dir, "cluster.toml")
+        with open(path) as fh:
+            text = fh.read()
+        text = re.sub(r'(\[\[nodes\]\]\nnames = )"[^"]*"', f'\\1"{names}"', text, count=1)
+        with open(path, "w") as fh:
+            fh.write(text)
 
     def tweak(self, old: str, new: str) -> None:
         path = os.path.join(self.dir, "cluster.toml")

@@ -55,8 +55,17 @@ def job_cpus(job, now):
 def _job_nodelist_reason(job, now):
     nodelist = job.get("nodelist")
     if nodelist and job.get("state") != "PENDING":
+        if job.get("end_reason") and job.get("state") not in ("RUNNING", "COMPLETING"):
+            return f"{nodelist} ({job['end_reason']})"    # what ended it
         return nodelist
-    return f"({job.get('reason') or 'None'})"
+    return f"({_pending_reason(job)})"
+
+
+def _pending_reason(job) -> str:
+    reason = job.get("reason") or "None"
+    if job.get("state") == "PENDING" and job.get("end_reason"):
+        return f"{reason}; requeued: {job['end_reason']}"   # why its last run ended
+    return reason
 
 
 def job_exit_code(job, now):
@@ -71,7 +80,11 @@ def job_reason(job: dict) -> str:
     """Why a job waits, or, once it has ended, what ended it (when known)."""
     if job.get("state") != "PENDING" and job.get("end_reason"):
         return job["end_reason"]
-    return job.get("reason") or "None"
+    return _pending_reason(job)
+
+
+def _job_reason_cell(job, now):
+    return job_reason(job)
 
 
 # -- rq (squeue) --------------------------------------------------------------
@@ -94,9 +107,9 @@ JOB_FIELDS: dict[str, Field] = {
     "gpu_type": Field("GPU_TYPE", shown("gpu_type", lambda v: v or "")),
     "min_memory": Field("MIN_MEMORY", shown("req_mem_mb", memory), True),
     "nodelist_reason": Field("NODELIST(REASON)", _job_nodelist_reason,
-                             reads=("nodelist", "state", "reason")),
+                             reads=("nodelist", "state", "reason", "end_reason")),
     "nodelist": Field("NODELIST", getter("nodelist")),
-    "reason": Field("REASON", getter("reason")),
+    "reason": Field("REASON", _job_reason_cell, reads=("state", "reason", "end_reason")),
     "submit_time": Field("SUBMIT_TIME", _time_of("submit_time")),
     "start_time": Field("START_TIME", _time_of("start_time")),
     "end_time": Field("END_TIME", _time_of("end_time")),
@@ -205,7 +218,7 @@ SACCT_FIELDS: dict[str, Field] = {
     "Partition": Field("Partition", getter("partition")),
     "QOS": Field("QOS", getter("qos")),
     "State": Field("State", getter("state")),
-    "Reason": Field("Reason", getter("reason")),
+    "Reason": Field("Reason", _job_reason_cell, reads=("state", "reason", "end_reason")),
     "ExitCode": Field("ExitCode", job_exit_code, True, reads=("exit_code", "exit_signal")),
     "Submit": Field("Submit", _time_of("submit_time")),
     "Start": Field("Start", _time_of("start_time")),

@@ -21,8 +21,11 @@ UNUSABLE = ("DOWN", "DRAIN", "DRAINING")
 
 
 def node_state_short(node: dict) -> str:
+    """`idle`, `mix`, ...; with a trailing `*` while the node is not responding (as in
+    sinfo): it gets no new work, its jobs keep running."""
     state = (node.get("state") or "").upper()
-    return NODE_STATE_SHORT.get(state, state.lower())
+    short = NODE_STATE_SHORT.get(state, state.lower())
+    return short + "*" if node.get("responding") is False and state != "DOWN" else short
 
 
 def parse_node_state(text: str) -> str:
@@ -119,14 +122,15 @@ def partition_rows(nodes: list[dict], partitions: list[dict]) -> list[dict]:
         for name in names:
             node = by_name.get(name)
             if node is not None:
-                key = ((node.get("state") or "").upper(), node_gres(node))
+                key = ((node.get("state") or "").upper(), node_gres(node),
+                       node_state_short(node).endswith("*"))
                 groups.setdefault(key, []).append(node)
-        for state, gres in sorted(groups, key=lambda k: (_STATE_ORDER.get(k[0], 99), k)):
-            members = groups[(state, gres)]
+        for state, gres, silent in sorted(groups, key=lambda k: (_STATE_ORDER.get(k[0], 99), k)):
+            members = groups[(state, gres, silent)]
             rows.append({
                 **base,
                 "nodes": str(len(members)),
-                "state": NODE_STATE_SHORT.get(state, state.lower()),
+                "state": NODE_STATE_SHORT.get(state, state.lower()) + ("*" if silent else ""),
                 "cpus": f"{sum(n.get('alloc_cpus') or 0 for n in members)}/"
                         f"{sum(n.get('cpus') or 0 for n in members)}",
                 "gpus": f"{sum(n.get('alloc_gpus') or 0 for n in members)}/"

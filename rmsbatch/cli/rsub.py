@@ -28,6 +28,7 @@ def body(argv: list[str]) -> int:
         return 0
     except jobscript.OptionError as exc:
         raise UsageError(str(exc)) from None
+    sub.spec.umask, sub.spec.rlimits = _inherited()
     with client.Client() as conn:
         reply = conn.call("submit", spec=sub.spec.to_dict())
         job_id = reply["job_id"]
@@ -45,6 +46,24 @@ def body(argv: list[str]) -> int:
     if code:
         return code
     return 128 + sig if sig else 1
+
+
+def _inherited() -> tuple[int, dict]:
+    """What the job inherits from this shell, as under Slurm: the umask, and the
+    resource limits ([soft, hard], -1 for unlimited); the node decides which apply."""
+    import resource
+    from rmsbatch.core.jobspec import RLIMIT_NAMES
+    mask = os.umask(0o022)      # the only way to read it is to set it
+    os.umask(mask)
+    limits = {}
+    for name in RLIMIT_NAMES:
+        try:
+            soft, hard = resource.getrlimit(getattr(resource, "RLIMIT_" + name))
+        except (AttributeError, ValueError, OSError):
+            continue
+        limits[name] = [-1 if soft == resource.RLIM_INFINITY else soft,
+                        -1 if hard == resource.RLIM_INFINITY else hard]
+    return mask, limits
 
 
 def _wait(client, job_id: int) -> dict:

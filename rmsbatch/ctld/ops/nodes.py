@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from rmsbatch.core import failpoint
 from rmsbatch.core.states import JobState
 from rmsbatch.ctld import requests
 from rmsbatch.ctld.nodestate import NOT_REGISTERED, NOT_RESPONDING
@@ -63,6 +64,7 @@ def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
             ended(ctl, name, requests.Outcome.model_validate(outcome))
         except ValueError as exc:
             log.warning("node %s: unreadable outcome %.200r: %s", name, outcome, exc)
+    failpoint.hit("node_hello.after_ended")
     reported = {(o.get("job_id"), o.get("run")) for o in req.ended if isinstance(o, dict)}
     running_there = set(req.running)
     orders, current = [], set()
