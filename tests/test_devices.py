@@ -129,18 +129,110 @@ def test_nvml_error_paths(root):
     m = machines.dgx_h100()
     m["gpus"][3]["no_permission"] = True          # inside a cgroup that denies it
     m["gpus"][5]["lost"] = True
-    m["gpus"][0]["unsupported"] = ["numa", "affinity", "power", "energy", "util", "ecc",
-                                   "remap", "nvlink", "processes", "throttle"]
+    m["gpus"][0]["unsupported"] = ["numa", "memory_affinity", "affinity", "power", "energy",
+                                   "util", "ecc", "remap", "nvlink", "processes", "throttle"]
     b = nvml(m, root)
     devs = b.discover()
-    assert len(devs) == 6
-    assert any("index 3" in p and "Insufficient Permissions" in p for p in b.problems)
-    assert any("index 5" in p and "GPU is lost" in p for p in b.problems)
+    # GPU 3 is not ours (a note); lost GPU 5 keeps its place, drained by its fault
+    assert [d.vendor_index for d in devs] == [0, 1, 2, 4, 5, 6, 7] and b.problems == []
+    assert b.notes == ["NVML GPU 3 outside this container's devices (NVML: Insufficient "
+                       "Permissions): not used"]
+    assert devs[4].fault == "GPU is lost (NVML: GPU is lost)" and devs[4].type == "gpu"
+    assert [d.fault for d in devs if d is not devs[4]] == [None] * 6
     # NUMA and CPUs from sysfs when NVML will not say (none here: unknown)
     assert devs[0].numa_node is None and devs[0].cpus == [] and devs[0].links == {}
     s = b.sample(devs)[devs[0].key]
     assert s["power_w"] is None and s["util_pct"] is None and s["ecc_uncorrected"] is None
     assert s["procs"] is None and s["temp_c"] == 31 and s["mem_used_mb"] == 0
+
+
+def test_a_gpu_lost_at_start_keeps_its_index_and_name(root):
+    """NVML answers GPU_IS_LOST for GPU 2 from nvmlDeviceGetHandleByIndex on: it stays
+    listed at NVML index 2, named from the driver's /proc list, and samples lost; GPU 3
+    is still GPU 3. Other handle errors NVML documents are faults of the device too."""
+    m = machines.dgx_h100()
+    machines.proc_tree(root, m)
+    m["gpus"][2]["lost"] = True
+    m["gpus"][6]["fault"] = "INSUFFICIENT_POWER"
+    inv = discovery.discover([], "auto", backends=("nvml", "sysfs"), root=root,
+                             modules={"pynvml": FakeNvml(m)}, keep_open=True)
+    devs = inv.devices
+    assert inv.problems == [] and len(devs) == 8
+    assert [d.uuid for d in devs] == [g["uuid"] for g in m["gpus"]]
+    lost, weak = devs[2], devs[6]
+    assert lost.fault == "GPU is lost (NVML: GPU is lost)" and lost.type == "h100"
+    assert lost.bdf == "0000:52:00.0" and lost.device_files == [os.path.join(root, "dev/nvidia2")]
+    assert weak.fault == "GPU not usable (NVML: Insufficient External Power)"
+    assert lost.uuid not in devs[1].links and devs[3].links[devs[4].uuid] == 18
+    samples = inv.opened[0].sample(devs)
+    assert samples[lost.key] == {"lost": lost.fault} and samples[weak.key] == {"lost": weak.fault}
+    assert samples[devs[3].key]["temp_c"] == 34
+    inv.close()
+    # without the driver's list (or when it disagrees) the GPU is unnamed, still in place
+    os.rename(os.path.join(root, "proc/driver/nvidia/gpus"), os.path.join(root, "gpus.away"))
+    devs = discovery.discover([], "auto", backends=("nvml",), root=root,
+                              modules={"pynvml": FakeNvml(m)}).devices
+    assert (devs[2].type, devs[2].uuid, devs[2].key, devs[2].index) == ("gpu", None, "nvml#2", 2)
+    assert devs[3].uuid == m["gpus"][3]["uuid"] and devs[3].index == 3
+    # check mode: an unnamed failed GPU may be any declared one: no mismatch for it
+    declared = gpudefs(("h100", 8, "CUDA_VISIBLE_DEVICES", "nvidia",
+                        [f"/dev/nvidia{i}" for i in range(8)]))
+    assert discovery.discover(declared, "check", backends=("nvml",), root=root,
+                              modules={"pynvml": FakeNvml(m)}).problems == []
+
+
+def test_gpus_outside_the_container_are_a_note_not_a_drain(root):
+    """In a container whose device cgroup denies GPUs 0-5, nvmlDeviceGetCount still counts
+    them and nvmlDeviceGetHandleByIndex (or a call that names one) answers NO_PERMISSION."""
+    m = machines.dgx_h100()
+    machines.proc_tree(root, m)
+    for g in m["gpus"][:4]:
+        g["no_permission"] = True
+    m["gpus"][4]["no_permission"] = ["uuid"]
+    m["gpus"][5]["no_permission"] = ["pci"]
+    inv = discovery.discover([], "auto", root=root,
+                             modules={"pynvml": FakeNvml(m),
+                                      "amdsmi": FakeAmdSmi({"library": False, "processors": []})})
+    assert inv.problems == [] and [d.uuid for d in inv.devices] == [m["gpus"][6]["uuid"],
+                                                                    m["gpus"][7]["uuid"]]
+    assert inv.notes == ["NVML GPUs 0-5 outside this container's devices (NVML: Insufficient "
+                         "Permissions): not used"]
+    assert all(d.fault is None and d.backend == "nvml" for d in inv.devices)   # no /proc GPUs
+    # CUDA numbers only what it can open: unfenced jobs get the GPU by UUID
+    env = record.visibility(inv.devices, [1], fenced=False)
+    assert env["CUDA_VISIBLE_DEVICES"] == m["gpus"][7]["uuid"]
+    assert record.visibility(inv.devices, [1], fenced=True)["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_numa_from_memory_affinity_keeps_a_job_on_one_node(root):
+    """x86: nvmlDeviceGetNumaNodeId is NotSupported; memory affinity says NUMA 0 for GPUs
+    0-3 and 1 for 4-7. With GPUs 1 and 2 busy, a 4-GPU job gets 4-7, not 0,3,4,5."""
+    from rmsbatch.ctld.nodestate import gpus as placement_view
+    from rmsbatch.sched.placement import NodeView, Request, allocate
+
+    def four_gpus(machine, root=root):
+        devs = nvml(machine, root).discover()
+        discovery.number(devs)
+        node = NodeView("n", 224, 2_000_000, placement_view(devs))
+        node.free_gpus -= {1, 2}
+        return devs, allocate(Request(gpus=4), [node])["n"].gpus
+
+    m = machines.dgx_h100()
+    for g in m["gpus"]:
+        g["unsupported"] = ["numa"]
+    devs, got = four_gpus(m)
+    assert [d.numa_node for d in devs] == [0] * 4 + [1] * 4 and got == [4, 5, 6, 7]
+    # no memory affinity either: the node whose CPUs are the GPU's (sysfs)
+    for g in m["gpus"]:
+        g["unsupported"] = ["numa", "memory_affinity"]
+    machines.node_tree(root, m)
+    devs, got = four_gpus(m)
+    assert [d.numa_node for d in devs] == [0] * 4 + [1] * 4 and got == [4, 5, 6, 7]
+    # nothing names the node: the PCIe distances (SYSTEM across the sockets) still do
+    for g in m["gpus"]:
+        g["unsupported"] = ["numa", "memory_affinity", "affinity"]
+    devs, got = four_gpus(m, root="/nonexistent")
+    assert [d.numa_node for d in devs] == [None] * 8 and got == [4, 5, 6, 7]
 
 
 def test_nvml_library_missing_or_driver_not_loaded():
@@ -394,9 +486,16 @@ def test_monitor_auto_ticks_and_reports_by_index(root):
     mon.events.put(("xid", [inv.devices[3].key], 79))
     assert mon.drain_events(101.0) is True
     assert set(mon.message(101.0)["unhealthy"]) == {"3", "6"}
-    mon.reset()
-    del m["gpus"][6]["lost"]
-    assert mon.tick(102.0)["unhealthy"] == {}
+    # a resume while GPU 6 is still lost: it is looked for again, and stays out, under
+    # the name the monitor knew it by (no /proc list here to say it)
+    assert mon.reset() is True and mon.inventory.devices[6].fault
+    assert mon.inventory.devices[6].uuid == m["gpus"][6]["uuid"]
+    assert set(mon.tick(102.0)["unhealthy"]) == {"6"}
+    del m["gpus"][6]["lost"]           # repaired: the next resume finds it, by its index
+    assert mon.reset() is True and mon.inventory.devices[6].fault is None
+    assert mon.inventory.devices[6].uuid == m["gpus"][6]["uuid"]
+    assert mon.tick(103.0)["unhealthy"] == {}
+    assert mon.reset() is False         # nothing to look for: no new discovery
     mon.close()
 
 
@@ -428,8 +527,29 @@ def test_gpu_usage_accumulates_and_survives_a_restart(tmp_path):
     # a device that cannot list processes counts its whole use
     v = GpuUsage(str(tmp_path / "x"), [0])
     (tmp_path / "x").mkdir()
-    v.add({"0": {"util_pct": None, "mem_used_mb": 1234, "procs": None}}, 0, "9.0", None)
+    for t in (0, 5):
+        v.add({"0": {"util_pct": None, "mem_used_mb": 1234, "procs": None}}, t, "9.0", None)
     assert v.summary() == {"gpu_util": None, "gpu_mem_peak_mb": 1234, "gpu_energy_j": None}
+
+
+def test_a_job_with_one_sample_shows_blanks_not_zeros(tmp_path):
+    """One sample is no interval: no mean, no growth of the energy counter, no peak. rsacct
+    shows blanks and rcontrol (null), as for any unknown value, not 0% / 0 J."""
+    from rmsbatch.cli import rsacct
+    from rmsbatch.cli.details import job_detail
+    u = GpuUsage(str(tmp_path), [0])
+    u.add({"0": {"util_pct": 0, "mem_used_mb": 0, "energy_j": 5000.0, "procs": []}}, 0, "7.0", 7)
+    figures = u.summary()
+    assert figures == {"gpu_util": None, "gpu_mem_peak_mb": None, "gpu_energy_j": None}
+    job = {"id": 7, "state": "COMPLETED", "req_gpus": 1, "gpu_indices": [0], "exit_code": 0,
+           "exit_signal": 0, **figures}
+    args = rsacct.parse_args(["-j", "7", "-n", "-P", "-o", "JobID,GPUUtil,MaxGPUMem,GPUEnergy"])
+    assert rsacct.render([job], args) == "7|||"
+    shown = "\n".join(job_detail(job))
+    assert "GPUUtil=(null) MaxGPUMem=(null) GPUEnergy=(null)" in shown
+    # a second sample makes them figures, zeros included
+    u.add({"0": {"util_pct": 0, "mem_used_mb": 0, "energy_j": 5000.0, "procs": []}}, 5, "7.0", 7)
+    assert u.summary() == {"gpu_util": 0.0, "gpu_mem_peak_mb": 0, "gpu_energy_j": 0.0}
 
 
 def _numbered(devs):

@@ -122,9 +122,27 @@ def test_requests_by_type_profile_and_memory():
         placement.check_feasible(Request(gpus=2, gpu_type="a100"), [node], "gpu")
     # by memory: a "40G" request is met by the 40,192 MiB slice and the 80 GB GPU
     assert placement.allocate(Request(gpus=2, gpu_mem_mb=40960), [node])["m"].gpus == [0, 4]
-    assert placement.allocate(Request(gpus=1, gpu_mem_mb=10240), [node])["m"].gpus == [0]
+    # the smallest that fits: a 1g.10gb slice, not the 3g.40gb one
+    assert placement.allocate(Request(gpus=1, gpu_mem_mb=10240), [node])["m"].gpus == [2]
     with pytest.raises(InfeasibleRequest, match="GPUs with 90000 MB per node; node m has 0"):
         placement.check_feasible(Request(gpus=1, gpu_mem_mb=90000), [node], "gpu")
+
+
+def test_a_request_gets_the_smallest_device_that_fits():
+    # an A100 40GB cut into 2g.10gb, 1g.5gb and 3g.20gb instances (slot order), and a whole GPU
+    node = NodeView("m", 32, 256_000, {
+        0: Gpu("2g.10gb", 9856, "a100", True), 1: Gpu("1g.5gb", 4864, "a100", True),
+        2: Gpu("3g.20gb", 19968, "a100", True), 3: Gpu("a100", 40960)})
+    assert placement.allocate(Request(gpus=1), [node])["m"].gpus == [1]
+    assert placement.allocate(Request(gpus=1, gpu_mem_mb=5120), [node])["m"].gpus == [1]
+    assert placement.allocate(Request(gpus=1, gpu_mem_mb=10240), [node])["m"].gpus == [0]
+    assert placement.allocate(Request(gpus=2), [node])["m"].gpus == [0, 1]
+    placement.take({"m": node}, placement.allocate(Request(gpus=1), [node]))
+    assert placement.allocate(Request(gpus=1), [node])["m"].gpus == [0]   # the next smallest
+    # whole GPUs of two sizes, NUMA known: a one-GPU job takes the small one
+    mixed = NodeView("x", 32, 256_000, {0: Gpu("h100", 81559, numa=0), 1: Gpu("l40s", 46068, numa=0)})
+    assert placement.allocate(Request(gpus=1), [mixed])["x"].gpus == [1]
+    assert placement.allocate(Request(gpus=1, gpu_mem_mb=60000), [mixed])["x"].gpus == [0]
 
 
 def test_drained_devices_are_never_allocated():

@@ -55,7 +55,9 @@ def job_detail(job: dict, now: float | None = None) -> list[str]:
     ] + ([f"GPUUtil={percent(job.get('gpu_util')) or NULL} "
           f"MaxGPUMem={memory(job.get('gpu_mem_peak_mb')) or NULL} "
           f"GPUEnergy={energy(job.get('gpu_energy_j')) or NULL}"]
-         if any(job.get(k) is not None for k in ("gpu_util", "gpu_mem_peak_mb", "gpu_energy_j"))
+         # a GPU job without figures (too short to measure) says so: (null), not nothing
+         if job.get("req_gpus") or indices or any(
+             job.get(k) is not None for k in ("gpu_util", "gpu_mem_peak_mb", "gpu_energy_j"))
          else [])
 
 

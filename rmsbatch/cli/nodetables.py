@@ -167,7 +167,8 @@ def node_rows(nodes: list[dict], partitions: list[dict]) -> list[dict]:
 
 
 def reason_rows(nodes: list[dict]) -> list[dict]:
-    """sinfo -R: down and drained nodes, grouped by reason and state."""
+    """sinfo -R: down and drained nodes, grouped by reason and state; then drained GPUs
+    (state gpu-drain) and GPU notes (state note) of nodes in service."""
     groups: dict[tuple[str, str], list[str]] = {}
     for node in nodes:
         state = (node.get("state") or "").upper()
@@ -175,6 +176,8 @@ def reason_rows(nodes: list[dict]) -> list[dict]:
             groups.setdefault((node.get("reason") or "none", state), []).append(node["name"])
         if node.get("gpu_reason"):      # devices out of service on a node still in use
             groups.setdefault((node["gpu_reason"], "gpu-drain"), []).append(node["name"])
+        for note in node.get("gpu_notes") or []:   # what the admin should know: no drain
+            groups.setdefault((note, "note"), []).append(node["name"])
     rows = []
     for (reason, state), names in sorted(groups.items(),
                                           key=lambda kv: natural_key(min(kv[1], key=natural_key))):

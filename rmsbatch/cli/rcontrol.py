@@ -226,6 +226,17 @@ def show(args: argparse.Namespace) -> str:
     return render_show(args, reply)
 
 
+def render_resume(reply: dict) -> str:
+    """The GPUs that stay drained after a resume, until their node's monitor has judged
+    them again (it does so at once; `rcontrol show node` then shows the outcome)."""
+    lines = []
+    for node, gpus in (reply.get("gpus_drained") or {}).items():
+        for index, why in gpus.items():
+            lines.append(f"{node}: GPU {index} stays drained until its monitor has judged it "
+                         f"again (drained for: {why}); see: rcontrol show node {node}")
+    return "\n".join(lines)
+
+
 def body(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.command == "show":
@@ -237,7 +248,10 @@ def body(argv: list[str]) -> int:
         client.call("drain", nodes=args.nodelist, reason=args.reason.strip())
         return 0
     if args.command == "resume":
-        client.call("resume", nodes=args.nodelist)
+        reply = client.call("resume", nodes=args.nodelist)
+        text = render_resume(reply)
+        if text:
+            sys.stdout.write(text + "\n")
         return 0
     if args.command in ("hold", "release"):
         reply = client.call(args.command, ids=args.ids)

@@ -15,6 +15,7 @@ from rmsbatch.core.states import NodeState
 from rmsbatch.sched.placement import Gpu, NodeView
 
 PCIE_SWITCH = 20      # NVML_TOPOLOGY_MULTIPLE: GPUs behind one tree of PCIe switches
+PCIE_NODE = 40        # NVML_TOPOLOGY_NODE: GPUs under host bridges of one NUMA node
 NOT_REGISTERED = "Not registered"
 NOT_RESPONDING = "Not responding"
 
@@ -88,10 +89,37 @@ def gpus(recs: list) -> dict[int, Gpu]:
             if k in index_of and index_of[k] not in weights and int(level) <= PCIE_SWITCH:
                 weights[index_of[k]] = 1
         return tuple(sorted(weights.items()))
+    near = _pcie_groups(recs)
+
+    def numa(r):
+        if isinstance(r.numa_node, int):
+            return r.numa_node
+        return near.get(r.parent if r.is_partition else r.key)
     return {r.index: Gpu(str(r.type), int(r.mem_mb or 0),
                          short_type(r.model) if r.is_partition else "", r.is_partition,
-                         r.numa_node if isinstance(r.numa_node, int) else None, links(r))
+                         numa(r), links(r))
             for r in recs}
+
+
+def _pcie_groups(recs: list) -> dict[str, int]:
+    """Where a GPU's NUMA node is unknown: GPUs no farther apart on PCIe than
+    NVML_TOPOLOGY_NODE share one (SYSTEM crosses the link between sockets). Device key
+    -> a group number, negative so that it never passes for a real node id."""
+    unknown = {r.key: r for r in recs if r.numa_node is None and r.pcie and not r.is_partition}
+    group: dict[str, int] = {}
+    for start in unknown:
+        if start in group:
+            continue
+        number = -1 - len(set(group.values()))
+        todo = [start]
+        while todo:
+            key = todo.pop()
+            if key in group:
+                continue
+            group[key] = number
+            todo.extend(k for k, level in unknown[key].pcie.items()
+                        if k in unknown and k not in group and int(level) <= PCIE_NODE)
+    return group
 
 
 def devices_of(nd, st: NodeStatus) -> list | None:

@@ -6,7 +6,10 @@ could ever satisfy the request (reject at submit), with the numbers that say
 why. Nodes are taken first fit; on a node, GPUs are chosen by topology where the
 node reports it: a multi-GPU job gets GPUs linked to each other (NVLink, XGMI,
 partitions of one physical GPU) and on one NUMA node, and a one-GPU job the GPU
-whose linked peers are already busy, so well-connected groups stay whole.
+whose linked peers are already busy, so well-connected groups stay whole. Among
+devices that satisfy a request the smallest (by memory) goes first: a 1g.5gb MIG
+instance before a 2g.10gb one, an L40S before an H100, so big devices stay free for
+the requests only they can meet.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 # GPUs sold as "80 GB" report a little less (80 GB HBM shows as 81,559 MiB, a 40 GB
 # MIG slice as 40,192 MiB): a --gpu-mem request is met by devices within this share.
 GPU_MEM_SLACK = 0.95
+UNKNOWN_SIZE = 1 << 40          # a device of unknown memory sorts after every known one
 
 
 class InsufficientResources(Exception):
@@ -82,6 +86,10 @@ class NodeView:
             if g.partition and g.model:
                 self.by_type.setdefault(f"{g.model}_{g.type}", set()).add(i)
         self.topology = bool(self.weights) or any(g.numa is not None for g in self.gpus.values())
+        # best fit: smaller devices first (unknown sizes last); None where all are alike
+        sizes = {g.mem_mb for g in self.gpus.values()}
+        self.size = None if len(sizes) <= 1 else {
+            i: g.mem_mb or UNKNOWN_SIZE for i, g in self.gpus.items()}
 
     def drain_gpu(self, index: int) -> None:
         self.drained.add(index)
@@ -114,12 +122,16 @@ def matches_constraint(expr: str | None, features: frozenset[str]) -> bool:
 
 
 def _gpus_of_type(node: NodeView, req: Request, indices) -> list[int]:
+    """The devices among `indices` that satisfy the request, smallest first."""
     if req.gpu_type is not None:
         indices = node.by_type.get(req.gpu_type, _NONE).intersection(indices)
     if req.gpu_mem_mb:
         floor = req.gpu_mem_mb * GPU_MEM_SLACK
-        return sorted(i for i in indices if node.gpus[i].mem_mb >= floor)
-    return sorted(indices)
+        indices = [i for i in indices if node.gpus[i].mem_mb >= floor]
+    size = node.size
+    if size is None:
+        return sorted(indices)
+    return sorted(indices, key=lambda i: (size[i], i))
 
 
 _NONE: frozenset = frozenset()
@@ -157,8 +169,10 @@ def check_feasible(req: Request, nodes: list[NodeView], partition: str) -> None:
     if fitting < req.nodes and not problems:
         raise InfeasibleRequest(f"requested {req.nodes} nodes; partition {partition} "
                                 f"has {len(nodes)}")
-    # Say it in terms of the biggest node, which is what a user can act on.
-    biggest = max(nodes, key=lambda n: (len(n.gpus), n.cpus, n.mem_mb))
+    # Say it in terms of the biggest node with the features asked for, which is what a
+    # user can act on.
+    featured = [n for n in nodes if matches_constraint(req.constraint, n.features)] or nodes
+    biggest = max(featured, key=lambda n: (len(n.gpus), n.cpus, n.mem_mb))
     why = shape_problem(req, biggest) or problems[0]
     if fitting:
         why = f"requested {req.nodes} nodes; only {fitting} in partition {partition} fit ({why})"
@@ -183,7 +197,7 @@ def fits_now(req: Request, node: NodeView) -> list[int] | None:
         if len(free) < req.gpus:
             return None
         if not node.topology or len(free) == req.gpus:
-            return free[:req.gpus]
+            return sorted(free[:req.gpus])
         return choose_gpus(node, free, req.gpus)
     return []
 
@@ -198,26 +212,32 @@ def choose_gpus(node: NodeView, free: list[int], count: int) -> list[int]:
     def numa(i: int):
         return node.gpus[i].numa
 
+    size = node.size or {}
+
     if count == 1:
-        # best fit: the GPU that breaks up the least of what is still free
-        return [min(free, key=lambda i: (sum(weight(i, j) for j in free if j != i), i))]
+        # best fit: the smallest device, then the one that breaks up the least of what
+        # is still free
+        return [min(free, key=lambda i: (size.get(i, 0), sum(weight(i, j) for j in free if j != i), i))]
     best = None
     seeds, numas = [], set()
-    for i in free:                      # a few seeds: one per NUMA node, then the first
+    for i in sorted(free):              # a few seeds: one per NUMA node, then the first
         if numa(i) not in numas or len(seeds) < 2:
             seeds.append(i)
             numas.add(numa(i))
         if len(seeds) >= 4:
             break
+    if free[0] not in seeds:            # and the smallest device
+        seeds.append(free[0])
     for seed in seeds:
         chosen, rest = [seed], [i for i in free if i != seed]
         while len(chosen) < count:
             nxt = max(rest, key=lambda i: (sum(weight(i, c) for c in chosen),
-                                           numa(i) == numa(seed), -i))
+                                           numa(i) == numa(seed), -size.get(i, 0), -i))
             chosen.append(nxt)
             rest.remove(nxt)
         score = (sum(weight(a, b) for a in chosen for b in chosen if a < b),
-                 sum(1 for c in chosen if numa(c) == numa(seed)), -sum(chosen))
+                 sum(1 for c in chosen if numa(c) == numa(seed)),
+                 -sum(size.get(c, 0) for c in chosen), -sum(chosen))
         if best is None or score > best[0]:
             best = (score, sorted(chosen))
     return best[1]

@@ -104,6 +104,36 @@ def mi300x_cpx(physical: int = 2) -> dict:
     return {"processors": procs, "library": True}
 
 
+def proc_tree(root: str, machine: dict) -> None:
+    """root/proc/driver/nvidia/gpus/<bdf>/information for each GPU of an NVML machine,
+    as the driver writes it (the layout of tests/data/sysfs/dgx-h100): the driver's own
+    list, which names a GPU even when NVML cannot open it."""
+    for g in machine["gpus"]:
+        bus = g["bus_id"].lower()[4:]             # "00000000:1B:00.0" -> "0000:1b:00.0"
+        path = os.path.join(root, "proc", "driver", "nvidia", "gpus", bus)
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "information"), "w") as fh:
+            fh.write(f"Model: \t\t {g['name']}\nIRQ:   \t\t {500 + g['minor']}\n"
+                     f"GPU UUID: \t {g['uuid']}\nVideo BIOS: \t 96.00.74.00.01\n"
+                     "Bus Type: \t PCIe\nDMA Size: \t 52 bits\nDMA Mask: \t 0xfffffffffffff\n"
+                     f"Bus Location: \t {bus}\nDevice Minor: \t {g['minor']}\n"
+                     f"GPU Firmware: \t {machine.get('driver', '550.54.15')}\n"
+                     "GPU Excluded:\t No\n")
+
+
+def node_tree(root: str, machine: dict) -> None:
+    """root/sys/devices/system/node/node<N>/cpulist from the GPUs' NUMA nodes and CPUs."""
+    cpus: dict[int, str] = {}
+    for g in machine["gpus"]:
+        if "numa" in g and g.get("cpus"):
+            cpus[g["numa"]] = g["cpus"]
+    for node, text in cpus.items():
+        path = os.path.join(root, "sys", "devices", "system", "node", f"node{node}")
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "cpulist"), "w") as fh:
+            fh.write(text + "\n")
+
+
 def device_tree(root: str, minors, ttys, mig: bool = False) -> None:
     """root/dev/nvidia<minor> -> /dev/tty<N> (stand-in character devices), root/proc's
     mig-minors, and root/dev/nvidia-caps/nvidia-cap<N> for MIG."""

@@ -12,13 +12,19 @@ Per GPU of a machine (all optional but name/uuid/bus_id/minor/mem_mb):
     nvlinks [{"remote": bus id | "switch", "count": N}],
     mig {"current": 1, "pending": 1, "slots": 7,
          "devices": [{"slot", "profile", "mem_mb", "gi", "ci", "uuid"}]},
-    lost, no_permission, unsupported [metric names], util, mem_used_mb, power_mw,
+    lost, no_permission, fault, unsupported [metric names], util, mem_used_mb, power_mw,
     energy_mj, temp, sm_clock, throttle, ecc_uncorrected, remap [corr, unc, pending, failed],
     retired_pending, processes [[pid, MiB or None]]
-`pcie_switch` (a number) puts GPUs behind one PCIe switch; otherwise the NUMA node decides
-how far apart they are. `unsupported` names what answers NOT_SUPPORTED: util power energy
-temp clock throttle ecc remap retired processes numa affinity mig nvlink nvlink_type
-events topology.
+`numa` is where the GPU is; `pcie_switch` (a number) puts GPUs behind one PCIe switch,
+otherwise the NUMA node decides how far apart they are. `unsupported` names what answers
+NOT_SUPPORTED: util power energy temp clock throttle ecc remap retired processes numa (the
+NUMA-id call only, as on x86 hosts) memory_affinity affinity mig nvlink nvlink_type events
+topology. `lost`: every call answers GPU_IS_LOST, nvmlDeviceGetHandleByIndex included, as
+for a GPU that fell off the bus. `no_permission`: true when nvmlDeviceGetHandleByIndex
+answers NO_PERMISSION (a GPU outside the container's device cgroup: nvmlDeviceGetCount
+still counts it), or a list of the identifying calls that do (uuid name pci minor).
+`fault`: another error nvmlDeviceGetHandleByIndex documents (INSUFFICIENT_POWER,
+IRQ_ISSUE, UNKNOWN).
 Machine: {"library": true, "driver": "...", "gpus": [...], "events": [{"gpu", "xid"}]}
 """
 from __future__ import annotations
@@ -109,6 +115,8 @@ class FakeNvml:
             self._fail(self.NVML_ERROR_GPU_IS_LOST)
         if metric and metric in g.get("unsupported", []):
             self._fail(self.NVML_ERROR_NOT_SUPPORTED)
+        if metric and isinstance(g.get("no_permission"), list) and metric in g["no_permission"]:
+            self._fail(self.NVML_ERROR_NO_PERMISSION)
         return g
 
     def _mig(self, handle) -> dict | None:
@@ -151,31 +159,33 @@ class FakeNvml:
         gpus = self.machine["gpus"]
         if not 0 <= index < len(gpus):
             self._fail(self.NVML_ERROR_INVALID_ARGUMENT)
-        if gpus[index].get("no_permission"):
+        if gpus[index].get("no_permission") is True:
             self._fail(self.NVML_ERROR_NO_PERMISSION)
         if gpus[index].get("lost"):
             self._fail(self.NVML_ERROR_GPU_IS_LOST)
+        if gpus[index].get("fault"):
+            self._fail(getattr(self, "NVML_ERROR_" + gpus[index]["fault"]))
         return _Handle(index)
 
     def nvmlDeviceGetUUID(self, handle):
-        g = self._gpu(handle)
+        g = self._gpu(handle, "uuid")
         m = self._mig(handle)
         return m["uuid"] if m else g["uuid"]
 
     def nvmlDeviceGetName(self, handle):
-        g = self._gpu(handle)
+        g = self._gpu(handle, "name")
         m = self._mig(handle)
         return f"{g['name']} MIG {m['profile']}" if m else g["name"]
 
     def nvmlDeviceGetPciInfo(self, handle):
-        g = self._gpu(handle)
+        g = self._gpu(handle, "pci")
         info = self.nvmlPciInfo_t()
         info.busId = g["bus_id"].encode()
         info.busIdLegacy = g["bus_id"][4:].encode()
         return info
 
     def nvmlDeviceGetMinorNumber(self, handle):
-        return self._gpu(handle)["minor"]
+        return self._gpu(handle, "minor")["minor"]
 
     def nvmlDeviceGetIndex(self, handle):
         self._gpu(handle)
@@ -193,6 +203,21 @@ class FakeNvml:
         if "numa" not in g:
             self._fail(self.NVML_ERROR_NOT_SUPPORTED)
         return g["numa"]
+
+    def nvmlDeviceGetMemoryAffinity(self, handle, nodeSetSize, scope):
+        """The NUMA nodes whose memory is closest, as a bit mask in 64-bit words: the
+        GPU's node (NVML_AFFINITY_SCOPE_NODE), or every node of its socket (SOCKET;
+        `socket` in the machine, else the node alone)."""
+        g = self._gpu(handle, "memory_affinity")
+        if scope == self.NVML_AFFINITY_SCOPE_SOCKET and "socket" in g:
+            nodes = {o.get("numa", 0) for o in self.machine["gpus"] if o.get("socket") == g["socket"]}
+        else:
+            nodes = {g.get("numa", 0)}
+        words = (self._real.c_ulonglong * nodeSetSize)()
+        for node in nodes:
+            if node // 64 < nodeSetSize:
+                words[node // 64] |= 1 << (node % 64)
+        return words
 
     def nvmlDeviceGetCpuAffinity(self, handle, cpuSetSize):
         g = self._gpu(handle, "affinity")

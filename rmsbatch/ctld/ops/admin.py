@@ -52,7 +52,7 @@ def nodes(ctl, conn, req: requests.Nodes) -> dict:
         for g in view.gpus.values():
             counts[g.type] = counts.get(g.type, 0) + 1
         owner = owners.get(name, {})
-        drains = {int(i): d.get("reason", "") for i, d in st.gpu_drain.items()}
+        drains = {int(i): drain_text(d) for i, d in st.gpu_drain.items()}
         reason = st.reason
         if st.up and not st.responding and not reason:
             reason = NOT_RESPONDING
@@ -116,7 +116,10 @@ def drain(ctl, conn, req: requests.Drain) -> dict:
 
 @op("resume", model=requests.NodeNames, role=OPERATOR)
 def resume(ctl, conn, req: requests.NodeNames) -> dict:
+    """Nodes back in service; their drained GPUs once judged again. The reply names
+    the GPUs that stay drained until then (node -> index -> why drained)."""
     names = node_names(ctl, req.nodes)
+    pending: dict[str, dict[str, str]] = {}
     for name in names:
         st = ctl.node_status[name]
         ctl.set_node(name, drain=False, reason="" if st.up else st.reason, gpu_notes=[])
@@ -126,12 +129,27 @@ def resume(ctl, conn, req: requests.NodeNames) -> dict:
             # device that is still broken in between.
             st.health_seq += 1
             st.recheck = st.health_seq
+            drains = {i: {**{k: v for k, v in d.items() if k != "rechecked"}, "recheck": True}
+                      for i, d in st.gpu_drain.items()}
+            ctl.set_node(name, gpu_drain=drains)
             ctl.send(ctl.node_conns[name], {"op": "health_reset", "seq": st.health_seq})
+            pending[name] = {i: d.get("reason", "") for i, d in sorted(
+                drains.items(), key=lambda kv: int(kv[0]))}
         elif st.gpu_drain:
             ctl.nodes[name].undrain_gpus(busy_gpus(ctl, name))
             ctl.set_node(name, gpu_drain={})
         log.info("node %s: resumed by uid %d", name, conn.uid)
-    return {"nodes": names}
+    return {"nodes": names, "gpus_drained": pending}
+
+
+def drain_text(d: dict) -> str:
+    """A drained device's reason, and where `rcontrol resume` left it."""
+    reason = d.get("reason", "")
+    if d.get("recheck"):
+        return f"{reason} [resumed: being judged again]"
+    if d.get("rechecked"):
+        return f"{reason} [still so after resume]"
+    return reason
 
 
 @op("reconfigure", model=requests.Empty, role=OPERATOR)

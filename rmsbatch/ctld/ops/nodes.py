@@ -48,6 +48,14 @@ def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
                  last_heartbeat=now, inventory=req.inventory)
     if ctl.config.nodes[name].gpu_detect != "static":
         ctl.refresh_view(name)
+        # A device that failed at discovery is drained by itself, before any job can
+        # land on it; the node and its other devices go on.
+        drains = dict(st.gpu_drain)
+        for dev in st.devices or []:
+            if dev.fault:
+                _drain_gpu(ctl, name, drains, dev.index, str(dev.fault), True, now)
+        if drains != st.gpu_drain:
+            ctl.set_node(name, gpu_drain=drains)
     problems = [str(p) for p in req.inventory.get("gpu_problems") or []][:20]
     if req.inventory.get("isolation_problem"):
         # As root with isolation = "auto", a node that cannot protect jobs takes none.
@@ -157,29 +165,49 @@ def node_health(ctl, conn, req: requests.NodeHealth) -> dict:
     now = ctl.clock()
     drains = dict(st.gpu_drain)
     if st.recheck and req.seq is not None and req.seq >= st.recheck:
-        # the first judgement since `rcontrol resume`: what it finds healthy is back
+        # the first judgement since `rcontrol resume`: what it finds healthy is back,
+        # what it does not stays out with the fault it finds now
         healthy = [int(i) for i in drains if int(i) not in unhealthy]
         view.undrain_gpus(busy_gpus(ctl, name), healthy)
         for i in healthy:
             drains.pop(str(i))
             log.info("node %s: GPU %d back in service", name, i)
+        for index, verdict in unhealthy.items():
+            old = drains.get(str(index))
+            if old is not None:
+                drains[str(index)] = {**{k: v for k, v in old.items() if k != "recheck"},
+                                      "reason": str(verdict.get("reason") or old.get("reason"))[:200],
+                                      "rechecked": now}
+                log.warning("node %s: GPU %d stays drained after resume: %s", name, index,
+                            drains[str(index)]["reason"])
         st.recheck = None
     for index, verdict in unhealthy.items():
-        if str(index) in drains:
-            continue
-        reason = str(verdict.get("reason") or "unhealthy")[:200]
-        drains[str(index)] = {"reason": reason, "fatal": bool(verdict.get("fatal")),
-                              "since": now}
-        view.drain_gpu(index)
-        log.warning("node %s: GPU %d drained: %s", name, index, reason)
-        if verdict.get("fatal"):
-            for job_id, alloc in list(ctl.running.items()):
-                if name in alloc and index in alloc[name].gpus:
-                    ctl.lost(job_id, f"GPU {index} on {name} failed: {reason}")
+        _drain_gpu(ctl, name, drains, index, str(verdict.get("reason") or "unhealthy"),
+                   bool(verdict.get("fatal")), now)
     if drains != st.gpu_drain:
         ctl.set_node(name, gpu_drain=drains)
     ctl.changes += 1
     return {"ack": "node_health"}
+
+
+def _drain_gpu(ctl, name: str, drains: dict, index: int, reason: str, fatal: bool,
+               now: float) -> None:
+    """Take one device out of service (into `drains`, the node's gpu_drain to be);
+    a fatal fault also ends the jobs on it (NODE_FAIL, or requeued if they asked)."""
+    reason = reason[:200]
+    old = drains.get(str(index))
+    if old is not None and (old.get("fatal") or not fatal):
+        return
+    # new, or a drained device that now failed outright: the fatal reason is the one to see
+    drains[str(index)] = {**(old or {}), "reason": reason, "fatal": fatal,
+                          "since": now if old is None else old.get("since", now)}
+    ctl.nodes[name].drain_gpu(index)
+    if old is None:
+        log.warning("node %s: GPU %d drained: %s", name, index, reason)
+    if fatal:
+        for job_id, alloc in list(ctl.running.items()):
+            if name in alloc and index in alloc[name].gpus:
+                ctl.lost(job_id, f"GPU {index} on {name} failed: {reason}")
 
 
 @op("job_started", model=requests.JobStarted, role=NODE)

@@ -1,10 +1,13 @@
 """Which backends find a node's accelerators, and whether they agree with cluster.toml.
 
     inv = discover(node_def, backends=("nvml", "amdsmi", "sysfs"), root="/")
-    inv.devices     every allocatable device, indexed 0..n-1 for this node
-    inv.problems    what makes the node unfit (a device that would not answer at
-                    discovery, a mismatch with the declared devices): the node is drained
-    inv.notes       what an admin should know but that does not drain
+    inv.devices     every device, indexed 0..n-1 for this node in the libraries' order;
+                    one that would not answer at discovery is listed with its `fault`
+                    (drained, not the node) so that the others keep their indices
+    inv.problems    what makes the node unfit (a mismatch with the declared devices, a
+                    backend that failed): the node is drained
+    inv.notes       what an admin should know but that does not drain (GPUs outside
+                    this container, a MIG mode change pending...)
 
 gpu_detect = "static": the [[nodes.gpus]] tables, nothing else.
 gpu_detect = "auto":   NVIDIA devices from NVML (else from /proc), AMD devices from AMD
@@ -84,6 +87,8 @@ def discover(gpus, mode: str = "auto", backends=DEFAULT_BACKENDS, root: str = "/
     covered: set[str] = set()
     for name in backends:
         backend = make_backend(name, root, modules)
+        if name == "sysfs":
+            backend.skip = set(covered)
         try:
             backend.open()
         except BackendUnavailable as exc:
@@ -100,7 +105,9 @@ def discover(gpus, mode: str = "auto", backends=DEFAULT_BACKENDS, root: str = "/
         inv.problems.extend(backend.problems)
         inv.notes.extend(backend.notes)
         inv.devices.extend(found)
+        # a library that counts GPUs it may not open still answers for their vendor
         covered.update(d.vendor for d in found)
+        covered.update(getattr(backend, "covers", ()))
         inv.backends[name] = f"used ({len(found)} devices)"
         if keep_open and found:
             inv.opened.append(backend)
@@ -131,19 +138,26 @@ def mismatches(gpus, found: list[Accelerator], root: str = "/") -> list[str]:
     """How the declared nvidia/amd devices differ from the ones found, in words."""
     declared = [g for g in gpus if g.vendor in ("nvidia", "amd")]
     problems = []
+    # A failed GPU the driver could not name either may be any declared one: it excuses
+    # one missing device (it is drained on its own), never a surplus.
+    unnamed = sum(1 for d in found if d.fault and not d.uuid and not d.device_files)
+    found = [d for d in found if not (d.fault and not d.uuid and not d.device_files)]
     want: dict[str, int] = {}
     for g in declared:
         want[g.type] = want.get(g.type, 0) + 1
     have: dict[str, int] = {}
     for d in found:
         have[d.type] = have.get(d.type, 0) + 1
+    short = sum(max(0, want.get(k, 0) - have.get(k, 0)) for k in want)
     for kind in sorted(set(want) | set(have)):
         w, h = want.get(kind, 0), have.get(kind, 0)
-        if w != h:
+        if w != h and not (h < w and short <= unnamed):
             problems.append(f"GPU inventory mismatch: cluster.toml declares {w} {kind}, "
                             f"found {h}")
     found_files = {f for d in found for f in d.device_files}
-    for g in declared:
-        if g.file and os.path.join(root, g.file.lstrip("/")) not in found_files:
+    missing = [g for g in declared
+               if g.file and os.path.join(root, g.file.lstrip("/")) not in found_files]
+    if len(missing) > unnamed:
+        for g in missing:
             problems.append(f"GPU inventory mismatch: {g.file} ({g.type}) declared but not found")
     return problems

@@ -19,6 +19,10 @@ Messages to rmsd (one JSON object per line):
     {"op": "monitor_idle", "why"}          nothing to watch: the monitor exits
 From rmsd: {"op": "health_reset"} (after `rcontrol resume`), {"op": "stop"}.
 
+A device that failed at discovery, or that sampled lost, is looked for again on each
+health_reset (a fresh discovery): if it answers now, a new gpu_inventory goes out
+before the judgement, so a GPU repaired while drained comes back with its name.
+
 The monitor ends when rmsd closes the connection (rmsd stopped or was killed).
 """
 from __future__ import annotations
@@ -62,6 +66,7 @@ class Monitor:
         self.threads: list[threading.Thread] = []
         self.problems: list[str] = []
         self.seq = 0                # the last health reset rmsd asked for
+        self.lost: set[int] = set()   # devices whose latest sample said lost
         self.cgroup_parent: str | None = None   # where this node's job cgroups are
         self._opened: list = []     # backends discovery left open, for sampling and events
 
@@ -145,6 +150,10 @@ class Monitor:
                     continue
                 if "procs" in s:
                     s["procs"] = _attribute(s["procs"], self.cgroup_parent)
+                if s.get("lost"):
+                    self.lost.add(index)
+                else:
+                    self.lost.discard(index)
                 samples[str(index)] = s
                 self.health.sample(str(index), s, now)
         self.health.settle()
@@ -174,10 +183,50 @@ class Monitor:
                 "unhealthy": {k: v.to_dict() for k, v in self.health.unhealthy().items()},
                 "problems": list(self.problems), "seq": self.seq}
 
-    def reset(self, seq: int = 0) -> None:
+    def reset(self, seq: int = 0) -> bool:
+        """Judge afresh (`rcontrol resume`). Devices that failed at discovery or were
+        lost are looked for again; True when that changed the inventory."""
         self.health.reset()
         self.problems = []
         self.seq = seq
+        inv = self.inventory
+        if inv is None or not (self.lost or any(d.fault for d in inv.devices)):
+            return False
+        return self.rediscover()
+
+    def rediscover(self) -> bool:
+        """Discovery again, from closed libraries (NVML's handles of a GPU that was
+        lost may not survive its reset); True when the inventory changed."""
+        known = self.inventory.devices if self.inventory else []
+        before = [d.to_dict() for d in known]
+        self.close()
+        self.stop = threading.Event()
+        self.threads, self.targets, self.lost, self._opened = [], {}, set(), []
+        try:
+            inv = self.discover()
+        except Exception as exc:  # noqa: BLE001 - as at start: reported, not a silent death
+            log.exception("GPU discovery failed")
+            self.inventory = discovery.Inventory(
+                problems=[f"GPU discovery failed: {type(exc).__name__}: {exc}"])
+            return True
+        self._carry_names(known)
+        self.start_events()
+        return [d.to_dict() for d in inv.devices] != before
+
+    def _carry_names(self, known: list) -> None:
+        """A GPU that no longer answers, and that nothing else names now, is the one
+        this monitor saw at its index before: keep its name, model and device files."""
+        was = {(d.backend, d.vendor_index): d for d in known
+               if not d.is_partition and d.vendor_index is not None and (d.uuid or d.bdf)}
+        for backend, dev in self.targets.values():
+            old = was.get((dev.backend, dev.vendor_index))
+            if not dev.fault or dev.uuid or dev.bdf or old is None:
+                continue
+            handle = backend.handles.pop(dev.key)
+            for name in ("type", "model", "uuid", "bdf", "mem_mb", "device_files",
+                         "numa_node", "cpus", "env_id"):
+                setattr(dev, name, getattr(old, name))
+            backend.handles[dev.key] = handle
 
 
 def _attribute(procs, parent: str | None = None):
@@ -269,7 +318,11 @@ def serve(monitor: Monitor, sock: socket.socket, interval: float) -> int:
                     except ValueError:
                         continue
                     if msg.get("op") == "health_reset":
-                        monitor.reset(msg.get("seq") if isinstance(msg.get("seq"), int) else 0)
+                        if monitor.reset(msg.get("seq") if isinstance(msg.get("seq"), int) else 0):
+                            # a device came back (or went): rmsd registers it first
+                            _send(sock, {"op": "gpu_inventory",
+                                         "inventory": monitor.inventory.to_dict(),
+                                         "sampled": sorted(monitor.targets)})
                         next_tick = time.monotonic()     # judge afresh now
                     elif msg.get("op") == "stop":
                         return 0

@@ -16,14 +16,16 @@ import logging
 import math
 import os
 
-from rmsbatch.node.devices.backend import (BackendUnavailable, DeviceLost, pci_locality, read_text,
-                                      sample_each)
+from rmsbatch.node.devices.backend import (BackendUnavailable, DeviceLost, Unopened,
+                                           numa_of_cpus, pci_locality, read_text, sample_each)
 from rmsbatch.node.devices.record import (NVIDIA_ENV, Accelerator, cpus_from_mask, mig_profile,
                                      normalize_bdf, short_type)
 
 log = logging.getLogger("rmsbatch.devices.nvml")
 
 MiB = 1024 * 1024
+LOST = "GPU is lost (NVML: GPU is lost)"
+NODE_WORDS = 4                 # NUMA node masks of 4 x 64 bits: hosts of up to 256 nodes
 THERMAL = 0x20 | 0x40          # SwThermalSlowdown | HwThermalSlowdown
 NOT_MIG = 0xFFFFFFFF           # gpuInstanceId of an event that names no MIG instance
 
@@ -40,6 +42,7 @@ class NvmlBackend:
         self.physical: dict[str, object] = {}    # GPU UUID -> handle (for events)
         self.problems: list[str] = []
         self.notes: list[str] = []
+        self.covers: set[str] = set()           # vendors this backend answers for
 
     @property
     def nv(self):
@@ -76,14 +79,21 @@ class NvmlBackend:
 
     # -- discovery --------------------------------------------------------------------
     def discover(self) -> list[Accelerator]:
+        """Every GPU NVML counts, in NVML's order: a GPU that fails (lost, no power...)
+        stays listed with its `fault`, so the GPUs after it keep their indices and an
+        admin reads the right number; a GPU outside this container (NoPermission, which
+        nvmlDeviceGetCount still counts) is left out and noted."""
         nv = self.nv
         try:
             count = nv.nvmlDeviceGetCount()
         except nv.NVMLError as exc:
             raise BackendUnavailable(f"cannot count GPUs: {describe(nv, exc)}") from None
+        self.covers = {"nvidia"}
         ncpus = self.ncpus
         minors = _mig_minors(self.path("proc/driver/nvidia-caps/mig-minors"))
         records: list[Accelerator] = []
+        faulty: list[Accelerator] = []
+        outside: list[int] = []
         gpus: list[tuple[str, str, object]] = []           # (uuid, bdf, handle)
         for i in range(count):
             try:
@@ -92,23 +102,51 @@ class NvmlBackend:
                 name = nv.nvmlDeviceGetName(h)
                 bdf = normalize_bdf(nv.nvmlDeviceGetPciInfo(h).busId)
                 minor = nv.nvmlDeviceGetMinorNumber(h)
-                mem = nv.nvmlDeviceGetMemoryInfo(h).total
-            except nv.NVMLError as exc:
-                self.problems.append(f"GPU at NVML index {i} not usable: {describe(nv, exc)}")
+            except nv.NVMLError_NoPermission:
+                outside.append(i)
                 continue
-            numa, cpus = self._affinity(h, bdf, ncpus)
-            base = dict(vendor="nvidia", bdf=bdf, numa_node=numa, cpus=cpus, env=NVIDIA_ENV,
-                        vendor_index=i, backend=self.name)
+            except nv.NVMLError as exc:
+                dev = Accelerator(vendor="nvidia", type="gpu", env=NVIDIA_ENV, env_id=str(i),
+                                  vendor_index=i, backend=self.name, fault=_fault(nv, exc))
+                records.append(dev)
+                faulty.append(dev)
+                continue
             gpu_file = self.path(f"dev/nvidia{minor}")
-            self.physical[uuid] = h
-            gpus.append((uuid, bdf, h))
-            if self._mig_enabled(h, i):
-                records.extend(self._mig_devices(h, i, uuid, minor, gpu_file, minors, base))
+            try:
+                mem = self._opt(nv.nvmlDeviceGetMemoryInfo, h)
+                numa, cpus = self._affinity(h, bdf, ncpus)
+                base = dict(vendor="nvidia", bdf=bdf, numa_node=numa, cpus=cpus, env=NVIDIA_ENV,
+                            vendor_index=i, backend=self.name)
+                if self._mig_enabled(h, i):
+                    records.extend(self._mig_devices(h, i, uuid, minor, gpu_file, minors, base))
+                    self.physical[uuid] = h
+                    gpus.append((uuid, bdf, h))
+                    continue
+            except DeviceLost as exc:        # lost between the calls that name it and these
+                dev = Accelerator(vendor="nvidia", type=short_type(name), model=name, uuid=uuid,
+                                  bdf=bdf, device_files=[gpu_file], env=NVIDIA_ENV,
+                                  env_id=str(i), vendor_index=i, backend=self.name,
+                                  fault=str(exc))
+                self.handles[uuid] = Unopened(dev.fault)
+                records.append(dev)
                 continue
             self.handles[uuid] = h
+            self.physical[uuid] = h
+            gpus.append((uuid, bdf, h))
             records.append(Accelerator(type=short_type(name), model=name, uuid=uuid,
-                                       mem_mb=mem // MiB, device_files=[gpu_file],
-                                       env_id=str(i), **base))
+                                       mem_mb=0 if mem is None else mem.total // MiB,
+                                       device_files=[gpu_file], env_id=str(i), **base))
+        if faulty:
+            self._identify(faulty, records, count)
+        if outside:
+            self.notes.append(f"NVML GPU{'s' if len(outside) > 1 else ''} {_ranges(outside)} "
+                              "outside this container's devices (NVML: Insufficient "
+                              "Permissions): not used")
+            # CUDA numbers only the GPUs it can open, so NVML's index would name another
+            # GPU in an unfenced job: name them by UUID, which CUDA also takes.
+            for rec in records:
+                if rec.uuid and not rec.is_partition:
+                    rec.env_id = rec.uuid
         links = self._nvlinks(gpus)
         pcie = self._pcie(gpus)
         for rec in records:
@@ -116,6 +154,22 @@ class NvmlBackend:
                 rec.links = links.get(rec.uuid, {})
                 rec.pcie = pcie.get(rec.uuid, {})
         return records
+
+    def _identify(self, faulty: list[Accelerator], records: list[Accelerator], count: int) -> None:
+        """Say which GPU a failed one is from the driver's own list
+        (/proc/driver/nvidia/gpus, in PCI order as NVML's indices are), when that list has
+        one entry per NVML index and agrees with every GPU NVML named; register each as
+        sampling lost."""
+        from rmsbatch.node.devices.sysfs import SysfsBackend
+        driver = SysfsBackend(self.root)._nvidia()
+        trusted = len(driver) == count and all(
+            driver[r.vendor_index].bdf == r.bdf for r in records if r.fault is None)
+        for dev in faulty:
+            if trusted:
+                known = driver[dev.vendor_index]
+                dev.type, dev.model, dev.uuid, dev.bdf = known.type, known.model, known.uuid, known.bdf
+                dev.device_files, dev.numa_node, dev.cpus = known.device_files, known.numa_node, known.cpus
+            self.handles[dev.key] = Unopened(dev.fault)
 
     def _pcie(self, gpus: list[tuple[str, str, object]]) -> dict[str, dict[str, int]]:
         """How far apart two GPUs are on PCIe, as `nvidia-smi topo -m` shows it:
@@ -135,6 +189,8 @@ class NvmlBackend:
         nv = self.nv
         try:
             current, pending = nv.nvmlDeviceGetMigMode(h)
+        except nv.NVMLError_GpuIsLost:
+            raise DeviceLost(LOST) from None
         except nv.NVMLError:
             return False      # NotSupported: not a MIG-capable GPU
         if current != pending:
@@ -146,6 +202,8 @@ class NvmlBackend:
         out = []
         try:
             slots = nv.nvmlDeviceGetMaxMigDeviceCount(h)
+        except nv.NVMLError_GpuIsLost:
+            raise DeviceLost(LOST) from None
         except nv.NVMLError as exc:
             self.problems.append(f"GPU {i}: MIG instances not listed: {describe(nv, exc)}")
             return out
@@ -154,6 +212,8 @@ class NvmlBackend:
                 m = nv.nvmlDeviceGetMigDeviceHandleByIndex(h, j)
             except nv.NVMLError_NotFound:
                 continue      # an empty slot: instances need not be contiguous
+            except nv.NVMLError_GpuIsLost:
+                raise DeviceLost(LOST) from None
             except nv.NVMLError as exc:
                 self.problems.append(f"GPU {i} MIG device {j}: {describe(nv, exc)}")
                 continue
@@ -163,6 +223,8 @@ class NvmlBackend:
                 mem = nv.nvmlDeviceGetMemoryInfo(m).total
                 gi = nv.nvmlDeviceGetGpuInstanceId(m)
                 ci = nv.nvmlDeviceGetComputeInstanceId(m)
+            except nv.NVMLError_GpuIsLost:
+                raise DeviceLost(LOST) from None
             except nv.NVMLError as exc:
                 self.problems.append(f"GPU {i} MIG device {j}: {describe(nv, exc)}")
                 continue
@@ -182,14 +244,25 @@ class NvmlBackend:
         return out
 
     def _affinity(self, h, bdf: str, ncpus: int) -> tuple[int | None, list[int]]:
+        """(NUMA node, local CPUs). nvmlDeviceGetNumaNodeId answers only for GPUs whose
+        memory is a NUMA node of its own (Grace Hopper); elsewhere, as on x86 hosts, it is
+        NotSupported and the node is the one nvmlDeviceGetMemoryAffinity names, else
+        sysfs's, else the node whose CPUs are the GPU's."""
         nv = self.nv
         numa = self._opt(getattr(nv, "nvmlDeviceGetNumaNodeId", None), h)
         words = self._opt(nv.nvmlDeviceGetCpuAffinity, h, math.ceil(ncpus / 64))
         cpus = cpus_from_mask(list(words), ncpus) if words is not None else []
-        if numa is None or not cpus:       # older drivers: what sysfs says
+        if numa is None or numa < 0:
+            nodes = self._opt(getattr(nv, "nvmlDeviceGetMemoryAffinity", None), h, NODE_WORDS,
+                              getattr(nv, "NVML_AFFINITY_SCOPE_NODE", 0))
+            near = cpus_from_mask(list(nodes), 64 * NODE_WORDS) if nodes is not None else []
+            numa = near[0] if len(near) == 1 else None
+        if numa is None or numa < 0 or not cpus:       # older drivers: what sysfs says
             sys_numa, sys_cpus = pci_locality(self.root, bdf)
-            numa = sys_numa if numa is None else numa
+            numa = sys_numa if numa is None or numa < 0 else numa
             cpus = cpus or sys_cpus
+        if numa is None and cpus:
+            numa = numa_of_cpus(self.root, cpus)
         return (numa if numa is not None and numa >= 0 else None), cpus
 
     def _nvlinks(self, gpus: list[tuple[str, str, object]]) -> dict[str, dict[str, int]]:
@@ -274,7 +347,7 @@ class NvmlBackend:
                                                            nv.NVMLError_FunctionNotFound)):
                 continue   # binding and driver disagree on the struct: try the older call
             except nv.NVMLError_GpuIsLost:
-                raise DeviceLost("GPU is lost (NVML: GPU is lost)") from None
+                raise DeviceLost(LOST) from None
             except nv.NVMLError:
                 return None
         if procs is None:
@@ -294,7 +367,7 @@ class NvmlBackend:
         try:
             return fn(*args)
         except nv.NVMLError_GpuIsLost:
-            raise DeviceLost("GPU is lost (NVML: GPU is lost)") from None
+            raise DeviceLost(LOST) from None
         except nv.NVMLError:
             return None
 
@@ -367,6 +440,25 @@ def describe(nv, exc) -> str:
     except Exception:  # noqa: BLE001 - str() of an NVMLError calls into the library
         text = ""
     return text or f"NVML error {getattr(exc, 'value', '?')}"
+
+
+def _fault(nv, exc) -> str:
+    """Why a GPU NVML counts cannot be used, for its drain reason."""
+    if isinstance(exc, nv.NVMLError_GpuIsLost):
+        return LOST
+    return f"GPU not usable (NVML: {describe(nv, exc)})"
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    out, start = [], None
+    for k, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if k + 1 == len(numbers) or numbers[k + 1] != n + 1:
+            out.append(str(start) if start == n else f"{start}-{n}")
+            start = None
+    return ",".join(out)
 
 
 def _mig_minors(path: str) -> dict[str, int]:

@@ -38,6 +38,10 @@ class Accelerator:
     sub_index: int | None = None     # MIG device index / AMD partition id within the parent
     backend: str = "static"          # "nvml", "amdsmi", "sysfs" or "static"
     index: int = -1                  # node-local, assigned after discovery
+    # Why the device could not be opened at discovery (lost, no power...). It stays
+    # listed, so that the devices after it keep their indices, and is drained until a
+    # fresh discovery after `rcontrol resume` finds it well.
+    fault: str | None = None
 
     @property
     def key(self) -> str:
@@ -47,7 +51,11 @@ class Accelerator:
             return self.uuid
         if self.bdf:
             return self.bdf if self.sub_index is None else f"{self.bdf}/{self.sub_index}"
-        return self.device_files[0] if self.device_files else f"{self.type}#{self.index}"
+        if self.device_files:
+            return self.device_files[0]
+        if self.vendor_index is not None:        # a device that would not say who it is
+            return f"{self.backend}#{self.vendor_index}"
+        return f"{self.type}#{self.index}"
 
     @property
     def is_partition(self) -> bool:

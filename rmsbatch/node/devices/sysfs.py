@@ -73,6 +73,7 @@ class SysfsBackend:
         self.problems: list[str] = []
         self.notes: list[str] = []
         self.handles: dict = {}
+        self.skip: set[str] = set()      # vendors a library already answered for
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -85,7 +86,8 @@ class SysfsBackend:
         pass
 
     def discover(self) -> list[Accelerator]:
-        return self._nvidia() + self._amd()
+        return ((self._nvidia() if "nvidia" not in self.skip else [])
+                + (self._amd() if "amd" not in self.skip else []))
 
     def _nvidia(self) -> list[Accelerator]:
         out = []

@@ -10,8 +10,9 @@ rmsd keeps one GpuUsage per running job and feeds it every sample:
                   instances or partitions: the counter belongs to the whole board)
 
 It is written to JOBDIR/gpu_usage.json at every sample, so a restarted rmsd carries on
-where it left off, and merged into the job's outcome at the end. Jobs shorter than one
-sampling interval have no figures.
+where it left off, and merged into the job's outcome at the end. The figures need two
+samples (one sampling interval of the job's run): a mean or a growth over one sample
+would read as a measured 0, so a job with fewer has no figures (blank, not 0).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import json
 import os
 
 FILE = "gpu_usage.json"
+MIN_SAMPLES = 2
 
 
 class GpuUsage:
@@ -80,6 +82,8 @@ class GpuUsage:
         return total if known else None
 
     def summary(self) -> dict:
+        if self.samples < MIN_SAMPLES:
+            return {"gpu_util": None, "gpu_mem_peak_mb": None, "gpu_energy_j": None}
         energy = None
         if self.energy_last:
             energy = round(sum(self.energy_last[g] - self.energy_first.get(g, self.energy_last[g])
