@@ -332,6 +332,23 @@ def test_amdsmi_errors(tmp_path):
         AmdSmiBackend(FakeAmdSmi({"library": False, "processors": []})).open()
 
 
+def test_amdsmi_a_failed_partition_keeps_its_place(tmp_path):
+    """A logical GPU AMD SMI answers NOT_FOUND for from the start stays listed, drained by
+    its fault; one it answers NO_PERM for (outside the container) is a note."""
+    m = machines.mi300x_cpx(1)
+    m["processors"][2]["lost"] = True
+    m["processors"][7]["no_permission"] = ["amdsmi_get_gpu_device_bdf"]
+    b = AmdSmiBackend(FakeAmdSmi(m), str(tmp_path))
+    b.open()
+    devs = _numbered(b.discover())
+    assert b.problems == [] and [d.vendor_index for d in devs] == list(range(7))
+    assert devs[2].fault.startswith("GPU is lost (AMD SMI: AMDSMI_STATUS_NOT_FOUND")
+    assert devs[3].device_files == [str(tmp_path / "dev/dri/renderD131")]   # still its own
+    assert b.notes == ["AMD GPU 7 outside this container's devices (AMD SMI: "
+                       "AMDSMI_STATUS_NO_PERM): not used"]
+    assert b.sample(devs)[devs[2].key] == {"lost": devs[2].fault}
+
+
 def test_amdsmi_import_failure_is_not_an_import_error():
     """The real amdsmi raises KeyError without libamd_smi.so: reported, not raised."""
     with pytest.raises(BackendUnavailable, match="KeyError"):

@@ -9,7 +9,8 @@ makes, with the real parameter names, from a machine (tests/fakegpu/machines.py)
 
 Per processor: bdf, market_name, device_id, vram_mb, vram_used_mb, partition_id,
 compute_partition, memory_partition, render, card, hip_id, numa, xgmi, activity, power_w,
-temp, ecc_uncorrected, lost, unsupported [function names], processes [[pid, MiB]].
+temp, ecc_uncorrected, lost, unsupported [function names], no_permission [function names:
+they answer AMDSMI_STATUS_NO_PERM], processes [[pid, MiB]].
 """
 from __future__ import annotations
 
@@ -112,6 +113,8 @@ class FakeAmdSmi:
             self._fail("AMDSMI_STATUS_NOT_FOUND")
         if fn in p.get("unsupported", []):
             self._fail("AMDSMI_STATUS_NOT_SUPPORTED")
+        if fn in p.get("no_permission", []):
+            self._fail("AMDSMI_STATUS_NO_PERM")
         return p
 
     def amdsmi_init(self, flag=None):

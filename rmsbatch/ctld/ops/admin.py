@@ -52,7 +52,7 @@ def nodes(ctl, conn, req: requests.Nodes) -> dict:
         for g in view.gpus.values():
             counts[g.type] = counts.get(g.type, 0) + 1
         owner = owners.get(name, {})
-        drains = {int(i): drain_text(d) for i, d in st.gpu_drain.items()}
+        drains = {int(i): drain_text(d, st.recheck is not None) for i, d in st.gpu_drain.items()}
         reason = st.reason
         if st.up and not st.responding and not reason:
             reason = NOT_RESPONDING
@@ -142,10 +142,11 @@ def resume(ctl, conn, req: requests.NodeNames) -> dict:
     return {"nodes": names, "gpus_drained": pending}
 
 
-def drain_text(d: dict) -> str:
-    """A drained device's reason, and where `rcontrol resume` left it."""
+def drain_text(d: dict, pending: bool) -> str:
+    """A drained device's reason, and where `rcontrol resume` left it (`pending`: the
+    node's answer is awaited; a restarted rmsctld no longer waits for it)."""
     reason = d.get("reason", "")
-    if d.get("recheck"):
+    if d.get("recheck") and pending:
         return f"{reason} [resumed: being judged again]"
     if d.get("rechecked"):
         return f"{reason} [still so after resume]"

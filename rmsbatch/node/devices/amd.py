@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import os
 
-from rmsbatch.node.devices.backend import BackendUnavailable, DeviceLost, pci_locality, sample_each
+from rmsbatch.node.devices.backend import (BackendUnavailable, DeviceLost, Unopened,
+                                           pci_locality, sample_each)
 from rmsbatch.node.devices.record import AMD_ENV, Accelerator, normalize_bdf, short_type
 
 log = logging.getLogger("rmsbatch.devices.amd")
 
 LOST_CODES = {31}        # AMDSMI_STATUS_NOT_FOUND: the device went away
+NO_PERMISSION = 10       # AMDSMI_STATUS_NO_PERM
 # Device ids of AMD Instinct parts, for when the market name says only "AMD Instinct".
 DEVICE_MODEL = {0x74a1: "MI300X", 0x74a5: "MI325X", 0x74a0: "MI300A", 0x740f: "MI210",
                 0x740c: "MI250X", 0x7408: "MI250X", 0x738c: "MI100", 0x75a0: "MI350X"}
@@ -81,52 +83,82 @@ class AmdSmiBackend:
             raise BackendUnavailable(f"cannot list GPUs: {describe(exc)}") from None
         records: list[Accelerator] = []
         keyed: list[tuple[Accelerator, object]] = []
+        outside: list[int] = []
         for order, h in enumerate(handles):
+            # As with NVML: a GPU that fails stays listed in its place, drained by its
+            # fault; one this process may not open (outside the container) is a note.
             try:
                 bdf = normalize_bdf(amd.amdsmi_get_gpu_device_bdf(h))
                 asic = amd.amdsmi_get_gpu_asic_info(h)
                 vram = amd.amdsmi_get_gpu_vram_usage(h)
             except amd.AmdSmiException as exc:
-                self.problems.append(f"AMD GPU {order} not usable: {describe(exc)}")
+                code = getattr(exc, "get_error_code", lambda: None)()
+                if code == NO_PERMISSION:
+                    outside.append(order)
+                    continue
+                lost = "GPU is lost" if code in LOST_CODES else "GPU not usable"
+                rec = Accelerator(vendor="amd", type="gpu", env=AMD_ENV, env_id=str(order),
+                                  vendor_index=order, backend=self.name,
+                                  fault=f"{lost} (AMD SMI: {describe(exc)})")
+                self.handles[rec.key] = Unopened(rec.fault)
+                records.append(rec)
                 continue
-            enum = self._opt(getattr(amd, "amdsmi_get_gpu_enumeration_info", None), h) or {}
-            kfd = self._opt(getattr(amd, "amdsmi_get_gpu_kfd_info", None), h) or {}
-            partition_id = _na(kfd.get("current_partition_id"))
-            compute = _na(self._opt(getattr(amd, "amdsmi_get_gpu_compute_partition", None), h))
-            render = _na(enum.get("drm_render"))
-            card = _na(enum.get("drm_card"))
-            if render is None:
-                render = self._render_from_kfd(bdf, partition_id or 0)
-            partitioned = compute not in (None, "SPX") or bool(partition_id)
-            # Compute goes through the render node (and the shared /dev/kfd, which stays
-            # open to all); the card node only for a whole GPU, as ROCm's device plugin.
-            files = []
-            if render is not None:
-                files.append(os.path.join(self.root, f"dev/dri/renderD{render}"))
-            if card is not None and not partitioned:
-                files.append(os.path.join(self.root, f"dev/dri/card{card}"))
-            if not files:
-                self.notes.append(f"AMD GPU {bdf}: no render node known: not fenced")
-            model = self._model(asic)
-            numa = _na(self._opt(amd.amdsmi_topo_get_numa_node_number, h))
-            sys_numa, cpus = pci_locality(self.root, bdf)
-            if not isinstance(numa, int) or numa < 0:
-                numa = sys_numa
-            hip_id = _na(enum.get("hip_id"))
-            rec = Accelerator(
-                # AMD SMI's UUIDs changed format across ROCm releases: key on the address
-                vendor="amd", type=short_type(model), model=model, uuid=None, bdf=bdf,
-                mem_mb=int(_na(vram.get("vram_total")) or 0), device_files=files,
-                numa_node=numa, cpus=cpus,
-                parent=bdf if partitioned else None, profile=compute,
-                env=AMD_ENV, env_id=str(hip_id if hip_id is not None else order),
-                vendor_index=order, sub_index=partition_id if partitioned else None,
-                backend=self.name)
+            try:
+                rec = self._record(order, h, bdf, asic, vram)
+            except DeviceLost as exc:       # gone between the calls that name it and these
+                # (no address: partitions share it, and this one's id is not known)
+                rec = Accelerator(vendor="amd", type=short_type(self._model(asic)),
+                                  model=self._model(asic), env=AMD_ENV, env_id=str(order),
+                                  vendor_index=order, backend=self.name, fault=str(exc))
+                self.handles[rec.key] = Unopened(rec.fault)
+                records.append(rec)
+                continue
             self.handles[rec.key] = h
             records.append(rec)
             keyed.append((rec, h))
+        if outside:
+            self.notes.append(f"AMD GPU{'s' if len(outside) > 1 else ''} "
+                              f"{','.join(map(str, outside))} outside this container's devices "
+                              "(AMD SMI: AMDSMI_STATUS_NO_PERM): not used")
         self._links(keyed)
         return records
+
+    def _record(self, order: int, h, bdf: str, asic: dict, vram: dict) -> Accelerator:
+        """The record of a GPU AMD SMI has named; DeviceLost if it goes meanwhile."""
+        amd = self.amd
+        enum = self._opt(getattr(amd, "amdsmi_get_gpu_enumeration_info", None), h) or {}
+        kfd = self._opt(getattr(amd, "amdsmi_get_gpu_kfd_info", None), h) or {}
+        partition_id = _na(kfd.get("current_partition_id"))
+        compute = _na(self._opt(getattr(amd, "amdsmi_get_gpu_compute_partition", None), h))
+        render = _na(enum.get("drm_render"))
+        card = _na(enum.get("drm_card"))
+        if render is None:
+            render = self._render_from_kfd(bdf, partition_id or 0)
+        partitioned = compute not in (None, "SPX") or bool(partition_id)
+        # Compute goes through the render node (and the shared /dev/kfd, which stays
+        # open to all); the card node only for a whole GPU, as ROCm's device plugin.
+        files = []
+        if render is not None:
+            files.append(os.path.join(self.root, f"dev/dri/renderD{render}"))
+        if card is not None and not partitioned:
+            files.append(os.path.join(self.root, f"dev/dri/card{card}"))
+        if not files:
+            self.notes.append(f"AMD GPU {bdf}: no render node known: not fenced")
+        model = self._model(asic)
+        numa = _na(self._opt(amd.amdsmi_topo_get_numa_node_number, h))
+        sys_numa, cpus = pci_locality(self.root, bdf)
+        if not isinstance(numa, int) or numa < 0:
+            numa = sys_numa
+        hip_id = _na(enum.get("hip_id"))
+        return Accelerator(
+            # AMD SMI's UUIDs changed format across ROCm releases: key on the address
+            vendor="amd", type=short_type(model), model=model, uuid=None, bdf=bdf,
+            mem_mb=int(_na(vram.get("vram_total")) or 0), device_files=files,
+            numa_node=numa, cpus=cpus,
+            parent=bdf if partitioned else None, profile=compute,
+            env=AMD_ENV, env_id=str(hip_id if hip_id is not None else order),
+            vendor_index=order, sub_index=partition_id if partitioned else None,
+            backend=self.name)
 
     def _model(self, asic: dict) -> str:
         name = _na(asic.get("market_name")) or ""
