@@ -114,7 +114,7 @@ def test_largest_job_id_is_a_job_id(cluster):
 
 
 def test_no_controller_is_a_clear_error(tmp_path):
-    from conftest import Cluster, command_path
+    from conftest import command_path
     import subprocess
     env = dict(os.environ, RMS_CONF_DIR=str(tmp_path))
     result = subprocess.run([command_path("rq")], env=env, capture_output=True, text=True)

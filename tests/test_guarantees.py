@@ -214,3 +214,28 @@ def test_node_daemon_start_removes_stale_job_cgroups(new_cluster):
     c.up()
     wait_for(lambda: not stale.exists(), 10, "the stale cgroup to go")
     assert c.wait_ended(c.submit("--wrap", "true"))["state"] == "COMPLETED"
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_a_controller_away_past_every_lease_costs_no_job(new_cluster, how):
+    """rmsctld stopped (SIGSTOP: a stall) or dead (kill -9) for longer than a lease and
+    its margin: nothing could start the job elsewhere meanwhile, so its supervisor keeps
+    it, and the controller forgives the time it did not run instead of giving the job
+    up when it is back."""
+    c = new_cluster(gpus=0, before_start=lambda c: c.fast())
+    job_id = c.submit("--requeue", "--wrap", "sleep 8; echo done")
+    c.wait_state(job_id, "RUNNING")
+    pid = c.pid("rmsctld")
+    if how == "stop":
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(5)
+        os.kill(pid, signal.SIGCONT)
+    else:
+        c.kill9("rmsctld")
+        time.sleep(5)
+        c.up()
+    job = c.job(job_id)
+    assert job["state"] == "RUNNING" and job["restart_count"] == 0, job
+    job = c.wait_ended(job_id, timeout=20)
+    assert job["state"] == "COMPLETED" and job["restart_count"] == 0, job
+    assert open(os.path.join(c.work, f"rms-{job_id}.out")).read() == "done\n"

@@ -22,7 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rmsbatch.node.supervisor import expand_pattern, outcome_from_status
+from rmsbatch.node.jobfile import expand_pattern
+from rmsbatch.node.supervisor import outcome_from_status
 from tests.conftest import wait_for
 
 IS_ROOT = os.geteuid() == 0

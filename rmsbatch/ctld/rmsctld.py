@@ -93,6 +93,9 @@ def loop_limits(cfg):
                   request_timeout=c.request_timeout)
 
 
+STALL_S = 3.0       # the loop checks nodes every second: a longer gap is a stall
+
+
 def run(ctl, loop, signals, spool, conf_dir) -> None:
     last_check = time.time()
     limits_of = ctl.config
@@ -112,6 +115,8 @@ def run(ctl, loop, signals, spool, conf_dir) -> None:
             _guarded(ctl, ctl.schedule)
         now = time.time()
         if now - last_check >= 1.0:
+            if now - last_check > STALL_S:
+                ctl.forgive(now - last_check - 1.0)
             last_check = now
             _guarded(ctl, ctl.check_nodes, now)
         if signals.reload:

@@ -478,6 +478,19 @@ class Controller:
                 self.lost(job_id, f"lease expired: no word from node {node} or the job's "
                                   f"supervisor for {self.leases.lease_s + self.leases.margin_s:.0f} s")
 
+    def forgive(self, seconds: float) -> None:
+        """rmsctld did not run for `seconds` (stopped, or a long request held its one
+        thread): nobody could renew a lease or be heard meanwhile, so that time does
+        not count against leases and heartbeats."""
+        now = self.clock()
+        for job_id, until in self.leases.until.items():
+            self.leases.until[job_id] = min(until + seconds, now + self.leases.lease_s)
+        for st in self.node_status.values():
+            if st.last_heartbeat is not None:
+                st.last_heartbeat = min(st.last_heartbeat + seconds, now)
+        log.warning("rmsctld did not run for %.0f s: leases and node timeouts extended by "
+                    "as much", seconds)
+
     def connection_closed(self, conn: Conn) -> None:
         for conns in self.waiters.values():
             if conn in conns:

@@ -143,15 +143,27 @@ class Spool:
             yield self
         except BaseException:
             self._depth -= 1
-            if self._depth == 0:
-                self.db.execute("ROLLBACK")
-            else:
-                self.db.execute(f"ROLLBACK TO sp{self._depth}")
-                self.db.execute(f"RELEASE sp{self._depth}")
+            # SQLite rolls the whole transaction back by itself on some errors (a full
+            # disk): then there is nothing left to undo, and the original error stands.
+            if self.db.in_transaction:
+                if self._depth == 0:
+                    self.db.execute("ROLLBACK")
+                else:
+                    self.db.execute(f"ROLLBACK TO sp{self._depth}")
+                    self.db.execute(f"RELEASE sp{self._depth}")
             raise
         self._depth -= 1
         if self._depth == 0:
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error:
+                # A failed COMMIT (a full disk) may leave the transaction open, and every
+                # later BEGIN would fail: end it, so the next one starts clean.
+                try:
+                    self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
         else:
             self.db.execute(f"RELEASE sp{self._depth}")
 

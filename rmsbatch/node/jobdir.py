@@ -30,6 +30,29 @@ OUTCOME_FILE = "outcome.json"
 LOG_FILE = "supervisor.log"
 
 
+UNIX_PATH_MAX = 107         # sun_path holds 108 bytes with the terminating NUL
+
+
+class unix_path:
+    """A path bind() and connect() accept for `path`: itself, or, when it is too long
+    for a socket address, the same file reached through an open descriptor of its
+    directory (/proc/self/fd/N/name). Use as a context manager."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self) -> str:
+        if len(self.path.encode()) <= UNIX_PATH_MAX:
+            return self.path
+        self.fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+        return f"/proc/self/fd/{self.fd}/{os.path.basename(self.path)}"
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
 class SupervisorGone(Exception):
     """The run's supervisor is not there to answer."""
 
@@ -129,7 +152,8 @@ class JobDir:
         sock.settimeout(timeout)
         try:
             try:
-                sock.connect(self.file(CONTROL_SOCKET))
+                with unix_path(self.file(CONTROL_SOCKET)) as address:
+                    sock.connect(address)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 raise SupervisorGone(f"job {self.run}: no supervisor ({exc.strerror})") from None
             sock.sendall((json.dumps(message) + "\n").encode())

@@ -8,9 +8,12 @@ every `retry_s`. When the deadline passes with neither path renewing it, the job
 die before rmsctld gives it up as lost (deadline + margin), so that a requeued job
 never runs twice at once: `check()` then says "kill".
 
-One exception: if rmsctld's socket refuses connections (rmsctld is down, not cut off),
-nothing can start the job elsewhere, and rmsctld grants every running job a fresh
-lease when it starts; the job goes on.
+Two exceptions, where rmsctld is known not to be deciding anything, so nothing can
+start the job elsewhere: its socket refuses connections (rmsctld is down; it grants
+every running job a fresh lease when it starts), or it is on this host and takes our
+request but does not answer in time (it is stopped or busy: it will read the request
+before it next judges leases, and it forgives the time it did not run). The job goes
+on in both cases.
 
 Deadlines are wall-clock times on rmsctld's clock; hosts must keep their clocks
 within the lease margin of each other (NTP), as MUNGE credentials also require.
@@ -40,8 +43,12 @@ class LeaseKeeper:
         self.clock = clock
         self.file_mtime = 0.0
         self.next_direct = 0.0
-        self.controller_down = False
+        self.controller_idle = ""       # why rmsctld is known not to be deciding, if it is
         self.last_error = ""
+
+    @property
+    def _local(self) -> bool:
+        return bool(self.controller) and self.controller.startswith("/")
 
     def _read_file(self) -> None:
         if not self.file:
@@ -76,16 +83,23 @@ class LeaseKeeper:
                 if not chunk:
                     raise ConnectionResetError(errno.ECONNRESET, "connection closed")
                 data += chunk
-            self.controller_down = False
+            self.controller_idle = ""
             return client.decode(data)
+        except TimeoutError:
+            # A local socket cannot be cut off: a controller that took the request and
+            # said nothing is stopped or busy, and reads it before it judges leases.
+            self.controller_idle = "busy" if self._local else ""
+            self.last_error = "rmsctld did not answer in time"
+            return None
         except OSError as exc:
-            # Refused or absent: rmsctld is not running (so nothing is deciding). Any
-            # other failure (a timeout, a reset) may be a live rmsctld we cannot reach.
-            self.controller_down = exc.errno in (errno.ECONNREFUSED, errno.ENOENT)
+            # Refused or absent: rmsctld is not running, so nothing is deciding. Any
+            # other failure (a reset, an unreachable host) may hide a live rmsctld.
+            self.controller_idle = "down" if exc.errno in (errno.ECONNREFUSED,
+                                                           errno.ENOENT) else ""
             self.last_error = exc.strerror or str(exc)
             return None
         except ValueError as exc:
-            self.controller_down = False
+            self.controller_idle = ""
             self.last_error = f"garbled reply: {exc}"
             return None
         finally:
@@ -106,7 +120,7 @@ class LeaseKeeper:
                     self.until = max(self.until, float(reply["lease_until"]))
                 elif not reply.get("ok"):
                     self.last_error = str(reply.get("error") or "refused")
-        if now < self.until or self.controller_down:
+        if now < self.until or self.controller_idle:
             return None
         return "kill", (f"lease expired: neither rmsd nor rmsctld renewed it for "
                         f"{self.lease_s:g} s ({self.last_error or 'no answer'})")

@@ -33,23 +33,17 @@ import sys
 import time
 
 from rmsbatch.core.states import JobState
-from rmsbatch.node import procs
+from rmsbatch.node import jobprocess, procs
 from rmsbatch.node.isolation import Isolation, IsolationError
 from rmsbatch.node.jobdir import (CONTROL_SOCKET, JOB_FILE, LOG_FILE, OUTCOME_FILE,
-                                  PID_FILE, parse_run, write_json)
-from rmsbatch.node.jobfile import (Job, JobFileError, expand_pattern,  # noqa: F401 (API)
-                                   load_job, output_paths)
+                                  PID_FILE, parse_run, unix_path, write_json)
+from rmsbatch.node.jobfile import Job, JobFileError, load_job, output_paths
 
 log = logging.getLogger("rmsbatch.supervisor")
 
 MAX_WAIT_S = 1.0                # longest select() sleep; SIGCHLD wakes us much earlier
 ORPHAN_REAP_S = 2.0             # how long to wait for killed leftovers at the end
 REPORT_FOR_S = 600.0            # how long to keep trying to report an outcome
-# What the forked child reports on its error pipe before exec, first byte:
-SETUP_FAILED = b"S"             # the job's own setup (output file, working directory)
-ISOLATION_FAILED = b"I"         # the node's protections: the launch failed, not the job
-RLIMITS = {name: getattr(__import__("resource"), "RLIMIT_" + name) for name in
-           ("CORE", "CPU", "DATA", "FSIZE", "MEMLOCK", "NOFILE", "NPROC", "RSS", "STACK", "AS")}
 
 
 def outcome_from_status(status: int, *, cancelled: bool,
@@ -91,122 +85,6 @@ def notify(sock_path: str, job_id: int) -> bool:
     except (OSError, ValueError) as e:
         log.info("job %s: cannot notify %s: %s", job_id, sock_path, e)
         return False
-
-
-# --------------------------------------------------------------------------
-# the job process (child side of the fork)
-
-def _catchable_signals():
-    for sig in signal.valid_signals():
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):
-            yield sig
-
-
-def _child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
-    """Runs in the forked child; never returns."""
-    def fail(msg: str, kind: bytes = SETUP_FAILED) -> None:
-        try:
-            os.write(errw, kind + msg.encode("utf-8", "replace")[:4000])
-        finally:
-            os._exit(1)
-
-    def open_output(path: str, kind: str) -> int:
-        parent = os.path.dirname(path)
-        if parent and not os.path.isdir(parent):
-            try:
-                os.makedirs(parent, exist_ok=True)
-            except FileExistsError:
-                pass            # not a directory: os.open() below says so
-            except OSError as e:
-                fail(f"cannot create directory {e.filename or parent} for {kind} file "
-                     f"{path}: {e.strerror or e}")
-        try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
-        except OSError as e:
-            fail(f"cannot open {kind} file {path}: {e.strerror or e}")
-
-    try:
-        # Signals: back to defaults (also those rmsd's launcher ignored), then
-        # unblock what the parent blocked around fork().
-        signal.set_wakeup_fd(-1)
-        for sig in _catchable_signals():
-            try:
-                signal.signal(sig, signal.SIG_DFL)
-            except (OSError, ValueError, RuntimeError):
-                pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-
-        os.setsid()
-        try:
-            iso.enter()     # born inside its cgroup, while still root
-        except Exception as e:   # noqa: BLE001
-            if iso.required:
-                fail(f"cannot enter the job's cgroup: {e}", ISOLATION_FAILED)
-        if os.geteuid() == 0:
-            try:
-                os.setgroups(list(job.groups))
-                os.setgid(job.gid)
-                os.setuid(job.uid)
-            except OSError as e:
-                fail(f"cannot switch to uid {job.uid} gid {job.gid}: {e.strerror or e}")
-        _inherit(job)
-        try:
-            os.chdir(job.workdir)
-        except OSError as e:
-            fail(f"cannot chdir to {job.workdir}: {e.strerror or e}")
-
-        out_fd = open_output(out_path, "output")
-        err_fd = out_fd
-        if err_path != out_path:
-            err_fd = open_output(err_path, "error")
-            s1, s2 = os.fstat(out_fd), os.fstat(err_fd)
-            if (s1.st_dev, s1.st_ino) == (s2.st_dev, s2.st_ino):
-                os.close(err_fd)
-                err_fd = out_fd
-        try:
-            in_fd = os.open(os.devnull, os.O_RDONLY)
-        except OSError as e:
-            fail(f"cannot open {os.devnull}: {e.strerror or e}")
-        os.dup2(in_fd, 0)
-        os.dup2(out_fd, 1)
-        os.dup2(err_fd, 2)
-        for fd in {in_fd, out_fd, err_fd} - {0, 1, 2, errw}:
-            os.close(fd)
-        try:
-            maxfd = os.sysconf("SC_OPEN_MAX")
-        except (OSError, ValueError):
-            maxfd = 65536
-        os.closerange(3, errw)
-        os.closerange(errw + 1, max(maxfd, errw + 1))
-        try:
-            os.execve(job.script_path, [job.script_path, *job.argv], job.environment)
-        except OSError as e:
-            fail(f"cannot execute {job.script_path}: {e.strerror or e}")
-    except BaseException as e:          # noqa: BLE001 - never return into the parent's code
-        fail(f"job setup failed: {type(e).__name__}: {e}")
-    finally:
-        os._exit(1)
-
-
-def _inherit(job: Job) -> None:
-    """The submitter's umask and soft resource limits (as Slurm propagates them), after
-    the switch to the user: a soft limit is capped by the node's hard one."""
-    if job.umask is not None:
-        os.umask(job.umask)
-    import resource
-    for name, (soft, _hard) in (job.rlimits or {}).items():
-        which = RLIMITS.get(name)
-        if which is None:
-            continue
-        try:
-            _, node_hard = resource.getrlimit(which)
-            want = resource.RLIM_INFINITY if soft < 0 else soft
-            if node_hard != resource.RLIM_INFINITY and (want == resource.RLIM_INFINITY
-                                                        or want > node_hard):
-                want = node_hard
-            resource.setrlimit(which, (want, node_hard))
-        except (OSError, ValueError):
-            pass
 
 
 # --------------------------------------------------------------------------
@@ -292,7 +170,8 @@ class Supervisor:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            sock.bind(path)
+            with unix_path(path) as address:
+                sock.bind(address)
         finally:
             os.umask(old)
         sock.listen(16)
@@ -456,7 +335,7 @@ class Supervisor:
         try:
             pid = os.fork()
             if pid == 0:
-                _child(job, out_path, err_path, errw, self.iso)   # never returns
+                jobprocess.run_child(job, out_path, err_path, errw, self.iso)  # no return
             self.pid = pid
             self.start_time = time.time()
         finally:
@@ -574,7 +453,7 @@ class Supervisor:
             kind, text = raw[:1], raw[1:].decode("utf-8", "replace")
             self.reason = text
             state, code, sig = JobState.FAILED.value, 1, 0
-            if kind == ISOLATION_FAILED:
+            if kind == jobprocess.ISOLATION_FAILED:
                 launch_failed = text
         elif self.lost:
             state, code, sig = outcome_from_status(self.status, cancelled=False,

@@ -1,0 +1,133 @@
+"""The job's own process: the child side of the supervisor's fork, from fork to exec.
+
+It resets signals, starts a session, enters the job's cgroup while still root (so the
+program is born inside it), drops to the user with the submitter's umask and soft
+limits, changes to the working directory, opens the output files and execs the script.
+Whatever fails on the way is written to the error pipe, first byte saying whose fault
+it is, and the child exits: it never returns into the supervisor's code.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+
+from rmsbatch.node.jobfile import Job
+
+# What the forked child reports on its error pipe before exec, first byte:
+SETUP_FAILED = b"S"             # the job's own setup (output file, working directory)
+ISOLATION_FAILED = b"I"         # the node's protections: the launch failed, not the job
+RLIMITS = {name: getattr(resource, "RLIMIT_" + name) for name in
+           ("CORE", "CPU", "DATA", "FSIZE", "MEMLOCK", "NOFILE", "NPROC", "RSS", "STACK", "AS")}
+
+
+def _catchable_signals():
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            yield sig
+
+
+def run_child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
+    """Runs in the forked child; never returns."""
+    def fail(msg: str, kind: bytes = SETUP_FAILED) -> None:
+        try:
+            os.write(errw, kind + msg.encode("utf-8", "replace")[:4000])
+        finally:
+            os._exit(1)
+
+    def open_output(path: str, kind: str) -> int:
+        parent = os.path.dirname(path)
+        if parent and not os.path.isdir(parent):
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except FileExistsError:
+                pass            # not a directory: os.open() below says so
+            except OSError as e:
+                fail(f"cannot create directory {e.filename or parent} for {kind} file "
+                     f"{path}: {e.strerror or e}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        except OSError as e:
+            fail(f"cannot open {kind} file {path}: {e.strerror or e}")
+
+    try:
+        # Signals: back to defaults (also those rmsd's launcher ignored), then
+        # unblock what the parent blocked around fork().
+        signal.set_wakeup_fd(-1)
+        for sig in _catchable_signals():
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError, RuntimeError):
+                pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+        os.setsid()
+        try:
+            iso.enter()     # born inside its cgroup, while still root
+        except Exception as e:   # noqa: BLE001
+            if iso.required:
+                fail(f"cannot enter the job's cgroup: {e}", ISOLATION_FAILED)
+        if os.geteuid() == 0:
+            try:
+                os.setgroups(list(job.groups))
+                os.setgid(job.gid)
+                os.setuid(job.uid)
+            except OSError as e:
+                fail(f"cannot switch to uid {job.uid} gid {job.gid}: {e.strerror or e}")
+        inherit(job)
+        try:
+            os.chdir(job.workdir)
+        except OSError as e:
+            fail(f"cannot chdir to {job.workdir}: {e.strerror or e}")
+
+        out_fd = open_output(out_path, "output")
+        err_fd = out_fd
+        if err_path != out_path:
+            err_fd = open_output(err_path, "error")
+            s1, s2 = os.fstat(out_fd), os.fstat(err_fd)
+            if (s1.st_dev, s1.st_ino) == (s2.st_dev, s2.st_ino):
+                os.close(err_fd)
+                err_fd = out_fd
+        try:
+            in_fd = os.open(os.devnull, os.O_RDONLY)
+        except OSError as e:
+            fail(f"cannot open {os.devnull}: {e.strerror or e}")
+        os.dup2(in_fd, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        for fd in {in_fd, out_fd, err_fd} - {0, 1, 2, errw}:
+            os.close(fd)
+        try:
+            maxfd = os.sysconf("SC_OPEN_MAX")
+        except (OSError, ValueError):
+            maxfd = 65536
+        os.closerange(3, errw)
+        os.closerange(errw + 1, max(maxfd, errw + 1))
+        try:
+            os.execve(job.script_path, [job.script_path, *job.argv], job.environment)
+        except OSError as e:
+            fail(f"cannot execute {job.script_path}: {e.strerror or e}")
+    except BaseException as e:          # noqa: BLE001 - never return into the parent's code
+        fail(f"job setup failed: {type(e).__name__}: {e}")
+    finally:
+        os._exit(1)
+
+
+def inherit(job: Job) -> None:
+    """The submitter's umask and soft resource limits (as Slurm propagates them), after
+    the switch to the user: a soft limit is capped by the node's hard one."""
+    if job.umask is not None:
+        os.umask(job.umask)
+    for name, (soft, _hard) in (job.rlimits or {}).items():
+        which = RLIMITS.get(name)
+        if which is None:
+            continue
+        try:
+            _, node_hard = resource.getrlimit(which)
+            want = resource.RLIM_INFINITY if soft < 0 else soft
+            if node_hard != resource.RLIM_INFINITY and (want == resource.RLIM_INFINITY
+                                                        or want > node_hard):
+                want = node_hard
+            resource.setrlimit(which, (want, node_hard))
+        except (OSError, ValueError):
+            pass
