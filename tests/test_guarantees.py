@@ -239,3 +239,22 @@ def test_a_controller_away_past_every_lease_costs_no_job(new_cluster, how):
     job = c.wait_ended(job_id, timeout=20)
     assert job["state"] == "COMPLETED" and job["restart_count"] == 0, job
     assert open(os.path.join(c.work, f"rms-{job_id}.out")).read() == "done\n"
+
+
+def test_a_node_daemon_that_dies_mid_launch_starts_the_job_once_after(new_cluster):
+    """rmsd dies (injected) after writing a job's directory, before its supervisor
+    exists: the job never ran. When rmsd is back it says so, and the job is launched
+    again (once) without the node being blamed."""
+    c = new_cluster(gpus=0, before_start=lambda c: c.fast())
+    c.down()
+    c.run("rms-local", "up", "--dir", c.dir, env={"RMS_FAILPOINTS": "rmsd.launch.before_spawn"},
+          check=True)
+    ledger = ledger_of(c)
+    job_id = c.submit("--wrap", f"echo run=$RMS_RESTART_COUNT >> {ledger}")
+    wait_for(lambda: c.pid("rmsd") is None or not alive(c.pid("rmsd")), 15, "rmsd to die")
+    assert os.path.isdir(os.path.join(c.dir, "state", c.node, "jobs", f"{job_id}.0"))
+    c.up()                                  # without the failpoint
+    job = c.wait_ended(job_id, timeout=30)
+    assert job["state"] == "COMPLETED", job
+    assert lines(ledger) == [f"run={job['restart_count']}"]
+    assert c.node_record(c.node)["state"] == "IDLE"       # not drained

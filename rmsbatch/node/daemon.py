@@ -24,6 +24,7 @@ import socket
 import time
 
 from rmsbatch.config import Config
+from rmsbatch.core import failpoint
 from rmsbatch.net.loop import Conn, Loop
 from rmsbatch.node import launch as launching
 from rmsbatch.node.devices import discovery, record
@@ -287,6 +288,7 @@ class NodeDaemon(MonitorLink):
             return
         try:
             launching.prepare(self, job, jobdir)
+            failpoint.hit("rmsd.launch.before_spawn")   # tests: rmsd dies mid-launch
             pid = launching.spawn_supervisor(jobdir)
         except (LaunchError, OSError) as exc:
             fault = getattr(exc, "node_fault", True)
