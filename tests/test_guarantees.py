@@ -136,6 +136,8 @@ def test_a_node_daemon_away_past_every_timeout_costs_no_job(new_cluster, how):
         wait_for(lambda: not c.node_record(c.node)["responding"], 10, "not responding")
         rinfo = c.run("rinfo", "-N", "-h")
         assert rinfo.stdout.split()[3] in ("mix*", "alloc*"), rinfo.stdout
+        reasons = c.run("rinfo", "-R", "-h")
+        assert reasons.stdout.split()[:2] == ["Not", "responding"], reasons.stdout
         wait_for(lambda: c.node_record(c.node)["state"] == "DOWN", 10, "DOWN")
         for job_id in (plain, again):
             job = c.job(job_id)

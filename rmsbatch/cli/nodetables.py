@@ -167,13 +167,16 @@ def node_rows(nodes: list[dict], partitions: list[dict]) -> list[dict]:
 
 
 def reason_rows(nodes: list[dict]) -> list[dict]:
-    """sinfo -R: down and drained nodes, grouped by reason and state; then drained GPUs
-    (state gpu-drain) and GPU notes (state note) of nodes in service."""
+    """sinfo -R: down, drained and not responding nodes, grouped by reason and state;
+    then drained GPUs (state gpu-drain) and GPU notes (state note) of nodes in service."""
     groups: dict[tuple[str, str], list[str]] = {}
     for node in nodes:
         state = (node.get("state") or "").upper()
         if state in UNUSABLE:
             groups.setdefault((node.get("reason") or "none", state), []).append(node["name"])
+        elif node_state_short(node).endswith("*"):   # not responding: no new work
+            groups.setdefault((node.get("reason") or "Not responding",
+                               node_state_short(node)), []).append(node["name"])
         if node.get("gpu_reason"):      # devices out of service on a node still in use
             groups.setdefault((node["gpu_reason"], "gpu-drain"), []).append(node["name"])
         for note in node.get("gpu_notes") or []:   # what the admin should know: no drain

@@ -30,8 +30,8 @@ from rmsbatch.node import launch as launching
 from rmsbatch.node.devices import discovery, record
 from rmsbatch.node.devices.usage import GpuUsage
 from rmsbatch.node.isolation import cgroup_parent
-from rmsbatch.node.jobdir import (JobDir, SupervisorGone, parse_run, read_json,
-                                  write_json)
+from rmsbatch.node.jobdir import (LEGACY_PID_FILE, JobDir, SupervisorGone, parse_run,
+                                  read_json, write_json)
 from rmsbatch.node.monitorlink import MonitorLink
 
 log = logging.getLogger("rmsbatch.noded")
@@ -195,7 +195,10 @@ class NodeDaemon(MonitorLink):
         if self.layout is None:
             return None
         job_id, _ = parse_run(run)
-        return _cgroup.JobCgroup(job_id, self.layout, self.cgroup_parent, name=f"job_{run}")
+        legacy = os.path.exists(os.path.join(self.job_dir(run), LEGACY_PID_FILE))
+        # a run started before the upgrade that named cgroups per cluster and node
+        parent = _cgroup.DEFAULT_PARENT if legacy else self.cgroup_parent
+        return _cgroup.JobCgroup(job_id, self.layout, parent, name=f"job_{run}")
 
     def sweep_cgroups(self) -> None:
         """Remove the empty cgroups of runs this node no longer has (a crash)."""

@@ -20,6 +20,7 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import socket
 
 JOB_FILE = "job.json"
@@ -28,6 +29,7 @@ CONTROL_SOCKET = "supervisor.sock"
 PID_FILE = "pid"
 OUTCOME_FILE = "outcome.json"
 LOG_FILE = "supervisor.log"
+LEGACY_PID_FILE = "supervisor.pid"      # written by rmsd before supervisor.lock existed
 
 
 UNIX_PATH_MAX = 107         # sun_path holds 108 bytes with the terminating NUL
@@ -135,7 +137,7 @@ class JobDir:
         try:
             fd = os.open(self.file(LOCK_FILE), os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
-            return False
+            return self.legacy_supervisor() is not None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as exc:
@@ -146,6 +148,24 @@ class JobDir:
             os.close(fd)
         return False
 
+    def legacy_supervisor(self) -> int | None:
+        """The supervisor of a run started by rmsbatch before supervisor.lock existed
+        (an upgrade with jobs running): its pid from `supervisor.pid`, trusted only if
+        that process is a forked rmsd (rmsd's command line) that chdir'ed to /."""
+        try:
+            with open(self.file(LEGACY_PID_FILE)) as fh:
+                pid = int(fh.read())
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+            with open(f"/proc/{pid}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except (OSError, ValueError, IndexError):
+            return None
+        if state in ("Z", "X") or b"rmsd" not in cmdline or cwd != "/":
+            return None
+        return pid
+
     def control(self, message: dict, timeout: float = 5.0) -> dict:
         """Ask the supervisor something (cancel, signal, stop); its answer."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -155,6 +175,10 @@ class JobDir:
                 with unix_path(self.file(CONTROL_SOCKET)) as address:
                     sock.connect(address)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
+                legacy = self.legacy_supervisor()
+                if legacy is not None and message.get("op") == "cancel":
+                    os.kill(legacy, signal.SIGTERM)     # its only way to hear a cancel
+                    return {"ok": True}
                 raise SupervisorGone(f"job {self.run}: no supervisor ({exc.strerror})") from None
             sock.sendall((json.dumps(message) + "\n").encode())
             data = b""
