@@ -248,21 +248,27 @@ def cluster():
     shutil.rmtree(c.dir, ignore_errors=True)
 
 
-def _kill_leftovers(directory: str) -> None:
-    """Belt and braces: no daemon of a test cluster outlives its test."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+def daemons_of(directory: str) -> list[int]:
+    """Pids of the rmsctld and rmsd processes started for a cluster directory."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 cmd = fh.read()
         except OSError:
             continue
         if directory.encode() in cmd and (b"rmsctld" in cmd or b"rmsd" in cmd):
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                pass
+            found.append(int(pid))
+    return found
+
+
+def _kill_leftovers(directory: str) -> None:
+    """Belt and braces: no daemon of a test cluster outlives its test."""
+    for pid in daemons_of(directory):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, _kill_leftovers, command_path
+from conftest import ROOT, _kill_leftovers, command_path, daemons_of
 
 pytestmark = pytest.mark.skipif(not ROOT, reason="these are root's dangers")
 
@@ -42,19 +42,6 @@ def snapshot(path: str) -> dict[str, tuple]:
             out[p] = (st.st_mode, st.st_uid, st.st_size, st.st_mtime_ns,
                       os.readlink(p) if os.path.islink(p) else None)
     return out
-
-
-def daemons_of(directory: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                cmd = fh.read()
-        except OSError:
-            continue
-        if directory.encode() in cmd and (b"rmsctld" in cmd or b"rmsd" in cmd):
-            found.append(int(pid))
-    return found
 
 
 @pytest.fixture

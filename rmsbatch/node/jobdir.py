@@ -55,6 +55,20 @@ class unix_path:
             os.close(self.fd)
 
 
+def read_line(sock, limit: int = 1 << 20) -> bytes:
+    """One newline-terminated message from a blocking socket (with its timeout);
+    ConnectionResetError when the peer closes before the end of the line."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError(errno.ECONNRESET, "connection closed mid-message")
+        data += chunk
+        if len(data) > limit:
+            raise ValueError(f"message longer than {limit} bytes")
+    return data
+
+
 class SupervisorGone(Exception):
     """The run's supervisor is not there to answer."""
 
@@ -181,18 +195,13 @@ class JobDir:
                     return {"ok": True}
                 raise SupervisorGone(f"job {self.run}: no supervisor ({exc.strerror})") from None
             sock.sendall((json.dumps(message) + "\n").encode())
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        except OSError as exc:
+            data = read_line(sock)
+        except (OSError, ValueError) as exc:
             raise SupervisorGone(f"job {self.run}: supervisor did not answer ({exc})") from None
         finally:
             sock.close()
         try:
-            reply = json.loads(data or b"{}")
+            reply = json.loads(data)
         except ValueError:
             reply = {}
         return reply if isinstance(reply, dict) else {}

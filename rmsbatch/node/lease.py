@@ -71,18 +71,14 @@ class LeaseKeeper:
     def ask_controller(self, timeout: float = 2.0) -> dict | None:
         """One `lease` request; the reply, or None (self.last_error says why)."""
         from rmsbatch.net import client
+        from rmsbatch.node.jobdir import read_line
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(self.controller)
             sock.sendall(client.encode({"op": "lease", "node": self.node,
                                         "job_id": self.job_id, "run": self.run}))
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise ConnectionResetError(errno.ECONNRESET, "connection closed")
-                data += chunk
+            data = read_line(sock)
             self.controller_idle = ""
             return client.decode(data)
         except TimeoutError:

@@ -36,7 +36,8 @@ from rmsbatch.core.states import JobState
 from rmsbatch.node import jobprocess, procs
 from rmsbatch.node.isolation import Isolation, IsolationError
 from rmsbatch.node.jobdir import (CONTROL_SOCKET, JOB_FILE, LOG_FILE, OUTCOME_FILE,
-                                  PID_FILE, parse_run, unix_path, write_json)
+                                  PID_FILE, parse_run, read_line, unix_path,
+                                  write_json)
 from rmsbatch.node.jobfile import Job, JobFileError, load_job, output_paths
 
 log = logging.getLogger("rmsbatch.supervisor")
@@ -189,13 +190,7 @@ class Supervisor:
             with conn:
                 conn.settimeout(2.0)
                 try:
-                    data = b""
-                    while not data.endswith(b"\n") and len(data) < 65536:
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            break
-                        data += chunk
-                    request = json.loads(data or b"{}")
+                    request = json.loads(read_line(conn, limit=65536))
                     reply = self.command(request if isinstance(request, dict) else {})
                     conn.sendall((json.dumps(reply) + "\n").encode())
                 except (OSError, ValueError) as e:
