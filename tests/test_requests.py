@@ -149,3 +149,28 @@ def test_a_node_cannot_report_on_another_nodes_job(new_cluster):
     assert reply.get("stop") and "no longer current on rmsnb" in reply["why"]
     assert c.job(job_id)["state"] == "RUNNING"
     assert c.wait_ended(job_id)["state"] == "COMPLETED"
+
+
+def test_reload_brings_new_declared_gpus_to_both_daemons(new_cluster):
+    """cluster.toml now declares three stand-in GPUs instead of two: after a reload of
+    both daemons a 3-GPU job runs, fenced to the three, and numbered from 0."""
+    c = new_cluster(gpus=2)
+    assert c.run("rsub", "--gpus", "3", "--wrap", "true").returncode == 1   # cannot fit yet
+    path = os.path.join(c.dir, "cluster.toml")
+    text = open(path).read()
+    import re
+    text = re.sub(r"count = 2\nfiles = \"([^\"]*)tty\[10-11\]\"", r'count = 3\nfiles = "\1tty[10-12]"',
+                  text)
+    assert "tty[10-12]" in text
+    open(path, "w").write(text)
+    if not os.path.exists("/dev/tty12"):
+        pytest.skip("no /dev/tty12 stand-in device on this host")
+    c.run("rcontrol", "reconfigure", check=True)
+    os.kill(c.pid("rmsd"), signal.SIGHUP)
+    log = os.path.join(c.dir, "log", f"rmsd-{c.node}.log")
+    wait_for(lambda: "configuration reloaded" in open(log).read(), 10, "rmsd to reload")
+    wait_for(lambda: c.node_record(c.node).get("connected") and
+             c.node_record(c.node)["gpus"] == 3, 15, "the node with three GPUs")
+    job_id = c.submit("--gpus", "3", "--wrap", "echo $CUDA_VISIBLE_DEVICES")
+    assert c.wait_ended(job_id)["state"] == "COMPLETED"
+    assert open(os.path.join(c.work, f"rms-{job_id}.out")).read() == "0,1,2\n"

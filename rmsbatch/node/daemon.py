@@ -125,6 +125,10 @@ class NodeDaemon(MonitorLink):
             raise ValueError(f"node {self.node} is no longer in {config.directory}/cluster.toml")
         self.config = config
         self.derive()
+        if self.monitor is not None:
+            # the monitor read its settings (backends, interval, thresholds) at start
+            self.stop_monitor()
+        self.monitor_idle, self.monitor_starts, self.monitor_next_start = "", 0, 0.0
         if self.controller is not None and not self.controller.closed:
             self.loop.close(self.controller)     # the next hello carries the new inventory
         log.info("node %s: configuration reloaded", self.node)
