@@ -100,3 +100,18 @@ def test_single_user_mode(new_cluster, users):
     finally:
         c.run("rms-local", "down", "--dir", directory, user=alice.pw_name)
         subprocess.run(["rm", "-rf", directory])
+
+
+def test_a_test_user_left_without_its_group_gets_it():
+    """An earlier run may have created the user and stopped before adding its groups
+    (the old flaky case: a pre-existing rmsalice without rmsteam)."""
+    import grp
+    from conftest import ensure_user
+    name = "rmsnogroup"
+    subprocess.run(["userdel", "-r", name], capture_output=True)
+    subprocess.run(["useradd", name], check=True, capture_output=True)
+    try:
+        pw = ensure_user(name, ("rmsteam",))
+        assert grp.getgrnam("rmsteam").gr_gid in os.getgrouplist(name, pw.pw_gid)
+    finally:
+        subprocess.run(["userdel", "-r", name], capture_output=True)
