@@ -102,3 +102,21 @@ def test_a_single_user_cluster_refuses_other_users_at_submit(users):
     finally:
         c.run("rms-local", "down", "--dir", directory, user=alice.pw_name)
         subprocess.run(["rm", "-rf", directory])
+
+
+def test_another_user_cannot_read_a_running_jobs_environment(cluster, users):
+    """job.json holds the submitter's environment (tokens, keys): the job directory is
+    reachable by path, so its files must be private."""
+    alice, bob = users
+    result = cluster.run("rsub", "--parsable", "--wrap", "sleep 5", user=alice.pw_name,
+                         env={"MY_SECRET_TOKEN": "hunter2"})
+    job_id = int(result.stdout)
+    cluster.wait_state(job_id, "RUNNING")
+    jobdir = os.path.join(cluster.dir, "state", cluster.node, "jobs", f"{job_id}.0")
+    peek = cluster.run("cat", os.path.join(jobdir, "job.json"), user=bob.pw_name)
+    assert peek.returncode != 0 and "hunter2" not in peek.stdout
+    for name in os.listdir(jobdir):
+        if name not in ("script", "supervisor.log"):
+            mode = stat.S_IMODE(os.stat(os.path.join(jobdir, name)).st_mode)
+            assert not mode & 0o044, (name, oct(mode))
+    cluster.run("rcancel", str(job_id), check=True)

@@ -81,9 +81,11 @@ def parse_run(name: str) -> tuple[int, int] | None:
     return None
 
 
-def write_json(path: str, data: dict, durable: bool = True, mode: int = 0o644) -> None:
+def write_json(path: str, data: dict, durable: bool = True, mode: int = 0o600) -> None:
     """tmp file + fsync + rename + fsync of the directory. `durable=False` for what
-    only has to outlive processes (rmsd restarts), not the machine: no fsync."""
+    only has to outlive processes (rmsd restarts), not the machine: no fsync. Private
+    by default: job.json holds the submitter's environment (tokens, keys), and job
+    directories are reachable by every user who can guess their names."""
     directory = os.path.dirname(path) or "."
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
