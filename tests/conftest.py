@@ -208,6 +208,38 @@ class Cluster:
             fh.write(text.replace(old, new))
 
 
+def cluster_toml(name: str, nodes: str, **node_daemon) -> str:
+    """A cluster.toml for tests that write their own nodes: rms-local's layout of run,
+    log, spool and state directories, quick heartbeats, and `node_daemon` keys added."""
+    extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in node_daemon.items())
+    return f"""name = "{name}"
+[controller]
+socket = "run/rmsctld.sock"
+spool_dir = "spool"
+log_file = "log/rmsctld.log"
+pid_file = "run/rmsctld.pid"
+heartbeat_interval = 1
+node_timeout = 10
+kill_grace = 2
+
+[node_daemon]
+state_dir = "state"
+log_file = "log/rmsd-%n.log"
+pid_file = "run/rmsd-%n.pid"
+{extra}
+{nodes}
+[[partitions]]
+name = "main"
+nodes = "ALL"
+default = true
+"""
+
+
+LAB_TENANTS = ('admins = ["root"]\nprivate_accounting = false\n[[accounts]]\nname = "lab"\n'
+               'users = ["*"]\n')
+NORMAL_QOS = 'default = "normal"\n[[qos]]\nname = "normal"\n'
+
+
 def _new_cluster_dir() -> str:
     directory = tempfile.mkdtemp(prefix="rms-test-", dir="/tmp")
     os.chmod(directory, 0o755)

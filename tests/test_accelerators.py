@@ -22,31 +22,15 @@ import time
 
 import pytest
 
-from tests.conftest import Cluster, _kill_leftovers, wait_for
+from tests.conftest import (LAB_TENANTS, NORMAL_QOS, Cluster, _kill_leftovers,
+                            cluster_toml, wait_for)
 from tests.fakegpu import machines
 from tests.fakegpu.nvml import write_machine
 
 SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakegpu", "shim")
 STAND_INS = os.geteuid() == 0 or all(os.access(f"/dev/tty{i}", os.R_OK) for i in range(20, 24))
 
-CLUSTER = """name = "gpus"
-[controller]
-socket = "run/rmsctld.sock"
-spool_dir = "spool"
-log_file = "log/rmsctld.log"
-pid_file = "run/rmsctld.pid"
-heartbeat_interval = 1
-node_timeout = 10
-kill_grace = 2
-
-[node_daemon]
-state_dir = "state"
-log_file = "log/rmsd-%n.log"
-pid_file = "run/rmsd-%n.pid"
-gpu_sample_interval = 1
-gpu_thermal_drain = 3
-device_root = "{root}"
-
+NODES = """
 [[nodes]]
 names = "hnode"
 cpus = 4
@@ -78,13 +62,7 @@ cpus = 4
 memory = "8G"
 gpu_detect = "auto"
 
-[[partitions]]
-name = "main"
-nodes = "ALL"
-default = true
 """
-TENANTS = 'admins = ["root"]\nprivate_accounting = false\n[[accounts]]\nname = "lab"\nusers = ["*"]\n'
-QOS = 'default = "normal"\n[[qos]]\nname = "normal"\n'
 
 
 class GpuCluster(Cluster):
@@ -101,8 +79,10 @@ class GpuCluster(Cluster):
         self.mig_path = os.path.join(directory, "a100-mig.json")
         write_machine(self.mig_path, self.mig)
         self.mig_files = machines.mig_device_tree(self.root, self.mig, range(40, 50))
-        for name, text in (("cluster.toml", CLUSTER.format(root=self.root)),
-                           ("tenants.toml", TENANTS), ("qos.toml", QOS)):
+        config = cluster_toml("gpus", NODES, gpu_sample_interval=1, gpu_thermal_drain=3,
+                              device_root=self.root)
+        for name, text in (("cluster.toml", config), ("tenants.toml", LAB_TENANTS),
+                           ("qos.toml", NORMAL_QOS)):
             with open(os.path.join(directory, name), "w") as fh:
                 fh.write(text)
         self.fake_env = {"PYTHONPATH": os.pathsep.join([SHIM, *sys.path[1:]]),

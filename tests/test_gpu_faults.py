@@ -19,30 +19,15 @@ import tempfile
 
 import pytest
 
-from tests.conftest import Cluster, _kill_leftovers, wait_for
+from tests.conftest import (LAB_TENANTS, NORMAL_QOS, Cluster, _kill_leftovers,
+                            cluster_toml, wait_for)
 from tests.fakegpu import machines
 from tests.fakegpu.nvml import write_machine
 
 SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakegpu", "shim")
 TTYS = range(50, 58)           # stand-in character devices for /dev/nvidia0-7
 
-CLUSTER = """name = "gpufaults"
-[controller]
-socket = "run/rmsctld.sock"
-spool_dir = "spool"
-log_file = "log/rmsctld.log"
-pid_file = "run/rmsctld.pid"
-heartbeat_interval = 1
-node_timeout = 10
-kill_grace = 2
-
-[node_daemon]
-state_dir = "state"
-log_file = "log/rmsd-%n.log"
-pid_file = "run/rmsd-%n.pid"
-gpu_sample_interval = 1
-device_root = "{root}"
-
+NODES = """
 [[nodes]]
 names = "xnode"
 cpus = 4
@@ -56,13 +41,7 @@ memory = "8G"
 gpu_detect = "auto"
 features = ["container"]
 
-[[partitions]]
-name = "main"
-nodes = "ALL"
-default = true
 """
-TENANTS = 'admins = ["root"]\nprivate_accounting = false\n[[accounts]]\nname = "lab"\nusers = ["*"]\n'
-QOS = 'default = "normal"\n[[qos]]\nname = "normal"\n'
 
 
 class FaultCluster(Cluster):
@@ -85,8 +64,9 @@ class FaultCluster(Cluster):
                       "knode": os.path.join(directory, "k.json")}
         write_machine(self.paths["xnode"], self.x)
         write_machine(self.paths["knode"], self.k)
-        for name, text in (("cluster.toml", CLUSTER.format(root=self.root)),
-                           ("tenants.toml", TENANTS), ("qos.toml", QOS)):
+        config = cluster_toml("gpufaults", NODES, gpu_sample_interval=1, device_root=self.root)
+        for name, text in (("cluster.toml", config), ("tenants.toml", LAB_TENANTS),
+                           ("qos.toml", NORMAL_QOS)):
             with open(os.path.join(directory, name), "w") as fh:
                 fh.write(text)
 
