@@ -102,12 +102,6 @@ class NodeMessage(Request):
     node: Name
 
 
-class RunRef(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    job_id: JobId
-    run: Run
-
-
 class NodeHello(NodeMessage):
     inventory: dict[str, Any] = {}
     # Runs the node still supervises, as [job id, run] pairs.

@@ -120,7 +120,7 @@ class Controller:
             else:
                 alloc = alloc_from_json(row["alloc"])
                 self.running[row["id"]] = alloc
-                placement.take(self.nodes, {n: a for n, a in alloc.items() if n in self.nodes})
+                self._take(alloc)
         for job_id in list(self.leases.until):
             if job_id not in self.running:
                 self.leases.drop(job_id)
@@ -153,6 +153,12 @@ class Controller:
             if name in alloc:
                 placement.take(self.nodes, {name: alloc[name]})
         self.changes += 1
+
+    def _take(self, alloc: dict[str, NodeAlloc], sign: int = 1) -> None:
+        """Book (or, sign -1, release) an allocation on the node views; nodes a new
+        configuration no longer has are skipped (reconfigure keeps them while jobs run,
+        but a spool from an older configuration may still name them)."""
+        placement.take(self.nodes, {n: a for n, a in alloc.items() if n in self.nodes}, sign)
 
     def _pending(self, row: dict) -> scheduler.PendingJob:
         return scheduler.PendingJob(
@@ -286,7 +292,7 @@ class Controller:
         if not self.spool.transition(job_id, state, **fields):
             return False
         alloc = self.running.pop(job_id, {})
-        placement.take(self.nodes, {n: a for n, a in alloc.items() if n in self.nodes}, -1)
+        self._take(alloc, -1)
         self.leases.drop(job_id)
         self.outbox.append((None, job_id))
         self.changes += 1
@@ -303,7 +309,7 @@ class Controller:
                                      restart_count=row["restart_count"] + 1):
             return False
         alloc = self.running.pop(job_id, {})
-        placement.take(self.nodes, {n: a for n, a in alloc.items() if n in self.nodes}, -1)
+        self._take(alloc, -1)
         self.leases.drop(job_id)
         self.add_pending(self.spool.job(job_id))
         self.stop_run(row, now=True)

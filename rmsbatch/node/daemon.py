@@ -191,9 +191,6 @@ class NodeDaemon(MonitorLink):
     def runs(self) -> list[str]:
         return sorted(n for n in os.listdir(self.jobs_dir) if parse_run(n))
 
-    def outcome(self, run: str) -> dict | None:
-        return JobDir(self.job_dir(run)).outcome()
-
     def job_cgroup(self, run: str):
         """The run's cgroups (which may not exist), or None without cgroups."""
         if self.layout is None:

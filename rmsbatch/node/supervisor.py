@@ -71,10 +71,6 @@ def outcome_from_status(status: int, *, cancelled: bool,
     return state.value, code, sig
 
 
-def write_json_atomic(path: str, data: dict, durable: bool = True) -> None:
-    write_json(path, data, durable=durable)
-
-
 def notify(sock_path: str, job_id: int) -> bool:
     """Tell rmsd the job ended; False when rmsd is not there to hear it."""
     try:

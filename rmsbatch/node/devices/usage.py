@@ -92,12 +92,12 @@ class GpuUsage:
                 "gpu_mem_peak_mb": self.mem_peak, "gpu_energy_j": energy}
 
     def save(self) -> None:
-        from rmsbatch.node.supervisor import write_json_atomic
+        from rmsbatch.node.jobdir import write_json
         data = {"samples": self.samples, "util_sum": self.util_sum, "util_n": self.util_n,
                 "mem_peak_mb": self.mem_peak, "energy_first": self.energy_first,
                 "energy_last": self.energy_last}
         try:
             # every few seconds, and only to outlive rmsd: not synced to disk
-            write_json_atomic(self.path, data, durable=False)
+            write_json(self.path, data, durable=False)
         except OSError:
             pass      # the job directory is gone: the job has been acknowledged
