@@ -2,6 +2,7 @@
 installed commands, as a user would."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -164,6 +165,11 @@ class Cluster:
     def node(self) -> str:
         return self.api("nodes")["nodes"][0]["name"]
 
+    def output(self, job_id: int) -> str:
+        """The job's default output file (rms-ID.out in the work directory)."""
+        with open(os.path.join(self.work, f"rms-{job_id}.out")) as fh:
+            return fh.read()
+
     def rmsd_pid(self, node: str) -> int | None:
         try:
             with open(os.path.join(self.dir, "run", f"rmsd-{node}.pid")) as fh:
@@ -238,6 +244,22 @@ default = true
 LAB_TENANTS = ('admins = ["root"]\nprivate_accounting = false\n[[accounts]]\nname = "lab"\n'
                'users = ["*"]\n')
 NORMAL_QOS = 'default = "normal"\n[[qos]]\nname = "normal"\n'
+
+
+@contextlib.contextmanager
+def user_cluster(user: pwd.struct_passwd, label: str):
+    """A cluster directory owned by an ordinary user (single-user mode once that user
+    runs `rms-local up` in it); stopped by that user and removed at the end."""
+    directory = f"/tmp/rms-test-{label}-{os.getpid()}"
+    subprocess.run(["rm", "-rf", directory])
+    os.makedirs(directory)
+    os.chown(directory, user.pw_uid, user.pw_gid)
+    c = Cluster(directory, gpus=0)
+    try:
+        yield c
+    finally:
+        c.run("rms-local", "down", "--dir", directory, user=user.pw_name)
+        subprocess.run(["rm", "-rf", directory])
 
 
 def _new_cluster_dir() -> str:

@@ -105,10 +105,6 @@ class GpuCluster(Cluster):
     def until(self, predicate, timeout: float = 15, what: str = "condition"):
         return wait_for(predicate, timeout, what)
 
-    def output(self, job_id: int) -> str:
-        with open(os.path.join(self.work, f"rms-{job_id}.out")) as fh:
-            return fh.read()
-
 
 @pytest.fixture(scope="module")
 def gc():

@@ -154,3 +154,28 @@ def test_default_output_goes_to_the_submit_dir(cluster, tmp_path):
     assert job["state"] == "COMPLETED" and job["workdir"] == str(elsewhere)
     assert read(os.path.join(cluster.work, f"rms-{job_id}.out")).strip() == str(elsewhere)
     assert job["stdout"] == os.path.join(cluster.work, "rms-%j.out")
+
+
+def test_a_cluster_in_a_deep_directory_works(tmp_path):
+    """Socket paths longer than a socket address holds (108 bytes): the controller's,
+    rmsd's and each supervisor's sockets are reached through their directories."""
+    import shutil
+    import tempfile
+    from conftest import Cluster, _kill_leftovers
+    top = tempfile.mkdtemp(prefix="rms-deep-", dir="/tmp")
+    os.chmod(top, 0o755)
+    directory = os.path.join(top, "a" * 60, "b" * 40)
+    c = Cluster(directory, gpus=0)
+    try:
+        assert len(os.path.join(directory, "run", "rmsctld.sock")) > 108
+        c.up()
+        job_id = c.submit("--wrap", "trap 'echo got USR1; exit 0' USR1; sleep 30 & wait")
+        c.wait_state(job_id, "RUNNING")
+        time.sleep(0.5)       # let the shell install its trap
+        c.run("rcancel", "-b", "-s", "USR1", str(job_id), check=True)
+        assert c.wait_ended(job_id)["state"] == "COMPLETED"
+        assert c.output(job_id) == "got USR1\n"
+    finally:
+        c.down()
+        _kill_leftovers(directory)
+        shutil.rmtree(top, ignore_errors=True)

@@ -2,7 +2,6 @@
 requests in, spool rows and node orders out."""
 from __future__ import annotations
 
-import os
 import sqlite3
 
 import pytest

@@ -31,8 +31,8 @@ def test_two_clusters_on_one_host_never_share_a_job_cgroup(new_cluster):
     assert b.wait_ended(small)["state"] == "COMPLETED"
     job = a.wait_ended(big)
     assert job["state"] == "COMPLETED", job     # not killed by the other cluster's 60M
-    assert open(os.path.join(a.work, "rms-1.out")).read().strip() == "kept 150 MiB"
-    paths = {line.split(":")[-1] for line in open(os.path.join(b.work, "rms-1.out")).read().split()}
+    assert a.output(1).strip() == "kept 150 MiB"
+    paths = {line.split(":")[-1] for line in b.output(1).split()}
     assert job_cgroup(a, 1).dirs["memory"].split("/memory")[-1] not in paths
 
 
@@ -56,7 +56,7 @@ def test_a_cgroup_that_exists_is_never_adopted_and_the_job_fails_closed(new_clus
         c.run("rcontrol", "resume", c.node, check=True)
         job = c.wait_ended(job_id)
         assert job["state"] == "COMPLETED" and job["restart_count"] == 1, job
-        assert open(os.path.join(c.work, "rms-1.out")).read() == "ran\n"
+        assert c.output(1) == "ran\n"
     finally:
         squatter.remove()
 

@@ -82,10 +82,6 @@ class FaultCluster(Cluster):
     def node(self, name: str, devices: bool = False) -> dict:
         return self.api("nodes", names=name, devices=devices)["nodes"][0]
 
-    def output(self, job_id: int) -> str:
-        with open(os.path.join(self.work, f"rms-{job_id}.out")) as fh:
-            return fh.read()
-
 
 @pytest.fixture(scope="module")
 def fc():

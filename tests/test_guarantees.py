@@ -150,7 +150,7 @@ def test_a_node_daemon_away_past_every_timeout_costs_no_job(new_cluster, how):
     for job_id in (plain, again):
         job = c.wait_ended(job_id, timeout=20)
         assert job["state"] == "COMPLETED" and job["restart_count"] == 0, job
-        assert open(os.path.join(c.work, f"rms-{job_id}.out")).read() == "done\n"
+        assert c.output(job_id) == "done\n"
     wait_for(lambda: c.node_record(c.node)["state"] == "IDLE", 15, "the node back in service")
 
 
@@ -240,7 +240,7 @@ def test_a_controller_away_past_every_lease_costs_no_job(new_cluster, how):
     assert job["state"] == "RUNNING" and job["restart_count"] == 0, job
     job = c.wait_ended(job_id, timeout=20)
     assert job["state"] == "COMPLETED" and job["restart_count"] == 0, job
-    assert open(os.path.join(c.work, f"rms-{job_id}.out")).read() == "done\n"
+    assert c.output(job_id) == "done\n"
 
 
 def test_a_node_daemon_that_dies_mid_launch_starts_the_job_once_after(new_cluster):

@@ -44,7 +44,7 @@ def test_a_soft_limit_above_the_nodes_hard_limit_is_capped(cluster, users):
                    environment={"PATH": "/usr/bin:/bin"})
     job_id = cluster.api("submit", spec=spec.to_dict())["job_id"]
     assert cluster.wait_ended(job_id)["state"] == "COMPLETED"
-    shown = open(os.path.join(cluster.work, f"rms-{job_id}.out")).read().strip()
+    shown = cluster.output(job_id).strip()
     assert shown == str(node_hard) or (shown == "unlimited" and node_hard == resource.RLIM_INFINITY)
 
 
@@ -81,13 +81,9 @@ def test_a_single_user_cluster_refuses_other_users_at_submit(users):
     """rms-local started by alice (no root): jobs can only run as alice, so bob's
     submission is refused when he makes it, not left to fail at start."""
     alice, bob = users
-    from conftest import Cluster
-    directory = f"/tmp/rms-test-solo-{os.getpid()}"
-    subprocess.run(["rm", "-rf", directory])
-    os.makedirs(directory)
-    os.chown(directory, alice.pw_uid, alice.pw_gid)
-    c = Cluster(directory, gpus=0)
-    try:
+    from conftest import user_cluster
+    with user_cluster(alice, "solo") as c:
+        directory = c.dir
         assert c.run("rms-local", "up", "--dir", directory, user=alice.pw_name).returncode == 0
         refused = c.run("rsub", "--wrap", "true", user=bob.pw_name, cwd="/tmp")
         assert refused.returncode == 1
@@ -99,9 +95,6 @@ def test_a_single_user_cluster_refuses_other_users_at_submit(users):
         ok = c.run("rsub", "--parsable", "--wait", "--wrap", "true", user=alice.pw_name,
                    cwd=directory)
         assert ok.returncode == 0, ok.stderr
-    finally:
-        c.run("rms-local", "down", "--dir", directory, user=alice.pw_name)
-        subprocess.run(["rm", "-rf", directory])
 
 
 def test_another_user_cannot_read_a_running_jobs_environment(cluster, users):

@@ -13,6 +13,8 @@ import time
 import pytest
 from conftest import wait_for
 
+from rmsbatch.node.jobdir import read_line
+
 pytestmark = pytest.mark.slow
 
 
@@ -23,13 +25,7 @@ def raw(c, message: dict) -> dict:
         s.settimeout(10)
         s.connect(socket_path(c.dir))
         s.sendall((json.dumps(message) + "\n").encode())
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data)
+        return json.loads(read_line(s))
 
 
 def test_a_request_that_fails_half_way_gives_nothing_out_twice(new_cluster):
@@ -173,4 +169,4 @@ def test_reload_brings_new_declared_gpus_to_both_daemons(new_cluster):
              c.node_record(c.node)["gpus"] == 3, 15, "the node with three GPUs")
     job_id = c.submit("--gpus", "3", "--wrap", "echo $CUDA_VISIBLE_DEVICES")
     assert c.wait_ended(job_id)["state"] == "COMPLETED"
-    assert open(os.path.join(c.work, f"rms-{job_id}.out")).read() == "0,1,2\n"
+    assert c.output(job_id) == "0,1,2\n"

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import os
-import pwd
 import subprocess
-import time
 
 import pytest
 
@@ -71,13 +69,9 @@ def test_single_user_mode(new_cluster, users):
     """The same system started by an ordinary user: jobs run as that user and
     the daemons say which protections are missing."""
     alice, _ = users
-    directory = f"/tmp/rms-test-single-{os.getpid()}"
-    subprocess.run(["rm", "-rf", directory])
-    os.makedirs(directory)
-    os.chown(directory, alice.pw_uid, alice.pw_gid)
-    from conftest import Cluster
-    c = Cluster(directory, gpus=0)
-    try:
+    from conftest import user_cluster
+    with user_cluster(alice, "single") as c:
+        directory = c.dir
         up = c.run("rms-local", "up", "--dir", directory, user=alice.pw_name)
         assert up.returncode == 0, up.stderr
         assert up.stdout.strip() == f"export RMS_CONF_DIR={directory}"
@@ -97,9 +91,6 @@ def test_single_user_mode(new_cluster, users):
         job = c.api("jobs", ids=[int(hog.stdout.split()[0])])["jobs"][0]
         assert job["state"] == "OUT_OF_MEMORY", job
         assert "memory(watchdog)" in job["protections"]
-    finally:
-        c.run("rms-local", "down", "--dir", directory, user=alice.pw_name)
-        subprocess.run(["rm", "-rf", directory])
 
 
 def test_a_test_user_left_without_its_group_gets_it():

@@ -49,7 +49,42 @@ class ClientError(Exception):
 
 
 class ControllerUnavailable(ClientError):
-    pass
+    """rmsctld could not be asked. `down`: its socket refused the connection or is not
+    there (rmsctld is not running); `timed_out`: it took the request and did not answer."""
+
+    def __init__(self, message: str, *, down: bool = False, timed_out: bool = False):
+        super().__init__(message)
+        self.down = down
+        self.timed_out = timed_out
+
+
+UNIX_PATH_MAX = 107         # sun_path holds 108 bytes with the terminating NUL
+
+
+class unix_address:
+    """What bind() and connect() accept for the socket file `path`: the path itself, or,
+    when it is too long for a socket address (a deep state or config directory), the
+    same file reached through an open descriptor of its directory
+    (/proc/self/fd/N/name). A context manager: the descriptor lives as long as it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self) -> str:
+        if len(self.path.encode()) <= UNIX_PATH_MAX:
+            return self.path
+        self.fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+        return f"/proc/self/fd/{self.fd}/{os.path.basename(self.path)}"
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def connect_unix(sock, path: str) -> None:
+    with unix_address(path) as address:
+        sock.connect(address)
 
 
 class RequestRejected(ClientError):
@@ -243,12 +278,17 @@ class Client:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(self.path)
+            connect_unix(sock, self.path)
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
             raise ControllerUnavailable(
                 f"cannot reach rmsctld at {self.path}: is the controller running? "
-                "(start it with 'rms-local up --dir DIR' or your service manager)") from None
+                "(start it with 'rms-local up --dir DIR' or your service manager)",
+                down=True) from None
+        except TimeoutError:
+            sock.close()
+            raise ControllerUnavailable(f"rmsctld at {self.path} did not take the connection "
+                                        "in time", timed_out=True) from None
         except PermissionError:
             sock.close()
             raise ControllerUnavailable(
@@ -296,7 +336,8 @@ class Client:
             try:
                 chunk = self._sock.recv(1 << 20)
             except TimeoutError:
-                raise ControllerUnavailable("rmsctld did not answer in time") from None
+                raise ControllerUnavailable("rmsctld did not answer in time",
+                                            timed_out=True) from None
             except OSError as exc:
                 raise ControllerUnavailable(f"lost the connection to rmsctld: {exc}") from None
             if not chunk:

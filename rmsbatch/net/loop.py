@@ -24,6 +24,7 @@ import struct
 import time
 
 from rmsbatch.core.jobspec import MAX_ENV_BYTES, MAX_SCRIPT_BYTES
+from rmsbatch.net.client import unix_address
 
 log = logging.getLogger("rmsbatch.server")
 
@@ -122,7 +123,8 @@ class Loop:
         # follow a symlink swapped in meanwhile.
         old = os.umask(0o777 & ~mode)
         try:
-            sock.bind(path)
+            with unix_address(path) as address:
+                sock.bind(address)
         finally:
             os.umask(old)
         sock.listen(512)

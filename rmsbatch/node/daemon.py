@@ -25,6 +25,7 @@ import time
 
 from rmsbatch.config import Config
 from rmsbatch.core import failpoint
+from rmsbatch.net.client import connect_unix
 from rmsbatch.net.loop import Conn, Loop
 from rmsbatch.node import launch as launching
 from rmsbatch.node.devices import discovery, record
@@ -392,7 +393,7 @@ class NodeDaemon(MonitorLink):
             return False
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(self.config.socket)
+            connect_unix(sock, self.config.socket)
         except OSError as exc:
             sock.close()
             self.next_connect = now + self.backoff
@@ -464,6 +465,7 @@ class NodeDaemon(MonitorLink):
             return
         if "orders" in msg:  # reply to node_hello
             self.registered = True
+            self.renewed(msg)
             for run in self.hello_ended:
                 self.acknowledged(run)
             self.hello_ended = []

@@ -23,6 +23,8 @@ import os
 import signal
 import socket
 
+from rmsbatch.net.client import connect_unix
+
 JOB_FILE = "job.json"
 LOCK_FILE = "supervisor.lock"
 CONTROL_SOCKET = "supervisor.sock"
@@ -30,29 +32,6 @@ PID_FILE = "pid"
 OUTCOME_FILE = "outcome.json"
 LOG_FILE = "supervisor.log"
 LEGACY_PID_FILE = "supervisor.pid"      # written by rmsd before supervisor.lock existed
-
-
-UNIX_PATH_MAX = 107         # sun_path holds 108 bytes with the terminating NUL
-
-
-class unix_path:
-    """A path bind() and connect() accept for `path`: itself, or, when it is too long
-    for a socket address, the same file reached through an open descriptor of its
-    directory (/proc/self/fd/N/name). Use as a context manager."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.fd = None
-
-    def __enter__(self) -> str:
-        if len(self.path.encode()) <= UNIX_PATH_MAX:
-            return self.path
-        self.fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-        return f"/proc/self/fd/{self.fd}/{os.path.basename(self.path)}"
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
 
 
 def read_line(sock, limit: int = 1 << 20) -> bytes:
@@ -188,8 +167,7 @@ class JobDir:
         sock.settimeout(timeout)
         try:
             try:
-                with unix_path(self.file(CONTROL_SOCKET)) as address:
-                    sock.connect(address)
+                connect_unix(sock, self.file(CONTROL_SOCKET))
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 legacy = self.legacy_supervisor()
                 if legacy is not None and message.get("op") == "cancel":

@@ -20,10 +20,8 @@ within the lease margin of each other (NTP), as MUNGE credentials also require.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
-import socket
 import time
 
 
@@ -71,35 +69,24 @@ class LeaseKeeper:
     def ask_controller(self, timeout: float = 2.0) -> dict | None:
         """One `lease` request; the reply, or None (self.last_error says why)."""
         from rmsbatch.net import client
-        from rmsbatch.node.jobdir import read_line
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
         try:
-            sock.connect(self.controller)
-            sock.sendall(client.encode({"op": "lease", "node": self.node,
-                                        "job_id": self.job_id, "run": self.run}))
-            data = read_line(sock)
+            with client.Client(self.controller, timeout=timeout) as conn:
+                reply = conn.call("lease", node=self.node, job_id=self.job_id, run=self.run)
+        except client.ControllerUnavailable as exc:
+            # Down (refused, absent): nothing is deciding. Took the request and said
+            # nothing: on a local socket (which cannot be cut off) rmsctld is stopped or
+            # busy, and reads the request before it judges leases. Anything else (a
+            # reset, an unreachable host) may hide a live rmsctld.
+            self.controller_idle = "down" if exc.down else (
+                "busy" if exc.timed_out and self._local else "")
+            self.last_error = str(exc)
+            return None
+        except client.ClientError as exc:       # refused, or a garbled answer
             self.controller_idle = ""
-            return client.decode(data)
-        except TimeoutError:
-            # A local socket cannot be cut off: a controller that took the request and
-            # said nothing is stopped or busy, and reads it before it judges leases.
-            self.controller_idle = "busy" if self._local else ""
-            self.last_error = "rmsctld did not answer in time"
+            self.last_error = str(exc)
             return None
-        except OSError as exc:
-            # Refused or absent: rmsctld is not running, so nothing is deciding. Any
-            # other failure (a reset, an unreachable host) may hide a live rmsctld.
-            self.controller_idle = "down" if exc.errno in (errno.ECONNREFUSED,
-                                                           errno.ENOENT) else ""
-            self.last_error = exc.strerror or str(exc)
-            return None
-        except ValueError as exc:
-            self.controller_idle = ""
-            self.last_error = f"garbled reply: {exc}"
-            return None
-        finally:
-            sock.close()
+        self.controller_idle = ""
+        return reply
 
     def check(self) -> tuple[str, str] | None:
         """None while the lease holds; ("stop", why) when rmsctld says this run is no
@@ -110,12 +97,10 @@ class LeaseKeeper:
             self.next_direct = now + self.retry_s
             reply = self.ask_controller()
             if reply is not None:
-                if reply.get("ok") and reply.get("stop"):
+                if reply.get("stop"):
                     return "stop", str(reply.get("why") or "rmsctld stopped this run")
-                if reply.get("ok") and isinstance(reply.get("lease_until"), (int, float)):
+                if isinstance(reply.get("lease_until"), (int, float)):
                     self.until = max(self.until, float(reply["lease_until"]))
-                elif not reply.get("ok"):
-                    self.last_error = str(reply.get("error") or "refused")
         if now < self.until or self.controller_idle:
             return None
         return "kill", (f"lease expired: neither rmsd nor rmsctld renewed it for "

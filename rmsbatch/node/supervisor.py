@@ -33,11 +33,11 @@ import sys
 import time
 
 from rmsbatch.core.states import JobState
+from rmsbatch.net.client import connect_unix, unix_address
 from rmsbatch.node import jobprocess, procs
 from rmsbatch.node.isolation import Isolation, IsolationError
 from rmsbatch.node.jobdir import (CONTROL_SOCKET, JOB_FILE, LOG_FILE, OUTCOME_FILE,
-                                  PID_FILE, parse_run, read_line, unix_path,
-                                  write_json)
+                                  PID_FILE, parse_run, read_line, write_json)
 from rmsbatch.node.jobfile import Job, JobFileError, load_job, output_paths
 
 log = logging.getLogger("rmsbatch.supervisor")
@@ -76,7 +76,7 @@ def notify(sock_path: str, job_id: int) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(1.0)
-            s.connect(sock_path)
+            connect_unix(s, sock_path)
             s.sendall((json.dumps({"op": "ended", "job_id": job_id}) + "\n").encode())
         return True
     except (OSError, ValueError) as e:
@@ -167,7 +167,7 @@ class Supervisor:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            with unix_path(path) as address:
+            with unix_address(path) as address:
                 sock.bind(address)
         finally:
             os.umask(old)

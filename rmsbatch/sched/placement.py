@@ -217,7 +217,8 @@ def choose_gpus(node: NodeView, free: list[int], count: int) -> list[int]:
     if count == 1:
         # best fit: the smallest device, then the one that breaks up the least of what
         # is still free
-        return [min(free, key=lambda i: (size.get(i, 0), sum(weight(i, j) for j in free if j != i), i))]
+        return [min(free, key=lambda i: (size.get(i, 0),
+                                         sum(weight(i, j) for j in free if j != i), i))]
     best = None
     seeds, numas = [], set()
     for i in sorted(free):              # a few seeds: one per NUMA node, then the first

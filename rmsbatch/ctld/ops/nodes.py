@@ -75,7 +75,7 @@ def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
     failpoint.hit("node_hello.after_ended")
     reported = {(o.get("job_id"), o.get("run")) for o in req.ended if isinstance(o, dict)}
     running_there = set(req.running)
-    orders, current = [], set()
+    orders, current, renewed = [], set(), []
     for job_id, alloc in list(ctl.running.items()):
         if batch_node(alloc) != name:
             continue
@@ -84,6 +84,7 @@ def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
         current.add(run)
         if run in running_there:
             ctl.leases.renew(job_id, now)
+            renewed.append(list(run))
             if not row["launched"]:
                 ctl.spool.update_job(job_id, launched=1)
             if row["cancel_requested"]:
@@ -103,7 +104,7 @@ def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
         ctl.loop.close(old)
     conn.meta["node"] = name
     ctl.node_conns[name] = conn
-    return {"orders": orders, "lease_s": ctl.leases.lease_s}
+    return {"orders": orders, "renewed": renewed, "lease_until": now + ctl.leases.lease_s}
 
 
 @op("heartbeat", model=requests.Heartbeat, role=NODE)

@@ -376,7 +376,8 @@ def main(argv=None) -> int:
                                           os.path.join(cfg.node_state_dir, args.node))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(args.socket)
+        from rmsbatch.net.client import connect_unix
+        connect_unix(sock, args.socket)
     except OSError as exc:
         print(f"rmsd-monitor: error: cannot reach rmsd at {args.socket}: {exc}", file=sys.stderr)
         return 1
