@@ -54,6 +54,31 @@ FIELDS: tuple = (
     ('requeue', False),
     ('umask', None),  # the submitter's umask (the job's files get the same modes)
     ('rlimits', None),  # the submitter's resource limits: {"NOFILE": [soft, hard], ...}
+    # -- the task model (Slurm's names) --
+    ('ntasks_given', False),  # -n or --ntasks-per-node was given (Slurm sets SLURM_NTASKS then)
+    ('ntasks_per_node', None),
+    ('ntasks_per_gpu', None),
+    ('ntasks_per_core', None),
+    ('cpus_per_gpu', None),
+    ('gpus_per_task', None),
+    ('nodes_max', None),  # -N MIN-MAX: the most nodes; None: exactly `nodes`
+    ('hint', None),  # "nomultithread", "multithread", "compute_bound", "memory_bound"
+    ('gpu_bind', None),  # as written: "closest", "single:1", "none", "map_gpu:0,1", ...
+    ('nodelist', None),  # hostlist the job must run on (-w)
+    ('exclude', None),  # hostlist it must not run on (-x)
+    ('tmp_mb', None),  # node-local disk per node
+    ('wait_all_nodes', False),
+    ('licenses', dict),  # cluster-wide counted resources: name -> count
+    ('gres', dict),  # generic resources other than GPUs, per node: name -> count
+    # -- arrays, dependencies, control --
+    ('array', None),  # as written and checked: "0-99%10", "1,5,9", "500-17000:1000"
+    ('dependency', None),  # as written and checked: "afterok:12:13,singleton", "a?b"
+    ('begin', None),  # epoch seconds: not before then
+    ('signal', None),  # {"signal": 10, "seconds": 60, "batch": true}: before the time limit
+    ('open_mode', None),  # "append" or "truncate"; None: truncate, append on a requeue
+    ('reservation', None),
+    ('clusters', None),  # must name this cluster
+    ('site_options', dict),  # site plugin options the cluster accepts: name -> value
 )
 RLIMIT_NAMES = ("CORE", "CPU", "DATA", "FSIZE", "MEMLOCK", "NOFILE", "NPROC", "RSS", "STACK",
                 "AS")
@@ -84,7 +109,10 @@ class JobSpec:
     def to_dict(self) -> dict:
         data = {name: getattr(self, name) for name, _ in FIELDS}
         data["argv"] = list(self.argv)
-        data["environment"] = dict(self.environment)
+        for key in ("environment", "licenses", "gres", "site_options"):
+            data[key] = dict(getattr(self, key))
+        if self.signal is not None:
+            data["signal"] = dict(self.signal)
         return data
 
     @classmethod
@@ -112,7 +140,9 @@ class JobSpec:
             raise SpecError("argv must be a list of strings")
         if sum(len(a) for a in self.argv) > MAX_PATH * 16:
             raise SpecError("script arguments are too long")
-        for key in ("name", "partition", "account", "qos", "gpu_type", "constraint"):
+        for key in ("name", "partition", "account", "qos", "gpu_type", "constraint", "hint",
+                    "gpu_bind", "nodelist", "exclude", "array", "dependency", "open_mode",
+                    "reservation", "clusters"):
             value = getattr(self, key)
             if value is not None:
                 _check_str(key, value, MAX_NAME)
@@ -134,16 +164,42 @@ class JobSpec:
         for key in ("nodes", "ntasks", "cpus_per_task"):
             _check_int(key, getattr(self, key), minimum=1)
         _check_int("gpus", self.gpus, minimum=0)
-        for key in ("gpus_per_node", "mem_per_cpu_mb", "mem_per_gpu_mb", "gpu_mem_mb"):
+        for key in ("gpus_per_node", "mem_per_cpu_mb", "mem_per_gpu_mb", "gpu_mem_mb",
+                    "ntasks_per_node", "ntasks_per_gpu", "ntasks_per_core", "cpus_per_gpu",
+                    "gpus_per_task", "nodes_max"):
             value = getattr(self, key)
             if value is not None:
-                _check_int(key, value, minimum=1 if key == "gpus_per_node" else 1)
+                _check_int(key, value, minimum=1)
+        if self.nodes_max is not None and self.nodes_max < self.nodes:
+            raise SpecError(f"nodes: the most nodes ({self.nodes_max}) is fewer than the "
+                            f"least ({self.nodes})")
+        if self.tmp_mb is not None:
+            _check_int("tmp_mb", self.tmp_mb, minimum=0, maximum=1 << 40)
+        if self.open_mode not in (None, "append", "truncate"):
+            raise SpecError("open_mode: must be append or truncate")
+        if self.begin is not None and (isinstance(self.begin, bool)
+                                       or not isinstance(self.begin, (int, float))
+                                       or not 0 <= self.begin < 1 << 40):
+            raise SpecError("begin: must be a time in seconds since the epoch")
+        if self.signal is not None:
+            sig = self.signal
+            if not isinstance(sig, dict) or set(sig) != {"signal", "seconds", "batch"} \
+                    or not isinstance(sig["batch"], bool):
+                raise SpecError("signal: expected {signal, seconds, batch}")
+            _check_int("signal.signal", sig["signal"], minimum=1, maximum=64)
+            _check_int("signal.seconds", sig["seconds"], minimum=0, maximum=65535)
+        for key in ("licenses", "gres"):
+            _check_counts(key, getattr(self, key))
+        if not isinstance(self.site_options, dict) or len(self.site_options) > 64 or not all(
+                isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= MAX_NAME
+                and len(v) <= MAX_PATH for k, v in self.site_options.items()):
+            raise SpecError("site_options must map option names to strings")
         if self.mem_mb is not None:
             _check_int("mem_mb", self.mem_mb, minimum=0, maximum=1 << 40)
         if self.time_limit is not None:
             _check_int("time_limit", self.time_limit, minimum=0, maximum=1 << 40)
         _check_int("nice", self.nice, minimum=-10000, maximum=10000)
-        for key in ("exclusive", "hold", "requeue"):
+        for key in ("exclusive", "hold", "requeue", "ntasks_given", "wait_all_nodes"):
             if not isinstance(getattr(self, key), bool):
                 raise SpecError(f"{key}: must be true or false")
         if not isinstance(self.environment, dict) or not all(
@@ -191,6 +247,17 @@ class JobSpec:
         if self.mem_per_gpu_mb is not None:
             return self.mem_per_gpu_mb * max(1, self.gpus_on_node())
         return default_mem_per_cpu_mb * self.cpus_on_node()
+
+
+def _check_counts(key: str, value) -> None:
+    """A map of resource names to counts (licenses, generic resources)."""
+    if not isinstance(value, dict) or len(value) > 64:
+        raise SpecError(f"{key}: expected a map of names to counts")
+    for name, count in value.items():
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME or not all(
+                c.isalnum() or c in "_-." for c in name):
+            raise SpecError(f"{key}: invalid name {str(name)[:40]!r}")
+        _check_int(f"{key}.{name}", count, minimum=0)
 
 
 def _check_str(key: str, value, limit: int) -> None:

@@ -73,6 +73,36 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN gpu_energy_j REAL;
     ALTER TABLE nodes ADD COLUMN gpu_drain TEXT NOT NULL DEFAULT '{}';
     """,
+    # 3: real job scripts: the task model, arrays, dependencies, control, steps
+    """
+    ALTER TABLE jobs ADD COLUMN ntasks_per_node INTEGER;
+    ALTER TABLE jobs ADD COLUMN gpus_per_task INTEGER;
+    ALTER TABLE jobs ADD COLUMN tmp_mb INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN licenses TEXT;
+    ALTER TABLE jobs ADD COLUMN gres TEXT;
+    ALTER TABLE jobs ADD COLUMN req_nodelist TEXT;
+    ALTER TABLE jobs ADD COLUMN exclude TEXT;
+    ALTER TABLE jobs ADD COLUMN reservation TEXT;
+    ALTER TABLE jobs ADD COLUMN array_job_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN array_task_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN array_spec TEXT;
+    ALTER TABLE jobs ADD COLUMN array_throttle INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN payload_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN dependency TEXT;
+    ALTER TABLE jobs ADD COLUMN begin_time REAL;
+    ALTER TABLE jobs ADD COLUMN signal TEXT;
+    ALTER TABLE jobs ADD COLUMN open_mode TEXT;
+    CREATE INDEX jobs_array ON jobs(array_job_id);
+    CREATE TABLE steps (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        step_id INTEGER NOT NULL,
+        name TEXT NOT NULL DEFAULT '', nodelist TEXT NOT NULL DEFAULT '',
+        ntasks INTEGER NOT NULL DEFAULT 1, state TEXT NOT NULL,
+        start_time REAL, end_time REAL, exit_code INTEGER, exit_signal INTEGER,
+        total_cpu_s REAL, max_rss_kb INTEGER,
+        PRIMARY KEY (job_id, step_id)
+    );
+    """,
 ]
 
 # Columns returned in job records; payloads (script, env) are read separately.
@@ -85,6 +115,9 @@ JOB_COLUMNS = (
     "exit_code", "exit_signal", "max_rss_kb", "total_cpu_s", "requeue", "restart_count",
     "command", "workdir", "stdout", "stderr", "submit_host", "protections", "end_reason",
     "gpu_mem_mb", "gpu_util", "gpu_mem_peak_mb", "gpu_energy_j",
+    "ntasks_per_node", "gpus_per_task", "tmp_mb", "licenses", "gres", "req_nodelist",
+    "exclude", "reservation", "array_job_id", "array_task_id", "array_spec",
+    "array_throttle", "payload_id", "dependency", "begin_time", "signal", "open_mode",
 )
 _SELECT = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
 
