@@ -362,9 +362,18 @@ def test_exclusive_with_a_mode_refused(rsub):
     assert "plain --exclusive" in error_of(rsub, "--exclusive=user", "job.sh", script=script())
 
 
-def test_open_mode_append_refused_truncate_accepted(rsub):
-    assert "not supported yet" in error_of(rsub, "--open-mode=append", "job.sh", script=script())
-    rsub("--open-mode=truncate", "job.sh", script=script())
+def test_open_mode_and_signal(rsub):
+    assert rsub("--open-mode=append", "job.sh", script=script()).spec.open_mode == "append"
+    assert rsub("--open-mode", "T", "job.sh", script=script()).spec.open_mode == "truncate"
+    assert "append or truncate" in error_of(rsub, "--open-mode=keep", "job.sh", script=script())
+    spec = rsub("job.sh", script=script("#SBATCH --signal=B:USR1@55   # checkpoint")).spec
+    assert spec.signal == {"signal": 10, "seconds": 55, "batch": True}
+    for text, want in (("SIGINT@60", (2, 60, False)), ("usr2", (12, 60, False)),
+                       ("10@30", (10, 30, False)), ("R:TERM@5", (15, 5, False))):
+        sig = rsub(f"--signal={text}", "job.sh", script=script()).spec.signal
+        assert (sig["signal"], sig["seconds"], sig["batch"]) == want
+    assert "unknown signal 'FOO'" in error_of(rsub, "--signal=B:FOO@10", "job.sh", script=script())
+    assert "whole seconds" in error_of(rsub, "--signal=USR1@soon", "job.sh", script=script())
 
 
 def test_several_partitions_refused(rsub):
@@ -376,8 +385,7 @@ def test_several_partitions_refused(rsub):
     "argv, name",
     [
         (["--array=0-9"], "--array"), (["-a", "1-3"], "--array"), (["--dependency=afterok:1"], "--dependency"),
-        (["-d", "after:2"], "--dependency"), (["--signal=B:USR2@60"], "--signal"),
-        (["--begin=now+1hour"], "--begin"), (["--ntasks-per-node=4"], "--ntasks-per-node"),
+        (["-d", "after:2"], "--dependency"), (["--begin=now+1hour"], "--begin"), (["--ntasks-per-node=4"], "--ntasks-per-node"),
         (["--tasks=4"], "--tasks-per-node"), (["--gpus-per-task=1"], "--gpus-per-task"),
         (["--cpus-per-gpu=8"], "--cpus-per-gpu"), (["-w", "gpu[1-2]"], "--nodelist"),
         (["--exclude=gpu3"], "--exclude"), (["--mincpus=4"], "--mincpus"),

@@ -5,6 +5,8 @@
     rcontrol drain gpu[01-02] reason="bad fan"      rcontrol resume gpu[01-02]
     rcontrol update NodeName=gpu01 State=DRAIN Reason="bad fan"
     rcontrol hold 42 43    rcontrol release 42    rcontrol reconfigure
+    rcontrol requeue 42    rcontrol requeuehold 42
+    rcontrol update JobId=42 TimeLimit=30 Nice=10   (or: update job 42 ...)
 
 Sub-commands and `update` keys are case-insensitive, as in scontrol.
 """
@@ -16,6 +18,7 @@ import sys
 from rmsbatch.net import client
 from rmsbatch.cli.arguments import CommandParser, job_id_list
 from rmsbatch.cli.details import job_detail, node_detail, partition_detail, render_details
+from rmsbatch.cli.jobupdate import is_job_update, parse_job_update
 from rmsbatch.cli.layout import render_json
 from rmsbatch.cli.common import CommandError, exit_with
 from rmsbatch.core.hostlist import HostlistError, compress, expand
@@ -32,6 +35,8 @@ EXAMPLES = """
   rcontrol drain 'gpu[01-02]' reason="replacing a fan"
   rcontrol update NodeName=gpu01 State=RESUME
   rcontrol hold 42 && rcontrol release 42
+  rcontrol requeue 42                   stop job 42 and queue it again (same id)
+  rcontrol update JobId=42 TimeLimit=30 lower a job's time limit to 30 minutes
 """
 
 ENTITIES = {
@@ -40,7 +45,8 @@ ENTITIES = {
     "partition": "partition", "partitions": "partition", "part": "partition",
     "hostnames": "hostnames", "hostlist": "hostlist",
 }
-COMMANDS = ("show", "drain", "resume", "update", "hold", "release", "reconfigure")
+COMMANDS = ("show", "drain", "resume", "update", "hold", "release", "reconfigure",
+            "requeue", "requeuehold")
 UPDATE_STATES = {"drain": "drain", "resume": "resume", "undrain": "resume", "idle": "resume"}
 
 
@@ -111,8 +117,9 @@ def build_parser() -> CommandParser:
     resume = sub.add_parser("resume", help="let drained nodes take jobs again", version=False)
     resume.add_argument("nodelist", type=_hostlist_arg, metavar="NODELIST")
 
-    update = sub.add_parser("update", help="NodeName=X State=DRAIN|RESUME [Reason=TEXT]",
-                            version=False)
+    update = sub.add_parser("update", version=False,
+                            help="NodeName=X State=DRAIN|RESUME [Reason=TEXT], or JobId=ID "
+                                 "TimeLimit=T Partition=P QOS=Q Account=A Priority=N Nice=N")
     update.add_argument("settings", nargs="+", metavar="KEY=VALUE")
 
     for name, text in (("hold", "keep pending jobs from starting"),
@@ -120,6 +127,7 @@ def build_parser() -> CommandParser:
         cmd = sub.add_parser(name, help=text, version=False)
         cmd.add_argument("job_ids", nargs="+", type=job_id_list, metavar="JOBID")
 
+    add_requeue_commands(sub)
     sub.add_parser("reconfigure", help="make rmsctld re-read its configuration", version=False)
     parser.subcommands = sub.choices
     return parser
@@ -150,6 +158,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.reason = args.reason or settings.get("reason")
         if not args.reason or not args.reason.strip():
             sub.error('drain needs a reason: rcontrol drain NODELIST reason="why"')
+    elif args.command == "update" and is_job_update(args.settings):
+        try:
+            args.update = parse_job_update(args.settings)
+        except ValueError as exc:
+            sub.error(str(exc))
+        args.command = "update_job"
     elif args.command == "update":
         settings = _settings(sub, args.settings, ("nodename", "state", "reason"))
         if "nodename" not in settings:
@@ -163,7 +177,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.reason = settings.get("reason")
         if args.command == "drain" and not (args.reason or "").strip():
             sub.error('State=DRAIN needs a reason: Reason="why"')
-    elif args.command in ("hold", "release"):
+    elif args.command in ("hold", "release", "requeue", "requeuehold"):
         args.ids = [i for group in args.job_ids for i in group]
     return args
 
@@ -259,10 +273,32 @@ def body(argv: list[str]) -> int:
         for text in errors:
             print(f"{PROG}: error: {text}", file=sys.stderr)
         return 1 if errors else 0
+    if args.command in ("requeue", "requeuehold", "update_job"):
+        return job_control(args)
     if args.command == "reconfigure":
         client.call("reconfigure")
         return 0
     raise CommandError(f"unknown command {args.command!r}")    # not reached: argparse checks
+
+
+# -- requeue, requeuehold, update job ----------------------------------------------
+
+def add_requeue_commands(sub) -> None:
+    for name, text in (("requeue", "stop running or ended jobs and queue them again (same id)"),
+                       ("requeuehold", "requeue jobs and hold them")):
+        cmd = sub.add_parser(name, help=text, version=False)
+        cmd.add_argument("job_ids", nargs="+", type=job_id_list, metavar="JOBID")
+
+
+def job_control(args: argparse.Namespace) -> int:
+    if args.command == "update_job":
+        client.call("update_job", **args.update)
+        return 0
+    reply = client.call("requeue", ids=args.ids, hold=args.command == "requeuehold")
+    errors = reply.get("errors") or []
+    for text in errors:
+        print(f"{PROG}: error: {text}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def main() -> None:

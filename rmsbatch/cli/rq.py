@@ -6,6 +6,8 @@ One "jobs" request with the filters (the controller filters), then a table.
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 
 from rmsbatch.net import client
 from rmsbatch.cli.arguments import (
@@ -35,6 +37,9 @@ EXAMPLES = """
   rq -o jobid,state,name:30     field names, :WIDTH fixes a width, :.WIDTH aligns right
   rq -h -o %i -u $USER          job ids only, for scripts
   rq --json | jq '.jobs[].id'
+  rq --me --watch               redraw every 2 s until none of your jobs is left waiting
+                                or running
+  rq -j 42 -i 10                print job 42's line every 10 s while it pends or runs
 """
 
 
@@ -82,6 +87,7 @@ def build_parser() -> CommandParser:
     out.add_argument("-l", "--long", action="store_true",
                      help="add TIME_LIMIT and NODES, and show STATE in full")
     add_output_options(out)
+    add_watch_options(out)
     return parser
 
 
@@ -132,8 +138,59 @@ def body(argv: list[str]) -> int:
     fields = request(args)
     if args.layout is not None and "nodes" not in fields:
         fields["fields"] = projection(args.layout)
+    if args.watch is not None:
+        return watch(args, fields)
     reply = client.call("jobs", **fields)
     return emit(render(client.records(reply), args))
+
+
+# -- --watch / --iterate --------------------------------------------------------------
+DEFAULT_WATCH_S = 2.0
+CLEAR = "\x1b[H\x1b[2J"        # cursor home, clear the screen
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"invalid interval {text!r}: expected seconds, "
+                                         "more than 0, such as 5")
+    return value
+
+
+def add_watch_options(group) -> None:
+    group.add_argument("--watch", nargs="?", const=DEFAULT_WATCH_S, type=_seconds,
+                       metavar="SECONDS",
+                       help="list again every SECONDS (default 2) until none of the jobs "
+                            "listed is pending or running; redrawn in place on a terminal")
+    group.add_argument("-i", "--iterate", dest="watch", type=_seconds, metavar="SECONDS",
+                       help="as --watch=SECONDS (squeue's --iterate)")
+
+
+def watch(args: argparse.Namespace, fields: dict) -> int:
+    """The listing again every interval; stops by itself once none of the jobs it lists
+    is pending or running any more (an empty listing included), and quietly on Ctrl-C."""
+    if "fields" in fields and "state" not in fields["fields"]:
+        fields = dict(fields, fields=[*fields["fields"], "state"])   # to know when to stop
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            records = client.records(client.call("jobs", **fields))
+            text = render(records, args)
+            stamp = time.strftime("%a %b %d %H:%M:%S %Y")
+            sys.stdout.write((CLEAR if tty else "") + stamp + "\n" + (text + "\n" if text else ""))
+            if not tty:
+                sys.stdout.write("\n")
+            sys.stdout.flush()
+            if not any(r.get("state") in ("PENDING", "RUNNING", "COMPLETING") for r in records):
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        if tty:
+            sys.stdout.write("\n")
+        return 0
 
 
 def main() -> None:

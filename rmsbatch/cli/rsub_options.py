@@ -193,11 +193,52 @@ def _exclusive(value: str | None) -> bool:
     return True
 
 
-def _open_mode(value: str) -> None:
-    if value == "append":
-        raise ValueError("not supported yet by rmsbatch (output files are truncated)")
-    if value != "truncate":
-        raise ValueError("must be append or truncate")
+def _open_mode(value: str) -> str:
+    """`append` or `truncate`, or a prefix of either in any case (Slurm reads only the
+    first letter)."""
+    word = value.strip().lower()
+    for mode in ("append", "truncate"):
+        if word and mode.startswith(word):
+            return mode
+    raise ValueError("must be append or truncate")
+
+
+def _signal(value: str) -> dict:
+    """`[{R|B}:]SIG[@SECONDS]`: B: the batch shell only; R: (the reservation's end in
+    Slurm) is accepted and means the time limit here, the one end a job has."""
+    text = value.strip()
+    flags, colon, rest = text.partition(":")
+    if not colon:
+        flags, rest = "", text
+    elif not flags or set(flags.upper()) - {"R", "B"}:
+        raise ValueError("expected [B:]SIGNAL[@SECONDS], e.g. B:USR1@60 (only R and B may "
+                         "come before the colon)")
+    name, at, when = rest.partition("@")
+    seconds = 60                            # Slurm's default
+    if at:
+        when = when.strip()
+        if not when.isascii() or not when.isdigit() or int(when) > 65535:
+            raise ValueError("the time after @ must be whole seconds up to 65535, "
+                             "e.g. USR1@120")
+        seconds = int(when)
+    return {"signal": _signal_number(name.strip()), "seconds": seconds,
+            "batch": "B" in flags.upper()}
+
+
+def _signal_number(name: str) -> int:
+    import signal  # only when --signal is given: keeps rsub's start-up light
+
+    if name.isascii() and name.isdigit():
+        if 1 <= int(name) <= 64:
+            return int(name)
+    else:
+        key = name.upper()
+        key = key if key.startswith("SIG") else "SIG" + key
+        number = signal.Signals.__members__.get(key)
+        if number is not None:
+            return int(number)
+    raise ValueError(f"unknown signal {name!r}: use a name such as USR1 or SIGUSR1, "
+                     "or a number from 1 to 64")
 
 
 def _export(value: str) -> str:
@@ -357,11 +398,13 @@ OPTIONS: tuple[Option, ...] = (
     _ignored("mail-type"),
     _ignored("mail-user"),
     _ignored("comment"),
-    _ignored("open-mode", _open_mode),
+    _job("open-mode", None, "open_mode", _open_mode, "append|truncate", "Files",
+         "keep or empty output files (requeued jobs append)"),
     # Slurm's, refused until rmsbatch has them.
     _unsupported("array", "a"),
     _unsupported("dependency", "d"),
-    _unsupported("signal"),
+    _job("signal", None, "signal", _signal, "[B:]SIG[@SECS]", "Control",
+         "send SIG SECS (60) s before the time limit (B: to the shell)"),
     _unsupported("begin", "b"),
     _unsupported("deadline"),
     _unsupported("ntasks-per-node", hint="use --ntasks with --nodes"),
@@ -545,9 +588,10 @@ def usage_text() -> str:
     unsupported = [o.label for o in OPTIONS if o.scope == "unsupported"]
     lines += [""]
     lines += textwrap.wrap(
-        "Accepted and ignored: " + ", ".join(ignored) + ", --open-mode=truncate.", 88)
+        "Accepted and ignored: " + ", ".join(ignored) + ".", 88, break_on_hyphens=False)
     lines += textwrap.wrap(
-        "Not supported yet (refused with an error): " + ", ".join(unsupported) + ".", 88)
+        "Not supported yet (refused with an error): " + ", ".join(unsupported) + ".", 88,
+        break_on_hyphens=False)
     lines += [
         "--wrap, --wait, --parsable and the Output options work on the command line only,",
         "not in directives. A script piped on stdin is named 'stdin'.",

@@ -62,6 +62,10 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PREEMPTED: RUNNING_LIKE,
 }
 
+# `rcontrol requeue` also takes back jobs that have ended, as `scontrol requeue` does
+# (spool.transition(..., sources=REQUEUE_FROM)); other requeues only running ones.
+REQUEUE_FROM = RUNNING_LIKE | FINISHED
+
 
 def parse_state(text: str) -> JobState:
     """Accept a state by full name or short code, any case (as squeue -t does)."""

@@ -85,6 +85,22 @@ class Cancel(JobFilter):
     scope: Annotated[str, Field(pattern="^(children|batch|full)$")] = "children"
 
 
+class Requeue(Request):
+    ids: Annotated[Ids, Field(min_length=1)]
+    hold: bool = False                  # requeuehold: back to PENDING, held
+
+
+class UpdateJob(Request):
+    """rcontrol update JobId=...: the fields given change, the others stay."""
+    ids: Annotated[Ids, Field(min_length=1)]
+    time_limit: Annotated[int, Field(strict=True, ge=0, le=1 << 40)] | None = None
+    partition: Name | None = None
+    qos: Name | None = None
+    account: Name | None = None
+    priority: Annotated[int, Field(strict=True, ge=0, le=1 << 31)] | None = None
+    nice: Annotated[int, Field(strict=True, ge=-10000, le=10000)] | None = None
+
+
 class Nodes(Request):
     names: Name | None = None
     devices: bool = False

@@ -436,7 +436,8 @@ class Controller:
             "restart_count": row["restart_count"], "cluster": self.config.cluster.name,
             "kill_grace": self.config.cluster.controller.kill_grace,
             "lease_until": self.leases.until.get(row["id"], self.clock()),
-            "spec_extra": {"umask": spec.get("umask"), "rlimits": spec.get("rlimits")},
+            "spec_extra": {"umask": spec.get("umask"), "rlimits": spec.get("rlimits"),
+                           "signal": spec.get("signal"), "open_mode": spec.get("open_mode")},
         }}
 
     # -- nodes -------------------------------------------------------------------------

@@ -210,9 +210,10 @@ class Spool:
                         (job_id, json.dumps(spec)))
         return job_id
 
-    def transition(self, job_id: int, to: JobState, **fields) -> bool:
-        """Move a job to `to` if its current state allows it; False if not."""
-        sources = TRANSITIONS[to]
+    def transition(self, job_id: int, to: JobState, *, sources=None, **fields) -> bool:
+        """Move a job to `to` if its current state allows it (TRANSITIONS, or the
+        `sources` given); False if not."""
+        sources = TRANSITIONS[to] if sources is None else sources
         fields["state"] = to.value
         sets = ", ".join(f"{k} = ?" for k in fields)
         marks = ", ".join("?" * len(sources))

@@ -342,6 +342,14 @@ class NodeDaemon(MonitorLink):
         except SupervisorGone as exc:
             log.warning("%s: signal %d not delivered", exc, signum)
 
+    def set_time_limit(self, run: str, seconds: int) -> None:
+        """A new time limit (rcontrol update) for a running job's supervisor."""
+        try:
+            JobDir(self.job_dir(run)).control({"op": "time_limit", "seconds": seconds})
+            log.info("job %s: time limit now %d s", run, seconds)
+        except SupervisorGone as exc:
+            log.warning("%s: new time limit of %d s not delivered", exc, seconds)
+
     # -- reporting -------------------------------------------------------------------
     def report_outcome(self, run: str) -> None:
         out = self.ended_or_lost(run)
@@ -489,6 +497,8 @@ class NodeDaemon(MonitorLink):
         elif op == "signal":
             self.signal_job(f"{msg['job_id']}.{msg['run']}", msg["signal"],
                             msg.get("scope", "children"))
+        elif op == "time_limit":
+            self.set_time_limit(f"{msg['job_id']}.{msg['run']}", msg["seconds"])
         elif op == "health_reset":
             self.health_seq = msg.get("seq") if isinstance(msg.get("seq"), int) else 0
             self.unhealthy, self.gpu_problems, self.reported_health = {}, [], None

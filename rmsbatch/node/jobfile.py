@@ -93,6 +93,9 @@ class Job:
     lease: dict | None = None
     umask: int | None = None                # the submitter's, unless config says not
     rlimits: dict[str, list] | None = None  # name -> [soft, hard] to propagate
+    # --signal: {"signal": N, "seconds": S, "batch": bool}, sent S s before the time limit
+    signal: dict | None = None
+    open_mode: str = "truncate"             # --open-mode, "append" on a requeued run
 
 
 def _is_int(v) -> bool:
@@ -180,7 +183,28 @@ def parse_job(data) -> Job:
         umask=need("umask", lambda v: v is None or (_is_int(v) and 0 <= v <= 0o777),
                    "a mode between 0 and 0o777, or null", None),
         rlimits=need("rlimits", rlimits, "an object of [soft, hard] pairs, or null", None),
+        **parse_control(data.get("control")),
     )
+
+
+def parse_control(control) -> dict:
+    """job.json "control" (--signal, --open-mode) as Job fields; absent: neither."""
+    if control is None:
+        return {}
+    if not isinstance(control, dict):
+        raise JobFileError("job.json: 'control' must be an object")
+    sig = control.get("signal")
+    if sig is not None and not (
+            isinstance(sig, dict) and _is_int(sig.get("signal")) and 1 <= sig["signal"] <= 64
+            and _is_int(sig.get("seconds")) and sig["seconds"] >= 0
+            and isinstance(sig.get("batch"), bool)):
+        raise JobFileError(f"job.json: 'control.signal' must be {{signal, seconds, batch}}, "
+                           f"not {sig!r:.80}")
+    mode = control.get("open_mode", "truncate")
+    if mode not in ("append", "truncate"):
+        raise JobFileError(f"job.json: 'control.open_mode' must be append or truncate, "
+                           f"not {mode!r:.80}")
+    return {"signal": sig, "open_mode": mode}
 
 
 def load_job(path: str) -> Job:

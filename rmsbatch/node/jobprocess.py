@@ -46,7 +46,7 @@ def run_child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
                 fail(f"cannot create directory {e.filename or parent} for {kind} file "
                      f"{path}: {e.strerror or e}")
         try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+            return os.open(path, output_flags(job), 0o666)
         except OSError as e:
             fail(f"cannot open {kind} file {path}: {e.strerror or e}")
 
@@ -111,6 +111,13 @@ def run_child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
         fail(f"job setup failed: {type(e).__name__}: {e}")
     finally:
         os._exit(1)
+
+
+def output_flags(job: Job) -> int:
+    """--open-mode: truncate or keep what the file holds. Writes always append, so the
+    job's own processes writing the same file never overwrite each other."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    return flags if job.open_mode == "append" else flags | os.O_TRUNC
 
 
 def inherit(job: Job) -> None:

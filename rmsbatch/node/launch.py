@@ -55,7 +55,7 @@ def prepare(nd, job: dict, jobdir: str) -> None:
     ndc = nd.config.cluster.node_daemon
     cc = nd.config.cluster.controller
     spec = job.get("spec_extra") or {}
-    write_json(os.path.join(jobdir, JOB_FILE), {
+    data = {
         "job_id": job["job_id"], "name": job["name"], "user": user, "uid": uid,
         "gid": gid, "groups": groups, "home": pw.pw_dir, "script_path": script,
         "argv": job["argv"], "workdir": job["workdir"], "submit_dir": job["submit_dir"],
@@ -72,9 +72,20 @@ def prepare(nd, job: dict, jobdir: str) -> None:
         "umask": spec.get("umask") if ndc.propagate_umask else None,
         "rlimits": {k: v for k, v in (spec.get("rlimits") or {}).items()
                     if k in ndc.propagate_rlimits} or None,
-    })
+    }
+    data["control"] = run_control(job)
+    write_json(os.path.join(jobdir, JOB_FILE), data)
     if job["alloc"]["gpus"]:
         nd.gpu_usage[run] = GpuUsage(jobdir, job["alloc"]["gpus"])
+
+
+def run_control(job: dict) -> dict:
+    """job.json "control": the signal due before the time limit (--signal) and how the
+    output files are opened. A requeued run appends unless the job asked to truncate,
+    as in Slurm, so the first run's output survives the requeue."""
+    spec = job.get("spec_extra") or {}
+    mode = spec.get("open_mode") or ("append" if job["restart_count"] else "truncate")
+    return {"signal": spec.get("signal"), "open_mode": mode}
 
 
 def isolation(nd, job: dict, run: str) -> dict | None:

@@ -122,6 +122,9 @@ class Supervisor:
                 job_id=job.job_id, run=int(spec["run"]),
                 retry_s=float(spec.get("retry_s") or 5.0))
         self.next_lease_check = 0.0
+        self.started_at = 0.0                   # monotonic time of the fork
+        self.limit_at: float | None = None      # monotonic end of the time limit
+        self.warned = False                     # --signal goes out once per run
 
     # -- logging helper
     def info(self, msg, *args):
@@ -206,6 +209,12 @@ class Supervisor:
                     scope not in ("children", "batch", "full"):
                 return {"ok": False, "error": "bad signal request"}
             return {"ok": True, "signalled": self.signal_scope(sig, scope)}
+        if op == "time_limit":
+            seconds = request.get("seconds")
+            if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 0:
+                return {"ok": False, "error": "bad time limit"}
+            self.set_time_limit(seconds)
+            return {"ok": True}
         if op == "status":
             return {"ok": True, "pid": self.pid, "running": self.status is None}
         return {"ok": False, "error": f"unknown request {op!r}"}
@@ -229,6 +238,31 @@ class Supervisor:
                 pass
         self.info("signal %d sent to %d process(es) (%s)", sig, sent, scope)
         return sent
+
+    # -- the time limit and the signal before it (--signal)
+    def set_time_limit(self, seconds: int) -> None:
+        """A time limit counted from the job's start (0: none); a new one from `rcontrol
+        update` takes effect at once, so one already past ends the job now."""
+        if self.job.time_limit != seconds:
+            self.info("time limit changed from %d s to %d s", self.job.time_limit, seconds)
+        self.job.time_limit = seconds
+        self.limit_at = self.started_at + seconds if seconds > 0 else None
+
+    def warning_at(self) -> float | None:
+        """When --signal is due: SECONDS before the time limit, once."""
+        sig = self.job.signal
+        if sig is None or self.warned or self.limit_at is None:
+            return None
+        return self.limit_at - sig["seconds"]
+
+    def check_warning(self, now: float) -> None:
+        at = self.warning_at()
+        if at is None or now < at or self.cancelled or self.timed_out:
+            return
+        self.warned = True
+        sig = self.job.signal
+        self.info("%d s before the time limit: sending --signal", sig["seconds"])
+        self.signal_scope(sig["signal"], "batch" if sig["batch"] else "children")
 
     # -- process control
     def _signal_job(self, sig: int) -> None:
@@ -329,6 +363,7 @@ class Supervisor:
                 jobprocess.run_child(job, out_path, err_path, errw, self.iso)  # no return
             self.pid = pid
             self.start_time = time.time()
+            self.started_at = time.monotonic()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(errw)
@@ -341,14 +376,15 @@ class Supervisor:
 
     def watch(self) -> None:
         job = self.job
-        limit_at = time.monotonic() + job.time_limit if job.time_limit > 0 else None
+        self.set_time_limit(job.time_limit)
         while not self._reap():
             now = time.monotonic()
             self.check_lease()
+            self.check_warning(now)
             if self.cancel_signal is not None and not (self.cancelled or self.timed_out):
                 self.cancelled = True
                 self._terminate(f"cancelled by {signal.Signals(self.cancel_signal).name}")
-            elif (limit_at is not None and now >= limit_at
+            elif (self.limit_at is not None and now >= self.limit_at
                   and not (self.cancelled or self.timed_out)):
                 self.timed_out = True
                 self._terminate(f"time limit of {job.time_limit} s reached")
@@ -361,8 +397,11 @@ class Supervisor:
                 self.oom = True
             if self._reap():
                 break
-            deadlines = [d for d in (limit_at if not (self.cancelled or self.timed_out) else None,
-                                     self.kill_at if not self.killed else None) if d is not None]
+            ending = self.cancelled or self.timed_out
+            deadlines = [d for d in (self.limit_at if not ending else None,
+                                     self.kill_at if not self.killed else None,
+                                     self.warning_at() if not ending else None)
+                         if d is not None]
             timeout = min(MAX_WAIT_S, self.iso.poll_interval or MAX_WAIT_S)
             if deadlines:
                 timeout = min(timeout, max(0.0, min(deadlines) - time.monotonic()))

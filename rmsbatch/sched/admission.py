@@ -6,6 +6,7 @@ A job that can never run is refused here, at submit time, rather than left pendi
 """
 from __future__ import annotations
 
+import json
 import os
 
 from rmsbatch.core.jobspec import JobSpec
@@ -81,7 +82,7 @@ def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, No
     except placement.InfeasibleRequest as exc:
         raise AdmissionError(f"request can never run: {exc}") from None
     name = spec.name or "job"
-    return {
+    row = {
         "name": name, "user": user, "uid": uid, "gid": gid, "account": account,
         "partition": partition, "qos": qos_name, "state": JobState.PENDING.value,
         "reason": HELD_USER if spec.hold else "None",
@@ -97,3 +98,6 @@ def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, No
         "stderr": spec.error or spec.output or default_output(spec),
         "submit_host": spec.submit_host,
     }
+    row.update({"signal": json.dumps(spec.signal) if spec.signal else None,
+                "open_mode": spec.open_mode})
+    return row
