@@ -224,12 +224,19 @@ def test_patterns_end_to_end(world):
     assert (world / "work" / "e-%j.txt").read_text() == "err\n"
 
 
-def test_distinct_output_and_error_absolute_and_appending(world):
+def test_distinct_output_and_error_absolute_truncated_or_appended(world):
     out, err = world / "abs-out.txt", world / "abs-err.txt"
     out.write_text("before\n")
+    err.write_text("before\n")
     jobdir = make_job(world, "echo to-out; echo to-err >&2", output=str(out), error=str(err))
     assert run_job(jobdir)["state"] == "COMPLETED"
-    assert out.read_text() == "before\nto-out\n"
+    assert out.read_text() == "to-out\n"          # truncated, as Slurm does by default
+    assert err.read_text() == "to-err\n"
+    shutil.rmtree(jobdir)
+    jobdir = make_job(world, "echo again", output=str(out), error=str(err),
+                      control={"signal": None, "open_mode": "append"})
+    assert run_job(jobdir)["state"] == "COMPLETED"
+    assert out.read_text() == "to-out\nagain\n"
     assert err.read_text() == "to-err\n"
 
 

@@ -8,8 +8,8 @@ rmsbatch.node.jobdir), reads JOBDIR/job.json, applies the job's isolation (or fa
 the launch, as root, when it cannot: the job never runs unprotected), forks the job
 (new session, inside its cgroup, privileges dropped to the user with the submitter's
 umask and resource limits, working directory, output files), records JOBDIR/pid,
-enforces the time limit and the lease, obeys its control socket (cancel, signal,
-stop), kills whatever the job left behind, writes JOBDIR/outcome.json, and tells rmsd
+enforces the time limit (sending the job's --signal that many seconds before it, once)
+and the lease, obeys its control socket (cancel, signal, a new time limit), kills whatever the job left behind, writes JOBDIR/outcome.json, and tells rmsd
 (or, when rmsd is away, rmsctld itself) that the run ended.
 
 Everything it has to say goes to JOBDIR/supervisor.log (logger

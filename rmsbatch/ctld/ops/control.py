@@ -100,8 +100,10 @@ def _requeue_one(ctl, row: dict, state: JobState, why: str, errors: list[str]) -
     if not ctl.spool.transition(
             job_id, JobState.PENDING, sources=REQUEUE_FROM, start_time=None, end_time=None,
             alloc=None, nodelist="", alloc_cpus=0, alloc_gpus=0, launched=0,
-            cancel_requested=0, exit_code=None, exit_signal=None, reason="None",
-            end_reason=why[:500], restart_count=row["restart_count"] + 1):
+            cancel_requested=0, exit_code=None, exit_signal=None, max_rss_kb=None,
+            total_cpu_s=None, gpu_util=None, gpu_mem_peak_mb=None, gpu_energy_j=None,
+            protections="", reason="None", end_reason=why[:500],
+            restart_count=row["restart_count"] + 1):
         errors.append(f"job {job_id} could not be requeued: try again")
         return False
     ctl.add_pending(ctl.spool.job(job_id))
