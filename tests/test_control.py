@@ -249,3 +249,31 @@ def test_rq_watch_stops_quietly_on_ctrl_c(cluster, users):
         cluster.run("rcancel", str(job_id))
     assert proc.returncode == 0 and err == "", err
     assert str(job_id) in out
+
+
+def test_rq_watch_on_a_terminal_redraws_in_place(cluster, users):
+    import pty
+    alice, _ = users
+    job_id = cluster.submit("-J", "onscreen", "--wrap", "sleep 1.5", user=alice.pw_name)
+    cluster.wait_state(job_id, "RUNNING")
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([command_path("rq"), "-j", str(job_id), "--watch=0.3"],
+                            env=cluster.env, stdout=follower, stderr=subprocess.PIPE)
+    os.close(follower)
+    screen = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:             # EIO: rq has exited and closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+        assert proc.wait(timeout=20) == 0
+    finally:
+        proc.kill()
+        os.close(leader)
+    clear = b"\x1b[H\x1b[2J"
+    assert screen.startswith(clear) and screen.count(clear) >= 2
+    assert b"onscreen" in screen.split(clear)[1]
