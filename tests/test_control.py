@@ -277,3 +277,19 @@ def test_rq_watch_on_a_terminal_redraws_in_place(cluster, users):
     clear = b"\x1b[H\x1b[2J"
     assert screen.startswith(clear) and screen.count(clear) >= 2
     assert b"onscreen" in screen.split(clear)[1]
+
+
+def test_a_new_time_limit_reaches_a_job_whose_node_daemon_was_away(new_cluster, users):
+    alice, _ = users
+    c = new_cluster(gpus=0)
+    node = c.node
+    job_id = c.submit("-t", "1", "--wrap", "echo started; sleep 60", user=alice.pw_name)
+    c.wait_state(job_id, "RUNNING")
+    wait_for(output_has(c, job_id, "started"), 20, "the job's start")
+    c.kill9("rmsd")
+    ok = c.run("rcontrol", "update", f"JobId={job_id}", "TimeLimit=0:03")
+    assert ok.returncode == 0, ok.stderr
+    c.start_rmsd(node)                  # says hello: the new limit goes with the answer
+    job = c.wait_ended(job_id, timeout=30)
+    assert job["state"] == "TIMEOUT" and job["time_limit"] == 3, job
+    assert job["end_time"] - job["start_time"] < 30

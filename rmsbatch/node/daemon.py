@@ -346,7 +346,6 @@ class NodeDaemon(MonitorLink):
         """A new time limit (rcontrol update) for a running job's supervisor."""
         try:
             JobDir(self.job_dir(run)).control({"op": "time_limit", "seconds": seconds})
-            log.info("job %s: time limit now %d s", run, seconds)
         except SupervisorGone as exc:
             log.warning("%s: new time limit of %d s not delivered", exc, seconds)
 

@@ -62,7 +62,7 @@ def requeue(ctl, conn, req: requests.Requeue) -> dict:
             errors.append(f"job {job_id} is pending: it has not run, so there is nothing to "
                           "requeue (to keep it from starting: rcontrol hold)")
             continue
-        if not _requeue_one(ctl, row, state, f"requeued by {caller}", errors):
+        if not _requeue_one(ctl, row, state, f"rcontrol {verb} by {caller}", errors):
             continue
         if req.hold:
             value = 2 if admin and row["user"] != caller else 1

@@ -89,6 +89,9 @@ def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
                 ctl.spool.update_job(job_id, launched=1)
             if row["cancel_requested"]:
                 orders.append({"op": "cancel", "job_id": job_id, "run": run[1]})
+            # A time limit changed (rcontrol update) while the node was away.
+            orders.append({"op": "time_limit", "job_id": job_id, "run": run[1],
+                           "seconds": row["time_limit"]})
         elif run in reported:
             continue
         elif not row["launched"]:
