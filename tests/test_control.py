@@ -177,6 +177,9 @@ def test_update_a_pending_job(cluster, users):
 
     assert update("TimeLimit=5", user=alice.pw_name).returncode == 0
     assert cluster.job(job_id)["time_limit"] == 300
+    assert update("TimeLimit=-1", user=alice.pw_name).returncode == 0     # a minute less
+    assert cluster.job(job_id)["time_limit"] == 240
+    assert "only operators" in one_error_line(update("TimeLimit=+1", user=alice.pw_name))
     assert "only operators and admins may raise a time limit" in one_error_line(
         update("timelimit=20", user=alice.pw_name))
     assert "only operators" in one_error_line(update("TimeLimit=UNLIMITED", user=alice.pw_name))
@@ -186,7 +189,7 @@ def test_update_a_pending_job(cluster, users):
         update("QOS=high", user=alice.pw_name))
     assert "permission denied" in one_error_line(update("TimeLimit=1", user=bob.pw_name))
     job = cluster.job(job_id)
-    assert (job["time_limit"], job["nice"], job["qos"]) == (300, 10, "normal")
+    assert (job["time_limit"], job["nice"], job["qos"]) == (240, 10, "normal")
 
     # root may do more, checked as a submission is
     before = job["priority"]
@@ -198,8 +201,9 @@ def test_update_a_pending_job(cluster, users):
     assert "invalid QoS 'gold'" in one_error_line(update("QOS=gold"))
     assert "invalid account" in one_error_line(update("Account=nosuch", "TimeLimit=1"))
     assert cluster.job(job_id)["time_limit"] == 1800     # a refused update changes nothing
-    assert update("Priority=7").returncode == 0
-    assert cluster.job(job_id)["priority"] == 7
+    assert update("Priority=7", "TimeLimit=+0:30").returncode == 0
+    job = cluster.job(job_id)
+    assert (job["priority"], job["time_limit"]) == (7, 1830)
     cluster.run("rcancel", str(job_id), check=True)
 
 

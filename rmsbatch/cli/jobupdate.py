@@ -5,7 +5,8 @@ line turned into the fields of one "update_job" request.
     rcontrol update job 42,43 Partition=gpu QOS=high
 
 Keys are case-insensitive; values as scontrol takes them (times as rsub --time:
-`30`, `1:00:00`, `2-00:00:00`, `UNLIMITED`). Which changes a user may make is the
+`30`, `1:00:00`, `2-00:00:00`, `UNLIMITED`; `+30` or `-1:00:00` changes the limit
+the job has). Which changes a user may make is the
 controller's to say (rmsbatch.ctld.ops.control).
 """
 from __future__ import annotations
@@ -48,7 +49,11 @@ def parse_job_update(items: list[str]) -> dict:
             continue
         if key not in KEYS:
             raise ValueError(f"cannot update {key!r} of a job: use {SHOWN}")
-        fields[KEYS[key]] = _value(KEYS[key], item.partition("=")[0].strip(), value.strip())
+        field, value, written = KEYS[key], value.strip(), item.partition("=")[0].strip()
+        if field == "time_limit" and value[:1] in "+-":
+            fields["time_limit_change"] = _change(written, value)
+            continue
+        fields[field] = _value(field, written, value)
     if not ids_text:
         raise ValueError("update needs the job: JobId=42")
     try:
@@ -61,11 +66,19 @@ def parse_job_update(items: list[str]) -> dict:
     return fields
 
 
+def _change(key: str, value: str) -> int:
+    """TimeLimit=+30, TimeLimit=-1:00:00: seconds to add or take away."""
+    try:
+        seconds = parse_time(value[1:])
+    except UnitError as exc:
+        raise ValueError(f"{key}={value}: {exc}") from None
+    if seconds == 0:
+        raise ValueError(f"{key}={value}: a change must be a time such as +30 or -1:00:00")
+    return seconds if value[0] == "+" else -seconds
+
+
 def _value(field: str, key: str, value: str):
     if field == "time_limit":
-        if value[:1] in "+-" and value[1:2].isdigit():
-            raise ValueError(f"{key}={value}: give the new limit itself (such as 2:00:00); "
-                             "a change by + or - is not supported")
         try:
             return parse_time(value)
         except UnitError as exc:

@@ -94,6 +94,8 @@ class UpdateJob(Request):
     """rcontrol update JobId=...: the fields given change, the others stay."""
     ids: Annotated[Ids, Field(min_length=1)]
     time_limit: Annotated[int, Field(strict=True, ge=0, le=1 << 40)] | None = None
+    # TimeLimit=+T / -T: seconds added to (or taken from) each job's present limit
+    time_limit_change: Annotated[int, Field(strict=True, ge=-(1 << 40), le=1 << 40)] | None = None
     partition: Name | None = None
     qos: Name | None = None
     account: Name | None = None

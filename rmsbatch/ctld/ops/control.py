@@ -114,7 +114,9 @@ def _requeue_one(ctl, row: dict, state: JobState, why: str, errors: list[str]) -
 @op("update_job", model=requests.UpdateJob, role=USER)
 def update_job(ctl, conn, req: requests.UpdateJob) -> dict:
     changes = {k: getattr(req, k) for k in KEYS if getattr(req, k) is not None}
-    if not changes:
+    if req.time_limit_change is not None and "time_limit" in changes:
+        raise RequestError("update: give TimeLimit once, as a time or as a change (+T, -T)")
+    if not changes and req.time_limit_change is None:
         raise RequestError("update: nothing to change: give TimeLimit=, Partition=, QOS=, "
                            "Account=, Priority= or Nice=")
     caller = ctl.user_name(conn.uid)
@@ -130,6 +132,9 @@ def update_job(ctl, conn, req: requests.UpdateJob) -> dict:
         if state.is_finished or state is JobState.COMPLETING:
             raise RequestError(f"job {job_id} has already ended ({state.value}): "
                                "nothing to update")
+        if req.time_limit_change is not None:
+            changes = dict(changes, time_limit=_changed_limit(job_id, row["time_limit"],
+                                                              req.time_limit_change))
         if not admin:
             _check_user_may(job_id, row, changes)
         late = [KEYS[k] for k in PENDING_ONLY if k in changes]
@@ -139,6 +144,16 @@ def update_job(ctl, conn, req: requests.UpdateJob) -> dict:
         _update_one(ctl, row, changes, caller)
     ctl.dirty = True
     return {"updated": list(dict.fromkeys(req.ids))}
+
+
+def _changed_limit(job_id: int, limit: int, change: int) -> int:
+    if limit == 0:
+        raise RequestError(f"job {job_id} has no time limit (UNLIMITED) to add to or take "
+                           "from: give TimeLimit=TIME")
+    if limit + change <= 0:
+        raise RequestError(f"job {job_id}: its time limit is {_limit(limit)}; taking "
+                           f"{_limit(-change)} leaves none: give less")
+    return limit + change
 
 
 def _check_user_may(job_id: int, row: dict, changes: dict) -> None:
