@@ -9,8 +9,9 @@ the launch, as root, when it cannot: the job never runs unprotected), forks the 
 (new session, inside its cgroup, privileges dropped to the user with the submitter's
 umask and resource limits, working directory, output files), records JOBDIR/pid,
 enforces the time limit (sending the job's --signal that many seconds before it, once)
-and the lease, obeys its control socket (cancel, signal, a new time limit), kills whatever the job left behind, writes JOBDIR/outcome.json, and tells rmsd
-(or, when rmsd is away, rmsctld itself) that the run ended.
+and the lease, obeys its control socket (cancel, signal, a new time limit), kills
+whatever the job left behind, writes JOBDIR/outcome.json, and tells rmsd (or, when
+rmsd is away, rmsctld itself) that the run ended.
 
 Everything it has to say goes to JOBDIR/supervisor.log (logger
 `rmsbatch.supervisor`, lines starting `job N: `).
