@@ -319,9 +319,12 @@ def test_bad_counts(rsub, argv, message):
     assert error_of(rsub, *argv, "job.sh", script=script()) == message
 
 
-def test_node_range_rejected_clearly(rsub):
-    assert "node ranges" in error_of(rsub, "--nodes=2-4", "job.sh", script=script())
-    assert rsub("-N", "2-2", "job.sh", script=script()).spec.nodes == 2
+def test_node_range_is_least_and_most(rsub):
+    spec = rsub("--nodes=2-4", "job.sh", script=script()).spec
+    assert (spec.nodes, spec.nodes_max, spec.nodes_given, spec.ntasks) == (2, 4, True, 2)
+    spec = rsub("-N", "2-2", "job.sh", script=script()).spec
+    assert (spec.nodes, spec.nodes_max) == (2, None)
+    assert "fewer than the least" in error_of(rsub, "-N", "4-2", "job.sh", script=script())
 
 
 @pytest.mark.parametrize("argv", [["--nodes=NUM_NODES"], ["-n", "N"], ["--time=TIME_LIMIT"],
@@ -377,11 +380,7 @@ def test_several_partitions_refused(rsub):
     [
         (["--array=0-9"], "--array"), (["-a", "1-3"], "--array"), (["--dependency=afterok:1"], "--dependency"),
         (["-d", "after:2"], "--dependency"), (["--signal=B:USR2@60"], "--signal"),
-        (["--begin=now+1hour"], "--begin"), (["--ntasks-per-node=4"], "--ntasks-per-node"),
-        (["--tasks=4"], "--tasks-per-node"), (["--gpus-per-task=1"], "--gpus-per-task"),
-        (["--cpus-per-gpu=8"], "--cpus-per-gpu"), (["-w", "gpu[1-2]"], "--nodelist"),
-        (["--exclude=gpu3"], "--exclude"), (["--mincpus=4"], "--mincpus"),
-        (["-L", "matlab"], "--licenses"), (["--reservation=maint"], "--reservation"),
+        (["--begin=now+1hour"], "--begin"), (["--mincpus=4"], "--mincpus"),
         (["--deadline=now+1day"], "--deadline"), (["-m", "block"], "--distribution"),
     ],
 )
@@ -422,9 +421,13 @@ def test_gres_zero_means_no_gpus(rsub):
     assert (spec.gpus, spec.gpus_per_node, spec.gpu_type) == (0, None, None)
 
 
-def test_gres_other_than_gpu_refused(rsub):
-    message = error_of(rsub, "--gres=gpu:v100:4,nvme:100", "job.sh", script=script())
-    assert message.startswith("--gres=gpu:v100:4,nvme:100: only gpu GRES is supported")
+def test_gres_other_than_gpu_kept_per_node(rsub):
+    spec = rsub("--gres=gpu:v100:4,nvme:100", "job.sh", script=script()).spec
+    assert (spec.gpus_per_node, spec.gpu_type, spec.gres) == (4, "v100", {"nvme": 100})
+    spec = rsub("job.sh", script=script("#SBATCH --gpus=2", "#SBATCH --gres=gpumem:20g")).spec
+    assert (spec.gpus, spec.gres) == (2, {"gpumem": 20 << 30})
+    assert "listed twice" in error_of(rsub, "--gres=nvme:1,nvme:2", "job.sh", script=script())
+    assert "invalid count" in error_of(rsub, "--gres=nvme:lots", "job.sh", script=script())
 
 
 @pytest.mark.parametrize("value, total, kind", [("4", 4, None), ("a100:8", 8, "a100"),
