@@ -671,13 +671,16 @@ def usage_text() -> str:
     unsupported = [o.label for o in OPTIONS if o.scope == "unsupported"]
     lines += [""]
     lines += textwrap.wrap(
-        "Accepted and ignored: " + ", ".join(ignored) + ", --open-mode=truncate.", 88)
+        "Accepted and ignored: " + ", ".join(ignored) + ", --open-mode=truncate.", 88,
+        break_on_hyphens=False)
     lines += textwrap.wrap(
-        "Not supported yet (refused with an error): " + ", ".join(unsupported) + ".", 88)
+        "Not supported yet (refused with an error): " + ", ".join(unsupported) + ".", 88,
+        break_on_hyphens=False)
     lines += textwrap.wrap(
         "Options of the site's submit plugins that cluster.toml lists ([submit] "
-        "site_options) are accepted too: --NAME=VALUE on the command line, --NAME VALUE "
-        "or --NAME=VALUE in directives.", 88)
+        "site_options), such as --image, are accepted too: with the value attached "
+        "(--image=VALUE) on the command line, also as the next word in directives.", 88,
+        break_on_hyphens=False)
     lines += [
         "--wrap, --wait, --parsable and the Output options work on the command line only,",
         "not in directives. A script piped on stdin is named 'stdin'.",
@@ -708,5 +711,6 @@ def _help_line(option: Option) -> str:
     left = f"  {short}{option.label}{value}"
     import textwrap  # help only
 
-    text = "\n".join(f"{'':34}{line}" for line in textwrap.wrap(option.help, 88 - 34))
+    text = "\n".join(f"{'':34}{line}"
+                     for line in textwrap.wrap(option.help, 88 - 34, break_on_hyphens=False))
     return f"{left:<34}{text[34:]}" if len(left) < 34 else f"{left}\n{text}"
