@@ -183,6 +183,7 @@ def test_tmp_gres_licenses_and_lists_are_stored(submit):
     (["--tmp=1T"], ["1048576 MB of local disk", "819200 MB"]),
     (["-w", "cpu01"], ["cpu01", "not in partition gpu"]),
     (["-x", "gpu[01-08]"], ["excludes every node"]),
+    (["-x", "gpu09"], ["no node named gpu09"]),
     (["--reservation=nope"], ["no such reservation", "maint"]),
     (["--clusters=orion"], ["--clusters=orion", "'aurora'"]),
     (["-N", "1", "-w", "gpu[01-02]"], ["names 2 nodes", "--nodes=1"]),

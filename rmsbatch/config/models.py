@@ -236,10 +236,9 @@ def _gres_count(value) -> int:
     return parse_count(str(value))
 
 
-def _resource_name(name: str) -> str:
-    if not name or len(name) > 64 or not all(c.isalnum() or c in "_-." for c in name):
-        raise ValueError(f"invalid name {name!r} (letters, digits, '_', '-' and '.')")
-    return name
+def _resource_name(name: str, extra: str = "") -> str:
+    from rmsbatch.core.resources import check_name
+    return check_name(name, "resource", extra)
 
 
 class NodeGroup(_Model):
@@ -394,7 +393,7 @@ class ClusterFile(_Model):
     @classmethod
     def _licenses(cls, v):
         for name, count in v.items():
-            _resource_name(name)
+            _resource_name(name, "@")      # remote licenses: name@server
             if count < 0:
                 raise ValueError(f"{name}: must not be negative")
         return v

@@ -256,8 +256,10 @@ def _check_counts(key: str, value) -> None:
     if not isinstance(value, dict) or len(value) > 64:
         raise SpecError(f"{key}: expected a map of names to counts")
     for name, count in value.items():
+        # licenses served remotely are `name@server`
+        extra = "@" if key == "licenses" else ""
         if not isinstance(name, str) or not name or len(name) > MAX_NAME or not all(
-                c.isalnum() or c in "_-." for c in name):
+                c.isalnum() or c in "_-." + extra for c in name):
             raise SpecError(f"{key}: invalid name {str(name)[:40]!r}")
         # GRES may count bytes (gpumem:80G), so their counts go far beyond MAX_COUNT
         _check_int(f"{key}.{name}", count, minimum=0,

@@ -29,9 +29,10 @@ def parse_count(text: str, *, suffixes: bool = True) -> int:
     return count
 
 
-def check_name(name: str, what: str) -> str:
-    if not name or len(name) > 64 or not all(c.isalnum() or c in "_-." for c in name):
-        raise ValueError(f"invalid {what} name {name!r} (letters, digits, '_', '-' and '.')")
+def check_name(name: str, what: str, extra: str = "") -> str:
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "_-." + extra for c in name):
+        allowed = "letters, digits, '_', '-', '.'" + (f", '{extra}'" if extra else "")
+        raise ValueError(f"invalid {what} name {name!r} ({allowed})")
     return name
 
 
@@ -44,7 +45,7 @@ def parse_licenses(text: str) -> dict[str, int]:
             raise ValueError("expected NAME[:COUNT],... e.g. matlab:2")
         sep = ":" if ":" in item else "*"
         name, _, count = item.partition(sep)
-        check_name(name.strip(), "license")
+        check_name(name.strip(), "license", "@")    # remote licenses: name@server
         found[name.strip()] = found.get(name.strip(), 0) + (
             parse_count(count, suffixes=False) if count.strip() else 1)
     return found

@@ -70,6 +70,7 @@ def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, No
     check_site_options(spec, cfg)
     check_licenses(spec, cfg)
     window = check_reservation(spec, user, account, cfg, now)
+    check_node_names(spec, cfg)
     resolved = _resolve(spec, cfg, members)
     gpus_node = resolved.gpus_per_node
     mem_whole = resolved.mem_whole_node
@@ -145,6 +146,15 @@ def check_site_options(spec: JobSpec, cfg) -> None:
         listed = ", ".join(f"--{n}" for n in allowed) or "none"
         raise AdmissionError(f"--{unknown[0]}: not an option of this cluster's submit "
                              f"plugins (site options: {listed})")
+
+
+def check_node_names(spec: JobSpec, cfg) -> None:
+    """-x naming a node the cluster does not have is a typo, as Slurm says."""
+    if spec.exclude:
+        unknown = sorted(_names(spec.exclude) - set(cfg.nodes))
+        if unknown:
+            raise AdmissionError(f"--exclude={spec.exclude}: no node named {unknown[0]} in "
+                                 "this cluster")
 
 
 def check_licenses(spec: JobSpec, cfg) -> None:
