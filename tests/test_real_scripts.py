@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import Cluster, _kill_leftovers, _new_cluster_dir
+from conftest import Cluster, _kill_leftovers, _new_cluster_dir, wait_for
 
 # Nodes beyond the local one: no rmsd runs for them, so the jobs stay pending (held);
 # what matters here is how each script was understood.
@@ -239,3 +239,35 @@ def test_controller_checks_site_options_itself(c):
     with pytest.raises(RequestRejected, match="--container: not an option of this "
                        "cluster's submit plugins .site options: --image, --module."):
         c.api("submit", spec=spec.to_dict())
+
+
+def test_licenses_are_held_while_jobs_run(c):
+    script = """#!/bin/bash
+#SBATCH --licenses=comsol        # one seat: the cluster has one
+#SBATCH --time=5
+sleep 60
+"""
+    with open(os.path.join(c.work, "comsol.sh"), "w") as fh:
+        fh.write(script)
+    first = c.submit("comsol.sh")
+    second = c.submit("comsol.sh")
+    c.wait_state(first, "RUNNING")
+    wait_for(lambda: c.job(second)["reason"] == "Licenses", 10, "reason Licenses")
+    c.run("rcancel", str(first), check=True)
+    c.wait_ended(first)
+    c.wait_state(second, "RUNNING")
+    c.run("rcancel", str(second), check=True)
+    c.wait_ended(second)
+
+
+def test_show_job_text_has_the_task_model(c):
+    job = held(c, """#!/bin/bash
+#SBATCH -p gpu --nodes=2-4 --ntasks-per-node=8 --gpus-per-task=1
+#SBATCH -L matlab:2 --tmp=10G -x gpu03 --gpu-bind=closest
+srun ./app
+""")
+    text = c.run("rcontrol", "show", "job", str(job["id"]), check=True).stdout
+    for expected in ("ReqNodes=2-4 NtasksPerN:B:S:C=8:0:*:*", "TresPerTask=gres/gpu:1",
+                     "GpuBind=closest", "ExcNodeList=gpu03", "MinTmpDiskNode=10240M",
+                     "Licenses=matlab:2"):
+        assert expected in text, text
