@@ -2,7 +2,11 @@
 
 Pure (configuration, the submitted spec and the node views in; the job's row or a
 refusal out), so the controller and the trace simulator judge submissions alike.
-A job that can never run is refused here, at submit time, rather than left pending.
+A job that can never run is refused here, at submit time, rather than left pending:
+more CPUs, GPUs, memory, disk or GRES than any node has, nodes (-w) outside its
+partition, licenses the cluster lacks, a reservation it may not use, another cluster,
+a site option this cluster does not list. Its shape (tasks, nodes, per-node CPUs,
+GPUs and memory) is resolved by rmsbatch.sched.taskmodel.
 """
 from __future__ import annotations
 
@@ -12,9 +16,9 @@ from rmsbatch.core.jobspec import JobSpec
 from rmsbatch.core.states import JobState
 from rmsbatch.core.units import format_time
 from rmsbatch.sched import placement, taskmodel
+from rmsbatch.sched.jobrequest import Window, request_of, task_model_columns, windows
 from rmsbatch.sched.placement import NodeView
 from rmsbatch.sched.plan import HELD_USER
-from rmsbatch.sched.jobrequest import Window, request_of, task_model_columns, windows
 
 
 class AdmissionError(Exception):
@@ -31,8 +35,8 @@ def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, No
           now: float) -> dict:
     """Check a spec against the configuration; the job row to insert. Raises
     AdmissionError (the message is for the submitter) when the job may not be queued:
-    a wrong partition, account or QoS, a limit it exceeds, or a request that no node
-    of its partition could ever hold."""
+    a wrong partition, account or QoS, a limit it exceeds, options that contradict
+    each other, or a request that no node of its partition could ever hold."""
     partition = spec.partition or cfg.default_partition
     if partition not in cfg.partitions:
         raise AdmissionError(f"invalid partition {partition!r} (partitions: "

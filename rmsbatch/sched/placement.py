@@ -10,6 +10,12 @@ whose linked peers are already busy, so well-connected groups stay whole. Among
 devices that satisfy a request the smallest (by memory) goes first: a 1g.5gb MIG
 instance before a 2g.10gb one, an L40S before an H100, so big devices stay free for
 the requests only they can meet.
+
+Beyond CPUs, memory and GPUs a node books local disk (--tmp) and generic resources
+(--gres nvme:1) per job; a request may name nodes it must include (-w, taken first)
+or avoid (-x), and a node range (-N MIN-MAX: as many as fit now, up to MAX).
+Licenses are cluster-wide: they travel on the batch node's NodeAlloc, so the views
+of the nodes add up to what running jobs hold (rmsbatch.sched.plan books them).
 """
 from __future__ import annotations
 

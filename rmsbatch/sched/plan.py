@@ -3,8 +3,10 @@
 Pure: no SQL, no sockets, no clock (`now` is an argument), so the controller
 and a trace simulator run the same code. The policy for now: priority, then
 submit order, first fit; within a partition, the first job that cannot start
-blocks those behind it (no backfill yet), so big jobs are not starved.
-Every pending job gets a reason.
+blocks those behind it (no backfill yet), so big jobs are not starved. A job
+that waits for licenses, its reservation, or nodes it named (-w) does not block the
+others. Jobs stay off the nodes of reservations that are not theirs while their time
+limit would reach into them. Every pending job gets a reason.
 """
 from __future__ import annotations
 
