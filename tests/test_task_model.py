@@ -250,3 +250,22 @@ def test_tmp_and_gres_are_booked_per_node(cfg, submit):
     take(nodes, first)
     second = allocate(req, members)
     assert list(first) == ["gpu01"] and list(second) == ["gpu02"]
+
+
+def test_named_node_down_is_req_node_not_avail(cfg, submit):
+    nodes = views(cfg)
+    nodes["gpu02"].usable = False
+    parts = {"gpu": plan.PartitionView("gpu", True, cfg.partition_nodes["gpu"])}
+    job = pending_from_row(dict(submit("-w", "gpu02"), id=1), cfg)
+    other = pending_from_row(dict(submit("-N", "1"), id=2), cfg)
+    decisions = plan.schedule([job, other], nodes, parts, NOW)
+    assert decisions.reasons[1] == plan.NODES_UNAVAILABLE
+    assert [j for j, _ in decisions.starts] == [2]      # -w does not hold up the others
+
+
+def test_spec_from_elsewhere_is_checked_again(cfg):
+    from rmsbatch.core.jobspec import JobSpec
+    spec = JobSpec(script="#!/bin/sh\n", workdir="/tmp", submit_dir="/tmp", nodes=2,
+                   nodes_given=True, ntasks=64, ntasks_per_node=4, ntasks_given=True)
+    with pytest.raises(AdmissionError, match="--ntasks=64 and --ntasks-per-node=4 disagree"):
+        admit(spec, "ada", 1000, 1000, cfg, views(cfg), NOW)

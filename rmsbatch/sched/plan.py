@@ -94,8 +94,7 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
         try:
             alloc = allocate(job.request, candidates)
         except InsufficientResources:
-            usable = sum(1 for n in candidates if n.usable)
-            out.reasons[job.id] = NODES_UNAVAILABLE if usable < job.request.nodes else RESOURCES
+            out.reasons[job.id] = waiting_reason(job, candidates)
             if not confined(job):
                 blocked.add(job.partition)
                 out.blocked[job.partition] = order_key(job)
@@ -138,6 +137,13 @@ def reservation_wait(job: PendingJob, now: float) -> str | None:
     if job.window is None or not job.window.active(now):
         return RESERVATION
     return None
+
+
+def waiting_reason(job: PendingJob, candidates: list[NodeView]) -> str:
+    """Resources, or ReqNodeNotAvail when too few nodes are up, or a node it named is not."""
+    usable = sum(1 for n in candidates if n.usable)
+    named_down = any(n.name in job.request.nodelist and not n.usable for n in candidates)
+    return NODES_UNAVAILABLE if usable < job.request.nodes or named_down else RESOURCES
 
 
 def confined(job: PendingJob) -> bool:

@@ -83,6 +83,10 @@ def resolve(spec, shape: NodeShape | None, default_mem_per_cpu: int,
     if not spec.nodes_given and not spec.ntasks_per_node and shape is not None:
         nodes = max(nodes, _nodes_for_tasks(ntasks, task_cpus, gpt, shape))
     nodes_max = spec.nodes_max if spec.nodes_max and spec.nodes_max > nodes else None
+    if spec.ntasks_per_node and ntasks > (nodes_max or nodes) * spec.ntasks_per_node:
+        most = (nodes_max or nodes) * spec.ntasks_per_node
+        raise TaskModelError(f"--ntasks={ntasks} and --ntasks-per-node={spec.ntasks_per_node} "
+                             f"disagree: {nodes_max or nodes} node(s) hold at most {most} tasks")
     if ntasks < nodes:
         ntasks = nodes          # at least one task per node (checked by rsub when -n was given)
     per_node_tasks = spec.ntasks_per_node or _ceil(ntasks, nodes)
