@@ -271,3 +271,18 @@ srun ./app
                      "GpuBind=closest", "ExcNodeList=gpu03", "MinTmpDiskNode=10240M",
                      "Licenses=matlab:2"):
         assert expected in text, text
+
+
+def test_licenses_held_across_a_controller_restart(c):
+    with open(os.path.join(c.work, "comsol.sh"), "w") as fh:
+        fh.write("#!/bin/bash\n#SBATCH -L comsol:1 -t 5\nsleep 60\n")
+    first = c.submit("comsol.sh")
+    c.wait_state(first, "RUNNING")
+    c.kill9("rmsctld")
+    c.up()                  # rmsctld again, from its spool; rmsd never stopped
+    second = c.submit("comsol.sh")
+    wait_for(lambda: c.job(second)["reason"] == "Licenses", 10, "reason Licenses")
+    assert c.job(first)["state"] == "RUNNING"
+    c.run("rcancel", str(first), str(second), check=True)
+    c.wait_ended(first)
+    c.wait_ended(second)
