@@ -319,9 +319,12 @@ def test_bad_counts(rsub, argv, message):
     assert error_of(rsub, *argv, "job.sh", script=script()) == message
 
 
-def test_node_range_rejected_clearly(rsub):
-    assert "node ranges" in error_of(rsub, "--nodes=2-4", "job.sh", script=script())
-    assert rsub("-N", "2-2", "job.sh", script=script()).spec.nodes == 2
+def test_node_range_is_least_and_most(rsub):
+    spec = rsub("--nodes=2-4", "job.sh", script=script()).spec
+    assert (spec.nodes, spec.nodes_max, spec.nodes_given, spec.ntasks) == (2, 4, True, 2)
+    spec = rsub("-N", "2-2", "job.sh", script=script()).spec
+    assert (spec.nodes, spec.nodes_max) == (2, None)
+    assert "fewer than the least" in error_of(rsub, "-N", "4-2", "job.sh", script=script())
 
 
 @pytest.mark.parametrize("argv", [["--nodes=NUM_NODES"], ["-n", "N"], ["--time=TIME_LIMIT"],
@@ -385,11 +388,8 @@ def test_several_partitions_refused(rsub):
     "argv, name",
     [
         (["--array=0-9"], "--array"), (["-a", "1-3"], "--array"), (["--dependency=afterok:1"], "--dependency"),
-        (["-d", "after:2"], "--dependency"), (["--begin=now+1hour"], "--begin"), (["--ntasks-per-node=4"], "--ntasks-per-node"),
-        (["--tasks=4"], "--tasks-per-node"), (["--gpus-per-task=1"], "--gpus-per-task"),
-        (["--cpus-per-gpu=8"], "--cpus-per-gpu"), (["-w", "gpu[1-2]"], "--nodelist"),
-        (["--exclude=gpu3"], "--exclude"), (["--mincpus=4"], "--mincpus"),
-        (["-L", "matlab"], "--licenses"), (["--reservation=maint"], "--reservation"),
+        (["-d", "after:2"], "--dependency"), (["--begin=now+1hour"], "--begin"),
+        (["--mincpus=4"], "--mincpus"),
         (["--deadline=now+1day"], "--deadline"), (["-m", "block"], "--distribution"),
     ],
 )
@@ -430,9 +430,77 @@ def test_gres_zero_means_no_gpus(rsub):
     assert (spec.gpus, spec.gpus_per_node, spec.gpu_type) == (0, None, None)
 
 
-def test_gres_other_than_gpu_refused(rsub):
-    message = error_of(rsub, "--gres=gpu:v100:4,nvme:100", "job.sh", script=script())
-    assert message.startswith("--gres=gpu:v100:4,nvme:100: only gpu GRES is supported")
+def test_licenses_forms(rsub):
+    spec = rsub("-L", "matlab:2,comsol,ansys@flexlm:1", "job.sh", script=script()).spec
+    assert spec.licenses == {"matlab": 2, "comsol": 1, "ansys@flexlm": 1}
+    assert "invalid count" in error_of(rsub, "-L", "matlab:two", "job.sh", script=script())
+    assert "NAME[:COUNT]" in error_of(rsub, "-L", "matlab,,", "job.sh", script=script())
+
+
+@pytest.mark.parametrize("argv, field, value", [
+    (["--ntasks-per-node=4", "-N", "2"], "ntasks", 8),
+    (["--tasks=4"], "ntasks_per_node", 4),            # a prefix of --tasks-per-node
+    (["-n", "16", "--ntasks-per-node=4"], "nodes", 4),
+    (["--gpus-per-task=a100:1", "-n", "4"], "gpu_type", "a100"),
+    (["--gpus=4", "--ntasks-per-gpu=2"], "ntasks", 8),
+    (["-n", "6", "--ntasks-per-gpu=2"], "gpus", 3),
+    (["--cpus-per-gpu=8", "--gpus=2"], "cpus_per_gpu", 8),
+    (["--ntasks-per-core=1"], "ntasks_per_core", 1),
+    (["--hint=NoMultiThread"], "hint", "nomultithread"),
+    (["--gpu-bind=verbose,map_gpu:0,1,2,3"], "gpu_bind", "verbose,map_gpu:0,1,2,3"),
+    (["--gpu-bind=single:1"], "gpu_bind", "single:1"),
+    (["--gpu-bind=mask_gpu:0x3,0xc"], "gpu_bind", "mask_gpu:0x3,0xc"),
+    (["-w", "gpu01,gpu02,gpu03"], "nodelist", "gpu[01-03]"),
+    (["-x", "gpu[05-06]"], "exclude", "gpu[05-06]"),
+    (["--tmp=100G"], "tmp_mb", 102400),
+    (["--wait-all-nodes=1"], "wait_all_nodes", True),
+    (["--reservation=maint"], "reservation", "maint"),
+    (["-M", "aurora"], "clusters", "aurora"),
+])
+def test_task_model_options_stored(rsub, argv, field, value):
+    assert getattr(rsub(*argv, "job.sh", script=script()).spec, field) == value
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-N", "2", "-n", "16", "--ntasks-per-node=4"], ["--ntasks=16", "--ntasks-per-node=4",
+                                                      "at most 8"]),
+    (["--hint=fast"], ["--hint=fast: must be one of nomultithread"]),
+    (["--gpu-bind=nearest"], ["--gpu-bind=nearest: expected closest"]),
+    (["--gpu-bind=map_gpu:a,b"], ["expected closest"]),
+    (["-w", "./hosts.txt"], ["--nodelist=./hosts.txt: names a file"]),
+    (["--nodelist=gpu[01-"], ["--nodelist=gpu[01-:"]),
+    (["--wait-all-nodes=yes"], ["must be 0 or 1"]),
+    (["--gpus-per-task=0"], ["at least 1"]),
+    (["--ntasks-per-gpu=2"], ["needs GPUs"]),
+    (["--gpus-per-task=v100:1", "--gpus=a100:4"], ["v100", "a100", "one GPU type"]),
+])
+def test_task_model_options_refused_clearly(rsub, argv, words):
+    message = error_of(rsub, *argv, "job.sh", script=script())
+    assert all(w in message for w in words), message
+
+
+def test_site_options_need_the_cluster_to_list_them(rsub, tmp_path, monkeypatch):
+    from rmsbatch.cli import rsub_options
+    assert "--image: unknown option" in error_of(rsub, "--image=x", "job.sh", script=script())
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "cluster.toml").write_text('[submit]\nsite_options = ["image"]\n')
+    monkeypatch.setenv("RMS_CONF_DIR", str(tmp_path / "conf"))
+    monkeypatch.setattr(rsub_options, "_site_names", None)
+    spec = rsub("--image=docker:pytorch", "job.sh",
+                script=script("#SBATCH --image docker:ubuntu  # the container")).spec
+    assert spec.site_options == {"image": "docker:pytorch"}
+    spec = rsub("job.sh", script=script("#SBATCH --image docker:ubuntu", "#SBATCH --image")).spec
+    assert spec.site_options == {"image": ""}
+    monkeypatch.setattr(rsub_options, "_site_names", None)
+
+
+def test_gres_other_than_gpu_kept_per_node(rsub):
+    spec = rsub("--gres=gpu:v100:4,nvme:100", "job.sh", script=script()).spec
+    assert (spec.gpus_per_node, spec.gpu_type, spec.gres) == (4, "v100", {"nvme": 100})
+    spec = rsub("job.sh", script=script("#SBATCH --gpus=2", "#SBATCH --gres=gpumem:20g")).spec
+    assert (spec.gpus, spec.gres) == (2, {"gpumem": 20 << 30})
+    assert "listed twice" in error_of(rsub, "--gres=nvme:1,nvme:2", "job.sh", script=script())
+    assert "invalid count" in error_of(rsub, "--gres=nvme:lots", "job.sh", script=script())
 
 
 @pytest.mark.parametrize("value, total, kind", [("4", 4, None), ("a100:8", 8, "a100"),

@@ -59,9 +59,10 @@ class Submission:
 
 # Settings that several options write: one request, said in several ways (see _merge).
 MEM_KEYS = ("mem_mb", "mem_per_cpu_mb", "mem_per_gpu_mb")
-GPU_KEYS = ("gpu_total", "gpu_per_node")
+GPU_KEYS = ("gpu_total", "gpu_per_node", "gpu_per_task")
 # Settings that are not JobSpec fields, or need more than a copy.
-_SPECIAL_KEYS = set(GPU_KEYS) | {"workdir", "export", "wrap", "wait", "parsable"}
+_SPECIAL_KEYS = set(GPU_KEYS) | {"workdir", "export", "wrap", "wait", "parsable", "nodes",
+                                 "site_options"}
 
 
 # == settings from one source ===============================================
@@ -115,12 +116,25 @@ class _Source:
         if option.key is None:
             return
         where = f"{self.where_prefix} line {line}" if line else ""
-        setting = _Setting(value, given.written, where)
-        if option.key in MEM_KEYS:
-            self._check_one_memory(option.key, setting)
-        if option.key in GPU_KEYS:
-            setting.value = self._gpu_type_agreed(option.key, setting)
-        self.settings[option.key] = setting
+        if option.key == "gres_all":        # --gres: GPUs and the other GRES, per node
+            gpu, other = value
+            if gpu is not None:
+                self.apply_value("gpu_per_node", gpu, given.written, where)
+            if other or gpu is None:
+                self.apply_value("gres", other, given.written, where)
+            return
+        if option.key == "site_options":    # several site options add up
+            earlier = self.settings.get("site_options")
+            value = {**(earlier.value if earlier else {}), option.long: given.value or ""}
+        self.apply_value(option.key, value, given.written, where)
+
+    def apply_value(self, key: str, value, written: str, where: str) -> None:
+        setting = _Setting(value, written, where)
+        if key in MEM_KEYS:
+            self._check_one_memory(key, setting)
+        if key in GPU_KEYS:
+            setting.value = self._gpu_type_agreed(key, setting)
+        self.settings[key] = setting
 
     def _check_one_memory(self, key: str, setting: _Setting) -> None:
         for other in MEM_KEYS:
@@ -136,12 +150,15 @@ class _Source:
         previous = self.settings.get(key)
         if kind is None and previous is not None:
             kind = previous.value[1]
-        other = self.settings.get(GPU_KEYS[1 - GPU_KEYS.index(key)])
-        if kind and other is not None and other.value[1] and other.value[1] != kind:
-            raise OptionError(
-                f"{setting.written}: asks for {kind} GPUs but {other.shown} asks for "
-                f"{other.value[1]}; give one GPU type"
-            )
+        for other_key in GPU_KEYS:
+            other = self.settings.get(other_key)
+            if other_key == key or other is None:
+                continue
+            if kind and other.value[1] and other.value[1] != kind:
+                raise OptionError(
+                    f"{setting.written}: asks for {kind} GPUs but {other.shown} asks for "
+                    f"{other.value[1]}; give one GPU type"
+                )
         return count, kind
 
     def gpu_type(self) -> str | None:
@@ -162,6 +179,9 @@ def _merge(directives: _Source, command_line: _Source) -> tuple[dict[str, _Setti
         if any(k in cli for k in group):
             for key in group:
                 merged.pop(key, None)
+    if "site_options" in merged and "site_options" in cli:
+        both = {**merged["site_options"].value, **cli["site_options"].value}
+        cli = dict(cli, site_options=_Setting(both, cli["site_options"].written))
     merged.update(cli)
     return merged, command_line.gpu_type() or directives.gpu_type()
 
@@ -227,7 +247,7 @@ def _job_script(wrap: _Setting | None, rest: list[str], stdin_text: str | None, 
 def _apply_directives(script: str, origin: str, source: _Source) -> None:
     for line, words in parse_directives(script, origin=origin):
         try:
-            given, rest = scan_options(words)
+            given, rest = scan_options(words, directive=True)
             for item in given:
                 source.apply(item, line)
         except OptionError as exc:
@@ -252,9 +272,15 @@ def _fill_spec(spec: JobSpec, settings: dict[str, _Setting], gpu_type: str | Non
     spec.workdir = _absolute(settings["workdir"].value, cwd) if "workdir" in settings else cwd
     if "export" in settings:
         spec.export = settings["export"].value
+    if "nodes" in settings:
+        spec.nodes, spec.nodes_max = settings["nodes"].value
+        spec.nodes_given = True
+    if "site_options" in settings:
+        spec.site_options = dict(settings["site_options"].value)
     spec.environment = _environment(spec.export, environ)
-    _reconcile_gpus(spec, settings, gpu_type)
     _reconcile_tasks(spec, settings)
+    _reconcile_gpus(spec, settings, gpu_type)
+    _reconcile_gpu_tasks(spec, settings)
 
 
 def _absolute(path: str, cwd: str) -> str:
@@ -280,6 +306,7 @@ def _reconcile_gpus(spec: JobSpec, settings: dict[str, _Setting], gpu_type: str 
     """
     total = settings.get("gpu_total")
     per_node = settings.get("gpu_per_node")
+    per_task = settings.get("gpu_per_task")
     per = per_node.value[0] if per_node else 0
     if not per:
         spec.gpus = total.value[0] if total else 0
@@ -287,6 +314,8 @@ def _reconcile_gpus(spec: JobSpec, settings: dict[str, _Setting], gpu_type: str 
         if total is not None and "nodes" not in settings and total.value[0] % per == 0 \
                 and total.value[0] >= per:
             spec.nodes = total.value[0] // per
+            spec.ntasks = max(spec.ntasks, spec.nodes * (spec.ntasks_per_node or 1)) \
+                if "ntasks" not in settings else spec.ntasks
         spec.gpus_per_node = per
         spec.gpus = per * spec.nodes
         if total is not None and total.value[0] != spec.gpus:
@@ -294,18 +323,58 @@ def _reconcile_gpus(spec: JobSpec, settings: dict[str, _Setting], gpu_type: str 
                 f"{total.shown} and {per_node.shown} disagree: {per} GPUs per node on "
                 f"{spec.nodes} node(s) is {spec.gpus} GPUs"
             )
-    spec.gpu_type = gpu_type if spec.gpus else None
+    if per_task is not None:
+        spec.gpus_per_task = per_task.value[0]
+    spec.gpu_type = gpu_type if spec.gpus or spec.gpus_per_task else None
     mem = settings.get("gpu_mem_mb")
-    if mem is not None and not spec.gpus:
+    if mem is not None and not spec.gpus and not spec.gpus_per_task:
         raise OptionError(f"{mem.shown}: asks for GPU memory but no GPUs; add --gpus N")
 
 
 def _reconcile_tasks(spec: JobSpec, settings: dict[str, _Setting]) -> None:
-    """At least one task per node: the default follows --nodes, an explicit -n must cover it."""
+    """At least one task per node: the default follows --nodes, an explicit -n must cover it.
+
+    With --ntasks-per-node, -n is the total (nodes x per node) or, when both are given,
+    the node count follows when -N is not (`-n 16 --ntasks-per-node=4` is 4 nodes).
+    """
+    per_node = settings.get("ntasks_per_node")
+    spec.ntasks_given = "ntasks" in settings or per_node is not None
     if "ntasks" not in settings:
-        spec.ntasks = max(spec.ntasks, spec.nodes)
-    elif spec.ntasks < spec.nodes:
+        spec.ntasks = max(spec.ntasks, spec.nodes * (per_node.value if per_node else 1))
+        return
+    if per_node is not None:
+        most = spec.nodes_max or spec.nodes
+        if "nodes" not in settings:
+            spec.nodes = -(-spec.ntasks // per_node.value)
+        elif spec.ntasks > most * per_node.value:
+            raise OptionError(
+                f"{settings['ntasks'].shown} and {per_node.shown} disagree: "
+                f"{per_node.value} tasks per node on {most} node(s) is at most "
+                f"{most * per_node.value} tasks; give more nodes or fewer tasks"
+            )
+    if spec.ntasks < spec.nodes:
         raise OptionError(
             f"{settings['ntasks'].shown}: fewer tasks than nodes ({spec.nodes}); "
             "give at least one task per node"
         )
+
+
+def _reconcile_gpu_tasks(spec: JobSpec, settings: dict[str, _Setting]) -> None:
+    """--ntasks-per-gpu: the tasks follow the GPUs, or the GPUs the tasks."""
+    per_gpu = settings.get("ntasks_per_gpu")
+    if per_gpu is None:
+        return
+    n = per_gpu.value
+    if spec.gpus_per_task:
+        raise OptionError(f"{per_gpu.shown} cannot be combined with "
+                          f"{settings['gpu_per_task'].shown}; give one of them")
+    if not spec.gpus:
+        if "ntasks" not in settings:
+            raise OptionError(f"{per_gpu.shown}: needs GPUs (--gpus N) or tasks (-n N)")
+        spec.gpus = -(-spec.ntasks // n)
+    elif "ntasks" not in settings:
+        spec.ntasks = max(spec.nodes, spec.gpus * n)
+        spec.ntasks_given = True
+    elif spec.ntasks > spec.gpus * n:
+        raise OptionError(f"{settings['ntasks'].shown} and {per_gpu.shown} disagree: "
+                          f"{spec.gpus} GPUs hold at most {spec.gpus * n} tasks")

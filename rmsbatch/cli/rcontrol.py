@@ -196,12 +196,13 @@ def render_show(args: argparse.Namespace, reply: dict, now: float | None = None)
     """The text for `show ...` given the controller's reply (jobs or nodes op)."""
     entity = args.entity
     if entity == "job":
-        jobs = reply.get("jobs") or []
+        jobs = [with_output_paths(job) for job in reply.get("jobs") or []]
         if args.json:
             return render_json("jobs", jobs)
         if not jobs:
             return "No jobs in the system"
-        return render_details([job_detail(job, now) for job in jobs], args.oneliner)
+        return render_details([job_detail(job, now) + task_model_detail(job) for job in jobs],
+                              args.oneliner)
     nodes = reply.get("nodes") or []
     partitions = reply.get("partitions") or []
     if entity == "node":
@@ -213,6 +214,52 @@ def render_show(args: argparse.Namespace, reply: dict, now: float | None = None)
     if args.json:
         return render_json("partitions", partitions)
     return render_details([partition_detail(p, nodes) for p in partitions], args.oneliner)
+
+
+def with_output_paths(job: dict) -> dict:
+    """StdOut/StdErr as scontrol shows them: absolute, with %j, %x, %u, %A and %a
+    replaced; %N stays until the job has a node to name."""
+    from rmsbatch.node.jobfile import expand_pattern
+    import os.path
+
+    job = dict(job)
+    for key in ("stdout", "stderr"):
+        pattern = job.get(key)
+        if not pattern:
+            continue
+        path = expand_pattern(pattern, job_id=job["id"], name=job.get("name") or "",
+                              user=job.get("user") or "", node="%N",
+                              array_job_id=job.get("array_job_id"),
+                              array_task_id=job.get("array_task_id"))
+        job[key] = os.path.join(job.get("workdir") or "/", path)
+    return job
+
+
+def task_model_detail(job: dict) -> list[str]:
+    """What scontrol shows of the task model and of what a job names beyond its nodes."""
+    import json
+
+    def listed(text, sep: str = ":") -> str:
+        counts = json.loads(text) if text else {}
+        return ",".join(f"{k}{sep}{v}" if v != "" else k
+                        for k, v in counts.items()) or "(null)"
+
+    nodes = str(job.get("nodes") or 0)
+    if job.get("nodes_max"):
+        nodes += f"-{job['nodes_max']}"
+    per_task = f"gres/gpu:{job['gpus_per_task']}" if job.get("gpus_per_task") else "(null)"
+    return [
+        f"ReqNodes={nodes} NtasksPerN:B:S:C={job.get('ntasks_per_node') or 0}:0:*:"
+        f"{job.get('ntasks_per_core') or '*'} ThreadsPerCore={job.get('threads_per_core') or 1} "
+        f"Hint={job.get('hint') or '(null)'}",
+        f"TresPerTask={per_task} CpusPerGpu={job.get('cpus_per_gpu') or 0} "
+        f"GpuBind={job.get('gpu_bind') or '(null)'} Gres={listed(job.get('gres'))}",
+        f"ReqNodeList={job.get('req_nodelist') or '(null)'} "
+        f"ExcNodeList={job.get('exclude') or '(null)'} "
+        f"MinTmpDiskNode={job.get('tmp_mb') or 0}M WaitAllNodes={job.get('wait_all_nodes') or 0}",
+        f"Licenses={listed(job.get('licenses'))} Reservation={job.get('reservation') or '(null)'} "
+        f"SiteOptions={listed(job.get('site_options'), '=')}",
+    ]
 
 
 def show(args: argparse.Namespace) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from rmsbatch import __version__
 from rmsbatch.core.jobspec import MAX_COUNT
+from rmsbatch.core.resources import parse_gres, parse_licenses
 from rmsbatch.core.units import parse_memory, parse_time
 
 TYPE_CHECKING = False   # `typing` is not imported at run time: every rsub loads this file
@@ -74,13 +75,15 @@ def _positive(value: str) -> int:
     return _whole(value, 1, "a positive integer")
 
 
-def _nodes(value: str) -> int:
+def _nodes(value: str) -> tuple[int, int | None]:
+    """`4` -> (4, None); `2-4` -> (2, 4): at least 2 nodes, as many as 4 if free."""
     low, dash, high = value.strip().partition("-")
     if dash and low and high:
-        if low.strip() != high.strip():
-            raise ValueError("node ranges (MIN-MAX) are not supported; give one number of nodes")
-        value = low
-    return _positive(value)
+        least, most = _positive(low), _positive(high)
+        if most < least:
+            raise ValueError(f"the most nodes ({most}) is fewer than the least ({least})")
+        return least, (most if most != least else None)
+    return _positive(value), None
 
 
 def _time(value: str) -> int:
@@ -124,27 +127,85 @@ def _gpus(value: str) -> tuple[int, str | None]:
     return _gpu_count(count), (_gpu_type(kind) if colon else None)
 
 
-def _gres(value: str) -> tuple[int, str | None]:
-    """`gpu`, `gpu:N`, `gpu:TYPE`, `gpu:TYPE:N`, comma-joined with others; per node."""
-    if value.strip().lower() == "none":
-        return 0, None
-    found = None
-    for item in value.split(","):
-        parts = item.strip().split(":")
-        if parts[0].lower() != "gpu":
-            raise ValueError(f"only gpu GRES is supported (not {parts[0]!r})")
-        if found is not None:
-            raise ValueError("gpu is listed twice")
-        if len(parts) == 1:
-            found = (1, None)
-        elif len(parts) == 2:
-            last = parts[1].strip()
-            found = (_gpu_count(last), None) if last.isdigit() else (1, _gpu_type(last))
-        elif len(parts) == 3:
-            found = (_gpu_count(parts[2]), _gpu_type(parts[1]))
-        else:
-            raise ValueError("expected gpu, gpu:N or gpu:TYPE:N")
-    return found
+def _gres(value: str) -> tuple[tuple[int, str | None] | None, dict[str, int]]:
+    """`gpu:a100:4,nvme:1,gpumem:20g`: GPUs per node, and the other GRES per node."""
+    gpu, other = parse_gres(value)
+    if gpu is not None and gpu[1] is not None:
+        gpu = (gpu[0], _gpu_type(gpu[1]))
+    return gpu, other
+
+
+def _gpus_per_task(value: str) -> tuple[int, str | None]:
+    count, kind = _gpus(value)
+    if count < 1:
+        raise ValueError("must be at least 1 (leave the option out for no GPUs)")
+    return count, kind
+
+
+def _choice(*words: str):
+    def convert(value: str) -> str:
+        word = value.strip().lower()
+        if word not in words:
+            raise ValueError(f"must be one of {', '.join(words)}")
+        return word
+    return convert
+
+
+def _gpu_bind(value: str) -> str:
+    """closest, none, single:N, map_gpu:LIST, mask_gpu:LIST, each after an optional `verbose,`."""
+    text = value.strip()
+    body = text[len("verbose,"):] if text.lower().startswith("verbose,") else text
+    kind, colon, arg = body.partition(":")
+    kind = kind.lower()
+    if kind in ("closest", "none") and not colon:
+        return text
+    if kind == "single" and colon and arg.isdigit() and int(arg) > 0:
+        return text
+    if kind in ("map_gpu", "mask_gpu") and colon and arg and all(
+            _bind_item(item, kind) for item in arg.split(",")):
+        return text
+    raise ValueError("expected closest, none, single:N, map_gpu:0,1,... or mask_gpu:0x1,...")
+
+
+def _bind_item(item: str, kind: str) -> bool:
+    word, star, repeat = item.partition("*")
+    if star and not repeat.isdigit():
+        return False
+    if kind == "map_gpu":
+        return word.isdigit()
+    digits = word[2:] if word.lower().startswith("0x") else word
+    return bool(digits) and all(c in "0123456789abcdefABCDEF" for c in digits)
+
+
+def _hosts(value: str) -> str:
+    """-w/-x: a host list, `gpu[01-04],gpu07`; Slurm reads a value with '/' as a file."""
+    text = value.strip()
+    if "/" in text:
+        raise ValueError("names a file; rsub takes the host list itself: write the names "
+                         "(gpu[01-04],gpu07) or use --nodelist=\"$(paste -sd, FILE)\" on "
+                         "the command line")
+    from rmsbatch.core.hostlist import HostlistError, compress, expand
+    try:
+        names = expand(text)
+    except HostlistError as exc:
+        raise ValueError(f"{exc} (write host lists such as gpu[01-04],gpu07)") from None
+    if not names:
+        raise ValueError("names no hosts")
+    return compress(names)
+
+
+def _tmp(value: str) -> int:
+    return parse_memory(value)
+
+
+def _zero_one(value: str) -> bool:
+    if value.strip() not in ("0", "1"):
+        raise ValueError("must be 0 or 1")
+    return value.strip() == "1"
+
+
+def _licenses(value: str) -> dict[str, int]:
+    return parse_licenses(value)
 
 
 def _word(value: str) -> str:
@@ -338,6 +399,8 @@ OPTIONS: tuple[Option, ...] = (
     # Job
     _job("job-name", "J", "name", _text, "NAME", "Job",
          "job name (default: script file name, 'wrap' or 'stdin')"),
+    _job("clusters", "M", "clusters", _word, "NAME", "Job",
+         "the cluster to run on: must be this one"),
     _job("partition", "p", "partition", _word, "NAME", "Job", "partition (default: the default one)"),
     _job("account", "A", "account", _word, "NAME", "Job", "account to charge (default: yours)"),
     _job("qos", "q", "qos", _word, "NAME", "Job", "quality of service"),
@@ -346,9 +409,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("wrap", None, REQUIRED, "client", "wrap", _command, "COMMAND", "Job",
            "run COMMAND with /bin/sh instead of a script"),
     # Resources
-    _job("nodes", "N", "nodes", _typed(_nodes, "a number"), "N", "Resources", "number of nodes (default 1)"),
+    _job("nodes", "N", "nodes", _typed(_nodes, "a number"), "N[-MAX]", "Resources",
+         "number of nodes, or a range: as many as are free, at least N (default: "
+         "as many as the tasks need)"),
     _job("ntasks", "n", "ntasks", _typed(_positive, "a number"), "N", "Resources",
          "number of tasks (default: one per node)"),
+    _job("ntasks-per-node", None, "ntasks_per_node", _typed(_positive, "a number"), "N",
+         "Resources", "tasks on each node (with -n: at most this many)"),
+    _job("tasks-per-node", None, "ntasks_per_node", _typed(_positive, "a number"), "N",
+         "Resources", "the same as --ntasks-per-node"),
+    _job("ntasks-per-core", None, "ntasks_per_core", _typed(_positive, "a number"), "N",
+         "Resources", "tasks on each core (1: every task gets whole cores)"),
     _job("cpus-per-task", "c", "cpus_per_task", _typed(_positive, "a number"), "N", "Resources",
          "CPUs per task (default 1)"),
     _job("mem", None, "mem_mb", _typed(_mem, "a size such as 16G"), "SIZE", "Resources",
@@ -359,13 +430,36 @@ OPTIONS: tuple[Option, ...] = (
          "node features, e.g. hbm80g or 'a&b'"),
     _job("exclusive", None, "exclusive", _exclusive, "", "Resources",
          "whole nodes, shared with no other job", arg=OPTIONAL),
+    _job("hint", None, "hint", _choice("nomultithread", "multithread", "compute_bound",
+                                       "memory_bound"),
+         "HINT", "Resources", "nomultithread: a whole core for each CPU asked for; "
+         "multithread, compute_bound, memory_bound"),
+    _job("nodelist", "w", "nodelist", _hosts, "HOSTS", "Resources",
+         "run on these nodes (all of them, and more if -N asks for more)"),
+    _job("exclude", "x", "exclude", _hosts, "HOSTS", "Resources", "never run on these nodes"),
+    _job("tmp", None, "tmp_mb", _typed(_tmp, "a size such as 100G"), "SIZE", "Resources",
+         "node-local scratch disk per node"),
+    _job("licenses", "L", "licenses", _licenses, "NAME[:N],...", "Resources",
+         "licenses (cluster-wide), e.g. matlab:2"),
+    _job("reservation", None, "reservation", _word, "NAME", "Resources",
+         "run in this reservation (see rmsbatch-cluster.toml(5))"),
+    _job("wait-all-nodes", None, "wait_all_nodes", _zero_one, "0|1", "Resources",
+         "1: start the script only once every node is ready"),
     # GPUs
     _job("gpus", "G", "gpu_total", _typed(_gpus, "a number of GPUs"), "[TYPE:]N", "GPUs",
          "GPUs for the whole job, e.g. 8 or a100:8"),
     _job("gpus-per-node", None, "gpu_per_node", _typed(_gpus, "a number of GPUs"), "[TYPE:]N",
          "GPUs", "GPUs on each node"),
-    _job("gres", None, "gpu_per_node", _gres, "gpu[:TYPE][:N]", "GPUs",
-         "GPUs on each node, Slurm style: gpu:4, gpu:a100:4"),
+    _job("gres", None, "gres_all", _gres, "LIST", "GPUs",
+         "generic resources per node, Slurm style: gpu:4, gpu:a100:4,nvme:1, gpumem:20G"),
+    _job("gpus-per-task", None, "gpu_per_task", _typed(_gpus_per_task, "a number of GPUs"),
+         "[TYPE:]N", "GPUs", "GPUs for each task"),
+    _job("cpus-per-gpu", None, "cpus_per_gpu", _typed(_positive, "a number"), "N", "GPUs",
+         "CPUs for each GPU (instead of --cpus-per-task)"),
+    _job("ntasks-per-gpu", None, "ntasks_per_gpu", _typed(_positive, "a number"), "N", "GPUs",
+         "tasks for each GPU"),
+    _job("gpu-bind", None, "gpu_bind", _gpu_bind, "BIND", "GPUs",
+         "how tasks are bound to GPUs: closest, none, single:N, map_gpu:L, mask_gpu:L"),
     _job("mem-per-gpu", None, "mem_per_gpu_mb", _typed(_mem_at_least_1, "a size such as 32G"),
          "SIZE", "GPUs", "memory per GPU"),
     _job("gpu-mem", None, "gpu_mem_mb", _typed(_mem_at_least_1, "a size such as 40G"),
@@ -407,27 +501,14 @@ OPTIONS: tuple[Option, ...] = (
          "send SIG SECS (60) s before the time limit (B: to the shell)"),
     _unsupported("begin", "b"),
     _unsupported("deadline"),
-    _unsupported("ntasks-per-node", hint="use --ntasks with --nodes"),
-    _unsupported("tasks-per-node", hint="use --ntasks with --nodes"),
-    _unsupported("ntasks-per-gpu", hint="use --ntasks with --gpus"),
-    _unsupported("gpus-per-task", hint="use --gpus or --gpus-per-node"),
-    _unsupported("cpus-per-gpu", hint="use --cpus-per-task"),
-    _unsupported("nodelist", "w"),
-    _unsupported("exclude", "x"),
     _unsupported("mincpus"),
-    _unsupported("licenses", "L"),
-    _unsupported("reservation"),
     _unsupported("distribution", "m"),
     _unsupported("time-min"),
-    _unsupported("tmp"),
-    _unsupported("hint"),
     _unsupported("threads-per-core"),
     _unsupported("cores-per-socket"),
     _unsupported("sockets-per-node"),
-    _unsupported("gpu-bind"),
     _unsupported("mem-bind"),
     _unsupported("cpu-freq"),
-    _unsupported("clusters", "M"),
     _unsupported("wckey"),
     _unsupported("priority"),
     _unsupported("input", "i"),
@@ -468,10 +549,13 @@ class Given:
         return f"{self.option.label}={self.value}"
 
 
-def scan_options(words: list[str]) -> tuple[list[Given], list[str]]:
+def scan_options(words: list[str], directive: bool = False) -> tuple[list[Given], list[str]]:
     """Options up to the first non-option word or `--`; returns them and the rest.
 
-    An info option (`--help`) ends the scan, so it works whatever follows it.
+    An info option (`--help`) ends the scan, so it works whatever follows it. In a
+    `directive`, every word must be an option, so a site option may take the next word
+    as its value (`#SBATCH --image docker:pytorch`); on the command line that word
+    would be the script, so there a site option's value is attached (`--image=...`).
     """
     given: list[Given] = []
     i = 0
@@ -480,7 +564,7 @@ def scan_options(words: list[str]) -> tuple[list[Given], list[str]]:
         if word == "--":
             return given, words[i + 1:]
         if word.startswith("--"):
-            i, item = _scan_long(words, i)
+            i, item = _scan_long(words, i, directive)
             given.append(item)
         elif word.startswith("-") and len(word) > 1:
             i, items = _scan_short(words, i)
@@ -492,9 +576,12 @@ def scan_options(words: list[str]) -> tuple[list[Given], list[str]]:
     return given, []
 
 
-def _scan_long(words: list[str], i: int) -> tuple[int, Given]:
+def _scan_long(words: list[str], i: int, directive: bool = False) -> tuple[int, Given]:
     name, equals, attached = words[i][2:].partition("=")
     option = lookup_long(name)
+    if option.scope == "site" and not equals and directive and i + 1 < len(words) \
+            and not words[i + 1].startswith("-"):
+        return i + 2, Given(option, words[i + 1])
     if option.arg == NO_ARG:
         if equals:
             raise OptionError(f"{option.label}: takes no value (got {words[i]!r})")
@@ -553,11 +640,50 @@ def lookup_long(name: str) -> Option:
     if matches:
         names = ", ".join(o.label for o in matches)
         raise OptionError(f"--{name}: ambiguous option; could be {names}")
+    site = site_option(name)
+    if site is not None:
+        return site
     import difflib  # only on this error path: keeps rsub's start-up light
 
     close = difflib.get_close_matches(name, list(LONG), n=1)
     hint = f"did you mean --{close[0]}?" if close else "see rsub --help"
     raise OptionError(f"--{name}: unknown option ({hint})")
+
+
+# == site options ===========================================================
+_site_names: list[str] | None = None
+
+
+def site_option(name: str) -> Option | None:
+    """An option of the site's submit plugins, if cluster.toml's [submit] site_options
+    lists `name`. The file is read only here, on the unknown-option path: most
+    submissions never pay for it."""
+    global _site_names
+    if _site_names is None:
+        _site_names = _read_site_options()
+    if name not in _site_names:
+        return None
+    return Option(name, None, OPTIONAL, "site", "site_options", None, "[=VALUE]", "",
+                  "an option of this site's submit plugins")
+
+
+def _read_site_options() -> list[str]:
+    import os
+
+    from rmsbatch.net.client import conf_dir
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            return []
+    try:
+        with open(os.path.join(conf_dir(), "cluster.toml"), "rb") as fh:
+            names = tomllib.load(fh).get("submit", {}).get("site_options", [])
+    except (OSError, ValueError, AttributeError):
+        return []   # the controller checks again, with its own configuration
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
 # == help ===================================================================
@@ -588,9 +714,15 @@ def usage_text() -> str:
     unsupported = [o.label for o in OPTIONS if o.scope == "unsupported"]
     lines += [""]
     lines += textwrap.wrap(
-        "Accepted and ignored: " + ", ".join(ignored) + ".", 88, break_on_hyphens=False)
+        "Accepted and ignored: " + ", ".join(ignored) + ".", 88,
+        break_on_hyphens=False)
     lines += textwrap.wrap(
         "Not supported yet (refused with an error): " + ", ".join(unsupported) + ".", 88,
+        break_on_hyphens=False)
+    lines += textwrap.wrap(
+        "Options of the site's submit plugins that cluster.toml lists ([submit] "
+        "site_options), such as --image, are accepted too: with the value attached "
+        "(--image=VALUE) on the command line, also as the next word in directives.", 88,
         break_on_hyphens=False)
     lines += [
         "--wrap, --wait, --parsable and the Output options work on the command line only,",
@@ -620,4 +752,8 @@ def _help_line(option: Option) -> str:
     else:
         value = f"={option.metavar}" if option.metavar else ""
     left = f"  {short}{option.label}{value}"
-    return f"{left:<34}{option.help}" if len(left) < 34 else f"{left}\n{'':34}{option.help}"
+    import textwrap  # help only
+
+    text = "\n".join(f"{'':34}{line}"
+                     for line in textwrap.wrap(option.help, 88 - 34, break_on_hyphens=False))
+    return f"{left:<34}{text[34:]}" if len(left) < 34 else f"{left}\n{text}"

@@ -48,6 +48,10 @@ class NodeDef:
     gpus: tuple[GpuDef, ...]
     partitions: list[str] = field(default_factory=list)
     gpu_detect: str = "static"
+    # -- what real job scripts ask of a node beyond CPUs, memory and GPUs
+    threads_per_core: int = 1
+    tmp_mb: int = 0
+    gres: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -174,6 +178,8 @@ def _load(directory: str) -> Config:
                 raise ConfigError(f"{cfile}: nodes.{i}.names: node {name} is declared twice")
             nodes[name] = NodeDef(name, group.cpus, group.memory, tuple(group.features), tuple(gpus),
                                   gpu_detect=group.gpu_detect)
+            nodes[name].threads_per_core = group.threads_per_core
+            nodes[name].tmp_mb, nodes[name].gres = group.tmp_disk, dict(group.gres)
 
     partitions: dict[str, PartitionSection] = {}
     partition_nodes: dict[str, list[str]] = {}
@@ -221,5 +227,25 @@ def _load(directory: str) -> Config:
             raise ConfigError(f"{tfile}: users.{user}.default_account: no account named "
                               f"{entry.default_account!r}")
 
+    _check_reservations(cluster, nodes, account_names, cfile)
     return Config(directory, cluster, tenants, qos, nodes, partitions, partition_nodes,
                   defaults[0] if defaults else next(iter(partitions)))
+
+
+def _check_reservations(cluster: ClusterFile, nodes: dict, accounts: list[str],
+                        cfile: str) -> None:
+    seen = set()
+    for i, res in enumerate(cluster.reservations):
+        if res.name in seen:
+            raise ConfigError(f"{cfile}: reservations.{i}.name: reservation {res.name} is "
+                              "declared twice")
+        seen.add(res.name)
+        unknown = [n for n in _expand(res.nodes, cfile, f"reservations.{i}.nodes")
+                   if n not in nodes]
+        if unknown:
+            raise ConfigError(f"{cfile}: reservations.{i}.nodes: unknown node(s) "
+                              f"{hostlist.compress(unknown)} (declare them under [[nodes]])")
+        bad = [a for a in res.accounts if a not in accounts]
+        if bad:
+            raise ConfigError(f"{cfile}: reservations.{i}.accounts: no account named "
+                              f"{bad[0]!r} in tenants.toml")

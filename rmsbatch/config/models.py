@@ -223,6 +223,24 @@ class GpuGroup(_Model):
         return v.lower()
 
 
+def _gres_count(value) -> int:
+    """A generic resource count: a number, or a size-like count ("80G" = 80 x 1024^3),
+    as Slurm counts GRES (K, M, G, T are multiples of 1024)."""
+    from rmsbatch.core.resources import parse_count
+    if isinstance(value, bool):
+        raise ValueError("expected a count such as 1 or '80G'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    return parse_count(str(value))
+
+
+def _resource_name(name: str, extra: str = "") -> str:
+    from rmsbatch.core.resources import check_name
+    return check_name(name, "resource", extra)
+
+
 class NodeGroup(_Model):
     names: str
     cpus: int
@@ -252,6 +270,35 @@ class NodeGroup(_Model):
         hostlist.expand(v)
         return v
 
+    # -- what jobs may ask of these nodes beyond CPUs, memory and GPUs (rsub --hint,
+    # --tmp, --gres): `cpus` counts hardware threads; a --hint=nomultithread job gets
+    # whole cores, threads_per_core logical CPUs for each CPU it asks for.
+    threads_per_core: int = 1
+    tmp_disk: int | str = 0            # node-local scratch (rsub --tmp), MB or a size
+    gres: dict[str, int | str] = {}    # generic resources other than GPUs: {nvme = 1}
+
+    @field_validator("threads_per_core")
+    @classmethod
+    def _threads(cls, v):
+        if not 1 <= v <= 16:
+            raise ValueError("must be between 1 and 16")
+        return v
+
+    @field_validator("tmp_disk")
+    @classmethod
+    def _tmp(cls, v):
+        return _memory(v)
+
+    @field_validator("gres")
+    @classmethod
+    def _gres(cls, v):
+        out = {}
+        for name, count in v.items():
+            if _resource_name(name).lower() == "gpu":
+                raise ValueError("declare GPUs with [[nodes.gpus]] tables, not in gres")
+            out[name] = _gres_count(count)
+        return out
+
 
 class PartitionSection(_Model):
     name: str
@@ -268,12 +315,88 @@ class PartitionSection(_Model):
         return _time(v)
 
 
+def _epoch(value) -> float:
+    """A reservation's start or end: a TOML date-time (local time if it has no offset)."""
+    import datetime
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    if isinstance(value, datetime.date):
+        return datetime.datetime(value.year, value.month, value.day).timestamp()
+    if isinstance(value, str):
+        try:
+            return datetime.datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            pass
+    raise ValueError("expected a date and time such as 2026-12-24T08:00:00")
+
+
+class ReservationSection(_Model):
+    name: str
+    nodes: str                          # host list
+    users: list[str] = []               # "*": everyone
+    accounts: list[str] = []
+    start: object = None                # None: active from now on
+    end: object = None                  # None: until removed from the file
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        return _resource_name(v)
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(cls, v):
+        hostlist.expand(v)
+        return v
+
+    @field_validator("start", "end")
+    @classmethod
+    def _time(cls, v):
+        return None if v is None else _epoch(v)
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise ValueError(f"reservation {self.name}: end is not after start")
+        if not self.users and not self.accounts:
+            raise ValueError(f"reservation {self.name}: name the users or accounts that may "
+                             "use it")
+        return self
+
+
+class SubmitSection(_Model):
+    # Options of the site's submit plugins (SPANK in Slurm) that rsub accepts and
+    # records for them, without the leading dashes: ["image", "module"].
+    site_options: list[str] = []
+
+    @field_validator("site_options")
+    @classmethod
+    def _names(cls, v):
+        for name in v:
+            if not name or name.startswith("-") or not all(c.isalnum() or c in "_-" for c in name):
+                raise ValueError(f"invalid option name {name!r} (write it without dashes)")
+        return v
+
+
 class ClusterFile(_Model):
     name: str = "cluster"
     controller: ControllerSection = ControllerSection()
     node_daemon: NodeDaemonSection = NodeDaemonSection()
     nodes: list[NodeGroup]
     partitions: list[PartitionSection]
+    # -- what real job scripts ask for beyond nodes: rsub -L, --reservation, site options
+    licenses: dict[str, int] = {}      # cluster-wide counted licenses: matlab = 10
+    reservations: list[ReservationSection] = []
+    submit: SubmitSection = SubmitSection()
+
+    @field_validator("licenses")
+    @classmethod
+    def _licenses(cls, v):
+        for name, count in v.items():
+            _resource_name(name, "@")      # remote licenses: name@server
+            if count < 0:
+                raise ValueError(f"{name}: must not be negative")
+        return v
 
 
 class AccountSection(_Model):

@@ -62,6 +62,7 @@ FIELDS: tuple = (
     ('cpus_per_gpu', None),
     ('gpus_per_task', None),
     ('nodes_max', None),  # -N MIN-MAX: the most nodes; None: exactly `nodes`
+    ('nodes_given', False),  # -N was given; without it the node count follows the request
     ('hint', None),  # "nomultithread", "multithread", "compute_bound", "memory_bound"
     ('gpu_bind', None),  # as written: "closest", "single:1", "none", "map_gpu:0,1", ...
     ('nodelist', None),  # hostlist the job must run on (-w)
@@ -199,7 +200,8 @@ class JobSpec:
         if self.time_limit is not None:
             _check_int("time_limit", self.time_limit, minimum=0, maximum=1 << 40)
         _check_int("nice", self.nice, minimum=-10000, maximum=10000)
-        for key in ("exclusive", "hold", "requeue", "ntasks_given", "wait_all_nodes"):
+        for key in ("exclusive", "hold", "requeue", "ntasks_given", "wait_all_nodes",
+                    "nodes_given"):
             if not isinstance(getattr(self, key), bool):
                 raise SpecError(f"{key}: must be true or false")
         if not isinstance(self.environment, dict) or not all(
@@ -254,10 +256,14 @@ def _check_counts(key: str, value) -> None:
     if not isinstance(value, dict) or len(value) > 64:
         raise SpecError(f"{key}: expected a map of names to counts")
     for name, count in value.items():
+        # licenses served remotely are `name@server`
+        extra = "@" if key == "licenses" else ""
         if not isinstance(name, str) or not name or len(name) > MAX_NAME or not all(
-                c.isalnum() or c in "_-." for c in name):
+                c.isalnum() or c in "_-." + extra for c in name):
             raise SpecError(f"{key}: invalid name {str(name)[:40]!r}")
-        _check_int(f"{key}.{name}", count, minimum=0)
+        # GRES may count bytes (gpumem:80G), so their counts go far beyond MAX_COUNT
+        _check_int(f"{key}.{name}", count, minimum=0,
+                   maximum=MAX_COUNT if key == "licenses" else 1 << 50)
 
 
 def _check_str(key: str, value, limit: int) -> None:

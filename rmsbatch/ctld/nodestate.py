@@ -140,4 +140,5 @@ def view_of(nd, st: NodeStatus) -> NodeView:
     gpu_map = {} if devs is None else gpus(devs)
     drained = {int(i) for i in st.gpu_drain if int(i) in gpu_map}
     return NodeView(nd.name, nd.cpus, nd.mem_mb, gpu_map, frozenset(nd.features),
-                    usable=st.usable, drained=drained, gpus_known=devs is not None)
+                    usable=st.usable, drained=drained, gpus_known=devs is not None,
+                    tmp_mb=nd.tmp_mb, gres=dict(nd.gres))

@@ -30,13 +30,19 @@ def job_record(row: dict) -> dict:
 def alloc_from_json(text: str | None) -> dict[str, NodeAlloc]:
     if not text:
         return {}
-    return {n: NodeAlloc(a["cpus"], a["mem_mb"], a["gpus"], a.get("exclusive", False))
+    return {n: NodeAlloc(a["cpus"], a["mem_mb"], a["gpus"], a.get("exclusive", False),
+                         a.get("tmp_mb", 0), a.get("gres") or {}, a.get("licenses") or {})
             for n, a in json.loads(text).items()}
 
 
 def alloc_to_json(alloc: dict[str, NodeAlloc]) -> str:
-    return json.dumps({n: {"cpus": a.cpus, "mem_mb": a.mem_mb, "gpus": a.gpus,
-                           "exclusive": a.exclusive} for n, a in alloc.items()})
+    out = {}
+    for n, a in alloc.items():
+        out[n] = {"cpus": a.cpus, "mem_mb": a.mem_mb, "gpus": a.gpus, "exclusive": a.exclusive}
+        # only when booked: allocations of plain jobs read as before
+        out[n].update({k: v for k, v in (("tmp_mb", a.tmp_mb), ("gres", a.gres),
+                                         ("licenses", a.licenses)) if v})
+    return json.dumps(out)
 
 
 def batch_node(alloc: dict) -> str | None:

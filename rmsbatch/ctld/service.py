@@ -37,7 +37,8 @@ from rmsbatch.net.loop import Conn, Loop
 from rmsbatch.sched import placement
 from rmsbatch.sched import plan as scheduler
 from rmsbatch.sched.admission import AdmissionError, default_output
-from rmsbatch.sched.placement import NodeAlloc, NodeView, Request
+from rmsbatch.sched.jobrequest import pending_from_row
+from rmsbatch.sched.placement import NodeAlloc, NodeView
 
 log = logging.getLogger("rmsbatch.controller")
 
@@ -161,12 +162,7 @@ class Controller:
         placement.take(self.nodes, {n: a for n, a in alloc.items() if n in self.nodes}, sign)
 
     def _pending(self, row: dict) -> scheduler.PendingJob:
-        return scheduler.PendingJob(
-            row["id"], row["partition"], row["priority"], row["submit_time"],
-            Request(row["nodes"], -(-row["req_cpus"] // row["nodes"]), row["req_mem_mb"],
-                    bool(row["mem_whole_node"]), row["gpus_per_node"], row["gpu_type"],
-                    bool(row["exclusive"]), row["constraint_expr"], row["gpu_mem_mb"] or 0),
-            row["hold"])
+        return pending_from_row(row, self.config)
 
     def add_pending(self, row: dict) -> None:
         self.pending[row["id"]] = self._pending(row)

@@ -103,6 +103,18 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, step_id)
     );
     """,
+    # 4: the rest of the task model, as resolved at submit (rsub -N MIN-MAX, --hint, ...)
+    """
+    ALTER TABLE jobs ADD COLUMN nodes_max INTEGER;
+    ALTER TABLE jobs ADD COLUMN ntasks_per_gpu INTEGER;
+    ALTER TABLE jobs ADD COLUMN ntasks_per_core INTEGER;
+    ALTER TABLE jobs ADD COLUMN cpus_per_gpu INTEGER;
+    ALTER TABLE jobs ADD COLUMN threads_per_core INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE jobs ADD COLUMN hint TEXT;
+    ALTER TABLE jobs ADD COLUMN gpu_bind TEXT;
+    ALTER TABLE jobs ADD COLUMN wait_all_nodes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN site_options TEXT;
+    """,
 ]
 
 # Columns returned in job records; payloads (script, env) are read separately.
@@ -118,6 +130,8 @@ JOB_COLUMNS = (
     "ntasks_per_node", "gpus_per_task", "tmp_mb", "licenses", "gres", "req_nodelist",
     "exclude", "reservation", "array_job_id", "array_task_id", "array_spec",
     "array_throttle", "payload_id", "dependency", "begin_time", "signal", "open_mode",
+    "nodes_max", "ntasks_per_gpu", "ntasks_per_core", "cpus_per_gpu", "threads_per_core",
+    "hint", "gpu_bind", "wait_all_nodes", "site_options",
 )
 _SELECT = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
 

@@ -2,7 +2,11 @@
 
 Pure (configuration, the submitted spec and the node views in; the job's row or a
 refusal out), so the controller and the trace simulator judge submissions alike.
-A job that can never run is refused here, at submit time, rather than left pending.
+A job that can never run is refused here, at submit time, rather than left pending:
+more CPUs, GPUs, memory, disk or GRES than any node has, nodes (-w) outside its
+partition, licenses the cluster lacks, a reservation it may not use, another cluster,
+a site option this cluster does not list. Its shape (tasks, nodes, per-node CPUs,
+GPUs and memory) is resolved by rmsbatch.sched.taskmodel.
 """
 from __future__ import annotations
 
@@ -12,13 +16,14 @@ import os
 from rmsbatch.core.jobspec import JobSpec
 from rmsbatch.core.states import JobState
 from rmsbatch.core.units import format_time
-from rmsbatch.sched import placement
-from rmsbatch.sched.placement import NodeView, Request
+from rmsbatch.sched import placement, taskmodel
+from rmsbatch.sched.jobrequest import Window, request_of, task_model_columns, windows
+from rmsbatch.sched.placement import NodeView
 from rmsbatch.sched.plan import HELD_USER
 
 
 class AdmissionError(Exception):
-                     """The job may not be queued; the message says why and what to change."""
+    """The job may not be queued; the message says why and what to change."""
 
 
 def default_output(spec) -> str:
@@ -31,8 +36,8 @@ def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, No
           now: float) -> dict:
     """Check a spec against the configuration; the job row to insert. Raises
     AdmissionError (the message is for the submitter) when the job may not be queued:
-    a wrong partition, account or QoS, a limit it exceeds, or a request that no node
-    of its partition could ever hold."""
+    a wrong partition, account or QoS, a limit it exceeds, options that contradict
+    each other, or a request that no node of its partition could ever hold."""
     partition = spec.partition or cfg.default_partition
     if partition not in cfg.partitions:
         raise AdmissionError(f"invalid partition {partition!r} (partitions: "
@@ -65,20 +70,24 @@ def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, No
             asked = "UNLIMITED" if limit == 0 else format_time(limit)
             raise AdmissionError(f"time limit {asked} exceeds the maximum of {what} "
                                  f"({format_time(cap)}): ask for less with --time")
-    if spec.gpus_per_node is not None and spec.gpus and spec.gpus != spec.gpus_per_node * spec.nodes:
-        gpus_node = max(spec.gpus_per_node, spec.gpus_on_node())
-    else:
-        gpus_node = spec.gpus_on_node()
     members = [nodes[n] for n in cfg.partition_nodes[partition]]
-    mem_whole = spec.mem_mb == 0
-    smallest = min((n.mem_mb for n in members), default=0)
-    mem_node = spec.mem_on_node(smallest, cfg.cluster.controller.default_mem_per_cpu)
+    check_cluster(spec, cfg)
+    check_site_options(spec, cfg)
+    check_licenses(spec, cfg)
+    window = check_reservation(spec, user, account, cfg, now)
+    check_node_names(spec, cfg)
+    resolved = _resolve(spec, cfg, members)
+    gpus_node = resolved.gpus_per_node
+    mem_whole = resolved.mem_whole_node
+    mem_node = resolved.mem_per_node
     gpu_mem = (spec.gpu_mem_mb or 0) if gpus_node else 0
-    request = Request(spec.nodes, spec.cpus_on_node(), 0 if mem_whole else mem_node,
-                      mem_whole, gpus_node, spec.gpu_type, spec.exclusive, spec.constraint,
-                      gpu_mem)
+    request = request_of(spec, resolved, gpu_mem)
     try:
         placement.check_feasible(request, members, partition)
+        if window is not None:
+            inside = [n for n in members if n.name in window.nodes]
+            placement.check_feasible(request, inside, f"{partition} within reservation "
+                                                      f"{spec.reservation}")
     except placement.InfeasibleRequest as exc:
         raise AdmissionError(f"request can never run: {exc}") from None
     name = spec.name or "job"
@@ -88,9 +97,10 @@ def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, No
         "reason": HELD_USER if spec.hold else "None",
         "priority": qos.priority + part.priority - spec.nice, "nice": spec.nice,
         "hold": 1 if spec.hold else 0, "submit_time": now, "time_limit": limit,
-        "nodes": spec.nodes, "ntasks": spec.ntasks, "cpus_per_task": spec.cpus_per_task,
-        "req_cpus": spec.cpus_total, "req_mem_mb": 0 if mem_whole else mem_node,
-        "req_gpus": gpus_node * spec.nodes, "gpus_per_node": gpus_node,
+        "nodes": resolved.nodes, "ntasks": resolved.ntasks, "cpus_per_task": spec.cpus_per_task,
+        "req_cpus": resolved.cpus_per_node * resolved.nodes,
+        "req_mem_mb": 0 if mem_whole else mem_node,
+        "req_gpus": gpus_node * resolved.nodes, "gpus_per_node": gpus_node,
         "mem_whole_node": int(mem_whole), "gpu_type": spec.gpu_type, "gpu_mem_mb": gpu_mem,
         "constraint_expr": spec.constraint, "exclusive": int(spec.exclusive),
         "requeue": int(spec.requeue), "command": name, "workdir": spec.workdir,
@@ -98,6 +108,88 @@ def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, No
         "stderr": spec.error or spec.output or default_output(spec),
         "submit_host": spec.submit_host,
     }
+    row.update(task_model_columns(spec, resolved))
     row.update({"signal": json.dumps(spec.signal) if spec.signal else None,
                 "open_mode": spec.open_mode})
     return row
+
+
+def _resolve(spec: JobSpec, cfg, members: list[NodeView]) -> taskmodel.Resolved:
+    """The job's shape on the largest node of its partition that it could use."""
+    usable = [n for n in members if placement.matches_constraint(spec.constraint, n.features)
+              and not (spec.exclude and n.name in _names(spec.exclude))] or members
+    biggest = max(usable, key=lambda n: (n.cpus, len(n.gpus), n.mem_mb), default=None)
+    shape = None
+    if biggest is not None:
+        wanted = [g for g in biggest.gpus.values()
+                  if spec.gpu_type is None or g.type == spec.gpu_type]
+        gpus = len(wanted) if biggest.gpus_known else 1 << 20    # not detected yet
+        threads = max(cfg.nodes[n.name].threads_per_core for n in usable)
+        shape = taskmodel.NodeShape(biggest.cpus, gpus, threads)
+    smallest = min((n.mem_mb for n in members), default=0)
+    try:
+        return taskmodel.resolve(spec, shape, cfg.cluster.controller.default_mem_per_cpu,
+                                 smallest)
+    except taskmodel.TaskModelError as exc:
+        raise AdmissionError(str(exc)) from None
+
+
+def _names(hosts: str) -> set[str]:
+    from rmsbatch.core.hostlist import expand
+    return set(expand(hosts))
+
+
+# -- what a job names beyond its partition: cluster, site options, licenses, reservation
+def check_cluster(spec: JobSpec, cfg) -> None:
+    if spec.clusters is not None and spec.clusters != cfg.cluster.name:
+        raise AdmissionError(f"--clusters={spec.clusters}: this is cluster "
+                             f"{cfg.cluster.name!r}; submit there, or drop --clusters")
+
+
+def check_site_options(spec: JobSpec, cfg) -> None:
+    allowed = cfg.cluster.submit.site_options
+    unknown = sorted(set(spec.site_options) - set(allowed))
+    if unknown:
+        listed = ", ".join(f"--{n}" for n in allowed) or "none"
+        raise AdmissionError(f"--{unknown[0]}: not an option of this cluster's submit "
+                             f"plugins (site options: {listed})")
+
+
+def check_node_names(spec: JobSpec, cfg) -> None:
+    """-x naming a node the cluster does not have is a typo, as Slurm says."""
+    if spec.exclude:
+        unknown = sorted(_names(spec.exclude) - set(cfg.nodes))
+        if unknown:
+            raise AdmissionError(f"--exclude={spec.exclude}: no node named {unknown[0]} in "
+                                 "this cluster")
+
+
+def check_licenses(spec: JobSpec, cfg) -> None:
+    have = cfg.cluster.licenses
+    for name, count in sorted(spec.licenses.items()):
+        if name not in have:
+            known = ", ".join(f"{n}:{c}" for n, c in sorted(have.items())) or "none"
+            raise AdmissionError(f"--licenses: no license named {name!r} on this cluster "
+                                 f"(licenses: {known})")
+        if count > have[name]:
+            raise AdmissionError(f"--licenses: requested {name}:{count}; the cluster has "
+                                 f"{have[name]}")
+
+
+def check_reservation(spec: JobSpec, user: str, account: str, cfg,
+                      now: float) -> Window | None:
+    """The job's reservation, which the user (or the account) may use; None without one."""
+    if spec.reservation is None:
+        return None
+    found = {w.name: w for w in windows(cfg)}
+    window = found.get(spec.reservation)
+    if window is None:
+        known = ", ".join(sorted(found)) or "none"
+        raise AdmissionError(f"--reservation={spec.reservation}: no such reservation "
+                             f"(reservations: {known})")
+    if not window.admits(user, account):
+        raise AdmissionError(f"--reservation={spec.reservation}: user {user} (account "
+                             f"{account}) may not use it; ask an admin to add you to it")
+    if window.end is not None and window.end <= now:
+        raise AdmissionError(f"--reservation={spec.reservation}: the reservation has ended")
+    return window

@@ -10,6 +10,12 @@ whose linked peers are already busy, so well-connected groups stay whole. Among
 devices that satisfy a request the smallest (by memory) goes first: a 1g.5gb MIG
 instance before a 2g.10gb one, an L40S before an H100, so big devices stay free for
 the requests only they can meet.
+
+Beyond CPUs, memory and GPUs a node books local disk (--tmp) and generic resources
+(--gres nvme:1) per job; a request may name nodes it must include (-w, taken first)
+or avoid (-x), and a node range (-N MIN-MAX: as many as fit now, up to MAX).
+Licenses are cluster-wide: they travel on the batch node's NodeAlloc, so the views
+of the nodes add up to what running jobs hold (rmsbatch.sched.plan books them).
 """
 from __future__ import annotations
 
@@ -40,6 +46,12 @@ class Request:
     exclusive: bool = False
     constraint: str | None = None
     gpu_mem_mb: int = 0         # at least this much memory on each GPU
+    # -- from real job scripts (rsub -N MIN-MAX, --tmp, --gres, -w, -x)
+    nodes_max: int | None = None    # start on up to this many nodes when they are free
+    tmp_mb: int = 0                 # node-local disk, per node
+    gres: tuple = ()                # ((name, count), ...) per node, GPUs aside
+    nodelist: frozenset = frozenset()   # the allocation includes all of these
+    exclude: frozenset = frozenset()    # and none of these
 
 
 @dataclass(frozen=True)
@@ -69,8 +81,17 @@ class NodeView:
     exclusive: bool = False                     # held by an --exclusive job
     drained: set[int] = field(default_factory=set)   # devices out of service
     gpus_known: bool = True                     # False until an auto-detected node reports
+    tmp_mb: int = 0                             # node-local disk jobs may book (--tmp)
+    gres: dict = field(default_factory=dict)    # generic resources: name -> count
+    free_tmp: int = -1
+    free_gres: dict | None = None
+    licenses: dict = field(default_factory=dict)    # held by the jobs whose batch node this is
 
     def __post_init__(self):
+        if self.free_tmp < 0:
+            self.free_tmp = self.tmp_mb
+        if self.free_gres is None:
+            self.free_gres = dict(self.gres)
         self.gpus = {i: Gpu(g) if isinstance(g, str) else g for i, g in self.gpus.items()}
         if self.free_cpus < 0:
             self.free_cpus = self.cpus
@@ -108,6 +129,9 @@ class NodeAlloc:
     mem_mb: int
     gpus: list[int]
     exclusive: bool = False
+    tmp_mb: int = 0
+    gres: dict = field(default_factory=dict)
+    licenses: dict = field(default_factory=dict)    # cluster-wide: on the batch node only
 
 
 Allocation = dict  # node name -> NodeAlloc
@@ -156,10 +180,39 @@ def shape_problem(req: Request, node: NodeView) -> str | None:
         have = len(_gpus_of_type(node, req, node.gpus))
         if req.gpus > have:
             return f"requested {req.gpus} {_gpu_kind(req)} per node; node {node.name} has {have}"
+    if req.tmp_mb > node.tmp_mb:
+        return (f"requested {req.tmp_mb} MB of local disk (--tmp) per node; node {node.name} "
+                f"has {node.tmp_mb} MB")
+    for name, count in req.gres:
+        if count > node.gres.get(name, 0):
+            return (f"requested {name}:{count} per node; node {node.name} has "
+                    f"{name}:{node.gres.get(name, 0)}")
     return None
 
 
+def _candidates(req: Request, nodes: list[NodeView]) -> list[NodeView]:
+    """The nodes the request may use, the ones it names (-w) first."""
+    if req.exclude:
+        nodes = [n for n in nodes if n.name not in req.exclude]
+    if req.nodelist:
+        nodes = ([n for n in nodes if n.name in req.nodelist]
+                 + [n for n in nodes if n.name not in req.nodelist])
+    return nodes
+
+
 def check_feasible(req: Request, nodes: list[NodeView], partition: str) -> None:
+    names = {n.name for n in nodes}
+    outside = sorted(req.nodelist - names)
+    if outside:
+        raise InfeasibleRequest(f"requested node(s) {', '.join(outside)} (-w) are not in "
+                                f"partition {partition} ({len(names)} nodes)")
+    if req.exclude and not names - req.exclude:
+        raise InfeasibleRequest(f"-x excludes every node of partition {partition}")
+    for node in nodes:
+        why = shape_problem(req, node) if node.name in req.nodelist else None
+        if why:
+            raise InfeasibleRequest(f"{why} (named with -w)")
+    nodes = _candidates(req, nodes)
     problems = [p for p in (shape_problem(req, n) for n in nodes) if p]
     fitting = len(nodes) - len(problems)
     if fitting >= req.nodes and fitting > 0:
@@ -189,6 +242,10 @@ def fits_now(req: Request, node: NodeView) -> list[int] | None:
         return None
     mem = node.mem_mb if req.mem_whole_node else req.mem_mb
     if (req.mem_whole_node and node.jobs) or node.free_mem < mem:
+        return None
+    if node.free_tmp < req.tmp_mb:
+        return None
+    if req.gres and any(node.free_gres.get(name, 0) < count for name, count in req.gres):
         return None
     if req.constraint and not matches_constraint(req.constraint, node.features):
         return None
@@ -245,19 +302,29 @@ def choose_gpus(node: NodeView, free: list[int], count: int) -> list[int]:
 
 
 def allocate(req: Request, nodes: list[NodeView]) -> Allocation:
+    """Nodes for the request now: every node it names (-w), then first fit up to
+    `nodes_max` (at least `nodes`)."""
     chosen: Allocation = {}
-    for node in nodes:
+    most = max(req.nodes_max or req.nodes, req.nodes)
+    gres = dict(req.gres)
+    for node in _candidates(req, nodes):
         gpus = fits_now(req, node)
         if gpus is None:
+            if node.name in req.nodelist:
+                break       # a named node is busy: the job waits for it
             continue
         if req.exclusive:
-            chosen[node.name] = NodeAlloc(node.cpus, node.mem_mb, sorted(set(node.gpus) - node.drained),
-                                          True)
+            chosen[node.name] = NodeAlloc(node.cpus, node.mem_mb,
+                                          sorted(set(node.gpus) - node.drained), True,
+                                          node.tmp_mb, dict(node.gres))
         else:
             mem = node.mem_mb if req.mem_whole_node else req.mem_mb
-            chosen[node.name] = NodeAlloc(req.cpus, mem, gpus)
-        if len(chosen) == req.nodes:
+            chosen[node.name] = NodeAlloc(req.cpus, mem, gpus, False, req.tmp_mb, dict(gres))
+        if len(chosen) == most:
             return chosen
+    named = all(n in chosen for n in req.nodelist)
+    if len(chosen) >= req.nodes and named:
+        return chosen
     raise InsufficientResources(f"{len(chosen)} of {req.nodes} nodes available")
 
 
@@ -269,6 +336,11 @@ def take(nodes: dict[str, NodeView], alloc: Allocation, sign: int = 1) -> None:
             continue
         node.free_cpus -= sign * a.cpus
         node.free_mem -= sign * a.mem_mb
+        node.free_tmp -= sign * a.tmp_mb
+        for kind, count in a.gres.items():
+            node.free_gres[kind] = node.free_gres.get(kind, 0) - sign * count
+        for lic, count in a.licenses.items():
+            node.licenses[lic] = node.licenses.get(lic, 0) + sign * count
         node.jobs += sign
         if sign > 0:
             node.free_gpus.difference_update(a.gpus)
