@@ -160,10 +160,20 @@ def test_rq_man_page_lists_every_pending_reason():
 # man5 page -> the models whose keys it documents
 MAN5_MODELS = {
     "rmsbatch-cluster.toml.5": ("ClusterFile", "ControllerSection", "NodeDaemonSection",
-                                "NodeGroup", "GpuGroup", "PartitionSection"),
+                                "NodeGroup", "GpuGroup", "PartitionSection",
+                                "ReservationSection", "SubmitSection"),
     "rmsbatch-tenants.toml.5": ("TenantsFile", "AccountSection", "UserSection"),
     "rmsbatch-qos.toml.5": ("QosFile", "QosSection"),
 }
+
+
+def test_every_config_model_belongs_to_a_man5_page():
+    """A new config section is documented only if some page's list names it."""
+    listed = {m for models in MAN5_MODELS.values() for m in models}
+    models = {name for name, obj in vars(config_models).items()
+              if isinstance(obj, type) and issubclass(obj, config_models._Model)
+              and obj is not config_models._Model}
+    assert not models - listed, f"config models no man5 page checks: {sorted(models - listed)}"
 
 
 @pytest.mark.parametrize("page", sorted(MAN5_MODELS))
