@@ -302,6 +302,7 @@ def _reconcile_gpus(spec: JobSpec, settings: dict[str, _Setting], gpu_type: str 
 
 def _reconcile_tasks(spec: JobSpec, settings: dict[str, _Setting]) -> None:
     """At least one task per node: the default follows --nodes, an explicit -n must cover it."""
+    spec.ntasks_given = "ntasks" in settings
     if "ntasks" not in settings:
         spec.ntasks = max(spec.ntasks, spec.nodes)
     elif spec.ntasks < spec.nodes:

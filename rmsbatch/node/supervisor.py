@@ -34,7 +34,7 @@ import time
 
 from rmsbatch.core.states import JobState
 from rmsbatch.net.client import connect_unix, unix_address
-from rmsbatch.node import jobprocess, procs
+from rmsbatch.node import jobprocess, procs, prolog
 from rmsbatch.node.isolation import Isolation, IsolationError
 from rmsbatch.node.jobdir import (CONTROL_SOCKET, JOB_FILE, LOG_FILE, OUTCOME_FILE,
                                   PID_FILE, parse_run, read_line, write_json)
@@ -581,19 +581,23 @@ def run(jobdir: str) -> int:
 
     os.chdir("/")           # hold no directory busy
     sup = Supervisor(jobdir, job)
+    plan = None
     try:
         sup.install_signals()
         procs.set_subreaper()
         sup.open_control()
         try:
+            plan = prolog.before_job(jobdir, log)    # TMPDIR, node prolog
             sup.start()
-        except IsolationError as e:
+        except (IsolationError, prolog.NodeSetupError) as e:
+            prolog.after_job(plan)
             log.error("job %s: launch failed: %s", job.job_id, e)
             report(jobdir, job, _fail_outcome(jobdir, job.job_id, f"launch failed: {e}",
                                               launch_failed=str(e)))
             return 0
         except OSError as e:
             if sup.pid is None:
+                prolog.after_job(plan)
                 log.error("job %s: cannot start: %s", job.job_id, e)
                 report(jobdir, job, _fail_outcome(
                     jobdir, job.job_id, f"cannot start job: {e.strerror or e}",
@@ -603,11 +607,15 @@ def run(jobdir: str) -> int:
         sup.watch()
         sup.cleanup()
         result = sup.outcome()
+        drain = prolog.after_job(plan)      # node epilog, TMPDIR removed
+        if drain:
+            result["drain"] = drain
     except Exception as e:      # noqa: BLE001 - a bug here must not leave a job unaccounted
         log.exception("job %s: supervisor error", job.job_id)
         if sup.pid is not None and sup.status is None:
             sup._signal_job(signal.SIGKILL)
             sup.iso.kill()
+        prolog.remove_tmpdir(plan and plan.get("tmpdir"))
         try:
             result = _fail_outcome(jobdir, job.job_id,
                                    f"supervisor error: {type(e).__name__}: {e}",
