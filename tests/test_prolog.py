@@ -203,3 +203,21 @@ def test_bad_prolog_settings_are_refused_with_a_clear_message(new_cluster):
     assert "prolog_timeout" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert stat.S_ISDIR(os.stat(c.dir).st_mode)
+
+
+def test_a_job_cancelled_while_its_prolog_runs_does_not_run(new_cluster):
+    c = new_cluster(gpus=0)
+    started = os.path.join(c.dir, "prolog.started")
+    program(c, "prolog.sh", f"touch {started}\nsleep 5\n")
+    configure(c, prolog="prolog.sh")
+    job_id = c.submit("--wrap", "sleep 1; echo ran")
+    wait_for(lambda: os.path.exists(started), 10, "the prolog to start")
+    c.run("rcancel", str(job_id), check=True)
+    # the supervisor answers rmsd's cancel while the prolog still runs: rmsd is not
+    # kept waiting on it
+    wait_for(lambda: f"job {job_id}.0: cancelling" in open(rmsd_log(c)).read(), 3,
+             "the supervisor to take the cancel")
+    assert c.wait_ended(job_id, timeout=15)["state"] == "CANCELLED"
+    out = os.path.join(c.work, f"rms-{job_id}.out")
+    assert not os.path.exists(out) or "ran" not in c.output(job_id)
+    assert c.node not in drain_reason(c)

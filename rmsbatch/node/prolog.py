@@ -218,8 +218,10 @@ def attach_logs(plan: dict, supervisor_log: logging.Logger) -> None:
         log.addHandler(handler)
 
 
-def run_hook(plan: dict, kind: str) -> str:
-    """Run the prolog or epilog; "" when it succeeded (or there is none), else why not."""
+def run_hook(plan: dict, kind: str, serve=None) -> str:
+    """Run the prolog or epilog; "" when it succeeded (or there is none), else why not.
+    `serve(seconds)` waits that long at most while answering the supervisor's control
+    socket, so that rmsd is never kept waiting on a cancel while a prolog runs."""
     path = plan.get(kind)
     if not path:
         return ""
@@ -240,8 +242,11 @@ def run_hook(plan: dict, kind: str) -> str:
             log.error("job %s: %s", job_id, why)
             return why
         timed_out = False
+        deadline = started + timeout
         try:
-            status = proc.wait(timeout)
+            while serve is not None and proc.poll() is None and time.monotonic() < deadline:
+                serve(min(0.5, max(0.0, deadline - time.monotonic())))
+            status = proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             timed_out = True
             try:
@@ -269,15 +274,15 @@ def run_hook(plan: dict, kind: str) -> str:
     return why
 
 
-def before_job(jobdir: str, supervisor_log: logging.Logger) -> dict | None:
+def before_job(jobdir: str, supervisor_log: logging.Logger, serve=None) -> dict | None:
     """TMPDIR, then the prolog; returns the plan for `after_job`. Raises
-    NodeSetupError when the job must not start."""
+    NodeSetupError when the job must not start. `serve`: as for run_hook."""
     plan = load_plan(jobdir)
     if plan is None:
         return None
     attach_logs(plan, supervisor_log)
     make_tmpdir(plan)
-    why = run_hook(plan, "prolog")
+    why = run_hook(plan, "prolog", serve)
     if why:
         remove_tmpdir(plan["tmpdir"])
         raise NodeSetupError(why)

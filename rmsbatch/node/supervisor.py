@@ -230,6 +230,15 @@ class Supervisor:
         self.info("signal %d sent to %d process(es) (%s)", sig, sent, scope)
         return sent
 
+    def serve(self, timeout: float) -> None:
+        """Wait up to `timeout` s answering the control socket (before the job runs)."""
+        fds = [self.wake_r] + ([self.control] if self.control is not None else [])
+        ready, _, _ = select.select(fds, [], [], timeout)
+        if self.wake_r in ready:
+            self._drain_wakeup()
+        if self.control is not None and self.control in ready:
+            self._on_control()
+
     # -- process control
     def _signal_job(self, sig: int) -> None:
         try:
@@ -587,7 +596,9 @@ def run(jobdir: str) -> int:
         procs.set_subreaper()
         sup.open_control()
         try:
-            plan = prolog.before_job(jobdir, log)    # TMPDIR, node prolog
+            # TMPDIR, node prolog. A cancel meanwhile is heard, and ends the job
+            # as soon as it starts (watch()).
+            plan = prolog.before_job(jobdir, log, sup.serve)
             sup.start()
         except (IsolationError, prolog.NodeSetupError) as e:
             prolog.after_job(plan)
