@@ -101,6 +101,19 @@ def test_an_unlimited_job_has_no_end_time(new_cluster):
     assert start.isdigit() and end == "none"
 
 
+def test_a_two_node_job_sees_its_layout(new_cluster):
+    def two_nodes(c):
+        c.set_nodes("rmsna,rmsnb")
+    c = new_cluster(gpus=0, before_start=two_nodes)
+    c.start_rmsd("rmsnb")
+    job_id = submit_probe(c, "--nodes=2", "--ntasks=3")
+    slurm, _, _ = variables(c, job_id)
+    assert slurm["JOB_NUM_NODES"] == slurm["NNODES"] == "2"
+    assert slurm["NTASKS"] == "3" and slurm["TASKS_PER_NODE"] == "2,1"
+    assert slurm["JOB_CPUS_PER_NODE"] == "2(x2)" and slurm["CPUS_ON_NODE"] == "2"
+    assert slurm["SLURMD_NODENAME"] == "rmsna"          # the batch script's node
+
+
 # -- the layout of a multi-node job, as the launch message gives it ------------------
 
 def launch(nodes: list[tuple[str, int]], ntasks: int, **spec) -> dict:

@@ -221,3 +221,23 @@ def test_a_job_cancelled_while_its_prolog_runs_does_not_run(new_cluster):
     out = os.path.join(c.work, f"rms-{job_id}.out")
     assert not os.path.exists(out) or "ran" not in c.output(job_id)
     assert c.node not in drain_reason(c)
+
+
+def test_site_options_reach_the_prolog_by_name():
+    from types import SimpleNamespace
+    from rmsbatch.node.prolog import hook_environment
+    job = {"job_id": 5, "name": "train", "nodelist": "gpu001", "nodes": 1,
+           "submit_dir": "/home/u", "submit_host": "login1", "account": "lab",
+           "partition": "gpu", "qos": "normal", "user": "u", "uid": 1000, "gid": 100,
+           "cluster": "c", "restart_count": 0, "ntasks": 1, "cpus_per_task": 1,
+           "export": "ALL", "time_limit": 60, "start_time": 1_700_000_000,
+           "alloc": {"cpus": 4, "mem_mb": 4096, "gpus": [2, 3]},
+           "spec": {"site_options": {"image": "docker:pytorch/pytorch",
+                                     "container-mounts": "/data:/data"}}}
+    env = hook_environment(SimpleNamespace(node="gpu001"), job, "/tmp/x/job-5.0")
+    assert env["RMS_SITE_OPTION_IMAGE"] == "docker:pytorch/pytorch"
+    assert env["RMS_SITE_OPTION_CONTAINER_MOUNTS"] == "/data:/data"
+    assert env["SLURM_JOB_GPUS"] == env["RMS_JOB_GPUS"] == "2,3"
+    assert env["SLURM_JOB_GID"] == "100" and env["SLURMD_NODENAME"] == "gpu001"
+    assert env["RMS_JOB_TMPDIR"] == "/tmp/x/job-5.0"
+    assert not any(k.startswith("SLURM_MEM") or k == "TMPDIR" for k in env)

@@ -440,12 +440,11 @@ class Controller:
         }}
         # What the job's environment and its node prolog need (rmsbatch.node.jobenv):
         # the options as given, every node's CPUs in node list order, when it started.
-        allocs = alloc_from_json(row["alloc"])
-        order = [n for n in hostlist.expand(row["nodelist"]) if n in allocs] \
-            if row["nodelist"] else list(allocs)
         message["job"].update(
             spec={k: v for k, v in spec.items() if k not in ("script", "environment")},
-            layout=[[n, allocs[n].cpus] for n in order], start_time=row["start_time"],
+            layout=[[n, a.cpus] for n, a in sorted(alloc_from_json(row["alloc"]).items(),
+                                                   key=lambda na: hostlist.natural_key(na[0]))],
+            start_time=row["start_time"],
             default_mem_per_cpu=self.config.cluster.controller.default_mem_per_cpu)
         return message
 

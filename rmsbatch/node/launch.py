@@ -1,5 +1,6 @@
 """Launching one run of a job on this node: its job directory (script and job.json),
-its environment, the limits its supervisor applies, and the supervisor itself.
+its environment (rmsbatch.node.jobenv), its TMPDIR and prolog plan
+(rmsbatch.node.prolog), the limits its supervisor applies, and the supervisor itself.
 
 The node daemon (rmsbatch.node.daemon) decides *whether* to launch; this module says
 *what* the run gets. Nothing here talks to the controller.

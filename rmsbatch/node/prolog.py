@@ -114,7 +114,7 @@ def write_plan(nd, job: dict, jobdir: str) -> None:
         "epilog": nd.config.path(ndc.epilog) if ndc.epilog else None,
         "prolog_timeout": ndc.prolog_timeout, "epilog_timeout": ndc.epilog_timeout,
         "env": hook_environment(nd, job, tmpdir), "log_file": _rmsd_log_file(),
-    })
+    }, durable=False)       # the run it serves does not outlive the machine either
 
 
 def load_plan(jobdir: str) -> dict | None:
