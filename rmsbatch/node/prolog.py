@@ -266,7 +266,8 @@ def run_hook(plan: dict, kind: str, serve=None) -> str:
     else:
         why = ""
     say = log.error if why else log.info
-    say("job %s: %s %s %s (%.1f s)", job_id, kind, path, why or "succeeded", took)
+    say("job %s: %s %s %s (%.1f s)", job_id, kind, path,
+        why[len(kind) + 1:] if why else "succeeded", took)
     for line in lines[:LOGGED_LINES]:
         say("job %s: %s: %s", job_id, kind, line)
     if len(lines) > LOGGED_LINES:
