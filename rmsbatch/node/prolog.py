@@ -290,11 +290,12 @@ def before_job(jobdir: str, supervisor_log: logging.Logger, serve=None) -> dict 
     return plan
 
 
-def after_job(plan: dict | None) -> str:
-    """The epilog, then away with TMPDIR. Returns why the node must be drained, or ""."""
+def after_job(plan: dict | None, serve=None) -> str:
+    """The epilog, then away with TMPDIR. Returns why the node must be drained, or "".
+    `serve`: as for run_hook."""
     if plan is None:
         return ""
     try:
-        return run_hook(plan, "epilog")
+        return run_hook(plan, "epilog", serve)
     finally:
         remove_tmpdir(plan.get("tmpdir"))

@@ -618,7 +618,7 @@ def run(jobdir: str) -> int:
         sup.watch()
         sup.cleanup()
         result = sup.outcome()
-        drain = prolog.after_job(plan)      # node epilog, TMPDIR removed
+        drain = prolog.after_job(plan, sup.serve)      # node epilog, TMPDIR removed
         if drain:
             result["drain"] = drain
     except Exception as e:      # noqa: BLE001 - a bug here must not leave a job unaccounted
