@@ -16,7 +16,6 @@ sets that itself just before exec (rmsbatch.node.jobprocess).
 """
 from __future__ import annotations
 
-from rmsbatch.core import hostlist
 from rmsbatch.node.devices import record
 
 VISIBILITY_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
