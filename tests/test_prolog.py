@@ -6,7 +6,7 @@ import json
 import os
 import signal
 
-from conftest import wait_for
+from conftest import LAB_TENANTS, NORMAL_QOS, Cluster, cluster_toml, wait_for
 
 NODE_KEYS = 'state_dir = "state"'
 
@@ -192,11 +192,12 @@ def test_a_failing_epilog_drains_the_node_and_leaves_the_job_completed(new_clust
     assert acct.stdout.strip() == "COMPLETED"
 
 
-def test_bad_prolog_settings_are_refused_with_a_clear_message(new_cluster):
-    c = new_cluster(gpus=0)
-    c.down()
-    c.tweak(NODE_KEYS, NODE_KEYS + '\nprolog_timeout = "soon"')
-    result = c.run("rmsd", "--conf-dir", c.dir)
+def test_bad_prolog_settings_are_refused_with_a_clear_message(tmp_path):
+    nodes = '[[nodes]]\nnames = "n1"\ncpus = 2\nmemory = "1G"\n'
+    (tmp_path / "cluster.toml").write_text(cluster_toml("t", nodes, prolog_timeout="soon"))
+    (tmp_path / "tenants.toml").write_text(LAB_TENANTS)
+    (tmp_path / "qos.toml").write_text(NORMAL_QOS)
+    result = Cluster(str(tmp_path)).run("rmsd", "--conf-dir", str(tmp_path), "-N", "n1")
     assert result.returncode != 0
     assert "prolog_timeout" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
