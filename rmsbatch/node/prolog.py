@@ -162,6 +162,15 @@ def sweep(nd) -> None:
         log.info("node %s: removed %d stale job TMPDIR(s) from %s", nd.node, len(stale), parent)
 
 
+def release(nd) -> None:
+    """rmsd stopping: its directory of TMPDIRs goes when no job has one (test clusters
+    come and go by the hundred); a supervisor about to make one there makes it again."""
+    try:
+        os.rmdir(tmp_parent(nd))
+    except OSError:
+        pass
+
+
 # --------------------------------------------------------------------------
 # the supervisor's side
 
@@ -190,15 +199,22 @@ def make_tmpdir(plan: dict) -> str:
     if not os.path.isdir(base):
         raise NodeSetupError(f"tmp_base {base} does not exist: create it or set "
                              "node_daemon.tmp_base in cluster.toml")
-    _own_dir(parent, 0o711)
     remove_tmpdir(path)         # left by a run of the same name that crashed
-    try:
-        os.mkdir(path, 0o700)
-        if os.geteuid() == 0:
-            os.chown(path, plan["uid"], plan["gid"])
-    except OSError as exc:
+    for attempt in (1, 2):
+        _own_dir(parent, 0o711)
+        try:
+            os.mkdir(path, 0o700)
+            if os.geteuid() == 0:
+                os.chown(path, plan["uid"], plan["gid"])
+            return path
+        except FileNotFoundError:
+            if attempt == 1:
+                continue        # a stopping rmsd removed the empty parent just now
+            why = "its directory vanished"
+        except OSError as exc:
+            why = exc.strerror or str(exc)
         remove_tmpdir(path)
-        raise NodeSetupError(f"cannot create TMPDIR {path}: {exc.strerror or exc}") from None
+        raise NodeSetupError(f"cannot create TMPDIR {path}: {why}")
     return path
 
 
