@@ -7,7 +7,7 @@ import os
 import pytest
 
 from rmsbatch import config
-from rmsbatch.node import launch
+from rmsbatch.node import jobenv, launch
 from rmsbatch.node.daemon import NodeDaemon
 
 CLUSTER = """
@@ -56,7 +56,7 @@ def daemon(tmp_path):
 def job(gpus, cpus=1):
     return {"job_id": 7, "name": "j", "nodelist": "n1", "nodes": 1, "submit_dir": "/tmp",
             "submit_host": "h", "account": "a", "partition": "p", "qos": "normal",
-            "user": "root", "uid": 0, "ntasks": 1, "cpus_per_task": cpus, "cluster": "c",
+            "user": "root", "uid": 0, "gid": 0, "ntasks": 1, "cpus_per_task": cpus, "cluster": "c",
             "restart_count": 0, "environment": {"CUDA_VISIBLE_DEVICES": "5"}, "export": "ALL",
             "alloc": {"cpus": cpus, "mem_mb": 100, "gpus": gpus}}
 
@@ -78,12 +78,12 @@ def test_fence_lists_every_accelerator_file_and_allows_the_job_s(daemon):
 def test_visibility_per_variable(daemon, fenced, cuda, npu, monkeypatch):
     monkeypatch.setattr(NodeDaemon, "fenced", property(lambda self: fenced))
     import pwd
-    env = launch.environment(daemon, job([1, 3]), pwd.getpwuid(os.getuid()))
+    env = jobenv.environment(daemon, job([1, 3]), pwd.getpwuid(os.getuid()))
     # the submit environment's CUDA_VISIBLE_DEVICES is never inherited
     assert env["CUDA_VISIBLE_DEVICES"] == cuda and env["NPU_VISIBLE_DEVICES"] == npu
     assert env["RMS_JOB_GPUS"] == "1,3" and env["RMS_GPUS_ON_NODE"] == "2"
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
-    none = launch.environment(daemon, job([]), pwd.getpwuid(os.getuid()))
+    none = jobenv.environment(daemon, job([]), pwd.getpwuid(os.getuid()))
     assert none["CUDA_VISIBLE_DEVICES"] == "" and none["NPU_VISIBLE_DEVICES"] == ""
 
 

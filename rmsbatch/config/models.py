@@ -169,6 +169,31 @@ class NodeDaemonSection(_Model):
     def _thermal(cls, v):
         return _seconds(v)
 
+    # -- a job's node-local setup (rmsbatch.node.prolog) --
+    # Each run gets TMPDIR, a private directory under tmp_base, removed when it ends.
+    tmp_base: str = "/tmp"
+    # Programs run as root on every node of a job, before it starts and after it ends;
+    # a failing prolog requeues the job, a failing one of either drains the node.
+    prolog: str | None = None
+    epilog: str | None = None
+    prolog_timeout: int | str = 300    # seconds, or a time such as "5:00"
+    epilog_timeout: int | str = 300
+
+    @field_validator("prolog_timeout", "epilog_timeout")
+    @classmethod
+    def _hook_timeout(cls, v):
+        v = _seconds(v)
+        if v < 1:
+            raise ValueError("must be at least 1 second")
+        return v
+
+    @field_validator("tmp_base", "prolog", "epilog")
+    @classmethod
+    def _hook_path(cls, v):
+        if v is not None and (not v.strip() or "\0" in v):
+            raise ValueError("expected a path")
+        return v
+
 
 class GpuGroup(_Model):
     type: str = "gpu"

@@ -167,6 +167,9 @@ class Outcome(BaseModel):
     # set it up (isolation, user, files): the job did not run, so it is requeued.
     launch_failed: Annotated[str, Field(max_length=MAX_TEXT)] = ""
     node_fault: bool = True             # ...and the node is to blame: drain it
+    # The run ended as `state` says, but left the node unfit (its epilog failed):
+    # drain the node with this reason; the job's record stands.
+    drain: Annotated[str, Field(max_length=MAX_TEXT)] = ""
 
 
 class JobEnded(NodeMessage):

@@ -416,7 +416,7 @@ class Controller:
     def launch_message(self, row: dict, node: str) -> dict:
         spec = self.spool.job_spec(row["id"])
         alloc = alloc_from_json(row["alloc"])[node]
-        return {"op": "launch", "job": {
+        message = {"op": "launch", "job": {
             "job_id": row["id"], "name": row["name"], "user": row["user"], "uid": row["uid"],
             "gid": row["gid"], "account": row["account"], "partition": row["partition"],
             "qos": row["qos"], "script": spec["script"], "argv": spec["argv"],
@@ -435,6 +435,15 @@ class Controller:
             "spec_extra": {"umask": spec.get("umask"), "rlimits": spec.get("rlimits"),
                            "signal": spec.get("signal"), "open_mode": spec.get("open_mode")},
         }}
+        # What the job's environment and its node prolog need (rmsbatch.node.jobenv):
+        # the options as given, every node's CPUs in node list order, when it started.
+        message["job"].update(
+            spec={k: v for k, v in spec.items() if k not in ("script", "environment")},
+            layout=[[n, a.cpus] for n, a in sorted(alloc_from_json(row["alloc"]).items(),
+                                                   key=lambda na: hostlist.natural_key(na[0]))],
+            start_time=row["start_time"],
+            default_mem_per_cpu=self.config.cluster.controller.default_mem_per_cpu)
+        return message
 
     # -- nodes -------------------------------------------------------------------------
     def set_node(self, name: str, **fields) -> None:

@@ -27,7 +27,7 @@ from rmsbatch.config import Config
 from rmsbatch.core import failpoint
 from rmsbatch.net.client import connect_unix
 from rmsbatch.net.loop import Conn, Loop
-from rmsbatch.node import launch as launching
+from rmsbatch.node import launch as launching, prolog
 from rmsbatch.node.devices import discovery, record
 from rmsbatch.node.devices.usage import GpuUsage
 from rmsbatch.node.isolation import cgroup_parent
@@ -89,6 +89,7 @@ class NodeDaemon(MonitorLink):
             if job.get("gpus"):
                 self.gpu_usage[run] = GpuUsage.load(self.job_dir(run), job["gpus"])
         self.sweep_cgroups()
+        prolog.sweep(self)
         # Accelerators: declared ones are known now; detected ones when the monitor
         # reports, and rmsd registers only then (or when discovery times out).
         self.discovery_deadline = time.time() + config.cluster.node_daemon.gpu_discovery_timeout
@@ -269,6 +270,7 @@ class NodeDaemon(MonitorLink):
                 out = {"state": "FAILED", "exit_code": 1, "signal": 0, "end_time": time.time(),
                        "reason": "job supervisor died (killed?); the job was killed with it"}
                 log.warning("job %s: supervisor died; job killed", run)
+            prolog.remove_for_run(self, run)     # the supervisor would have
             jd.write_outcome(out)
         job_id, restart = parse_run(run)
         return {**out, "job_id": job_id, "run": restart}

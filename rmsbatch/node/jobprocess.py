@@ -103,8 +103,10 @@ def run_child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
             maxfd = 65536
         os.closerange(3, errw)
         os.closerange(errw + 1, max(maxfd, errw + 1))
+        env = dict(job.environment)
+        env["SLURM_TASK_PID"] = env["RMS_TASK_PID"] = str(os.getpid())   # only we know it
         try:
-            os.execve(job.script_path, [job.script_path, *job.argv], job.environment)
+            os.execve(job.script_path, [job.script_path, *job.argv], env)
         except OSError as e:
             fail(f"cannot execute {job.script_path}: {e.strerror or e}")
     except BaseException as e:          # noqa: BLE001 - never return into the parent's code

@@ -1,5 +1,6 @@
 """Launching one run of a job on this node: its job directory (script and job.json),
-its environment, the limits its supervisor applies, and the supervisor itself.
+its environment (rmsbatch.node.jobenv), its TMPDIR and prolog plan
+(rmsbatch.node.prolog), the limits its supervisor applies, and the supervisor itself.
 
 The node daemon (rmsbatch.node.daemon) decides *whether* to launch; this module says
 *what* the run gets. Nothing here talks to the controller.
@@ -11,15 +12,12 @@ import os
 import pwd
 import signal
 
-from rmsbatch.node import supervisor
+from rmsbatch.node import jobenv, prolog, supervisor
 from rmsbatch.node.devices import record
 from rmsbatch.node.devices.usage import GpuUsage
 from rmsbatch.node.jobdir import JOB_FILE, LOCK_FILE, hold_lock, write_json
 
 log = logging.getLogger("rmsbatch.noded")
-
-VISIBILITY_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
-                   "ZE_AFFINITY_MASK", "GPU_DEVICE_ORDINAL")
 
 
 class LaunchError(Exception):
@@ -55,12 +53,14 @@ def prepare(nd, job: dict, jobdir: str) -> None:
     ndc = nd.config.cluster.node_daemon
     cc = nd.config.cluster.controller
     spec = job.get("spec_extra") or {}
+    prolog.write_plan(nd, job, jobdir)
     data = {
         "job_id": job["job_id"], "name": job["name"], "user": user, "uid": uid,
         "gid": gid, "groups": groups, "home": pw.pw_dir, "script_path": script,
         "argv": job["argv"], "workdir": job["workdir"], "submit_dir": job["submit_dir"],
         "output": job["output"], "error": job["error"],
-        "environment": environment(nd, job, pw), "time_limit": job["time_limit"],
+        "environment": jobenv.environment(nd, job, pw, prolog.tmpdir_for(nd, run)),
+        "time_limit": job["time_limit"],
         "kill_grace": job.get("kill_grace", 30), "node": nd.node,
         "notify_socket": nd.notify_path, "array_job_id": None, "array_task_id": None,
         "isolation": isolation(nd, job, run),
@@ -111,42 +111,6 @@ def isolation(nd, job: dict, run: str) -> dict | None:
         spec["why_no_cpuset"] = (f"{len(free)} of the host's {len(nd.host_cpus)} CPUs "
                                  f"free for {alloc['cpus']} (node declares {node.cpus})")
     return spec
-
-
-def environment(nd, job: dict, pw) -> dict[str, str]:
-    env = dict(job["environment"])
-    if job["export"].upper().startswith("NONE") or not env:
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    env.setdefault("HOME", pw.pw_dir)
-    env.setdefault("USER", pw.pw_name)
-    env.setdefault("LOGNAME", pw.pw_name)
-    env.setdefault("SHELL", pw.pw_shell or "/bin/sh")
-    for var in VISIBILITY_VARS:
-        env.pop(var, None)   # never inherit another allocation's devices
-    alloc = job["alloc"]
-    ours = {
-        "JOB_ID": job["job_id"], "JOB_NAME": job["name"], "JOB_NODELIST": job["nodelist"],
-        "JOB_NUM_NODES": job["nodes"], "NNODES": job["nodes"],
-        "SUBMIT_DIR": job["submit_dir"], "SUBMIT_HOST": job["submit_host"],
-        "JOB_ACCOUNT": job["account"], "JOB_PARTITION": job["partition"],
-        "JOB_QOS": job["qos"], "JOB_USER": job["user"], "JOB_UID": job["uid"],
-        "NTASKS": job["ntasks"], "CPUS_PER_TASK": job["cpus_per_task"],
-        "CPUS_ON_NODE": alloc["cpus"], "MEM_PER_NODE": alloc["mem_mb"],
-        "NODENAME": nd.node, "CLUSTER_NAME": job["cluster"],
-        "RESTART_COUNT": job["restart_count"], "NODEID": 0, "PROCID": 0, "LOCALID": 0,
-        "JOB_GPUS": ",".join(map(str, alloc["gpus"])),
-    }
-    for key, value in ours.items():
-        env[f"RMS_{key}"] = str(value)
-        env[f"SLURM_{key}"] = str(value)   # existing Slurm scripts keep working
-    env["SLURM_JOBID"] = env["RMS_JOBID"] = str(job["job_id"])
-    env["SLURM_NODELIST"] = job["nodelist"]
-    env["SLURMD_NODENAME"] = nd.node
-    env["RMS_GPUS_ON_NODE"] = env["SLURM_GPUS_ON_NODE"] = str(len(alloc["gpus"]))
-    # Fenced, a job sees only its own devices, numbered from 0 as the vendor
-    # runtime will number them; unfenced, it sees all of them.
-    env.update(record.visibility(nd.devices, alloc["gpus"], nd.fenced))
-    return env
 
 
 def spawn_supervisor(jobdir: str) -> int:

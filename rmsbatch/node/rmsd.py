@@ -90,6 +90,8 @@ def main(argv=None) -> int:
         return 1
     finally:
         nodedaemon.stop_monitor()
+        from rmsbatch.node import prolog
+        prolog.release(nodedaemon)
     log.info("node %s: rmsd %d stopped (jobs keep running under their supervisors)",
              node, os.getpid())
     os.close(lock)

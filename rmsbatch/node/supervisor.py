@@ -35,7 +35,7 @@ import time
 
 from rmsbatch.core.states import JobState
 from rmsbatch.net.client import connect_unix, unix_address
-from rmsbatch.node import jobprocess, procs
+from rmsbatch.node import jobprocess, procs, prolog
 from rmsbatch.node.isolation import Isolation, IsolationError
 from rmsbatch.node.jobdir import (CONTROL_SOCKET, JOB_FILE, LOG_FILE, OUTCOME_FILE,
                                   PID_FILE, parse_run, read_line, write_json)
@@ -264,6 +264,15 @@ class Supervisor:
         sig = self.job.signal
         self.info("%d s before the time limit: sending --signal", sig["seconds"])
         self.signal_scope(sig["signal"], "batch" if sig["batch"] else "children")
+
+    def serve(self, timeout: float) -> None:
+        """Wait up to `timeout` s answering the control socket (before the job runs)."""
+        fds = [self.wake_r] + ([self.control] if self.control is not None else [])
+        ready, _, _ = select.select(fds, [], [], timeout)
+        if self.wake_r in ready:
+            self._drain_wakeup()
+        if self.control is not None and self.control in ready:
+            self._on_control()
 
     # -- process control
     def _signal_job(self, sig: int) -> None:
@@ -621,19 +630,25 @@ def run(jobdir: str) -> int:
 
     os.chdir("/")           # hold no directory busy
     sup = Supervisor(jobdir, job)
+    plan = None
     try:
         sup.install_signals()
         procs.set_subreaper()
         sup.open_control()
         try:
+            # TMPDIR, node prolog. A cancel meanwhile is heard, and ends the job
+            # as soon as it starts (watch()).
+            plan = prolog.before_job(jobdir, log, sup.serve)
             sup.start()
-        except IsolationError as e:
+        except (IsolationError, prolog.NodeSetupError) as e:
+            prolog.after_job(plan)
             log.error("job %s: launch failed: %s", job.job_id, e)
             report(jobdir, job, _fail_outcome(jobdir, job.job_id, f"launch failed: {e}",
                                               launch_failed=str(e)))
             return 0
         except OSError as e:
             if sup.pid is None:
+                prolog.after_job(plan)
                 log.error("job %s: cannot start: %s", job.job_id, e)
                 report(jobdir, job, _fail_outcome(
                     jobdir, job.job_id, f"cannot start job: {e.strerror or e}",
@@ -643,11 +658,15 @@ def run(jobdir: str) -> int:
         sup.watch()
         sup.cleanup()
         result = sup.outcome()
+        drain = prolog.after_job(plan, sup.serve)      # node epilog, TMPDIR removed
+        if drain:
+            result["drain"] = drain
     except Exception as e:      # noqa: BLE001 - a bug here must not leave a job unaccounted
         log.exception("job %s: supervisor error", job.job_id)
         if sup.pid is not None and sup.status is None:
             sup._signal_job(signal.SIGKILL)
             sup.iso.kill()
+        prolog.remove_tmpdir(plan and plan.get("tmpdir"))
         try:
             result = _fail_outcome(jobdir, job.job_id,
                                    f"supervisor error: {type(e).__name__}: {e}",

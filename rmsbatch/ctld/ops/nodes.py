@@ -234,6 +234,11 @@ def ended(ctl, node: str, out: requests.Outcome) -> None:
     """Record how a run ended; the end of a run the controller no longer has on that
     node (an earlier run of a requeued job, a duplicate) is acknowledged and ignored."""
     job_id = out.job_id
+    if out.drain:
+        # whichever run it was, the node is unfit for the next job
+        why = f"{out.drain} (job {job_id})"[:200]
+        ctl.set_node(node, drain=True, reason=why)
+        log.error("node %s: drained: %s", node, why)
     if not ctl.is_current(job_id, out.run, node):
         return
     row = ctl.spool.job(job_id)
