@@ -302,6 +302,8 @@ def test_environment_argv_and_workdir(world):
                       argv=["one", "two words", ""], output=str(world / "env.json"))
     assert run_job(jobdir)["state"] == "COMPLETED"
     seen = json.loads((world / "env.json").read_text())
+    # the job's own pid, set by the job's process itself just before exec, as Slurm does
+    assert seen["env"].pop("SLURM_TASK_PID") == seen["env"].pop("RMS_TASK_PID") == str(seen["pid"])
     assert seen["env"] == env
     assert seen["argv"] == ["one", "two words", ""]
     assert seen["cwd"] == str(world / "work")
