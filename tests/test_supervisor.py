@@ -297,7 +297,7 @@ def test_environment_argv_and_workdir(world):
            "LC_ALL": "C.UTF-8"}
     body = ("import json, os, sys\n"
             "json.dump({'env': dict(os.environ), 'argv': sys.argv[1:], 'cwd': os.getcwd(),"
-            " 'stdin': sys.stdin.read()}, sys.stdout)")
+            " 'stdin': sys.stdin.read(), 'pid': os.getpid()}, sys.stdout)")
     jobdir = make_job(world, body, shebang=f"#!{sys.executable}", environment=env,
                       argv=["one", "two words", ""], output=str(world / "env.json"))
     assert run_job(jobdir)["state"] == "COMPLETED"
