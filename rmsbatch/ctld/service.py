@@ -41,6 +41,19 @@ from rmsbatch.sched.placement import NodeAlloc, NodeView, Request
 
 log = logging.getLogger("rmsbatch.controller")
 
+# What runs on the nodes of an allocation other than the first: nothing of the user's.
+# The run holds the node's part of the allocation (cgroup, CPUs, devices, lease) for
+# the job's steps until the job ends, as Slurm's "extern" step does with a sleep.
+HOLD_SCRIPT = ("#!/bin/sh\n# rmsbatch: holds this node's part of the job's allocation; "
+               "the batch script runs on the job's first node\n"
+               "PATH=/usr/bin:/bin:$PATH\nexec sleep 2147483647\n")
+
+
+def allocation_holder() -> dict:
+    """The launch fields that make a run an allocation holder."""
+    return {"script": HOLD_SCRIPT, "argv": [], "workdir": "/", "output": "/dev/null",
+            "error": "/dev/null", "batch": False}
+
 
 class Controller:
     def __init__(self, config, spool: Spool, loop: Loop | None = None, clock=time.time):
@@ -62,6 +75,8 @@ class Controller:
         cc = config.cluster.controller
         self.leases = Leases(cc.job_lease, cc.lease_margin)
         self.node_status: dict[str, NodeStatus] = {}
+        # Steps created and not yet launched: (job id, step id) -> their layout
+        self.step_layouts: dict[tuple[int, int], dict] = {}
         self.rebuild()
 
     # -- the outbox -------------------------------------------------------------
@@ -294,6 +309,9 @@ class Controller:
         alloc = self.running.pop(job_id, {})
         self._take(alloc, -1)
         self.leases.drop(job_id)
+        # Steps still open died with the job (their rrun cannot report any more).
+        self.spool.close_steps(job_id, fields["end_time"],
+                               "CANCELLED" if state is JobState.COMPLETED else state.value)
         self.outbox.append((None, job_id))
         self.changes += 1
         self.dirty = True
@@ -338,9 +356,10 @@ class Controller:
             self.to_node(name, stop)
 
     def is_current(self, job_id: int, run: int, node: str) -> bool:
-        """Is this run of the job the one the controller has running on `node`?"""
+        """Is this run of the job the one the controller has running on `node` (any
+        node of its allocation: each holds its part of it)?"""
         alloc = self.running.get(job_id)
-        if not alloc or batch_node(alloc) != node:
+        if not alloc or node not in alloc:
             return False
         row = self.spool.job(job_id)
         return row is not None and row["restart_count"] == run
@@ -411,16 +430,17 @@ class Controller:
         for job_id in started:
             row = self.spool.job(job_id)
             log.info("job %d: started on %s", job_id, row["nodelist"])
-            # The batch script runs on the first node only, as in Slurm; the
-            # others are held for the job's own launchers (srun, mpirun, ...).
-            batch = batch_node(self.running[job_id])
-            self.to_node(batch, self.launch_message(row, batch))
+            # Every node sets up and holds its part of the allocation; the batch
+            # script runs on the first node only, as in Slurm.
+            for node in self.running[job_id]:
+                self.to_node(node, self.launch_message(row, node))
         return len(started)
 
     def launch_message(self, row: dict, node: str) -> dict:
         spec = self.spool.job_spec(row["id"])
-        alloc = alloc_from_json(row["alloc"])[node]
-        return {"op": "launch", "job": {
+        allocs = alloc_from_json(row["alloc"])
+        alloc = allocs[node]
+        message = {"op": "launch", "job": {
             "job_id": row["id"], "name": row["name"], "user": row["user"], "uid": row["uid"],
             "gid": row["gid"], "account": row["account"], "partition": row["partition"],
             "qos": row["qos"], "script": spec["script"], "argv": spec["argv"],
@@ -438,6 +458,9 @@ class Controller:
             "lease_until": self.leases.until.get(row["id"], self.clock()),
             "spec_extra": {"umask": spec.get("umask"), "rlimits": spec.get("rlimits")},
         }}
+        if node != batch_node(allocs):
+            message["job"].update(allocation_holder())
+        return message
 
     # -- nodes -------------------------------------------------------------------------
     def set_node(self, name: str, **fields) -> None:

@@ -1,0 +1,204 @@
+"""Job steps: `rrun` inside a job, with two node daemons on this host as two nodes.
+
+Job scripts are written as people write them (#SBATCH lines, srun-style options);
+tasks rendezvous as torch.distributed does, through MASTER_ADDR and MASTER_PORT."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+
+import pytest
+from conftest import BIN, Cluster, _kill_leftovers, _new_cluster_dir, wait_for
+
+from rmsbatch.sched.tasklayout import LayoutError, StepRequest, layout
+
+PY = sys.executable
+
+RENDEZVOUS = f'''#!/bin/bash
+#SBATCH --job-name=ddp       # two nodes, two tasks on each
+#SBATCH --nodes 2
+#SBATCH --ntasks=4
+#SBATCH --time=5
+cat > rdv.py <<'EOF'
+import os, socket, time
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+print(f"rank={{rank}} local={{os.environ['LOCAL_RANK']}}/{{os.environ['LOCAL_WORLD_SIZE']}} "
+      f"node={{os.environ['SLURM_NODEID']}} host={{os.environ['SLURMD_NODENAME']}} "
+      f"procid={{os.environ['SLURM_PROCID']}} step={{os.environ['SLURM_STEP_ID']}}", flush=True)
+if rank == 0:
+    srv = socket.create_server((addr, port))
+    total = 0
+    for _ in range(world - 1):
+        conn, _ = srv.accept()
+        total += int(conn.recv(16))
+        conn.close()
+    print(f"sum={{total}}", flush=True)
+else:
+    for _ in range(200):
+        try:
+            s = socket.create_connection((addr, port))
+            break
+        except OSError:
+            time.sleep(0.05)
+    s.sendall(str(rank).encode())
+    s.close()
+EOF
+rrun {PY} rdv.py
+echo "rrun exit $?"
+'''
+
+
+@pytest.fixture(scope="module")
+def two():
+    """Nodes n1 and n2 on this host, each with its own rmsd."""
+    c = Cluster(_new_cluster_dir(), gpus=0)
+    c.up()
+    c.down()
+    c.set_nodes("n[1-2]")
+    c.up()
+    c.start_rmsd("n2")
+    # job scripts find rrun on their PATH, as on a cluster
+    c.env["PATH"] = BIN + os.pathsep + c.env.get("PATH", "/usr/bin:/bin")
+    yield c
+    c.down()
+    _kill_leftovers(c.dir)
+    shutil.rmtree(c.dir, ignore_errors=True)
+
+
+def script(c, name: str, text: str) -> str:
+    path = os.path.join(c.work, name)
+    with open(path, "w") as fh:
+        fh.write(text)
+    return path
+
+
+def test_tasks_on_two_nodes_rendezvous_through_master_addr_and_port(two):
+    job_id = two.submit(script(two, "ddp.sh", RENDEZVOUS))
+    job = two.wait_ended(job_id)
+    out = two.output(job_id)
+    assert job["state"] == "COMPLETED", out
+    assert job["nodelist"] == "n[1-2]"
+    lines = out.splitlines()
+    assert "sum=6" in lines and "rrun exit 0" in lines, out
+    ranks = sorted(line for line in lines if line.startswith("rank="))
+    assert ranks == ["rank=0 local=0/2 node=0 host=n1 procid=0 step=0",
+                     "rank=1 local=1/2 node=0 host=n1 procid=1 step=0",
+                     "rank=2 local=0/2 node=1 host=n2 procid=2 step=0",
+                     "rank=3 local=1/2 node=1 host=n2 procid=3 step=0"], out
+
+
+def test_label_ntasks_per_node_and_nodelist(two):
+    job_id = two.submit("-N2", "-n4", "--wrap",
+                        "rrun -l -n 2 -w n2 sh -c 'echo on $SLURMD_NODENAME; echo bye'; "
+                        "rrun --label --ntasks-per-node=1 printf 'x\\ny'")
+    assert two.wait_ended(job_id)["state"] == "COMPLETED"
+    lines = two.output(job_id).splitlines()
+    assert sorted(lines[:4]) == ["0: bye", "0: on n2", "1: bye", "1: on n2"]
+    assert sorted(lines[4:]) == ["0: x", "0: y", "1: x", "1: y"]
+
+
+def test_failing_task_sets_the_exit_status_and_kill_on_bad_exit_stops_the_rest(two):
+    body = ("rrun -n2 sh -c '[ $SLURM_PROCID = 1 ] && exit 3; sleep 0.3; echo survivor'; "
+            "echo \"plain $?\"; start=$(date +%s); "
+            "rrun -K -n2 sh -c '[ $SLURM_PROCID = 1 ] && exit 5; sleep 60; echo never'; "
+            "echo \"killed $? after $(( $(date +%s) - start ))\"; "
+            "rrun -n1 sh -c 'kill -9 $$'; echo \"signal $?\"")
+    job_id = two.submit("-N2", "-n2", "--wrap", body)
+    job = two.wait_ended(job_id, timeout=60)
+    lines = two.output(job_id).splitlines()
+    assert job["state"] == "COMPLETED", lines
+    assert lines[:2] == ["survivor", "plain 3"]
+    assert lines[2].startswith("killed 5 after ") and int(lines[2].split()[-1]) < 10, lines
+    assert "never" not in lines and lines[3] == "signal 137"
+
+
+def test_two_steps_at_once_and_their_accounting(two):
+    body = ("rrun -n1 -J first sh -c 'sleep 1; echo a' & "
+            "rrun -n1 -J second sh -c 'sleep 1; echo b' & wait; "
+            "rrun -N2 false; true")
+    started = time.monotonic()
+    job_id = two.submit("-N2", "-n2", "--wrap", body)
+    job = two.wait_ended(job_id, timeout=60)
+    assert job["state"] == "COMPLETED"
+    assert sorted(two.output(job_id).split()) == ["a", "b"]
+    assert time.monotonic() - started < 30
+    acct = two.run("rsacct", "-j", str(job_id), "-P", "-n", "-o", "JobID,JobName,State,ExitCode,NodeList")
+    assert acct.returncode == 0, acct.stderr
+    rows = acct.stdout.splitlines()
+    assert rows[0] == f"{job_id}|wrap|COMPLETED|0:0|n[1-2]"
+    assert rows[1] == f"{job_id}.batch|batch|COMPLETED|0:0|n1"
+    assert sorted(rows[2:4]) == [f"{job_id}.0|first|COMPLETED|0:0|n1",
+                                 f"{job_id}.1|second|COMPLETED|0:0|n1"]
+    assert rows[4] == f"{job_id}.2|false|FAILED|1:0|n[1-2]"
+    assert len(rows) == 5
+    only = two.run("rsacct", "-X", "-j", str(job_id), "-P", "-n", "-o", "JobID")
+    assert only.stdout.split() == [str(job_id)]
+
+
+def test_cancelling_the_job_kills_its_steps_on_every_node(two):
+    marks = os.path.join(two.work, "marks")
+    os.makedirs(marks, exist_ok=True)
+    job_id = two.submit("-N2", "-n2", "--wrap",
+                        f"rrun sh -c 'echo $$ > {marks}/$SLURM_PROCID; exec sleep 300'")
+    pids = wait_for(lambda: [int(open(os.path.join(marks, str(i))).read())
+                             for i in range(2)] if len(os.listdir(marks)) == 2
+                    and all(os.path.getsize(os.path.join(marks, str(i))) for i in range(2))
+                    else None, 20, "both tasks to start")
+    assert all(os.path.exists(f"/proc/{p}") for p in pids)
+    two.run("rcancel", str(job_id), check=True)
+    assert two.wait_ended(job_id)["state"] == "CANCELLED"
+    wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 10,
+             "the tasks on both nodes to die")
+    acct = two.run("rsacct", "-j", str(job_id), "-P", "-n", "-o", "JobID,State")
+    assert f"{job_id}.0|CANCELLED" in acct.stdout.split(), acct.stdout
+
+
+def test_rrun_outside_a_job_says_so_in_one_line(two):
+    env = {k: "" for k in ("RMS_JOB_ID", "SLURM_JOB_ID", "SLURM_JOBID")}
+    result = two.run("rrun", "hostname", env=env)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(
+        "rrun: error: not inside a job"), result.stderr
+
+
+def test_steps_that_do_not_fit_are_refused_clearly(two):
+    job_id = two.submit("-N2", "-n2", "--wrap",
+                        "rrun -n 9 true; echo \"exit $?\"; rrun -w n7 true; echo \"exit $?\"")
+    two.wait_ended(job_id)
+    lines = two.output(job_id).splitlines()
+    assert lines[0].startswith("rrun: error: cannot create a step in job") and "9 tasks" in lines[0]
+    assert lines[1] == "exit 1"
+    assert "n7 not in the job's allocation" in lines[2] and lines[3] == "exit 1"
+
+
+# -- the layout of tasks (pure) ------------------------------------------------------
+
+ALLOC = [("n1", 4, [0, 1]), ("n2", 4, [2, 3])]
+
+
+def placed(req: StepRequest, alloc=ALLOC):
+    return [(p.node, p.tasks, p.gpus) for p in layout(alloc, req)]
+
+
+def test_layout_as_srun():
+    assert placed(StepRequest()) == [("n1", [0], [None]), ("n2", [1], [None])]
+    assert placed(StepRequest(ntasks=3)) == [("n1", [0, 1, 2], [None] * 3)]
+    assert placed(StepRequest(ntasks=4, cpus_per_task=2)) == [
+        ("n1", [0, 1], [None] * 2), ("n2", [2, 3], [None] * 2)]
+    assert placed(StepRequest(ntasks=3, nodes=2)) == [("n1", [0, 1], [None] * 2),
+                                                      ("n2", [2], [None])]
+    assert placed(StepRequest(ntasks_per_node=2, gpus_per_task=1)) == [
+        ("n1", [0, 1], [[0], [1]]), ("n2", [2, 3], [[2], [3]])]
+    assert placed(StepRequest(ntasks=4, nodes=1, gpu_bind="single:2")) == [
+        ("n1", [0, 1, 2, 3], [[0], [0], [1], [1]])]
+    assert placed(StepRequest(nodelist=("n2",), ntasks=2, gpu_bind="map_gpu:1,0")) == [
+        ("n2", [0, 1], [[3], [2]])]
+    for bad, words in ((StepRequest(ntasks=9), "do not fit"),
+                       (StepRequest(nodes=3), "only 2 node"),
+                       (StepRequest(ntasks=3, nodes=1, gpus_per_task=1), "need 3 GPU"),
+                       (StepRequest(gpu_bind="sideways"), "--gpu-bind=sideways")):
+        with pytest.raises(LayoutError, match=words):
+            layout(ALLOC, bad)
