@@ -41,7 +41,8 @@ def build_parser() -> CommandParser:
                       description="Run a job step: COMMAND as parallel tasks on the nodes of "
                                   "the job rrun runs in (like srun inside sbatch).")
     p.add_argument("-n", "--ntasks", type=int, metavar="N",
-                   help="tasks to run (default: $SLURM_NTASKS, else one per node)")
+                   help="tasks to run (default: the job's $SLURM_NTASKS unless -N, -w or "
+                        "--ntasks-per-node shape the step; else one per node)")
     p.add_argument("-N", "--nodes", type=int, metavar="N", help="nodes of the job to use")
     p.add_argument("-w", "--nodelist", metavar="HOSTLIST", help="these nodes of the job")
     p.add_argument("-c", "--cpus-per-task", type=int, metavar="N",
@@ -127,9 +128,11 @@ def parse(argv: list[str], env: dict) -> tuple:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"argument --{name.replace('_', '-')}: must be at least 1, not {value}")
-    if args.ntasks is None:
+    # The job's task count is the default only when the command line does not shape
+    # the step itself (-N, -w, --ntasks-per-node): `rrun -N1 hostname` is one task.
+    shaped = args.nodes is not None or args.nodelist or args.ntasks_per_node is not None
+    if args.ntasks is None and not shaped:
         args.ntasks = _env_int(env, "SLURM_NTASKS", "SLURM_NPROCS")
-    if args.ntasks_per_node is None and args.nodes is None and not args.nodelist:
         args.ntasks_per_node = _env_int(env, "SLURM_NTASKS_PER_NODE")
     if args.cpus_per_task is None:
         args.cpus_per_task = _env_int(env, "SLURM_CPUS_PER_TASK") or 1
