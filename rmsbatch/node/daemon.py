@@ -306,6 +306,10 @@ class NodeDaemon(MonitorLink):
             self._report_started(run)
             return
         try:
+            try:
+                failpoint.hit("rmsd.launch.setup")      # tests: this node cannot set up jobs
+            except failpoint.InjectedFault as exc:
+                raise LaunchError(f"{exc}: injected setup failure") from None
             launching.prepare(self, job, jobdir)
             failpoint.hit("rmsd.launch.before_spawn")   # tests: rmsd dies mid-launch
             pid = launching.spawn_supervisor(jobdir)

@@ -1,0 +1,73 @@
+"""Multi-node jobs: every node of the allocation sets it up and holds it (job
+directory, cgroup, lease) while the batch script runs on the first; the job's end
+releases it everywhere. Two node daemons on this host act as two nodes."""
+from __future__ import annotations
+
+import glob
+import os
+
+from conftest import ROOT, wait_for
+
+
+def two_nodes(new_cluster, **env):
+    def prepare(c):
+        c.set_nodes("n[1-2]")
+        c.fast()
+    c = new_cluster(gpus=0, before_start=prepare)
+    c.env.update(env)           # for n2's daemon only: n1's was started already
+    c.start_rmsd("n2")
+    return c
+
+
+def run_dir(c, node: str, job_id: int) -> str:
+    return os.path.join(c.dir, "state", node, "jobs", f"{job_id}.0")
+
+
+def holder_pid(c, job_id: int) -> int | None:
+    import json
+    try:
+        with open(os.path.join(run_dir(c, "n2", job_id), "pid")) as fh:
+            return json.load(fh)["pid"]
+    except (OSError, ValueError):
+        return None
+
+
+def test_the_second_node_holds_the_allocation_until_the_job_ends(new_cluster):
+    c = two_nodes(new_cluster)
+    go = os.path.join(c.work, "go")
+    script = os.path.join(c.work, "two.sh")
+    with open(script, "w") as fh:
+        fh.write("#!/bin/bash\n#SBATCH --nodes=2   # both nodes\n#SBATCH -t 2\n"
+                 f"while [ ! -e {go} ]; do sleep 0.1; done\necho batch on $SLURMD_NODENAME\n")
+    job_id = c.submit(script)
+    job = c.wait_state(job_id, "RUNNING")
+    assert job["nodelist"] == "n[1-2]"
+    pid = wait_for(lambda: holder_pid(c, job_id), 10, "n2 to hold the allocation")
+    cgroups = glob.glob(f"/sys/fs/cgroup/*/rmsbatch/*_n2_*/job_{job_id}.0")
+    if ROOT and "memory(" in c.node_record("n2").get("protections", ""):
+        # its own cgroup on n2, as on n1: limits, devices, and the kill at the end
+        assert cgroups
+        assert any(str(pid) in open(os.path.join(d, "cgroup.procs")).read().split()
+                   for d in cgroups)
+    open(go, "w").close()
+    job = c.wait_ended(job_id)
+    assert job["state"] == "COMPLETED" and job["restart_count"] == 0, job
+    assert c.output(job_id) == "batch on n1\n"
+    wait_for(lambda: not os.path.exists(run_dir(c, "n2", job_id)), 10,
+             "n2 to release the allocation")
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 5, "the holder to end")
+    assert not [d for d in cgroups if os.path.exists(d)]
+    assert c.node_record("n2")["state"] == "IDLE", c.node_record("n2")
+
+
+def test_a_node_that_cannot_set_up_its_part_is_drained_and_the_job_requeued(new_cluster):
+    c = two_nodes(new_cluster, RMS_FAILPOINTS="rmsd.launch.setup=1")
+    job_id = c.submit("-N2", "--wrap", "sleep 30")
+    wait_for(lambda: c.node_record("n2").get("state", "").upper().startswith("DRAIN"), 15,
+             "n2 to be drained")
+    assert "launch failed on n2" in c.node_record("n2")["reason"]
+    job = c.wait_state(job_id, "PENDING")
+    assert job["restart_count"] == 1 and "launch failed on n2" in job["end_reason"], job
+    # the batch script that had started on n1 was stopped with the failed launch
+    wait_for(lambda: not os.path.exists(run_dir(c, "n1", job_id)), 15,
+             "n1 to drop the failed run")
