@@ -4,7 +4,9 @@ releases it everywhere. Two node daemons on this host act as two nodes."""
 from __future__ import annotations
 
 import glob
+import json
 import os
+import signal
 
 from conftest import ROOT, wait_for
 
@@ -24,7 +26,6 @@ def run_dir(c, node: str, job_id: int) -> str:
 
 
 def holder_pid(c, job_id: int) -> int | None:
-    import json
     try:
         with open(os.path.join(run_dir(c, "n2", job_id), "pid")) as fh:
             return json.load(fh)["pid"]
@@ -47,8 +48,8 @@ def test_the_second_node_holds_the_allocation_until_the_job_ends(new_cluster):
     if ROOT and "memory(" in c.node_record("n2").get("protections", ""):
         # its own cgroup on n2, as on n1: limits, devices, and the kill at the end
         assert cgroups
-        assert any(str(pid) in open(os.path.join(d, "cgroup.procs")).read().split()
-                   for d in cgroups)
+        wait_for(lambda: any(str(pid) in open(os.path.join(d, "cgroup.procs")).read().split()
+                             for d in cgroups), 5, "the holder to be in the job's cgroup")
     open(go, "w").close()
     job = c.wait_ended(job_id)
     assert job["state"] == "COMPLETED" and job["restart_count"] == 0, job
@@ -71,3 +72,26 @@ def test_a_node_that_cannot_set_up_its_part_is_drained_and_the_job_requeued(new_
     # the batch script that had started on n1 was stopped with the failed launch
     wait_for(lambda: not os.path.exists(run_dir(c, "n1", job_id)), 15,
              "n1 to drop the failed run")
+
+
+def test_a_job_whose_second_node_goes_silent_is_lost_although_the_first_renews(new_cluster):
+    """The first node's heartbeats must not cover for a frozen second node: the job's
+    lease runs from the node heard from least recently."""
+    c = two_nodes(new_cluster)
+    job_id = c.submit("-N2", "--wrap", "echo $$ > batch.pid; exec sleep 60")
+    c.wait_state(job_id, "RUNNING")
+    holder = wait_for(lambda: holder_pid(c, job_id), 10, "n2 to hold the allocation")
+    with open(os.path.join(run_dir(c, "n2", job_id), "pid")) as fh:
+        supervisor = json.load(fh)["supervisor_pid"]
+    frozen = [c.rmsd_pid("n2"), supervisor, holder]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        job = c.wait_ended(job_id, timeout=20)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert job["state"] == "NODE_FAIL" and "no word from node n2" in job["end_reason"], job
+    batch = int(open(os.path.join(c.work, "batch.pid")).read())
+    wait_for(lambda: not os.path.exists(f"/proc/{batch}"), 10, "the batch script on n1 to die")
+    wait_for(lambda: not os.path.exists(f"/proc/{holder}"), 10, "the holder on n2 to die")

@@ -77,6 +77,8 @@ class Controller:
         self.node_status: dict[str, NodeStatus] = {}
         # Steps created and not yet launched: (job id, step id) -> their layout
         self.step_layouts: dict[tuple[int, int], dict] = {}
+        # Multi-node jobs: when each node of the allocation last renewed the lease
+        self.lease_seen: dict[int, dict[str, float]] = {}
         self.rebuild()
 
     # -- the outbox -------------------------------------------------------------
@@ -139,6 +141,7 @@ class Controller:
         for job_id in list(self.leases.until):
             if job_id not in self.running:
                 self.leases.drop(job_id)
+        self.lease_seen = {j: seen for j, seen in self.lease_seen.items() if j in self.running}
         for job_id in self.running:
             if job_id not in self.leases.until:
                 self.leases.renew(job_id, now)
@@ -309,6 +312,7 @@ class Controller:
         alloc = self.running.pop(job_id, {})
         self._take(alloc, -1)
         self.leases.drop(job_id)
+        self.lease_seen.pop(job_id, None)
         # Steps still open died with the job (their rrun cannot report any more).
         self.spool.close_steps(job_id, fields["end_time"],
                                "CANCELLED" if state is JobState.COMPLETED else state.value)
@@ -329,6 +333,7 @@ class Controller:
         alloc = self.running.pop(job_id, {})
         self._take(alloc, -1)
         self.leases.drop(job_id)
+        self.lease_seen.pop(job_id, None)
         self.add_pending(self.spool.job(job_id))
         self.stop_run(row, now=True)
         self.dirty = True
@@ -354,6 +359,17 @@ class Controller:
                 **({"now": True} if now else {})}
         for name in alloc_from_json(row["alloc"]):
             self.to_node(name, stop)
+
+    def renew_lease(self, job_id: int, node: str, now: float) -> float:
+        """Word from one node of a running job. A multi-node job's lease runs from the
+        node heard from least recently: the job is lost when any of its nodes is (a
+        silent first node must not be covered by the others' heartbeats)."""
+        alloc = self.running.get(job_id) or {}
+        if len(alloc) <= 1:
+            return self.leases.renew(job_id, now)
+        seen = self.lease_seen.setdefault(job_id, dict.fromkeys(alloc, now))
+        seen[node] = now
+        return self.leases.renew(job_id, min(seen.values()))
 
     def is_current(self, job_id: int, run: int, node: str) -> bool:
         """Is this run of the job the one the controller has running on `node` (any
@@ -421,6 +437,7 @@ class Controller:
                 self.reasons.pop(job_id, None)
                 self.running[job_id] = alloc
                 self.leases.renew(job_id, now)
+                self.lease_seen.pop(job_id, None)
                 started.append(job_id)
             changed = {i: r for i, r in decisions.reasons.items() if self.reasons.get(i) != r}
             if changed:
@@ -503,7 +520,8 @@ class Controller:
                 if alloc is None:
                     self.leases.drop(job_id)
                     continue
-                node = batch_node(alloc)
+                seen = self.lease_seen.get(job_id)
+                node = min(seen, key=seen.get) if seen else batch_node(alloc)
                 self.lost(job_id, f"lease expired: no word from node {node} or the job's "
                                   f"supervisor for {self.leases.lease_s + self.leases.margin_s:.0f} s")
 
@@ -514,6 +532,9 @@ class Controller:
         now = self.clock()
         for job_id, until in self.leases.until.items():
             self.leases.until[job_id] = min(until + seconds, now + self.leases.lease_s)
+        for seen in self.lease_seen.values():
+            for node, when in seen.items():
+                seen[node] = min(when + seconds, now)
         for st in self.node_status.values():
             if st.last_heartbeat is not None:
                 st.last_heartbeat = min(st.last_heartbeat + seconds, now)

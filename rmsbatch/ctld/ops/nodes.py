@@ -89,7 +89,7 @@ def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
         run = (job_id, row["restart_count"])
         current.add(run)
         if run in running_there:
-            ctl.leases.renew(job_id, now)
+            ctl.renew_lease(job_id, name, now)
             renewed.append(list(run))
             if not row["launched"] and batch_node(alloc) == name:
                 ctl.spool.update_job(job_id, launched=1)
@@ -100,7 +100,7 @@ def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
         elif not row["launched"] or batch_node(alloc) != name:
             # A holder of the allocation that is missing (its order never arrived,
             # or it ended early) is set up again: the batch script is not run twice.
-            ctl.leases.renew(job_id, now)
+            ctl.renew_lease(job_id, name, now)
             orders.append(ctl.launch_message(row, name))
         else:
             ctl.lost(job_id, f"job lost on node {name} (its node daemon no longer knows it)")
@@ -131,7 +131,7 @@ def heartbeat(ctl, conn, req: requests.Heartbeat) -> dict:
     renewed = []
     for job_id, run in req.running or ():
         if ctl.is_current(job_id, run, name):
-            ctl.leases.renew(job_id, now)
+            ctl.renew_lease(job_id, name, now)
             renewed.append([job_id, run])
         else:
             ctl.send(conn, {"op": "cancel", "job_id": job_id, "run": run, "now": True})
@@ -151,7 +151,7 @@ def lease(ctl, conn, req: requests.Lease) -> dict:
             else f"now run {row['restart_count']} on {row['nodelist'] or 'no node'}")
         return {"stop": True, "why": f"job {req.job_id} run {req.run} is no longer current "
                                      f"on {name} ({why})"}
-    return {"lease_until": ctl.leases.renew(req.job_id, ctl.clock())}
+    return {"lease_until": ctl.renew_lease(req.job_id, name, ctl.clock())}
 
 
 @op("node_health", model=requests.NodeHealth, role=NODE)
@@ -223,7 +223,7 @@ def _drain_gpu(ctl, name: str, drains: dict, index: int, reason: str, fatal: boo
 def job_started(ctl, conn, req: requests.JobStarted) -> dict:
     name = _node(ctl, conn, req)
     if ctl.is_current(req.job_id, req.run, name):
-        ctl.leases.renew(req.job_id, ctl.clock())
+        ctl.renew_lease(req.job_id, name, ctl.clock())
         if batch_node(ctl.running[req.job_id]) == name:
             ctl.spool.update_job(req.job_id, launched=1, protections=req.protections[:200])
     return {"ack": "job_started", "job_id": req.job_id}
