@@ -4,13 +4,14 @@ Job scripts are written as people write them (#SBATCH lines, srun-style options)
 tasks rendezvous as torch.distributed does, through MASTER_ADDR and MASTER_PORT."""
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import sys
 import time
 
 import pytest
-from conftest import BIN, Cluster, _kill_leftovers, _new_cluster_dir, wait_for
+from conftest import BIN, ROOT, Cluster, _kill_leftovers, _new_cluster_dir, wait_for
 
 from rmsbatch.sched.tasklayout import LayoutError, StepRequest, layout
 
@@ -150,12 +151,40 @@ def test_cancelling_the_job_kills_its_steps_on_every_node(two):
                     and all(os.path.getsize(os.path.join(marks, str(i))) for i in range(2))
                     else None, 20, "both tasks to start")
     assert all(os.path.exists(f"/proc/{p}") for p in pids)
+    if ROOT and "memory(" in two.node_record("n2").get("protections", ""):
+        # the task on n2 runs inside the job's cgroup there
+        procs = [os.path.join(d, "cgroup.procs") for d in
+                 glob.glob(f"/sys/fs/cgroup/*/rmsbatch/*_n2_*/job_{job_id}.0")]
+        assert any(str(pids[1]) in open(p).read().split() for p in procs), procs
     two.run("rcancel", str(job_id), check=True)
     assert two.wait_ended(job_id)["state"] == "CANCELLED"
     wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 10,
              "the tasks on both nodes to die")
     acct = two.run("rsacct", "-j", str(job_id), "-P", "-n", "-o", "JobID,State")
     assert f"{job_id}.0|CANCELLED" in acct.stdout.split(), acct.stdout
+
+
+def test_tasks_run_as_the_jobs_user_and_only_the_owner_runs_steps(two, users):
+    alice, bob = users
+    job_id = two.submit("-N2", "-n2", "--wrap",
+                        "rrun sh -c 'echo $(id -un) on $SLURMD_NODENAME'; "
+                        "for h in $(rcontrol show hostnames); do echo host $h; done; "
+                        "sleep 30", user=alice.pw_name)
+    wait_for(lambda: "host n2" in (read(two, job_id) or ""), 20, "the job's steps to run")
+    assert sorted(read(two, job_id).splitlines()) == [
+        "host n1", "host n2", f"{alice.pw_name} on n1", f"{alice.pw_name} on n2"]
+    theirs = two.run("rrun", "true", user=bob.pw_name, env={"RMS_JOB_ID": str(job_id)})
+    assert theirs.returncode == 1
+    assert f"job {job_id} belongs to {alice.pw_name}" in theirs.stderr
+    two.run("rcancel", str(job_id), check=True)
+    two.wait_ended(job_id)
+
+
+def read(c, job_id: int) -> str | None:
+    try:
+        return c.output(job_id)
+    except OSError:
+        return None
 
 
 def test_rrun_outside_a_job_says_so_in_one_line(two):
