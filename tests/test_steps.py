@@ -54,8 +54,8 @@ echo "rrun exit $?"
 
 @pytest.fixture(scope="module")
 def two():
-    """Nodes n1 and n2 on this host, each with its own rmsd."""
-    c = Cluster(_new_cluster_dir(), gpus=0)
+    """Nodes n1 and n2 on this host, each with its own rmsd and four (declared) GPUs."""
+    c = Cluster(_new_cluster_dir(), gpus=4)
     c.up()
     c.down()
     c.set_nodes("n[1-2]")
@@ -114,6 +114,22 @@ def test_failing_task_sets_the_exit_status_and_kill_on_bad_exit_stops_the_rest(t
     assert lines[:2] == ["survivor", "plain 3"]
     assert lines[2].startswith("killed 5 after ") and int(lines[2].split()[-1]) < 10, lines
     assert "never" not in lines and lines[3] == "signal 137"
+
+
+def test_each_task_sees_its_own_gpus(two):
+    show = "sh -c 'echo $SLURM_PROCID $SLURMD_NODENAME [$CUDA_VISIBLE_DEVICES]'"
+    job_id = two.submit("-N2", "-n4", "--gpus-per-node=2", "--wrap",
+                        f"rrun --ntasks-per-node=2 --gpus-per-task=1 {show}; "
+                        f"rrun -N1 -n2 --gpu-bind=map_gpu:1 {show}; "
+                        f"rrun -N1 -n1 {show}")
+    assert two.wait_ended(job_id)["state"] == "COMPLETED", two.output(job_id)
+    lines = two.output(job_id).splitlines()
+    job_gpus = lines[-1].split()[-1]            # the job's two GPUs on n1, as it sees them
+    assert len(job_gpus.strip("[]").split(",")) == 2, lines
+    first, second = job_gpus.strip("[]").split(",")
+    assert sorted(lines[:4]) == [f"0 n1 [{first}]", f"1 n1 [{second}]",
+                                 f"2 n2 [{first}]", f"3 n2 [{second}]"], lines
+    assert sorted(lines[4:6]) == [f"0 n1 [{second}]", f"1 n1 [{second}]"], lines
 
 
 def test_two_steps_at_once_and_their_accounting(two):
