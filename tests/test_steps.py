@@ -249,3 +249,24 @@ def test_layout_as_srun():
                        (StepRequest(gpu_bind="sideways"), "--gpu-bind=sideways")):
         with pytest.raises(LayoutError, match=words):
             layout(ALLOC, bad)
+
+
+# -- rrun's command line (pure) --------------------------------------------------------
+
+def test_rrun_options_stop_at_the_command():
+    from rmsbatch.cli import rrun
+    args, command = rrun.parse(["-n", "2", "-l", "--kill-on-bad-exit", "--mpi=pmix", "python",
+                                "-c", "print(1)", "-n", "3"], {})
+    assert (args.ntasks, args.label, args.kill_on_bad_exit) == (2, True, 1)
+    assert command == ["python", "-c", "print(1)", "-n", "3"]
+    assert rrun.parse(["-K0", "--", "-weird"], {})[1] == ["-weird"]
+    job_env = {"SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_CPUS_PER_TASK": "3"}
+    args, _ = rrun.parse(["hostname"], job_env)
+    assert (args.ntasks, args.ntasks_per_node, args.cpus_per_task) == (4, 2, 3)
+    args, _ = rrun.parse(["-N1", "hostname"], job_env)      # -N shapes the step: one task
+    assert (args.ntasks, args.ntasks_per_node) == (None, None)
+    env = {"PATH": "/bin", "SLURM_JOB_ID": "7", "FOO": "1"}
+    assert rrun.task_environment(None, env) == env
+    assert rrun.task_environment("NONE", env) == {"SLURM_JOB_ID": "7"}
+    assert rrun.task_environment("FOO,BAR=2", env) == {"SLURM_JOB_ID": "7", "FOO": "1", "BAR": "2"}
+    assert rrun.task_environment("ALL,BAR=2", env) == {**env, "BAR": "2"}
