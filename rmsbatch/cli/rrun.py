@@ -220,7 +220,8 @@ class Step:
         info = self.conns[conn]
         if info.get("node") is None:
             hello = json.loads(payload) if kind == stepio.HELLO else {}
-            if hello.get("token") != self.token or hello.get("node") not in self.pending:
+            if not isinstance(hello, dict) or not secrets.compare_digest(
+                    str(hello.get("token")), self.token) or hello.get("node") not in self.pending:
                 raise stepio.FrameError("not a launcher of this step")
             info["node"] = hello["node"]
             self.pending.discard(hello["node"])
@@ -262,8 +263,14 @@ class Step:
             self.exits.setdefault(t, {"exit_code": 0, "signal": signal.SIGKILL,
                                       "killed": self.killing})
 
+    @property
+    def launchers(self) -> list[socket.socket]:
+        """Connections that proved to be this step's launchers (a stranger's
+        connection to the port holds nothing up)."""
+        return [c for c, info in self.conns.items() if info.get("node")]
+
     def done(self) -> bool:
-        return len(self.exits) >= self.ntasks and not self.conns
+        return len(self.exits) >= self.ntasks and not self.launchers
 
     @staticmethod
     def status_of(end: dict) -> int:
@@ -329,7 +336,7 @@ def run_step(args, command: list[str], env: dict) -> int:
             step.pending.clear()
             step.bad = step.bad or {"exit_code": 1, "signal": 0}
             step.kill()
-        if not step.pending and not step.conns:
+        if not step.pending and not step.launchers:
             break
         fds = [listener, *step.conns] if step.pending else list(step.conns)
         try:
@@ -340,9 +347,11 @@ def run_step(args, command: list[str], env: dict) -> int:
             if sock is listener:
                 conn, _ = listener.accept()
                 step.conns[conn] = {"node": None, "reader": stepio.Reader()}
-                if step.killing:
-                    step.killing = False
-                    step.kill()
+                if step.killing:        # a late launcher: its tasks go too
+                    try:
+                        conn.sendall(stepio.frame(0, stepio.KILL, str(int(signal.SIGTERM))))
+                    except OSError:
+                        pass
                 continue
             try:
                 data = sock.recv(1 << 16)
@@ -355,6 +364,8 @@ def run_step(args, command: list[str], env: dict) -> int:
             except (OSError, ValueError):
                 step.closed(sock)
     listener.close()
+    for conn in list(step.conns):
+        conn.close()
     for task in list(step.nodes.values()):
         for t in task:
             step.exits.setdefault(t, {"exit_code": 0, "signal": signal.SIGKILL})
