@@ -122,10 +122,12 @@ def step_end(ctl, conn, req: requests.StepEnd) -> dict:
         raise RequestError(f"job {req.job_id} belongs to {row['user']}: you may end steps "
                            "only in your own jobs")
     ctl.step_layouts.pop((req.job_id, req.step_id), None)
-    if ctl.spool.end_step(req.job_id, req.step_id, state=req.state, end_time=ctl.clock(),
+    # a step whose tasks died with a cancelled job was cancelled, whatever rrun saw first
+    state = "CANCELLED" if row["cancel_requested"] else req.state
+    if ctl.spool.end_step(req.job_id, req.step_id, state=state, end_time=ctl.clock(),
                           exit_code=req.exit_code, exit_signal=req.signal,
                           total_cpu_s=req.total_cpu_s, max_rss_kb=req.max_rss_kb):
-        log.info("job %d: step %d %s (exit %d:%d)", req.job_id, req.step_id, req.state,
+        log.info("job %d: step %d %s (exit %d:%d)", req.job_id, req.step_id, state,
                  req.exit_code, req.signal)
     return {"step_id": req.step_id}
 
