@@ -203,6 +203,21 @@ def read(c, job_id: int) -> str | None:
         return None
 
 
+def test_a_signal_to_the_job_reaches_the_tasks_and_the_step_goes_on(two):
+    marks = os.path.join(two.work, "usr1")
+    os.makedirs(marks, exist_ok=True)
+    job_id = two.submit("-N2", "-n2", "--wrap",
+                        "rrun sh -c 'trap \"echo $SLURM_PROCID got USR1; exit 0\" USR1; "
+                        f"touch {marks}/$SLURM_PROCID; while :; do sleep 0.1; done'; "
+                        "echo \"rrun exit $?\"")
+    wait_for(lambda: len(os.listdir(marks)) == 2, 20, "both tasks to set their trap")
+    two.run("rcancel", "--signal=USR1", str(job_id), check=True)
+    assert two.wait_ended(job_id)["state"] == "COMPLETED"
+    lines = two.output(job_id).splitlines()    # (and the shells' word on their sleeps)
+    assert sorted(line for line in lines if "got" in line) == ["0 got USR1", "1 got USR1"]
+    assert lines[-1] == "rrun exit 0", lines
+
+
 def test_rrun_outside_a_job_says_so_in_one_line(two):
     env = {k: "" for k in ("RMS_JOB_ID", "SLURM_JOB_ID", "SLURM_JOBID")}
     result = two.run("rrun", "hostname", env=env)

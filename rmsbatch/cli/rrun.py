@@ -323,6 +323,10 @@ def run_step(args, command: list[str], env: dict) -> int:
         interrupted.append(signum)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    # `rcancel --signal=USR1` reaches the tasks themselves (every process of the job
+    # but the batch shell); rrun, one of those processes, must outlive it
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGWINCH):
+        signal.signal(sig, lambda signum, frame: None)
     while not step.done():
         if interrupted:
             step.kill()

@@ -233,7 +233,7 @@ class Launcher:
             self.kill_at = time.monotonic() + KILL_GRACE_S
 
     def _on_term(self, signum, frame) -> None:
-        pass                    # the wakeup fd does the work
+        pass                    # the wakeup fd wakes the loop; nothing else to do
 
     def reap(self) -> None:
         while True:
@@ -283,6 +283,11 @@ class Launcher:
         signal.signal(signal.SIGTERM, lambda s, f: term.append(s))
         signal.signal(signal.SIGCHLD, self._on_term)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        # `rcancel --signal` reaches every process in the job's cgroup, the tasks and
+        # this launcher alike: the tasks act on it, the launcher must not die of it
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
+                    signal.SIGUSR2, signal.SIGALRM, signal.SIGWINCH):
+            signal.signal(sig, self._on_term)
         for local, task in enumerate(self.order["tasks"]):
             try:
                 self.start(task, local)
