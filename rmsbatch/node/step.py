@@ -26,13 +26,14 @@ import time
 from rmsbatch.net import stepio
 from rmsbatch.node import jobprocess
 from rmsbatch.node.devices import record
-from rmsbatch.node.jobdir import JOB_FILE, OUTCOME_FILE
+from rmsbatch.node.jobdir import JOB_FILE, OUTCOME_FILE, PID_FILE
 from rmsbatch.node.jobfile import JobFileError, load_job
 
 log = logging.getLogger("rmsbatch.noded")
 
 KILL_GRACE_S = 2.0
 CONNECT_TIMEOUT_S = 10.0
+SETUP_WAIT_S = 10.0
 VISIBILITY_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
                    "ZE_AFFINITY_MASK", "GPU_DEVICE_ORDINAL")
 
@@ -62,7 +63,7 @@ def prepare(nd, order: dict) -> dict:
     run = f"{order['job_id']}.{order['run']}"
     jobdir = nd.job_dir(run)
     plan = {"order": order, "node": nd.node, "error": "", "job": None, "cgroup": None,
-            "visibility": []}
+            "visibility": [], "jobdir": jobdir}
     try:
         if os.path.exists(os.path.join(jobdir, OUTCOME_FILE)):
             raise JobFileError("it has ended there")
@@ -136,6 +137,17 @@ class Launcher:
     def enter(self) -> str:
         """Into the job's cgroup (as root), then the job's user; '' or what failed."""
         job, cg = self.plan["job"], self.plan["cgroup"]
+        # A step may follow its job's start closely: the run's supervisor here may still
+        # be setting up the cgroup. It has once the run's process is recorded.
+        deadline = time.monotonic() + SETUP_WAIT_S
+        while not any(os.path.exists(os.path.join(self.plan["jobdir"], f))
+                      for f in (PID_FILE, OUTCOME_FILE)):
+            if time.monotonic() > deadline:
+                return (f"job {job.job_id}'s allocation on {self.plan['node']} was not set up "
+                        f"within {SETUP_WAIT_S:.0f} s")
+            time.sleep(0.02)
+        if os.path.exists(os.path.join(self.plan["jobdir"], OUTCOME_FILE)):
+            return f"job {job.job_id}'s allocation on {self.plan['node']} has ended"
         if cg is not None:
             try:
                 if not cg.exists():
