@@ -316,6 +316,8 @@ class Controller:
         # Steps still open died with the job (their rrun cannot report any more).
         self.spool.close_steps(job_id, fields["end_time"],
                                "CANCELLED" if state is JobState.COMPLETED else state.value)
+        for key in [k for k in self.step_layouts if k[0] == job_id]:
+            del self.step_layouts[key]
         self.outbox.append((None, job_id))
         self.changes += 1
         self.dirty = True
