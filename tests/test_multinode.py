@@ -6,9 +6,28 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 
-from conftest import ROOT, wait_for
+import pytest
+from conftest import ROOT, Cluster, _kill_leftovers, _new_cluster_dir, wait_for
+
+
+@pytest.fixture(scope="module")
+def two():
+    """Nodes n1 and n2 on this host with short heartbeats and leases, shared by the
+    tests that leave both nodes up."""
+    c = Cluster(_new_cluster_dir(), gpus=0)
+    c.up()
+    c.down()
+    c.set_nodes("n[1-2]")
+    c.fast()
+    c.up()
+    c.start_rmsd("n2")
+    yield c
+    c.down()
+    _kill_leftovers(c.dir)
+    shutil.rmtree(c.dir, ignore_errors=True)
 
 
 def two_nodes(new_cluster, **env):
@@ -33,8 +52,8 @@ def holder_pid(c, job_id: int) -> int | None:
         return None
 
 
-def test_the_second_node_holds_the_allocation_until_the_job_ends(new_cluster):
-    c = two_nodes(new_cluster)
+def test_the_second_node_holds_the_allocation_until_the_job_ends(two):
+    c = two
     go = os.path.join(c.work, "go")
     script = os.path.join(c.work, "two.sh")
     with open(script, "w") as fh:
@@ -74,10 +93,10 @@ def test_a_node_that_cannot_set_up_its_part_is_drained_and_the_job_requeued(new_
              "n1 to drop the failed run")
 
 
-def test_a_job_whose_second_node_goes_silent_is_lost_although_the_first_renews(new_cluster):
+def test_a_job_whose_second_node_goes_silent_is_lost_although_the_first_renews(two):
     """The first node's heartbeats must not cover for a frozen second node: the job's
     lease runs from the node heard from least recently."""
-    c = two_nodes(new_cluster)
+    c = two
     job_id = c.submit("-N2", "--wrap", "echo $$ > batch.pid; exec sleep 60")
     c.wait_state(job_id, "RUNNING")
     holder = wait_for(lambda: holder_pid(c, job_id), 10, "n2 to hold the allocation")
@@ -95,3 +114,4 @@ def test_a_job_whose_second_node_goes_silent_is_lost_although_the_first_renews(n
     batch = int(open(os.path.join(c.work, "batch.pid")).read())
     wait_for(lambda: not os.path.exists(f"/proc/{batch}"), 10, "the batch script on n1 to die")
     wait_for(lambda: not os.path.exists(f"/proc/{holder}"), 10, "the holder on n2 to die")
+    wait_for(lambda: c.node_record("n2").get("state") == "IDLE", 15, "n2 to be back")
