@@ -285,3 +285,15 @@ def test_rrun_options_stop_at_the_command():
     assert rrun.task_environment("NONE", env) == {"SLURM_JOB_ID": "7"}
     assert rrun.task_environment("FOO,BAR=2", env) == {"SLURM_JOB_ID": "7", "FOO": "1", "BAR": "2"}
     assert rrun.task_environment("ALL,BAR=2", env) == {**env, "BAR": "2"}
+
+
+def test_rcontrol_show_hostnames_reads_the_jobs_nodelist(monkeypatch):
+    from rmsbatch.cli import rcontrol
+    from rmsbatch.cli.common import UsageError
+    for var in ("SLURM_JOB_NODELIST", "RMS_JOB_NODELIST"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(UsageError, match="SLURM_JOB_NODELIST, which is not set"):
+        rcontrol.parse_args(["show", "hostnames"])
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[08-10],cpu1")
+    assert rcontrol.show(rcontrol.parse_args(["show", "hostnames"])).split() == [
+        "gpu08", "gpu09", "gpu10", "cpu1"]

@@ -30,6 +30,7 @@ EXAMPLES = """
   rcontrol show -d node gpu01           ... and each GPU: model, job, health, telemetry
   rcontrol show partition gpu
   rcontrol show hostnames 'gpu[01-03]'  one name per line
+  rcontrol show hostnames               inside a job: its nodes ($SLURM_JOB_NODELIST)
   rcontrol drain 'gpu[01-02]' reason="replacing a fan"
   rcontrol update NodeName=gpu01 State=RESUME
   rcontrol hold 42 && rcontrol release 42
