@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import sys
 import time
 
@@ -201,6 +202,24 @@ def read(c, job_id: int) -> str | None:
         return c.output(job_id)
     except OSError:
         return None
+
+
+def test_when_rrun_dies_its_tasks_die_on_every_node(two):
+    marks = os.path.join(two.work, "orphans")
+    os.makedirs(marks, exist_ok=True)
+    job_id = two.submit("-N2", "-n2", "--wrap",
+                        f"rrun sh -c 'echo $$ > {marks}/$SLURM_PROCID; exec sleep 300' & "
+                        f"echo $! > {marks}/rrun; wait; echo \"rrun gone\"; sleep 300")
+    wait_for(lambda: len(os.listdir(marks)) == 3 and all(
+        os.path.getsize(os.path.join(marks, f)) for f in os.listdir(marks)), 20, "the step")
+    pids = {f: int(open(os.path.join(marks, f)).read()) for f in os.listdir(marks)}
+    os.kill(pids.pop("rrun"), signal.SIGKILL)
+    wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids.values()), 10,
+             "the tasks on both nodes to die")
+    wait_for(lambda: "rrun gone" in two.output(job_id), 5, "the script to go on")
+    assert two.job(job_id)["state"] == "RUNNING"
+    two.run("rcancel", str(job_id), check=True)
+    two.wait_ended(job_id)
 
 
 def test_a_signal_to_the_job_reaches_the_tasks_and_the_step_goes_on(two):
