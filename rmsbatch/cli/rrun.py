@@ -25,6 +25,7 @@ from rmsbatch.net import stepio
 
 PROG = "rrun"
 CONNECT_WAIT_S = 30.0           # how long the nodes' launchers may take to call back
+MAX_PARTIAL = 1 << 20           # a "line" longer than this is passed on unfinished
 
 EXAMPLES = """
   rrun hostname                    one task per node of the job
@@ -54,7 +55,7 @@ def build_parser() -> CommandParser:
                         "GPU), map_gpu:ID[,ID...] (per local task)")
     p.add_argument("-l", "--label", action="store_true", help="prefix each line with its task id")
     p.add_argument("-u", "--unbuffered", action="store_true",
-                   help="accepted: output is always passed on as it arrives")
+                   help="pass output on as it arrives, not in whole lines")
     p.add_argument("-K", "--kill-on-bad-exit", nargs="?", type=int, const=1, default=None,
                    choices=(0, 1), metavar="0|1",
                    help="a task exiting non-zero kills the others")
@@ -169,10 +170,12 @@ class Step:
     """rrun's side of a running step: the launchers' connections, the tasks' output
     and ends."""
 
-    def __init__(self, reply: dict, token: str, label: bool, kill_on_bad_exit: bool):
+    def __init__(self, reply: dict, token: str, label: bool, kill_on_bad_exit: bool,
+                 unbuffered: bool = False):
         self.nodes = {n["node"]: n["tasks"] for n in reply["nodes"]}
         self.token = token
         self.label = label
+        self.unbuffered = unbuffered and not label
         self.kill_on_bad_exit = kill_on_bad_exit
         self.conns: dict[socket.socket, dict] = {}     # -> {"node", "reader"}
         self.exits: dict[int, dict] = {}
@@ -188,19 +191,22 @@ class Step:
         return sum(len(t) for t in self.nodes.values())
 
     def write(self, task: int, kind: int, data: bytes, final: bool = False) -> None:
+        """Whole lines, so that the tasks' lines never run into each other (as srun);
+        with -u, bytes as they come."""
         out = sys.stdout.buffer if kind == stepio.OUT else sys.stderr.buffer
-        if not self.label:
+        if self.unbuffered:
             out.write(data)
             out.flush()
             return
+        prefix = b"%d: " % task if self.label else b""
         key = (task, kind)
         text = self.partial.pop(key, b"") + data
         lines = text.split(b"\n")
         rest = lines.pop()
         for line in lines:
-            out.write(b"%d: %s\n" % (task, line))
-        if rest and final:
-            out.write(b"%d: %s\n" % (task, rest))
+            out.write(prefix + line + b"\n")
+        if rest and (final or len(rest) > MAX_PARTIAL):
+            out.write(prefix + rest + (b"\n" if self.label else b""))
         elif rest:
             self.partial[key] = rest
         out.flush()
@@ -302,7 +308,7 @@ def run_step(args, command: list[str], env: dict) -> int:
     address = reply["addresses"].get(here) or reply["nodes"][0]["address"]
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     token = secrets.token_hex(16)
-    step = Step(reply, token, args.label, bool(args.kill_on_bad_exit))
+    step = Step(reply, token, args.label, bool(args.kill_on_bad_exit), args.unbuffered)
     started = time.monotonic()
     try:
         try:
@@ -370,6 +376,8 @@ def run_step(args, command: list[str], env: dict) -> int:
     listener.close()
     for conn in list(step.conns):
         conn.close()
+    for task, kind in list(step.partial):      # what tasks that were killed left unfinished
+        step.write(task, kind, b"", final=True)
     for task in list(step.nodes.values()):
         for t in task:
             step.exits.setdefault(t, {"exit_code": 0, "signal": signal.SIGKILL})
