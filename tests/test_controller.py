@@ -145,9 +145,31 @@ def test_multi_node_job_spans_nodes_and_runs_its_script_once(ctl):
     ctl.flush()
     row = ctl.spool.job(job_id)
     assert row["nodelist"] == "g[1-2]" and row["alloc_gpus"] == 8
-    launches = [m for m in g1.meta.get("sent", []) + g2.meta.get("sent", []) if m["op"] == "launch"]
-    assert len(launches) == 1 and launches[0]["job"]["nodelist"] == "g[1-2]"
+    # every node sets up its part of the allocation; the script runs on the first only
+    first = [m["job"] for m in g1.meta.get("sent", []) if m["op"] == "launch"]
+    second = [m["job"] for m in g2.meta.get("sent", []) if m["op"] == "launch"]
+    assert len(first) == len(second) == 1
+    assert first[0]["nodelist"] == second[0]["nodelist"] == "g[1-2]"
+    assert first[0]["script"] == spec()["script"] and "batch" not in first[0]
+    assert second[0]["batch"] is False and second[0]["script"] != first[0]["script"]
     assert ctl.nodes["g2"].free_gpus == set()     # held for the job all the same
+
+
+def test_only_the_first_nodes_outcome_ends_a_multi_node_job(ctl):
+    g1, g2 = register(ctl, "g1"), register(ctl, "g2")
+    job_id = submit(ctl, nodes=2)
+    ctl.schedule()
+    ended = {"job_id": job_id, "run": 0, "state": "FAILED", "exit_code": 1, "signal": 0}
+    reply = ctl.handle(g2, {"op": "job_ended", "node": "g2", "outcome": ended})
+    assert reply["ok"] and reply["ack"] == "job_ended"      # g2 may clean up
+    assert ctl.spool.job(job_id)["state"] == "RUNNING"
+    ctl.flush()
+    g2.meta["sent"] = []
+    done = {**ended, "state": "COMPLETED", "exit_code": 0}
+    ctl.handle(g1, {"op": "job_ended", "node": "g1", "outcome": done})
+    ctl.flush()
+    assert ctl.spool.job(job_id)["state"] == "COMPLETED"
+    assert [m["op"] for m in g2.meta["sent"]] == ["cancel"]   # g2 releases its part
 
 
 def test_negative_nice_is_for_operators(ctl):

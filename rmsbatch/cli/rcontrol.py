@@ -1,7 +1,7 @@
 """rcontrol: look at and administer jobs, nodes and partitions, like scontrol.
 
     rcontrol show job 42 | show jobs | show node gpu01 | show nodes
-    rcontrol show partition [NAME] | show hostnames LIST | show hostlist NAMES
+    rcontrol show partition [NAME] | show hostnames [LIST] | show hostlist NAMES
     rcontrol drain gpu[01-02] reason="bad fan"      rcontrol resume gpu[01-02]
     rcontrol update NodeName=gpu01 State=DRAIN Reason="bad fan"
     rcontrol hold 42 43    rcontrol release 42    rcontrol reconfigure
@@ -13,6 +13,7 @@ Sub-commands and `update` keys are case-insensitive, as in scontrol.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rmsbatch.net import client
@@ -32,6 +33,7 @@ EXAMPLES = """
   rcontrol show -d node gpu01           ... and each GPU: model, job, health, telemetry
   rcontrol show partition gpu
   rcontrol show hostnames 'gpu[01-03]'  one name per line
+  rcontrol show hostnames               inside a job: its nodes ($SLURM_JOB_NODELIST)
   rcontrol drain 'gpu[01-02]' reason="replacing a fan"
   rcontrol update NodeName=gpu01 State=RESUME
   rcontrol hold 42 && rcontrol release 42
@@ -149,7 +151,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             if not args.name.isdigit() or int(args.name) == 0:
                 sub.error(f"invalid job id {args.name!r}: expected a number such as 42")
             args.job_id = int(args.name)
-        if args.entity in ("hostnames", "hostlist") and not args.name:
+        if args.entity == "hostnames" and not args.name:
+            # inside a job, as scontrol: the job's own nodes
+            args.name = os.environ.get("SLURM_JOB_NODELIST") or \
+                os.environ.get("RMS_JOB_NODELIST") or None
+            if not args.name:
+                sub.error("show hostnames needs a host list, e.g. 'gpu[01-04]' (inside a "
+                          "job it reads SLURM_JOB_NODELIST, which is not set here)")
+        if args.entity == "hostlist" and not args.name:
             sub.error(f"show {args.entity} needs a host list, e.g. 'gpu[01-04]'")
         if args.entity in ("node", "hostnames", "hostlist") and args.name:
             _check_hostlist(sub, args.name)

@@ -92,7 +92,7 @@ def build_parser() -> CommandParser:
                      help=f"jobs in the system after this time: {TIME_FORMS}")
     sel.add_argument("-E", "--endtime", metavar="TIME", help="jobs submitted before this time")
     sel.add_argument("-X", "--allocations", action="store_true",
-                     help="accepted for sacct compatibility (there are no job steps)")
+                     help="jobs only, without the lines of their steps (ID.batch, ID.0, ...)")
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--format", metavar="FIELDS",
                      help=f"comma-separated fields, any case, NAME%%WIDTH for a fixed width "
@@ -150,8 +150,38 @@ def request(args: argparse.Namespace) -> dict:
     return fields
 
 
-def render(records: list[dict], args: argparse.Namespace, now: float | None = None) -> str:
+def step_rows(job: dict, steps: list[dict]) -> list[dict]:
+    """The lines under a job that ran steps (rrun), as sacct: ID.batch, the batch
+    script on the first node with the job's own usage, then ID.0, ID.1, ..."""
+    if not steps:
+        return []
+    from rmsbatch.core.hostlist import expand
+    nodelist = job.get("nodelist") or ""
+    first = expand(nodelist)[0] if nodelist else ""
+    batch = {**job, "id": f"{job['id']}.batch", "name": "batch", "nodelist": first,
+             "nodes": 1}
+    rows = [batch]
+    for st in steps:
+        rows.append({**job, "id": f"{job['id']}.{st['step_id']}", "name": st["name"],
+                     "state": st["state"], "start_time": st["start_time"],
+                     "end_time": st["end_time"], "exit_code": st["exit_code"],
+                     "exit_signal": st["exit_signal"], "nodelist": st["nodelist"],
+                     "ntasks": st["ntasks"], "max_rss_kb": st["max_rss_kb"],
+                     "total_cpu_s": st["total_cpu_s"], "reason": "None", "end_reason": "",
+                     "gpu_util": None, "gpu_mem_peak_mb": None, "gpu_energy_j": None,
+                     "nodes": len(expand(st["nodelist"])) if st["nodelist"] else 0})
+    return rows
+
+
+def render(records: list[dict], args: argparse.Namespace, now: float | None = None,
+           steps: dict[int, list[dict]] | None = None) -> str:
     records = sorted(records, key=lambda job: job.get("id") or 0)
+    if steps:
+        if args.json:
+            records = [{**job, "steps": steps.get(job.get("id"), [])} for job in records]
+        else:
+            records = [row for job in records
+                       for row in [job, *step_rows(job, steps.get(job.get("id"), []))]]
     if args.json:
         return render_json("jobs", records)
     layout = getattr(args, "layout", None) or sacct_layout(args.format)
@@ -170,8 +200,13 @@ def body(argv: list[str]) -> int:
     if not args.json:
         # compact rows of what the layout shows: listings run to tens of thousands
         fields["fields"] = args.layout.reads()
-    reply = client.call("jobs", **fields)
-    return emit(render(client.records(reply), args))
+    with client.Client() as conn:
+        records = client.records(conn.call("jobs", **fields))
+        steps: dict[int, list[dict]] = {}
+        if not args.allocations and records:
+            for st in conn.call("steps", job_ids=[r["id"] for r in records])["steps"]:
+                steps.setdefault(st["job_id"], []).append(st)
+    return emit(render(records, args, steps=steps))
 
 
 def main() -> None:

@@ -149,6 +149,9 @@ class NodeDaemonSection(_Model):
     gpu_thermal_drain: int | str = "5:00"  # sustained thermal throttling that drains; 0 never
     gpu_xid_ignore: list[int] = [13, 31, 43, 45, 68, 109]   # application XIDs: not a fault
     device_root: str = "/"             # where /dev, /proc and /sys are (a container's /host)
+    # Where a node's job step tasks are reached (rrun, MASTER_ADDR); "%n" is the node's
+    # name. Empty: the address the host's own name resolves to.
+    address: str = ""
 
     @field_validator("gpu_sample_interval")
     @classmethod

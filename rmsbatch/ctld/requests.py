@@ -182,6 +182,51 @@ class Lease(NodeMessage):
     run: Run
 
 
+# -- job steps (rrun) -------------------------------------------------------------------
+Count = Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+StepId = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+
+
+class StepCreate(Request):
+    job_id: JobId
+    ntasks: Count | None = None
+    nodes: Count | None = None
+    nodelist: Names = []
+    cpus_per_task: Count = 1
+    ntasks_per_node: Count | None = None
+    gpus_per_task: Count | None = None
+    gpu_bind: Annotated[str, Field(max_length=1000)] | None = None
+    name: Name = ""
+
+
+class StepLaunch(Request):
+    job_id: JobId
+    step_id: StepId
+    host: Annotated[str, Field(max_length=255)]
+    port: Annotated[int, Field(strict=True, ge=1, le=65535)]
+    token: Annotated[str, Field(min_length=16, max_length=128)]
+    master_port: Annotated[int, Field(strict=True, ge=1, le=65535)]
+    argv: Annotated[list[Annotated[str, Field(max_length=100_000)]],
+                    Field(min_length=1, max_length=10_000)]
+    env: Annotated[dict[str, Annotated[str, Field(max_length=1_000_000)]],
+                   Field(max_length=100_000)] = {}
+    cwd: Annotated[str, Field(max_length=MAX_TEXT)] = "/"
+
+
+class StepEnd(Request):
+    job_id: JobId
+    step_id: StepId
+    state: Annotated[str, Field(pattern="^(COMPLETED|FAILED|CANCELLED)$")]
+    exit_code: Annotated[int, Field(strict=True, ge=0, le=255)] = 0
+    signal: Annotated[int, Field(strict=True, ge=0, le=128)] = 0
+    total_cpu_s: Annotated[float, Field(ge=0, le=1e15)] = 0.0
+    max_rss_kb: Annotated[int, Field(strict=True, ge=0, le=MAX_ID)] = 0
+
+
+class Steps(Request):
+    job_ids: Ids = []
+
+
 def describe(exc: ValidationError) -> str:
     """One line naming the first bad field."""
     err = exc.errors()[0]

@@ -42,6 +42,19 @@ from rmsbatch.sched.placement import NodeAlloc, NodeView
 
 log = logging.getLogger("rmsbatch.controller")
 
+# What runs on the nodes of an allocation other than the first: nothing of the user's.
+# The run holds the node's part of the allocation (cgroup, CPUs, devices, lease) for
+# the job's steps until the job ends, as Slurm's "extern" step does with a sleep.
+HOLD_SCRIPT = ("#!/bin/sh\n# rmsbatch: holds this node's part of the job's allocation; "
+               "the batch script runs on the job's first node\n"
+               "PATH=/usr/bin:/bin:$PATH\nexec sleep 2147483647\n")
+
+
+def allocation_holder() -> dict:
+    """The launch fields that make a run an allocation holder."""
+    return {"script": HOLD_SCRIPT, "argv": [], "workdir": "/", "output": "/dev/null",
+            "error": "/dev/null", "batch": False}
+
 
 class Controller:
     def __init__(self, config, spool: Spool, loop: Loop | None = None, clock=time.time):
@@ -63,6 +76,10 @@ class Controller:
         cc = config.cluster.controller
         self.leases = Leases(cc.job_lease, cc.lease_margin)
         self.node_status: dict[str, NodeStatus] = {}
+        # Steps created and not yet launched: (job id, step id) -> their layout
+        self.step_layouts: dict[tuple[int, int], dict] = {}
+        # Multi-node jobs: when each node of the allocation last renewed the lease
+        self.lease_seen: dict[int, dict[str, float]] = {}
         self.rebuild()
 
     # -- the outbox -------------------------------------------------------------
@@ -125,6 +142,7 @@ class Controller:
         for job_id in list(self.leases.until):
             if job_id not in self.running:
                 self.leases.drop(job_id)
+        self.lease_seen = {j: seen for j, seen in self.lease_seen.items() if j in self.running}
         for job_id in self.running:
             if job_id not in self.leases.until:
                 self.leases.renew(job_id, now)
@@ -290,6 +308,12 @@ class Controller:
         alloc = self.running.pop(job_id, {})
         self._take(alloc, -1)
         self.leases.drop(job_id)
+        self.lease_seen.pop(job_id, None)
+        # Steps still open died with the job (their rrun cannot report any more).
+        self.spool.close_steps(job_id, fields["end_time"],
+                               "CANCELLED" if state is JobState.COMPLETED else state.value)
+        for key in [k for k in self.step_layouts if k[0] == job_id]:
+            del self.step_layouts[key]
         self.outbox.append((None, job_id))
         self.changes += 1
         self.dirty = True
@@ -307,6 +331,7 @@ class Controller:
         alloc = self.running.pop(job_id, {})
         self._take(alloc, -1)
         self.leases.drop(job_id)
+        self.lease_seen.pop(job_id, None)
         self.add_pending(self.spool.job(job_id))
         self.stop_run(row, now=True)
         self.dirty = True
@@ -333,10 +358,22 @@ class Controller:
         for name in alloc_from_json(row["alloc"]):
             self.to_node(name, stop)
 
+    def renew_lease(self, job_id: int, node: str, now: float) -> float:
+        """Word from one node of a running job. A multi-node job's lease runs from the
+        node heard from least recently: the job is lost when any of its nodes is (a
+        silent first node must not be covered by the others' heartbeats)."""
+        alloc = self.running.get(job_id) or {}
+        if len(alloc) <= 1:
+            return self.leases.renew(job_id, now)
+        seen = self.lease_seen.setdefault(job_id, dict.fromkeys(alloc, now))
+        seen[node] = now
+        return self.leases.renew(job_id, min(seen.values()))
+
     def is_current(self, job_id: int, run: int, node: str) -> bool:
-        """Is this run of the job the one the controller has running on `node`?"""
+        """Is this run of the job the one the controller has running on `node` (any
+        node of its allocation: each holds its part of it)?"""
         alloc = self.running.get(job_id)
-        if not alloc or batch_node(alloc) != node:
+        if not alloc or node not in alloc:
             return False
         row = self.spool.job(job_id)
         return row is not None and row["restart_count"] == run
@@ -398,6 +435,7 @@ class Controller:
                 self.reasons.pop(job_id, None)
                 self.running[job_id] = alloc
                 self.leases.renew(job_id, now)
+                self.lease_seen.pop(job_id, None)
                 started.append(job_id)
             changed = {i: r for i, r in decisions.reasons.items() if self.reasons.get(i) != r}
             if changed:
@@ -407,15 +445,16 @@ class Controller:
         for job_id in started:
             row = self.spool.job(job_id)
             log.info("job %d: started on %s", job_id, row["nodelist"])
-            # The batch script runs on the first node only, as in Slurm; the
-            # others are held for the job's own launchers (srun, mpirun, ...).
-            batch = batch_node(self.running[job_id])
-            self.to_node(batch, self.launch_message(row, batch))
+            # Every node sets up and holds its part of the allocation; the batch
+            # script runs on the first node only, as in Slurm.
+            for node in self.running[job_id]:
+                self.to_node(node, self.launch_message(row, node))
         return len(started)
 
     def launch_message(self, row: dict, node: str) -> dict:
         spec = self.spool.job_spec(row["id"])
-        alloc = alloc_from_json(row["alloc"])[node]
+        allocs = alloc_from_json(row["alloc"])
+        alloc = allocs[node]
         message = {"op": "launch", "job": {
             "job_id": row["id"], "name": row["name"], "user": row["user"], "uid": row["uid"],
             "gid": row["gid"], "account": row["account"], "partition": row["partition"],
@@ -425,7 +464,7 @@ class Controller:
             "output": spec["output"] or default_output(spec), "error": spec["error"],
             "environment": spec["environment"], "export": spec["export"],
             "time_limit": row["time_limit"], "ntasks": row["ntasks"],
-            "cpus_per_task": row["cpus_per_task"], "nodes": row["nodes"],
+            "cpus_per_task": row["cpus_per_task"], "nodes": len(allocs),
             "nodelist": row["nodelist"],
             "alloc": {"cpus": alloc.cpus, "mem_mb": alloc.mem_mb, "gpus": alloc.gpus,
                       "exclusive": alloc.exclusive},
@@ -439,10 +478,12 @@ class Controller:
         # the options as given, every node's CPUs in node list order, when it started.
         message["job"].update(
             spec={k: v for k, v in spec.items() if k not in ("script", "environment")},
-            layout=[[n, a.cpus] for n, a in sorted(alloc_from_json(row["alloc"]).items(),
+            layout=[[n, a.cpus] for n, a in sorted(allocs.items(),
                                                    key=lambda na: hostlist.natural_key(na[0]))],
             start_time=row["start_time"],
             default_mem_per_cpu=self.config.cluster.controller.default_mem_per_cpu)
+        if node != batch_node(allocs):
+            message["job"].update(allocation_holder())
         return message
 
     # -- nodes -------------------------------------------------------------------------
@@ -486,7 +527,8 @@ class Controller:
                 if alloc is None:
                     self.leases.drop(job_id)
                     continue
-                node = batch_node(alloc)
+                seen = self.lease_seen.get(job_id)
+                node = min(seen, key=seen.get) if seen else batch_node(alloc)
                 self.lost(job_id, f"lease expired: no word from node {node} or the job's "
                                   f"supervisor for {self.leases.lease_s + self.leases.margin_s:.0f} s")
 
@@ -497,6 +539,9 @@ class Controller:
         now = self.clock()
         for job_id, until in self.leases.until.items():
             self.leases.until[job_id] = min(until + seconds, now + self.leases.lease_s)
+        for seen in self.lease_seen.values():
+            for node, when in seen.items():
+                seen[node] = min(when + seconds, now)
         for st in self.node_status.values():
             if st.last_heartbeat is not None:
                 st.last_heartbeat = min(st.last_heartbeat + seconds, now)

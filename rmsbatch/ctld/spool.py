@@ -304,3 +304,44 @@ class Spool:
         if fields:
             sets = ", ".join(f"{k} = ?" for k in fields)
             self.db.execute(f"UPDATE nodes SET {sets} WHERE name = ?", (*fields.values(), name))
+
+    # -- job steps ----------------------------------------------------------------
+    STEP_COLUMNS = ("job_id", "step_id", "name", "nodelist", "ntasks", "state", "start_time",
+                    "end_time", "exit_code", "exit_signal", "total_cpu_s", "max_rss_kb")
+
+    def insert_step(self, job_id: int, name: str, nodelist: str, ntasks: int,
+                    start_time: float) -> int:
+        """A new step of the job, RUNNING; returns its id (0, 1, ... per job)."""
+        (last,) = self.db.execute("SELECT MAX(step_id) FROM steps WHERE job_id = ?",
+                                  (job_id,)).fetchone()
+        step_id = 0 if last is None else last + 1
+        self.db.execute("INSERT INTO steps (job_id, step_id, name, nodelist, ntasks, state, "
+                        "start_time) VALUES (?, ?, ?, ?, ?, 'RUNNING', ?)",
+                        (job_id, step_id, name, nodelist, ntasks, start_time))
+        return step_id
+
+    def step(self, job_id: int, step_id: int) -> dict | None:
+        row = self.db.execute(f"SELECT {', '.join(self.STEP_COLUMNS)} FROM steps "
+                              "WHERE job_id = ? AND step_id = ?", (job_id, step_id)).fetchone()
+        return dict(zip(self.STEP_COLUMNS, row)) if row else None
+
+    def end_step(self, job_id: int, step_id: int, **fields) -> bool:
+        """Record a step's end, once: False when it had ended already."""
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        cur = self.db.execute(f"UPDATE steps SET {sets} WHERE job_id = ? AND step_id = ? "
+                              "AND state = 'RUNNING'", (*fields.values(), job_id, step_id))
+        return cur.rowcount == 1
+
+    def close_steps(self, job_id: int, end_time: float, state: str) -> None:
+        """The job ended: its steps still running ended with it."""
+        self.db.execute("UPDATE steps SET state = ?, end_time = ? WHERE job_id = ? "
+                        "AND state = 'RUNNING'", (state, end_time, job_id))
+
+    def steps(self, job_ids: list[int]) -> list[dict]:
+        rows = []
+        for i in range(0, len(job_ids), 500):
+            chunk = job_ids[i:i + 500]
+            rows += self.db.execute(
+                f"SELECT {', '.join(self.STEP_COLUMNS)} FROM steps WHERE job_id IN "
+                f"({', '.join('?' * len(chunk))}) ORDER BY job_id, step_id", chunk).fetchall()
+        return [dict(zip(self.STEP_COLUMNS, r)) for r in rows]

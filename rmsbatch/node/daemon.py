@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import time
 
@@ -80,6 +81,7 @@ class NodeDaemon(MonitorLink):
         self.loop.listen(self.notify_path, "notify", mode=0o600)
         self.host_cpus = sorted(os.sched_getaffinity(0))
         self.cpus_in_use: dict[str, list[int]] = {}
+        self.step_launchers: dict[str, set[int]] = {}   # run -> pids (rmsbatch.node.step)
         self.gpu_usage: dict[str, GpuUsage] = {}
         for run in self.runs():
             job = read_json(os.path.join(self.job_dir(run), "job.json")) or {}
@@ -154,6 +156,18 @@ class NodeDaemon(MonitorLink):
             line += f" (no device file: {', '.join(missing[:4])})"
         return line
 
+    @property
+    def address(self) -> str:
+        """Where the tasks of job steps on this node are reached (MASTER_ADDR, rrun)."""
+        configured = self.config.cluster.node_daemon.address
+        if configured:
+            return configured.replace("%n", self.node)
+        try:
+            infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+            return str(infos[0][4][0])
+        except (OSError, IndexError):
+            return "127.0.0.1"
+
     def missing_device_files(self) -> list[str]:
         return [p for d in self.devices for p in d.device_files if not os.path.exists(p)]
 
@@ -177,7 +191,7 @@ class NodeDaemon(MonitorLink):
                "gpus": [d.to_dict() for d in gpus.devices], "gpu_mode": self.gpu_mode,
                "gpu_problems": gpus.problems, "gpu_notes": notes,
                "gpu_backends": gpus.backends, "protections": self.protections,
-               "pid": os.getpid()}
+               "pid": os.getpid(), "address": self.address}
         if self.isolation_problem and self.isolation_mode == "auto":
             inv["isolation_problem"] = self.isolation_problem
         if not self.privileged:
@@ -294,6 +308,10 @@ class NodeDaemon(MonitorLink):
             self._report_started(run)
             return
         try:
+            try:
+                failpoint.hit("rmsd.launch.setup")      # tests: this node cannot set up jobs
+            except failpoint.InjectedFault as exc:
+                raise LaunchError(f"{exc}: injected setup failure") from None
             launching.prepare(self, job, jobdir)
             failpoint.hit("rmsd.launch.before_spawn")   # tests: rmsd dies mid-launch
             pid = launching.spawn_supervisor(jobdir)
@@ -319,6 +337,20 @@ class NodeDaemon(MonitorLink):
         log.info("job %d: launched for %s (supervisor pid %d)", job_id, job["user"], pid)
         self._report_started(run)
 
+    def launch_step(self, order: dict) -> None:
+        """Start this node's tasks of a job step (rrun) under a launcher of their own."""
+        from rmsbatch.node import step
+        run = f"{order['job_id']}.{order['run']}"
+        try:
+            pid = step.spawn(self, order)
+        except (OSError, KeyError, TypeError) as exc:
+            log.error("job %s: step %s not launched: %s", order.get("job_id"),
+                      order.get("step_id"), exc)
+            return
+        self.step_launchers.setdefault(run, set()).add(pid)
+        log.info("job %d: step %d: %d task(s) launched (launcher pid %d)", order["job_id"],
+                 order["step_id"], len(order["tasks"]), pid)
+
     def _report_started(self, run: str) -> None:
         job_id, restart = parse_run(run)
         self.send({"op": "job_started", "node": self.node, "job_id": job_id, "run": restart,
@@ -326,6 +358,11 @@ class NodeDaemon(MonitorLink):
 
     # -- signals and cancel: through the supervisor ------------------------------------
     def cancel(self, run: str, now: bool = False) -> None:
+        for pid in self.step_launchers.get(run, ()):
+            try:                 # they end their tasks, then themselves
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
         jd = JobDir(self.job_dir(run))
         if not os.path.isdir(jd.path):
             return
@@ -366,6 +403,7 @@ class NodeDaemon(MonitorLink):
         self.unacked.pop(run, None)
         self.cpus_in_use.pop(run, None)
         self.gpu_usage.pop(run, None)
+        self.step_launchers.pop(run, None)
         shutil.rmtree(self.job_dir(run), ignore_errors=True)
 
     def scan(self) -> None:
@@ -385,6 +423,8 @@ class NodeDaemon(MonitorLink):
                 return
             if pid == 0:
                 return
+            for pids in self.step_launchers.values():
+                pids.discard(pid)
             if self.monitor is not None and pid == self.monitor.pid:
                 self.monitor.returncode = os.waitstatus_to_exitcode(status)
                 self._monitor_gone()
@@ -500,6 +540,8 @@ class NodeDaemon(MonitorLink):
                             msg.get("scope", "children"))
         elif op == "time_limit":
             self.set_time_limit(f"{msg['job_id']}.{msg['run']}", msg["seconds"])
+        elif op == "step_launch":
+            self.launch_step(msg)
         elif op == "health_reset":
             self.health_seq = msg.get("seq") if isinstance(msg.get("seq"), int) else 0
             self.unhealthy, self.gpu_problems, self.reported_health = {}, [], None

@@ -7,6 +7,12 @@ only on that connection. `job_ended` and `lease` may also come from a job's
 supervisor on a connection of its own (the node daemon is down or restarting); those
 name their node, and a report about a job is accepted only for the run the
 controller has on that node.
+
+A job runs on every node of its allocation: the first runs the batch script, the
+others hold their part of the allocation for the job's steps. The batch run's end is
+the job's end (the others are then told to stop); a holder's end is acknowledged and
+otherwise ignored, unless it failed to set up (then the job fails to launch as a
+whole, and that node is drained).
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from rmsbatch.ctld import requests
 from rmsbatch.ctld.nodestate import NOT_REGISTERED, NOT_RESPONDING
 from rmsbatch.ctld.ops import NODE, op
 from rmsbatch.ctld.ops.admin import busy_gpus
-from rmsbatch.ctld.records import batch_node
+from rmsbatch.ctld.records import alloc_from_json, batch_node
 from rmsbatch.ctld.requests import RequestError
 
 log = logging.getLogger("rmsbatch.controller")
@@ -77,15 +83,15 @@ def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
     running_there = set(req.running)
     orders, current, renewed = [], set(), []
     for job_id, alloc in list(ctl.running.items()):
-        if batch_node(alloc) != name:
+        if name not in alloc:
             continue
         row = ctl.spool.job(job_id)
         run = (job_id, row["restart_count"])
         current.add(run)
         if run in running_there:
-            ctl.leases.renew(job_id, now)
+            ctl.renew_lease(job_id, name, now)
             renewed.append(list(run))
-            if not row["launched"]:
+            if not row["launched"] and batch_node(alloc) == name:
                 ctl.spool.update_job(job_id, launched=1)
             if row["cancel_requested"]:
                 orders.append({"op": "cancel", "job_id": job_id, "run": run[1]})
@@ -94,8 +100,10 @@ def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
                            "seconds": row["time_limit"]})
         elif run in reported:
             continue
-        elif not row["launched"]:
-            ctl.leases.renew(job_id, now)
+        elif not row["launched"] or batch_node(alloc) != name:
+            # A holder of the allocation that is missing (its order never arrived,
+            # or it ended early) is set up again: the batch script is not run twice.
+            ctl.renew_lease(job_id, name, now)
             orders.append(ctl.launch_message(row, name))
         else:
             ctl.lost(job_id, f"job lost on node {name} (its node daemon no longer knows it)")
@@ -126,7 +134,7 @@ def heartbeat(ctl, conn, req: requests.Heartbeat) -> dict:
     renewed = []
     for job_id, run in req.running or ():
         if ctl.is_current(job_id, run, name):
-            ctl.leases.renew(job_id, now)
+            ctl.renew_lease(job_id, name, now)
             renewed.append([job_id, run])
         else:
             ctl.send(conn, {"op": "cancel", "job_id": job_id, "run": run, "now": True})
@@ -146,7 +154,7 @@ def lease(ctl, conn, req: requests.Lease) -> dict:
             else f"now run {row['restart_count']} on {row['nodelist'] or 'no node'}")
         return {"stop": True, "why": f"job {req.job_id} run {req.run} is no longer current "
                                      f"on {name} ({why})"}
-    return {"lease_until": ctl.leases.renew(req.job_id, ctl.clock())}
+    return {"lease_until": ctl.renew_lease(req.job_id, name, ctl.clock())}
 
 
 @op("node_health", model=requests.NodeHealth, role=NODE)
@@ -218,8 +226,9 @@ def _drain_gpu(ctl, name: str, drains: dict, index: int, reason: str, fatal: boo
 def job_started(ctl, conn, req: requests.JobStarted) -> dict:
     name = _node(ctl, conn, req)
     if ctl.is_current(req.job_id, req.run, name):
-        ctl.leases.renew(req.job_id, ctl.clock())
-        ctl.spool.update_job(req.job_id, launched=1, protections=req.protections[:200])
+        ctl.renew_lease(req.job_id, name, ctl.clock())
+        if batch_node(ctl.running[req.job_id]) == name:
+            ctl.spool.update_job(req.job_id, launched=1, protections=req.protections[:200])
     return {"ack": "job_started", "job_id": req.job_id}
 
 
@@ -242,6 +251,12 @@ def ended(ctl, node: str, out: requests.Outcome) -> None:
     if not ctl.is_current(job_id, out.run, node):
         return
     row = ctl.spool.job(job_id)
+    holder = batch_node(ctl.running[job_id]) != node
+    if holder and not out.launch_failed:
+        # A node that only held the allocation: its end is not the job's end.
+        log.warning("job %d: its allocation on %s ended (%s) while the job runs", job_id,
+                    node, out.reason or out.state)
+        return
     if out.launch_failed:
         # The job did not run: it is requeued. When the node could not set it up
         # (isolation, a user it does not know), the node is drained so that neither
@@ -271,3 +286,7 @@ def ended(ctl, node: str, out: requests.Outcome) -> None:
     if ctl.finish(job_id, state, **fields):
         log.info("job %d: %s on %s (exit %s:%s)", job_id, state.value, node, out.exit_code,
                  out.signal)
+        stop = {"op": "cancel", "job_id": job_id, "run": out.run}
+        for other in alloc_from_json(row["alloc"]):
+            if other != node:
+                ctl.to_node(other, stop)     # they release their part of the allocation
