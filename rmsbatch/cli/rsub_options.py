@@ -243,6 +243,38 @@ def _is_var_name(name: str) -> bool:
     )
 
 
+def _array(value: str) -> str:
+    from rmsbatch.core import arrayspec
+    try:
+        arrayspec.parse(value)
+    except arrayspec.ArraySpecError as exc:
+        raise ValueError(str(exc)) from None
+    return value.strip()
+
+
+def _dependency(value: str) -> str:
+    from rmsbatch.core import dependency
+    try:
+        return dependency.parse(value).text()
+    except dependency.DependencyError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _begin(value: str) -> float:
+    from rmsbatch.core import begintime
+    try:
+        return begintime.parse(value)
+    except begintime.BeginTimeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _yes_no(value: str) -> bool:
+    word = value.strip().lower()
+    if word not in ("yes", "no"):
+        raise ValueError("must be yes or no")
+    return word == "yes"
+
+
 def _constant(result):
     return lambda _value: result
 
@@ -359,10 +391,17 @@ OPTIONS: tuple[Option, ...] = (
     _ignored("comment"),
     _ignored("open-mode", _open_mode),
     # Slurm's, refused until rmsbatch has them.
-    _unsupported("array", "a"),
-    _unsupported("dependency", "d"),
+    _job("array", "a", "array", _array, "IDS[%N]", "Control",
+         "job array: 0-99, 1,5,9, 0-99:10; %N: N tasks at a time"),
+    _job("dependency", "d", "dependency", _dependency, "TYPE:ID[:ID]", "Control",
+         "wait for jobs: afterok:ID, afterany, afternotok, after, aftercorr, singleton; "
+         "',' all, '?' any"),
+    _job("kill-on-invalid-dep", None, "kill_on_invalid_dep", _yes_no, "yes|no",
+         "Control",
+         "cancel if the dependency can never be met"),
+    _job("begin", "b", "begin", _begin, "TIME", "Control",
+         "start no earlier: now+60, now+1hour, 16:00, tomorrow"),
     _unsupported("signal"),
-    _unsupported("begin", "b"),
     _unsupported("deadline"),
     _unsupported("ntasks-per-node", hint="use --ntasks with --nodes"),
     _unsupported("tasks-per-node", hint="use --ntasks with --nodes"),
@@ -390,7 +429,6 @@ OPTIONS: tuple[Option, ...] = (
     _unsupported("input", "i"),
     _unsupported("nodefile", "F"),
     _unsupported("export-file"),
-    _unsupported("kill-on-invalid-dep"),
     _unsupported("oversubscribe", "s", NO_ARG),
     _unsupported("overcommit", "O", NO_ARG),
     _unsupported("test-only", None, NO_ARG),

@@ -33,6 +33,7 @@ from rmsbatch.ctld.nodestate import NOT_RESPONDING, NodeStatus, devices_of, view
 from rmsbatch.ctld.ops import NODE, OPERATOR, OPS
 from rmsbatch.ctld.records import alloc_from_json, alloc_to_json, batch_node, job_record
 from rmsbatch.ctld.spool import Spool
+from rmsbatch.ctld import waits as waiting
 from rmsbatch.net.loop import Conn, Loop
 from rmsbatch.sched import placement
 from rmsbatch.sched import plan as scheduler
@@ -58,6 +59,7 @@ class Controller:
         self.outbox: list[tuple[Conn | None, object]] = []
         self.changes = 0                   # bumped by every change to in-memory state
         self.backoff_until = 0.0           # after the spool refused a write
+        self.wake_at: float | None = None  # a begin time: a pass is due then
         self._users: dict[int, str] = {}
         cc = config.cluster.controller
         self.leases = Leases(cc.job_lease, cc.lease_margin)
@@ -161,16 +163,27 @@ class Controller:
         placement.take(self.nodes, {n: a for n, a in alloc.items() if n in self.nodes}, sign)
 
     def _pending(self, row: dict) -> scheduler.PendingJob:
-        return scheduler.PendingJob(
+        job = scheduler.PendingJob(
             row["id"], row["partition"], row["priority"], row["submit_time"],
             Request(row["nodes"], -(-row["req_cpus"] // row["nodes"]), row["req_mem_mb"],
                     bool(row["mem_whole_node"]), row["gpus_per_node"], row["gpu_type"],
                     bool(row["exclusive"]), row["constraint_expr"], row["gpu_mem_mb"] or 0),
             row["hold"])
+        waiting.fill_pending(job, row)
+        return job
 
     def add_pending(self, row: dict) -> None:
         self.pending[row["id"]] = self._pending(row)
         self.reasons[row["id"]] = row["reason"]
+        self.changes += 1
+
+    def add_array(self, row: dict, ids: list[int], task_ids: list[int]) -> None:
+        """The tasks of a new array: one PendingJob each, sharing the parsed request."""
+        first = self._pending({**row, "id": ids[0], "array_job_id": ids[0],
+                               "array_task_id": task_ids[0]})
+        for job_id, task in zip(ids, task_ids):
+            self.pending[job_id] = waiting.task_of(first, job_id, task)
+            self.reasons[job_id] = row["reason"]
         self.changes += 1
 
     def reconfigure(self, config) -> None:
@@ -350,6 +363,9 @@ class Controller:
     def needs_pass(self) -> bool:
         if self.backoff_until and self.clock() < self.backoff_until:
             return False
+        if self.wake_at is not None and self.clock() >= self.wake_at:
+            self.wake_at = None
+            self.dirty = True
         return self.dirty or bool(self.fresh)
 
     def _fresh_jobs_wait(self) -> bool:
@@ -360,6 +376,8 @@ class Controller:
             job = self.pending.get(job_id)
             if job is None or job.hold:
                 continue
+            if waiting.held_back(job):
+                return False
             blocker = self.blocked_at.get(job.partition)
             if blocker is None or scheduler.order_key(job) < blocker:
                 return False
@@ -384,8 +402,10 @@ class Controller:
         parts = {p.name: scheduler.PartitionView(p.name, p.state == "UP",
                                                  self.config.partition_nodes[p.name])
                  for p in self.config.partitions.values()}
-        decisions = scheduler.schedule(eligible, self.nodes, parts, now)
+        decisions = scheduler.schedule(eligible, self.nodes, parts, now,
+                                       waiting.snapshot(self.spool, eligible))
         self.blocked_at = decisions.blocked
+        self.wake_at = decisions.wake_at
         started = []
         with self.spool.transaction():
             for job_id, alloc in decisions.starts:
@@ -407,7 +427,10 @@ class Controller:
             if changed:
                 self.spool.set_reasons(changed)
                 self.reasons.update(changed)
+            waiting.never_satisfied(self, decisions.never, changed, now)
         self.changes += 1
+        if started and waiting.any_dependency(self.pending.values()):
+            self.dirty = True       # `after:` dependants may start now that these have
         for job_id in started:
             row = self.spool.job(job_id)
             log.info("job %d: started on %s", job_id, row["nodelist"])
@@ -420,7 +443,7 @@ class Controller:
     def launch_message(self, row: dict, node: str) -> dict:
         spec = self.spool.job_spec(row["id"])
         alloc = alloc_from_json(row["alloc"])[node]
-        return {"op": "launch", "job": {
+        message = {"op": "launch", "job": {
             "job_id": row["id"], "name": row["name"], "user": row["user"], "uid": row["uid"],
             "gid": row["gid"], "account": row["account"], "partition": row["partition"],
             "qos": row["qos"], "script": spec["script"], "argv": spec["argv"],
@@ -438,6 +461,8 @@ class Controller:
             "lease_until": self.leases.until.get(row["id"], self.clock()),
             "spec_extra": {"umask": spec.get("umask"), "rlimits": spec.get("rlimits")},
         }}
+        message["job"].update(waiting.array_launch_keys(row))
+        return message
 
     # -- nodes -------------------------------------------------------------------------
     def set_node(self, name: str, **fields) -> None:

@@ -12,6 +12,7 @@ import pwd
 import signal
 
 from rmsbatch.node import supervisor
+from rmsbatch.node.arrayenv import array_environment
 from rmsbatch.node.devices import record
 from rmsbatch.node.devices.usage import GpuUsage
 from rmsbatch.node.jobdir import JOB_FILE, LOCK_FILE, hold_lock, write_json
@@ -62,7 +63,8 @@ def prepare(nd, job: dict, jobdir: str) -> None:
         "output": job["output"], "error": job["error"],
         "environment": environment(nd, job, pw), "time_limit": job["time_limit"],
         "kill_grace": job.get("kill_grace", 30), "node": nd.node,
-        "notify_socket": nd.notify_path, "array_job_id": None, "array_task_id": None,
+        "notify_socket": nd.notify_path, "array_job_id": job.get("array_job_id"),
+        "array_task_id": job.get("array_task_id"),
         "isolation": isolation(nd, job, run),
         "gpus": list(job["alloc"]["gpus"]),
         "lease": {"until": float(job.get("lease_until") or 0) or None,
@@ -135,6 +137,7 @@ def environment(nd, job: dict, pw) -> dict[str, str]:
     # Fenced, a job sees only its own devices, numbered from 0 as the vendor
     # runtime will number them; unfenced, it sees all of them.
     env.update(record.visibility(nd.devices, alloc["gpus"], nd.fenced))
+    env.update(array_environment(job))
     return env
 
 

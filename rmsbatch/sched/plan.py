@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rmsbatch.core import dependency as deps
 from rmsbatch.sched.placement import (Allocation, InsufficientResources, NodeView, Request,
                                 allocate, take)
 
@@ -20,6 +21,10 @@ PARTITION_DOWN = "PartitionDown"
 NODES_UNAVAILABLE = "ReqNodeNotAvail"
 RESOURCES = "Resources"
 PRIORITY = "Priority"
+BEGIN_TIME = "BeginTime"
+DEPENDENCY = "Dependency"
+DEPENDENCY_NEVER = "DependencyNeverSatisfied"
+ARRAY_LIMIT = "JobArrayTaskLimit"
 
 
 @dataclass
@@ -30,6 +35,24 @@ class PendingJob:
     submit_time: float
     request: Request
     hold: int = 0              # 0 none, 1 user, 2 admin
+    user: str = ""
+    name: str = ""
+    array_job_id: int | None = None
+    array_task_id: int | None = None
+    throttle: int = 0          # at most this many tasks of its array run at once
+    dependency: deps.Dependency | None = None
+    begin_time: float | None = None
+
+
+@dataclass
+class Waits:
+    """What the controller knows beyond the pending jobs, for their dependencies and
+    array throttles (see rmsbatch.core.dependency for `jobs` and `arrays`)."""
+    jobs: dict[int, tuple] = field(default_factory=dict)
+    arrays: dict[int, list[int]] = field(default_factory=dict)
+    running_tasks: dict[int, int] = field(default_factory=dict)   # array id -> running
+    # (user, name) -> ids of active jobs of that name, for singleton
+    named: dict[tuple, list[tuple[int, str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +69,8 @@ class Decisions:
     # partition -> order key of the job that could not start there: anything
     # that sorts after it waits for Priority until something changes
     blocked: dict[str, tuple] = field(default_factory=dict)
+    never: list[int] = field(default_factory=list)   # dependencies that can never hold
+    wake_at: float | None = None    # the next begin time (or after+MINUTES) to honour
 
 
 def order_key(job: PendingJob) -> tuple:
@@ -56,10 +81,53 @@ def order(pending: list[PendingJob]) -> list[PendingJob]:
     return sorted(pending, key=order_key)
 
 
+def _wake(out: Decisions, when: float | None) -> None:
+    if when is not None and (out.wake_at is None or when < out.wake_at):
+        out.wake_at = when
+
+
+def _singleton_free(job: PendingJob, waits: Waits) -> bool:
+    """No other job of this name and user runs, and none submitted earlier waits."""
+    for other, state in waits.named.get((job.user, job.name), ()):
+        if other != job.id and (state != "PENDING" or other < job.id):
+            return False
+    return True
+
+
+def _waiting_on(job: PendingJob, waits: Waits, now: float, out: Decisions) -> str | None:
+    """Why the job may not start yet whatever the nodes hold: its begin time, its
+    dependency or its array's throttle; None if nothing holds it back."""
+    if job.begin_time is not None and now < job.begin_time:
+        _wake(out, job.begin_time)
+        return BEGIN_TIME
+    if job.dependency is not None:
+        verdict = deps.evaluate(job.dependency, waits.jobs, waits.arrays,
+                                my_task=job.array_task_id, now=now,
+                                singleton_free=_singleton_free(job, waits))
+        if verdict == deps.NEVER:
+            out.never.append(job.id)
+            return DEPENDENCY_NEVER
+        if verdict == deps.WAIT:
+            _wake(out, deps.wake_time(job.dependency, waits.jobs, waits.arrays))
+            return DEPENDENCY
+    if job.throttle and waits.running_tasks.get(job.array_job_id, 0) >= job.throttle:
+        return ARRAY_LIMIT
+    return None
+
+
+def _started(job: PendingJob, waits: Waits) -> None:
+    """Count a start within the pass, for the throttle and singleton of those after it."""
+    if job.throttle:
+        waits.running_tasks[job.array_job_id] = waits.running_tasks.get(job.array_job_id, 0) + 1
+    if job.dependency is not None and job.dependency.singleton:
+        waits.named.setdefault((job.user, job.name), []).append((-1, "RUNNING"))
+
+
 def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
-             partitions: dict[str, PartitionView], now: float) -> Decisions:
+             partitions: dict[str, PartitionView], now: float,
+             waits: Waits | None = None) -> Decisions:
     """Decide which pending jobs start now; `nodes` is updated with the starts."""
-    del now  # no time-based policy yet (begin times, backfill) but callers pass it
+    waits = waits or Waits()
     out = Decisions()
     blocked: set[str] = set()
     members: dict[str, list[NodeView]] = {
@@ -72,6 +140,11 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
         if part is None or not part.up:
             out.reasons[job.id] = PARTITION_DOWN
             continue
+        if job.dependency is not None or job.begin_time is not None or job.throttle:
+            why = _waiting_on(job, waits, now, out)
+            if why is not None:
+                out.reasons[job.id] = why
+                continue
         if job.partition in blocked:
             out.reasons[job.id] = PRIORITY
             continue
@@ -86,4 +159,5 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             continue
         take(nodes, alloc)
         out.starts.append((job.id, alloc))
+        _started(job, waits)
     return out

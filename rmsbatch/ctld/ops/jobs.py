@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from rmsbatch.core import hostlist
+from rmsbatch.core import arrayspec, hostlist
+from rmsbatch.core import dependency as deps
 from rmsbatch.core.jobspec import JobSpec
 from rmsbatch.core.states import FINISHED, JobState, parse_state
 from rmsbatch.ctld import requests
@@ -47,16 +48,66 @@ def submit(ctl, conn, req: requests.Submit) -> dict:
         raise _error(f"partition {row['partition']} runs jobs only as {who} (its node daemons "
                      f"run unprivileged, in single-user mode): submit as {who}, or ask an "
                      "admin to run rmsd as root")
-    if len(ctl.pending) + len(ctl.running) >= cc.max_jobs:
-        raise _error(f"the queue is full ({cc.max_jobs} active jobs): try again later")
-    job_id = ctl.spool.insert_job(row, spec.to_dict())
-    row["id"] = job_id
-    ctl.add_pending(row)
+    task_ids, throttle = _array_tasks(spec, cc)
+    if len(ctl.pending) + len(ctl.running) + max(1, len(task_ids)) > cc.max_jobs:
+        more = f" for {len(task_ids)} more" if task_ids else ""
+        raise _error(f"the queue is full ({cc.max_jobs} active jobs{more}): try again later")
+    row.update(dependency=_checked_dependency(ctl, conn, spec), begin_time=spec.begin,
+               array_spec=spec.array, array_throttle=throttle)
+    if not task_ids:
+        job_id = ctl.spool.insert_job(row, spec.to_dict())
+        row["id"] = job_id
+        ctl.add_pending(row)
+        if not spec.hold:
+            ctl.fresh.append(job_id)
+        log.info("job %d: submitted by %s (%s, partition %s)", job_id, user, row["name"],
+                 row["partition"])
+        return {"job_id": job_id}
+    ids = ctl.spool.insert_array(row, spec.to_dict(), task_ids)
+    ctl.add_array(row, ids, task_ids)
     if not spec.hold:
-        ctl.fresh.append(job_id)
-    log.info("job %d: submitted by %s (%s, partition %s)", job_id, user, row["name"],
-             row["partition"])
-    return {"job_id": job_id}
+        ctl.fresh.extend(ids)
+    log.info("job %d: array of %d tasks (%s) submitted by %s (%s, partition %s)", ids[0],
+             len(ids), spec.array, user, row["name"], row["partition"])
+    return {"job_id": ids[0], "tasks": len(ids)}
+
+
+def _array_tasks(spec: JobSpec, cc) -> tuple[list[int], int]:
+    if spec.array is None:
+        return [], 0
+    try:
+        return arrayspec.parse(spec.array, cc.max_array_size)
+    except arrayspec.ArraySpecError as exc:
+        raise _error(f"--array={spec.array}: {exc}") from None
+
+
+def _checked_dependency(ctl, conn, spec: JobSpec) -> str | None:
+    """The dependency as stored; refused if it names a job that does not exist, or one
+    the submitter may not see."""
+    if spec.dependency is None:
+        return None
+    try:
+        dep = deps.parse(spec.dependency)
+    except deps.DependencyError as exc:
+        raise _error(f"--dependency={spec.dependency}: {exc}") from None
+    ids = sorted(dep.job_ids())
+    if not ids:
+        return dep.text()
+    rows = ctl.spool.jobs(ids=ids, columns=["id", "user", "array_job_id", "array_task_id"])
+    caller = ctl.user_name(conn.uid)
+    hidden = ctl.config.tenants.private_jobs and not ctl.is_privileged(conn)
+    jobs = {r[0]: r for r in rows if not (hidden and r[1] != caller)}
+    masters = {r[2] for r in jobs.values() if r[2] is not None}
+    tasks = {(r[2], r[3]) for r in jobs.values() if r[2] is not None}
+    for _, targets in dep.clauses:
+        for t in targets:
+            known = (t.job_id in jobs or t.job_id in masters) if t.task is None \
+                else (t.job_id, t.task) in tasks
+            if not known:
+                raise _error(f"--dependency={spec.dependency}: job {t.text().split('+')[0]} "
+                             "does not exist (or is not yours to see): check the id with "
+                             "rq -t all or rsacct")
+    return dep.text()
 
 
 def _single_user_owner(ctl, partition: str) -> int | None:
@@ -87,7 +138,7 @@ def jobs(ctl, conn, req: requests.Jobs) -> dict:
     users, ids = list(req.users), list(req.ids)
     own_only = False
     if req.all_users is not None:   # accounting-style query: own jobs unless asked
-        if not req.all_users and not users and not ids:
+        if not req.all_users and not users and not ids and not req.array_tasks:
             users = [caller]
         if not privileged and ctl.config.tenants.private_accounting:
             if req.all_users or set(users) - {caller}:
@@ -101,7 +152,8 @@ def jobs(ctl, conn, req: requests.Jobs) -> dict:
         states = ACTIVE_STATES
     if req.finished and not states:
         states = [s.value for s in FINISHED]
-    query = dict(ids=ids, users=[caller] if own_only else users, accounts=req.accounts,
+    query = dict(ids=ids, array_tasks=req.array_tasks,
+                 users=[caller] if own_only else users, accounts=req.accounts,
                  partitions=req.partitions, states=states, names=req.names,
                  start_after=req.start_after, end_before=req.end_before)
     if req.fields and not req.nodes:
@@ -137,7 +189,7 @@ def _select(ctl, conn, req: requests.JobFilter, verb: str) -> tuple[list[dict], 
     filters = {"users": req.users, "accounts": req.accounts, "partitions": req.partitions,
                "names": req.names}
     states = _states(req.states)
-    if not req.ids and not any(filters.values()) and not states:
+    if not req.ids and not req.array_tasks and not any(filters.values()) and not states:
         raise _error(f"{verb}: name job ids or a filter")
     caller = ctl.user_name(conn.uid)
     privileged = ctl.is_privileged(conn)
@@ -145,23 +197,36 @@ def _select(ctl, conn, req: requests.JobFilter, verb: str) -> tuple[list[dict], 
     if others and not privileged:
         raise _error(f"{verb}: permission denied for the jobs of {', '.join(others)} (you may "
                      f"{verb} only your own jobs)")
-    rows = ctl.spool.jobs(ids=req.ids, states=states or ACTIVE_STATES, **filters)
-    errors = []
-    found = {r["id"] for r in rows}
-    for i in req.ids:
-        if i not in found:
-            row = ctl.spool.job(i)
-            errors.append(f"job {i} not found" if row is None
-                          else f"job {i} has already finished ({row['state']})")
+    rows = ctl.spool.jobs(ids=req.ids, array_tasks=req.array_tasks,
+                          states=states or ACTIVE_STATES, **filters)
+    errors = _not_found(ctl, req, rows)
     mine = []
     for r in rows:
         if r["user"] != caller and not privileged:
-            if req.ids:  # only complain about jobs named explicitly
+            if req.ids or req.array_tasks:  # only complain about jobs named explicitly
                 errors.append(f"{verb} job {r['id']}: permission denied (job belongs to "
                               f"{r['user']}; you may {verb} only your own jobs)")
             continue
         mine.append(r)
     return mine, errors
+
+
+def _not_found(ctl, req: requests.JobFilter, rows: list[dict]) -> list[str]:
+    """Errors for the ids and array tasks named that matched no active job."""
+    found = {r["id"] for r in rows} | {r["array_job_id"] for r in rows}
+    tasks = {(r["array_job_id"], r["array_task_id"]) for r in rows}
+    errors = []
+    for i in req.ids:
+        if i not in found:
+            row = ctl.spool.job(i)
+            errors.append(f"job {i} not found" if row is None
+                          else f"job {i} has already finished ({row['state']})")
+    for array_id, task in req.array_tasks:
+        if (array_id, task) not in tasks:
+            known = ctl.spool.jobs(array_tasks=[(array_id, task)], columns=["state"])
+            errors.append(f"job {array_id}_{task} not found" if not known
+                          else f"job {array_id}_{task} has already finished ({known[0][0]})")
+    return errors
 
 
 def _signal_number(sig) -> int:
@@ -210,7 +275,7 @@ def cancel(ctl, conn, req: requests.Cancel) -> dict:
         else:
             cancelled.append(job_id)  # already completing
     if cancelled:
-        log.info("jobs %s: cancelled by uid %d", ",".join(map(str, cancelled)), conn.uid)
+        log.info("jobs %s: cancelled by uid %d", arrayspec.fold(cancelled), conn.uid)
     ctl.dirty = True
     return {"cancelled": cancelled, "signalled": signalled, "errors": errors}
 
