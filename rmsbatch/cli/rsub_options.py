@@ -583,9 +583,11 @@ def usage_text() -> str:
     unsupported = [o.label for o in OPTIONS if o.scope == "unsupported"]
     lines += [""]
     lines += textwrap.wrap(
-        "Accepted and ignored: " + ", ".join(ignored) + ", --open-mode=truncate.", 88)
+        "Accepted and ignored: " + ", ".join(ignored) + ", --open-mode=truncate.", 88,
+        break_on_hyphens=False)
     lines += textwrap.wrap(
-        "Not supported yet (refused with an error): " + ", ".join(unsupported) + ".", 88)
+        "Not supported yet (refused with an error): " + ", ".join(unsupported) + ".", 88,
+        break_on_hyphens=False)
     lines += [
         "--wrap, --wait, --parsable and the Output options work on the command line only,",
         "not in directives. A script piped on stdin is named 'stdin'.",
