@@ -237,6 +237,22 @@ class Spool:
             (*fields.values(), job_id, *(s.value for s in sources)))
         return cur.rowcount == 1
 
+    def transition_many(self, job_ids: list[int], to: JobState, **fields) -> list[int]:
+        """`transition` for many jobs at once (a whole array cancelled); the ids moved."""
+        sources = TRANSITIONS[to]
+        fields["state"] = to.value
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        states = ", ".join("?" * len(sources))
+        moved = []
+        for k in range(0, len(job_ids), 500):
+            chunk = job_ids[k:k + 500]
+            cur = self.db.execute(
+                f"UPDATE jobs SET {sets} WHERE id IN ({', '.join('?' * len(chunk))}) "
+                f"AND state IN ({states}) RETURNING id",
+                (*fields.values(), *chunk, *(s.value for s in sources)))
+            moved += [r[0] for r in cur.fetchall()]
+        return moved
+
     def update_job(self, job_id: int, **fields) -> None:
         """Change fields that are not the state (reason, hold, priority, ...)."""
         sets = ", ".join(f"{k} = ?" for k in fields)

@@ -8,7 +8,6 @@ needs from the spool (`snapshot`), turns spool rows into what it reads
 """
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 
@@ -45,8 +44,9 @@ def fill_pending(job: scheduler.PendingJob, row: dict) -> None:
 
 
 def task_of(first: scheduler.PendingJob, job_id: int, task: int) -> scheduler.PendingJob:
-    job = copy.copy(first)
-    job.id, job.array_task_id = job_id, task
+    # not copy.copy, nor the dataclass's __init__: 10,000 tasks, each a few microseconds
+    job = object.__new__(scheduler.PendingJob)
+    job.__dict__.update(first.__dict__, id=job_id, array_task_id=task)
     return job
 
 

@@ -16,6 +16,8 @@ from rmsbatch.sched.admission import admit
 
 log = logging.getLogger("rmsbatch.controller")
 
+SELECTED = ["id", "user", "state", "hold", "restart_count", "alloc", "array_job_id",
+            "array_task_id"]
 ACTIVE_STATES = [JobState.PENDING.value, JobState.RUNNING.value, JobState.COMPLETING.value]
 SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15,
            "CONT": 18, "STOP": 19, "TSTP": 20, "ALRM": 14}
@@ -197,8 +199,10 @@ def _select(ctl, conn, req: requests.JobFilter, verb: str) -> tuple[list[dict], 
     if others and not privileged:
         raise _error(f"{verb}: permission denied for the jobs of {', '.join(others)} (you may "
                      f"{verb} only your own jobs)")
-    rows = ctl.spool.jobs(ids=req.ids, array_tasks=req.array_tasks,
-                          states=states or ACTIVE_STATES, **filters)
+    # only what acting on them needs: a whole array is 10,000s of rows
+    rows = [dict(zip(SELECTED, r)) for r in ctl.spool.jobs(
+        ids=req.ids, array_tasks=req.array_tasks, states=states or ACTIVE_STATES,
+        columns=SELECTED, **filters)]
     errors = _not_found(ctl, req, rows)
     mine = []
     for r in rows:
@@ -247,7 +251,7 @@ def cancel(ctl, conn, req: requests.Cancel) -> dict:
     signum = _signal_number(req.signal) if req.signal not in (None, "") else None
     rows, errors = _select(ctl, conn, req, "cancel")
     now = ctl.clock()
-    cancelled, signalled = [], []
+    cancelled, signalled, pending = [], [], []
     for row in rows:
         job_id = row["id"]
         state = JobState(row["state"])
@@ -262,11 +266,7 @@ def cancel(ctl, conn, req: requests.Cancel) -> dict:
             signalled.append(job_id)
             continue
         if state is JobState.PENDING:
-            if ctl.finish(job_id, JobState.CANCELLED, end_time=now, reason="None",
-                          end_reason="cancelled while pending"):
-                ctl.pending.pop(job_id, None)
-                ctl.reasons.pop(job_id, None)
-                cancelled.append(job_id)
+            pending.append(job_id)      # all at once below: arrays run to 10,000s
         elif state is JobState.RUNNING:
             if ctl.spool.transition(job_id, JobState.COMPLETING, cancel_requested=1):
                 ctl.changes += 1
@@ -274,6 +274,10 @@ def cancel(ctl, conn, req: requests.Cancel) -> dict:
                 cancelled.append(job_id)
         else:
             cancelled.append(job_id)  # already completing
+    if pending:
+        cancelled += ctl.finish_pending(pending, JobState.CANCELLED, end_time=now,
+                                        reason="None", end_reason="cancelled while pending")
+        cancelled.sort()
     if cancelled:
         log.info("jobs %s: cancelled by uid %d", arrayspec.fold(cancelled), conn.uid)
     ctl.dirty = True
