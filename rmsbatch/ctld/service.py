@@ -445,17 +445,26 @@ class Controller:
         self.changes += 1
         if started and waiting.any_dependency(self.pending.values()):
             self.dirty = True       # `after:` dependants may start now that these have
+        specs: dict[int, dict] = {}     # the tasks of an array share one payload
         for job_id in started:
             row = self.spool.job(job_id)
             log.info("job %d: started on %s", job_id, row["nodelist"])
             # The batch script runs on the first node only, as in Slurm; the
             # others are held for the job's own launchers (srun, mpirun, ...).
             batch = batch_node(self.running[job_id])
-            self.to_node(batch, self.launch_message(row, batch))
+            self.to_node(batch, self.launch_message(row, batch, specs))
         return len(started)
 
-    def launch_message(self, row: dict, node: str) -> dict:
-        spec = self.spool.job_spec(row["id"])
+    def launch_message(self, row: dict, node: str, specs: dict | None = None) -> dict:
+        """The order that starts the job's batch script on `node`; `specs` caches
+        payloads by payload id over one pass."""
+        payload = row.get("payload_id")
+        if specs is not None and payload is not None and payload in specs:
+            spec = specs[payload]
+        else:
+            spec = self.spool.job_spec(row["id"])
+            if specs is not None and payload is not None:
+                specs[payload] = spec
         alloc = alloc_from_json(row["alloc"])[node]
         message = {"op": "launch", "job": {
             "job_id": row["id"], "name": row["name"], "user": row["user"], "uid": row["uid"],

@@ -74,7 +74,9 @@ def prepare(nd, job: dict, jobdir: str) -> None:
         "umask": spec.get("umask") if ndc.propagate_umask else None,
         "rlimits": {k: v for k, v in (spec.get("rlimits") or {}).items()
                     if k in ndc.propagate_rlimits} or None,
-    })
+    }, durable=False)
+    # Not fsynced: the supervisor forked next reads it, and a crash of the machine ends
+    # the run with it, so two fsyncs per launch (the most of a launch) would buy nothing.
     if job["alloc"]["gpus"]:
         nd.gpu_usage[run] = GpuUsage(jobdir, job["alloc"]["gpus"])
 
