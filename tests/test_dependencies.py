@@ -184,3 +184,52 @@ def test_dependency_text_is_normalised():
     assert dependency.parse("after:5+3?afterany:7").any_of
     with pytest.raises(dependency.DependencyError, match="mixes"):
         dependency.parse("afterok:1,afterany:2?after:3")
+
+
+# -- the scheduler core, given the states ---------------------------------------------
+
+def _pending(job_id, dep=None, task=None, array=None, throttle=0, begin=None):
+    from rmsbatch.sched.plan import PendingJob
+    from rmsbatch.sched.placement import Request
+    return PendingJob(job_id, "p", 0, float(job_id), Request(), 0, "u", "n", array, task,
+                      throttle, dependency.parse(dep) if dep else None, begin)
+
+
+def _schedule(pending, waits, now=100.0, cpus=64):
+    from rmsbatch.sched import plan
+    from rmsbatch.sched.placement import NodeView
+    nodes = {"n1": NodeView("n1", cpus, 512_000, {})}
+    return plan.schedule(pending, nodes, {"p": plan.PartitionView("p", True, ["n1"])}, now,
+                         waits)
+
+
+def test_core_after_minutes_wakes_the_controller_when_they_have_passed():
+    from rmsbatch.sched.plan import Waits
+    waits = Waits(jobs={7: ("RUNNING", 40.0, None, None)})
+    out = _schedule([_pending(8, "after:7+2")], waits, now=100.0)
+    assert out.reasons == {8: "Dependency"} and out.wake_at == 160.0
+    out = _schedule([_pending(8, "after:7+2")], waits, now=160.0)
+    assert [job_id for job_id, _ in out.starts] == [8]
+
+
+def test_core_begin_time_and_throttle_reasons():
+    from rmsbatch.sched.plan import Waits
+    out = _schedule([_pending(1, begin=500.0)], Waits(), now=100.0)
+    assert out.reasons == {1: "BeginTime"} and out.wake_at == 500.0
+    tasks = [_pending(10 + k, task=k, array=10, throttle=3) for k in range(6)]
+    out = _schedule(tasks, Waits(running_tasks={10: 1}))
+    assert [job_id for job_id, _ in out.starts] == [10, 11]
+    assert set(out.reasons.values()) == {"JobArrayTaskLimit"}
+
+
+def test_core_ten_thousand_tasks_after_a_ten_thousand_task_array():
+    from rmsbatch.sched.plan import Waits
+    waits = Waits()
+    for k in range(10_000):
+        waits.jobs[1 + k] = ("COMPLETED" if k % 2 else "RUNNING", 1.0, 1, k)
+        waits.arrays.setdefault(1, {})[k] = 1 + k
+    whole = [_pending(20_000 + k, "afterok:1", task=k, array=20_000) for k in range(10_000)]
+    assert set(_schedule(whole, waits).reasons.values()) == {"Dependency"}
+    corr = [_pending(20_000 + k, "aftercorr:1", task=k, array=20_000) for k in range(10_000)]
+    out = _schedule(corr, waits, cpus=10_000)
+    assert sorted(job_id - 20_000 for job_id, _ in out.starts) == list(range(1, 10_000, 2))

@@ -57,6 +57,11 @@ class Dependency:
     def singleton(self) -> bool:
         return any(kind == "singleton" for kind, _ in self.clauses)
 
+    @property
+    def corresponding(self) -> bool:
+        """Whether it means something different to each task of an array (aftercorr)."""
+        return any(kind == "aftercorr" for kind, _ in self.clauses)
+
     def job_ids(self) -> set[int]:
         """Every job or array id named."""
         return {t.job_id for _, targets in self.clauses for t in targets}
@@ -116,7 +121,7 @@ def _target(word: str, kind: str, whole: str) -> Target:
 # -- evaluation ----------------------------------------------------------------------
 # `jobs`: job id -> (state, start_time, array_job_id, array_task_id) for every job the
 # dependency names and every task of the arrays it names; `arrays`: array master id ->
-# the job ids of its tasks.
+# {task id: job id} of its tasks.
 
 def members(target: Target, jobs: dict, arrays: dict, my_task: int | None = None,
             corr: bool = False) -> list[int]:
@@ -126,8 +131,8 @@ def members(target: Target, jobs: dict, arrays: dict, my_task: int | None = None
     if tasks is None:
         return [target.job_id] if target.job_id in jobs and task is None else []
     if task is None:
-        return list(tasks)
-    return [i for i in tasks if jobs[i][3] == task]
+        return list(tasks.values())
+    return [tasks[task]] if task in tasks else []
 
 
 def _clause(kind: str, targets, jobs, arrays, my_task, now) -> str:

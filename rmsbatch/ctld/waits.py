@@ -74,7 +74,7 @@ def snapshot(spool, pending: list[scheduler.PendingJob]) -> scheduler.Waits | No
     for job_id, state, start, array_id, task in spool.dependency_rows(named):
         waits.jobs[job_id] = (state, start, array_id, task)
         if array_id is not None:
-            waits.arrays.setdefault(array_id, []).append(job_id)
+            waits.arrays.setdefault(array_id, {})[task] = job_id
     if singleton:
         for job_id, user, name, state in spool.active_names():
             waits.named.setdefault((user, name), []).append((job_id, state))

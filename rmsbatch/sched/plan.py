@@ -4,6 +4,8 @@ Pure: no SQL, no sockets, no clock (`now` is an argument), so the controller
 and a trace simulator run the same code. The policy for now: priority, then
 submit order, first fit; within a partition, the first job that cannot start
 blocks those behind it (no backfill yet), so big jobs are not starved.
+A job held back by its begin time, its dependency or its array's throttle waits
+without blocking anyone (the controller gives the states those need: `Waits`).
 Every pending job gets a reason.
 """
 from __future__ import annotations
@@ -49,7 +51,10 @@ class Waits:
     """What the controller knows beyond the pending jobs, for their dependencies and
     array throttles (see rmsbatch.core.dependency for `jobs` and `arrays`)."""
     jobs: dict[int, tuple] = field(default_factory=dict)
-    arrays: dict[int, list[int]] = field(default_factory=dict)
+    arrays: dict[int, dict[int, int]] = field(default_factory=dict)   # id -> task -> job
+    # verdicts of this pass by (dependency, task): an array's tasks share one dependency,
+    # and 10,000 tasks after a 10,000-task array must not cost 10,000 x 10,000
+    verdicts: dict[tuple, tuple] = field(default_factory=dict)
     running_tasks: dict[int, int] = field(default_factory=dict)   # array id -> running
     # (user, name) -> ids of active jobs of that name, for singleton
     named: dict[tuple, list[tuple[int, str]]] = field(default_factory=dict)
@@ -101,18 +106,30 @@ def _waiting_on(job: PendingJob, waits: Waits, now: float, out: Decisions) -> st
         _wake(out, job.begin_time)
         return BEGIN_TIME
     if job.dependency is not None:
-        verdict = deps.evaluate(job.dependency, waits.jobs, waits.arrays,
-                                my_task=job.array_task_id, now=now,
-                                singleton_free=_singleton_free(job, waits))
+        verdict, wake = _verdict(job, waits, now)
         if verdict == deps.NEVER:
             out.never.append(job.id)
             return DEPENDENCY_NEVER
         if verdict == deps.WAIT:
-            _wake(out, deps.wake_time(job.dependency, waits.jobs, waits.arrays))
+            _wake(out, wake)
             return DEPENDENCY
     if job.throttle and waits.running_tasks.get(job.array_job_id, 0) >= job.throttle:
         return ARRAY_LIMIT
     return None
+
+
+def _verdict(job: PendingJob, waits: Waits, now: float) -> tuple[str, float | None]:
+    dep = job.dependency
+    if dep.singleton:       # depends on the job's own name and place in the queue
+        verdict = deps.evaluate(dep, waits.jobs, waits.arrays, my_task=job.array_task_id,
+                                now=now, singleton_free=_singleton_free(job, waits))
+        return verdict, deps.wake_time(dep, waits.jobs, waits.arrays)
+    key = (dep.text(), job.array_task_id if dep.corresponding else None)
+    if key not in waits.verdicts:
+        waits.verdicts[key] = (
+            deps.evaluate(dep, waits.jobs, waits.arrays, my_task=job.array_task_id, now=now),
+            deps.wake_time(dep, waits.jobs, waits.arrays))
+    return waits.verdicts[key]
 
 
 def _started(job: PendingJob, waits: Waits) -> None:
@@ -128,6 +145,7 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
              waits: Waits | None = None) -> Decisions:
     """Decide which pending jobs start now; `nodes` is updated with the starts."""
     waits = waits or Waits()
+    waits.verdicts.clear()          # states may have changed since the last pass
     out = Decisions()
     blocked: set[str] = set()
     members: dict[str, list[NodeView]] = {
