@@ -59,7 +59,7 @@ class NodeDaemon(MonitorLink):
         self.loop = loop or Loop()
         self.state_dir = os.path.join(config.node_state_dir, node)
         self.jobs_dir = os.path.join(self.state_dir, "jobs")
-        self.trash = Trash(self.jobs_dir)
+        self.trash = Trash(os.path.join(self.state_dir, "gone"))
         self.notify_path = os.path.join(self.state_dir, "rmsd.sock")
         self.lease_path = os.path.join(self.state_dir, "leases.json")
         self.privileged = os.geteuid() == 0

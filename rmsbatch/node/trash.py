@@ -21,6 +21,9 @@ SLICE_S = 0.02          # at most this long per idle moment
 
 
 class Trash:
+    """`parent`: a directory beside the job directories, on the same file system (not
+    among them: rmsd lists those often)."""
+
     def __init__(self, parent: str):
         self.parent = parent
         self.piled: list[str] = []
@@ -33,6 +36,14 @@ class Trash:
         try:
             os.rename(path, aside)
         except FileNotFoundError:
+            if not os.path.isdir(self.parent):      # first use, or removed meanwhile
+                try:
+                    os.mkdir(self.parent, 0o700)
+                except OSError:
+                    pass
+                else:
+                    self.serial -= 1
+                    self.discard(path)
             return
         except OSError as exc:      # another file system, or no permission: at once
             log.debug("%s: not renamed aside (%s): removed now", path, exc)
