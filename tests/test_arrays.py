@@ -142,3 +142,25 @@ def test_a_malformed_array_is_refused_by_rsub(cluster):
     assert result.returncode != 0
     assert result.stderr.startswith("rsub: error: --array=5-1: ") \
         and "ends before it starts" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_malformed_array_task_ids_are_usage_errors(cluster):
+    c = cluster
+    for argv, prefix in ((("rcancel", "12_x"), "rcancel: error: argument JOBID: "),
+                         (("rq", "-j", "12_[1-"), "rq: error: argument -j/--jobs: "),
+                         (("rsacct", "-j", "5_"), "rsacct: error: argument -j/--jobs: ")):
+        result = c.run(*argv)
+        assert result.returncode == 2
+        assert result.stderr.startswith(prefix + "invalid array task ")
+        assert "42_[1-5]" in result.stderr and result.stderr.count("\n") == 1
+    shown = c.run("rcontrol", "show", "job", "3_x")
+    assert shown.returncode == 2 and "array task such as 42_7" in shown.stderr
+
+
+def test_wait_waits_for_every_task_and_returns_the_highest_exit_code(cluster):
+    result = cluster.run("rsub", "--wait", "--array=1-3", "--wrap", "exit $SLURM_ARRAY_TASK_ID")
+    array_id = int(result.stdout.split()[-1])
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        f"rsub: job {array_id}_{k} ended FAILED (exit code {k}:0)" for k in (1, 2, 3)]
+    assert all(j["state"] == "FAILED" for j in tasks_of(cluster, array_id))

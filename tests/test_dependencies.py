@@ -233,3 +233,14 @@ def test_core_ten_thousand_tasks_after_a_ten_thousand_task_array():
     corr = [_pending(20_000 + k, "aftercorr:1", task=k, array=20_000) for k in range(10_000)]
     out = _schedule(corr, waits, cpus=10_000)
     assert sorted(job_id - 20_000 for job_id, _ in out.starts) == list(range(1, 10_000, 2))
+
+
+def test_malformed_dependency_and_begin_are_refused_by_rsub(cluster):
+    for option, words in (("--begin=soon", "invalid time 'soon'"),
+                          ("--dependency=afterok:1?afterany:2,after:3", "mixes ',' and '?'"),
+                          ("--dependency=afterok:12+5", "only for after"),
+                          ("--kill-on-invalid-dep=maybe", "must be yes or no")):
+        result = cluster.run("rsub", option, "--wrap", "true")
+        assert result.returncode == 2, option
+        assert result.stderr.startswith(f"rsub: error: {option}: ") and words in result.stderr
+        assert result.stderr.count("\n") == 1

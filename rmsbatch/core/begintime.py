@@ -42,6 +42,8 @@ def parse(text: str, now: float | None = None) -> float:
     if word in NAMED:
         hour, minute = NAMED[word]
         return _next(today, now, hour, minute, 0)
+    if not any(c.isdigit() for c in word):
+        raise BeginTimeError(f"invalid time {text!r}: {_HOW}")
     date_part, t, clock_part = word.partition("t")
     if ":" in word and not t:
         date_part, clock_part = "", word
