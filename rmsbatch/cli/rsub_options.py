@@ -393,9 +393,8 @@ OPTIONS: tuple[Option, ...] = (
     # Slurm's, refused until rmsbatch has them.
     _job("array", "a", "array", _array, "IDS[%N]", "Control",
          "job array: 0-99, 1,5,9, 0-99:10; %N: N tasks at a time"),
-    _job("dependency", "d", "dependency", _dependency, "TYPE:ID[:ID]", "Control",
-         "wait for jobs: afterok:ID, afterany, afternotok, after, aftercorr, singleton; "
-         "',' all, '?' any"),
+    _job("dependency", "d", "dependency", _dependency, "TYPE:ID", "Control",
+         "after other jobs: afterok:ID[:ID], afterany, singleton, ..."),
     _job("kill-on-invalid-dep", None, "kill_on_invalid_dep", _yes_no, "yes|no",
          "Control",
          "cancel if the dependency can never be met"),
