@@ -244,35 +244,25 @@ def _is_var_name(name: str) -> bool:
 
 
 def _array(value: str) -> str:
-    from rmsbatch.core import arrayspec
-    try:
-        arrayspec.parse(value)
-    except arrayspec.ArraySpecError as exc:
-        raise ValueError(str(exc)) from None
+    from rmsbatch.core import arrayspec     # its errors are ValueErrors with the message
+    arrayspec.parse(value)
     return value.strip()
 
 
 def _dependency(value: str) -> str:
     from rmsbatch.core import dependency
-    try:
-        return dependency.parse(value).text()
-    except dependency.DependencyError as exc:
-        raise ValueError(str(exc)) from None
+    return dependency.parse(value).text()
 
 
 def _begin(value: str) -> float:
     from rmsbatch.core import begintime
-    try:
-        return begintime.parse(value)
-    except begintime.BeginTimeError as exc:
-        raise ValueError(str(exc)) from None
+    return begintime.parse(value)
 
 
 def _yes_no(value: str) -> bool:
-    word = value.strip().lower()
-    if word not in ("yes", "no"):
+    if value.strip().lower() not in ("yes", "no"):
         raise ValueError("must be yes or no")
-    return word == "yes"
+    return value.strip().lower() == "yes"
 
 
 def _constant(result):
