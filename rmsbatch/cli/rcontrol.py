@@ -143,7 +143,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             except argparse.ArgumentTypeError:
                 sub.error(f"invalid job id {args.name!r}: expected a number such as 42, "
                           "or an array task such as 42_7")
-            args.job_id = args.name
+            args.job_id = int(args.name) if args.name.isdigit() else args.name
         if args.entity in ("hostnames", "hostlist") and not args.name:
             sub.error(f"show {args.entity} needs a host list, e.g. 'gpu[01-04]'")
         if args.entity in ("node", "hostnames", "hostlist") and args.name:
