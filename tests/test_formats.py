@@ -305,7 +305,9 @@ def test_rq_body(monkeypatch, capsys):
     monkeypatch.setattr(client, "call", fake)
     assert run_main("rq", rq.body, ["-h", "-o", "%i %t"]) == 0
     assert capsys.readouterr().out == "42 R\n"
-    assert seen == [("jobs", {"active": True, "fields": ["id", "state"]})]
+    # and what names array tasks (12_7) and folds an array's pending ones (12_[5-99])
+    assert seen == [("jobs", {"active": True, "fields": [
+        "array_job_id", "array_task_id", "array_throttle", "id", "state"]})]
 
 
 def test_rq_asks_only_for_fields_the_controller_has():

@@ -387,8 +387,6 @@ def test_several_partitions_refused(rsub):
 @pytest.mark.parametrize(
     "argv, name",
     [
-        (["--array=0-9"], "--array"), (["-a", "1-3"], "--array"), (["--dependency=afterok:1"], "--dependency"),
-        (["-d", "after:2"], "--dependency"), (["--begin=now+1hour"], "--begin"),
         (["--mincpus=4"], "--mincpus"),
         (["--deadline=now+1day"], "--deadline"), (["-m", "block"], "--distribution"),
     ],
@@ -399,7 +397,8 @@ def test_unsupported_options_recognised_and_refused(rsub, argv, name):
 
 
 def test_unsupported_message_shape(rsub):
-    assert error_of(rsub, "--array=1-3", "job.sh") == "--array: not supported yet by rmsbatch"
+    assert error_of(rsub, "--deadline=now+1day", "job.sh") == \
+        "--deadline: not supported yet by rmsbatch"
 
 
 def test_informational_options_ignored(rsub):
@@ -595,8 +594,10 @@ def test_directive_after_first_command_ignored(rsub):
 def test_directive_errors_name_script_and_line(rsub):
     message = error_of(rsub, "job.sh", script=script("# comment", "#SBATCH --mem=12Q"))
     assert message == "job.sh line 3: --mem=12Q: unknown unit 'Q' (use K, M, G or T)"
-    message = error_of(rsub, "job.sh", script=script("#SBATCH --array=0-3"))
-    assert message == "job.sh line 2: --array: not supported yet by rmsbatch"
+    message = error_of(rsub, "job.sh", script=script("#SBATCH --deadline=now+1day"))
+    assert message == "job.sh line 2: --deadline: not supported yet by rmsbatch"
+    message = error_of(rsub, "job.sh", script=script("#SBATCH --array=0-3%0"))
+    assert message.startswith("job.sh line 2: --array=0-3%0: invalid throttle %0")
     message = error_of(rsub, "job.sh", script=script("#RMS --memroy=4G"))
     assert message.startswith("job.sh line 2: --memroy: unknown option (did you mean --mem")
 

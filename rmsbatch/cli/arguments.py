@@ -80,6 +80,61 @@ def job_id_list(text: str) -> list[int]:
     return ids
 
 
+def _split_outside_brackets(text: str) -> list[str]:
+    """`12_[1,3],14` -> ["12_[1,3]", "14"]."""
+    items, depth, word = [], 0, ""
+    for ch in text:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            items.append(word)
+            word = ""
+        else:
+            word += ch
+    items.append(word)
+    return [i.strip() for i in items if i.strip()]
+
+
+def job_ref_list(text: str) -> list:
+    """Job ids and array tasks: `12` (a job, or a whole array), `12_7` (one task),
+    `12_[1-5]` or `12_[1,3,8-9]` (several) -> [12, (12, 7), (12, 1), ...]."""
+    refs: list = []
+    items = _split_outside_brackets(text)
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    for item in items:
+        head, underscore, tasks = item.partition("_")
+        job = job_id_list(head)[0] if head else None
+        if job is None or "," in head:
+            raise argparse.ArgumentTypeError(f"invalid job id {item!r}: expected a number "
+                                             "such as 42, or an array task such as 42_7")
+        if not underscore:
+            refs.append(job)
+            continue
+        if tasks.startswith("[") and tasks.endswith("]"):
+            tasks = tasks[1:-1]
+        from rmsbatch.core import arrayspec
+        try:
+            numbers, _ = arrayspec.parse(tasks)
+        except arrayspec.ArraySpecError:
+            raise argparse.ArgumentTypeError(
+                f"invalid array task {item!r}: expected ID_TASK such as 42_7, or "
+                "ID_[TASKS] such as 42_[1-5] or 42_[1,3]") from None
+        refs.extend((job, n) for n in numbers)
+    return refs
+
+
+def id_fields(refs) -> dict:
+    """The request fields for job references from `job_ref_list`: ids, array_tasks."""
+    fields: dict = {}
+    ids = [r for r in refs or () if isinstance(r, int)]
+    tasks = [list(r) for r in refs or () if isinstance(r, tuple)]
+    if ids:
+        fields["ids"] = ids
+    if tasks:
+        fields["array_tasks"] = tasks
+    return fields
+
+
 def job_state_list(text: str) -> list[str]:
     """`PD,running` -> ["PENDING", "RUNNING"]; `all` -> ["all"]."""
     from rmsbatch.core.states import parse_state

@@ -9,7 +9,9 @@ import signal
 import sys
 
 from rmsbatch.net import client
-from rmsbatch.cli.arguments import CommandParser, comma_list, job_id_list, job_state_list
+from rmsbatch.cli.arguments import (
+    CommandParser, comma_list, id_fields, job_ref_list, job_state_list,
+)
 from rmsbatch.cli.common import exit_with, job_filters
 
 PROG = "rcancel"
@@ -17,6 +19,8 @@ PROG = "rcancel"
 EXAMPLES = """
   rcancel 42                    cancel job 42
   rcancel 42 43,44              cancel three jobs
+  rcancel 12                    cancel array 12, all its tasks
+  rcancel 12_7 12_[1-3]         cancel tasks 7 and 1 to 3 of array 12
   rcancel --me -t PD            cancel all your pending jobs
   rcancel -u $USER -n sweep     cancel your jobs named "sweep"
   rcancel -s USR1 42            send SIGUSR1 to job 42's processes but not to its
@@ -44,8 +48,9 @@ def build_parser() -> CommandParser:
         description="Cancel jobs, or signal them (like scancel).\n"
                     "Give job ids, filters, or both: filters narrow down the ids, and\n"
                     "alone select every job they match.")
-    parser.add_argument("job_ids", nargs="*", type=job_id_list, metavar="JOBID",
-                        help="job ids (space- or comma-separated)")
+    parser.add_argument("job_ids", nargs="*", type=job_ref_list, metavar="JOBID",
+                        help="job ids (space- or comma-separated); an array's id for the "
+                             "whole array, ID_TASK or ID_[TASKS] for some of its tasks")
     sel = parser.add_argument_group("filters (comma-separated lists)")
     sel.add_argument("-u", "--user", dest="users", action="extend", type=comma_list,
                      metavar="USER[,...]", help="jobs of these users")
@@ -92,7 +97,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def request(args: argparse.Namespace) -> dict:
-    fields = job_filters(args, ("ids", "accounts", "partitions", "states", "names"))
+    fields = job_filters(args, ("accounts", "partitions", "states", "names"))
+    fields.update(id_fields(args.ids))
     if args.signal:
         fields["signal"] = args.signal
         fields["scope"] = "batch" if args.batch else "full" if args.full else "children"

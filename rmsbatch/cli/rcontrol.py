@@ -17,7 +17,7 @@ import os
 import sys
 
 from rmsbatch.net import client
-from rmsbatch.cli.arguments import CommandParser, job_id_list
+from rmsbatch.cli.arguments import CommandParser, id_fields, job_id_list, job_ref_list
 from rmsbatch.cli.details import job_detail, node_detail, partition_detail, render_details
 from rmsbatch.cli.jobupdate import is_job_update, parse_job_update
 from rmsbatch.cli.layout import render_json
@@ -148,9 +148,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sub = parser.subcommands[args.command]
     if args.command == "show":
         if args.entity == "job" and args.name is not None:
-            if not args.name.isdigit() or int(args.name) == 0:
-                sub.error(f"invalid job id {args.name!r}: expected a number such as 42")
-            args.job_id = int(args.name)
+            try:
+                args.job_refs = job_ref_list(args.name)
+            except argparse.ArgumentTypeError:
+                sub.error(f"invalid job id {args.name!r}: expected a number such as 42, "
+                          "or an array task such as 42_7")
+            args.job_id = int(args.name) if args.name.isdigit() else args.name
         if args.entity == "hostnames" and not args.name:
             # inside a job, as scontrol: the job's own nodes
             args.name = os.environ.get("SLURM_JOB_NODELIST") or \
@@ -281,7 +284,7 @@ def show(args: argparse.Namespace) -> str:
         if name is None:
             reply = client.call("jobs", active=True)
         else:
-            reply = client.call("jobs", ids=[args.job_id])
+            reply = client.call("jobs", **id_fields(args.job_refs))
             if not reply.get("jobs"):
                 raise CommandError(f"job {args.job_id} not found")
         return render_show(args, reply)

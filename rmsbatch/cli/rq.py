@@ -11,8 +11,9 @@ import time
 
 from rmsbatch.net import client
 from rmsbatch.cli.arguments import (
-    CommandParser, add_output_options, comma_list, job_id_list, job_state_list,
+    CommandParser, add_output_options, comma_list, id_fields, job_ref_list, job_state_list,
 )
+from rmsbatch.cli.arrayids import ARRAY_KEYS, fold_pending, label_tasks
 from rmsbatch.cli.jobfields import JOB_ALIASES, JOB_FIELDS, job_format_help, job_layout
 from rmsbatch.cli.layout import FormatError, field_layout, render_json
 from rmsbatch.cli.common import emit, exit_with, job_filters
@@ -21,9 +22,10 @@ from rmsbatch.core.hostlist import HostlistError, expand
 PROG = "rq"
 
 def projection(layout) -> list[str]:
-    """The record keys the layout shows: rq asks the controller for just those, so a
-    listing of 10,000 jobs travels as compact rows of a few fields."""
-    return layout.reads()
+    """The record keys the layout shows (and those that name array tasks): rq asks the
+    controller for just those, so a listing of 10,000 jobs travels as compact rows of
+    a few fields."""
+    return sorted(set(layout.reads()) | set(ARRAY_KEYS))
 
 
 EXAMPLES = """
@@ -32,6 +34,7 @@ EXAMPLES = """
   rq -u alice,bob -p gpu        jobs of two users in partition gpu
   rq -t PD                      pending jobs and the reason each waits
   rq -t all -j 41,42            jobs 41 and 42, whatever their state
+  rq -j 12 -r                   array 12, one line per task (pending ones folded without -r)
   rq -l                         adds the time limit, node count and full state
   rq -o "%.10i %.2t %.8u %j"    squeue format codes (rq -o help lists them)
   rq -o jobid,state,name:30     field names, :WIDTH fixes a width, :.WIDTH aligns right
@@ -72,8 +75,9 @@ def build_parser() -> CommandParser:
                      help="jobs in these states, by name or code (PENDING or PD, "
                           "RUNNING or R, CD, F, CA, TO, ...); 'all' for every state. "
                           "Default: PENDING, RUNNING and COMPLETING")
-    sel.add_argument("-j", "--jobs", dest="ids", action="extend", type=job_id_list,
-                     metavar="ID[,...]", help="these jobs only")
+    sel.add_argument("-j", "--jobs", dest="ids", action="extend", type=job_ref_list,
+                     metavar="ID[,...]", help="these jobs only (an array's id: all its tasks; "
+                                              "ID_TASK: one task)")
     sel.add_argument("-n", "--name", dest="names", action="extend", type=comma_list,
                      metavar="NAME[,...]", help="jobs with these names")
     sel.add_argument("-w", "--nodelist", dest="nodes", action="extend", type=_hostlist_arg,
@@ -84,6 +88,9 @@ def build_parser() -> CommandParser:
                           "('jobid,name:30'); 'help' lists both")
     out.add_argument("-O", "--Format", dest="Format", metavar="FIELDS",
                      help="field names as squeue --Format: 'JobID,Name:30,State'")
+    out.add_argument("-r", "--array", action="store_true",
+                     help="one line per array task (by default the pending tasks of an "
+                          "array share one line, 12_[5-99%%10])")
     out.add_argument("-l", "--long", action="store_true",
                      help="add TIME_LIMIT and NODES, and show STATE in full")
     add_output_options(out)
@@ -113,7 +120,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def request(args: argparse.Namespace) -> dict:
     """The fields of the one "jobs" request this command sends."""
-    fields = job_filters(args, ("accounts", "partitions", "ids", "names", "nodes"))
+    fields = job_filters(args, ("accounts", "partitions", "names", "nodes"))
+    fields.update(id_fields(args.ids))
     states = args.states or []
     if not states:
         fields["active"] = True
@@ -127,7 +135,14 @@ def render(records: list[dict], args: argparse.Namespace, now: float | None = No
     if args.json:
         return render_json("jobs", records)
     layout = getattr(args, "layout", None) or job_layout(args.format, long=args.long)
-    return layout.render(records, now, header=not args.noheader)
+    return layout.render(listing(records, getattr(args, "array", False)), now,
+                         header=not args.noheader)
+
+
+def listing(records: list[dict], unfold: bool = False) -> list[dict]:
+    """The rows of the table: array tasks as `12_7`, and unless `unfold`, the pending
+    tasks of an array on one line."""
+    return label_tasks(records) if unfold else fold_pending(records)
 
 
 def body(argv: list[str]) -> int:

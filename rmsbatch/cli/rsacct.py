@@ -8,8 +8,9 @@ import argparse
 import time
 
 from rmsbatch.net import client
+from rmsbatch.cli.arrayids import ARRAY_KEYS, fold_pending
 from rmsbatch.cli.arguments import (
-    CommandParser, add_output_options, comma_list, job_id_list, job_state_list,
+    CommandParser, add_output_options, comma_list, id_fields, job_ref_list, job_state_list,
 )
 from rmsbatch.cli.jobfields import SACCT_DEFAULT, sacct_format_help, sacct_layout
 from rmsbatch.cli.layout import FormatError, render_json
@@ -75,8 +76,9 @@ def build_parser() -> CommandParser:
         description="Show accounting data for jobs, running and finished (like sacct).\n"
                     "Without -j or -S: jobs since 00:00 today.")
     sel = parser.add_argument_group("which jobs")
-    sel.add_argument("-j", "--jobs", dest="ids", action="extend", type=job_id_list,
-                     metavar="ID[,...]", help="these jobs (no time window unless -S is given)")
+    sel.add_argument("-j", "--jobs", dest="ids", action="extend", type=job_ref_list,
+                     metavar="ID[,...]", help="these jobs (no time window unless -S is given); "
+                                              "an array's id: all its tasks; ID_TASK: one task")
     sel.add_argument("-u", "--user", dest="users", action="extend", type=comma_list,
                      metavar="USER[,...]", help="jobs of these users")
     sel.add_argument("-a", "--allusers", action="store_true", help="jobs of every user")
@@ -138,10 +140,11 @@ def parse_args(argv: list[str], now: float | None = None) -> argparse.Namespace:
 
 def request(args: argparse.Namespace) -> dict:
     fields: dict = {}
-    for key in ("ids", "users", "accounts", "partitions", "states", "names"):
+    for key in ("users", "accounts", "partitions", "states", "names"):
         value = getattr(args, key)
         if value:
             fields[key] = value
+    fields.update(id_fields(args.ids))
     if args.start_after is not None:
         fields["start_after"] = args.start_after
     if args.end_before is not None:
@@ -185,6 +188,7 @@ def render(records: list[dict], args: argparse.Namespace, now: float | None = No
     if args.json:
         return render_json("jobs", records)
     layout = getattr(args, "layout", None) or sacct_layout(args.format)
+    records = fold_pending(records)     # array tasks as 12_7, pending ones as 12_[1-9]
     header = not args.noheader
     if args.parsable2 or args.parsable:
         return layout.parsable(records, now, header=header, trailing=args.parsable)
@@ -199,7 +203,7 @@ def body(argv: list[str]) -> int:
     fields = request(args)
     if not args.json:
         # compact rows of what the layout shows: listings run to tens of thousands
-        fields["fields"] = args.layout.reads()
+        fields["fields"] = sorted(set(args.layout.reads()) | set(ARRAY_KEYS))
     with client.Client() as conn:
         records = client.records(conn.call("jobs", **fields))
         steps: dict[int, list[dict]] = {}

@@ -35,17 +35,26 @@ def body(argv: list[str]) -> int:
         print(job_id if sub.parsable else f"Submitted batch job {job_id}", flush=True)
         if not sub.wait:
             return 0
-    job = _wait(client, job_id)
-    state = job["state"]
-    code = job.get("exit_code") or 0
-    sig = job.get("exit_signal") or 0
-    if state == "COMPLETED":
+    # an array: every task (their ids follow the array's), as sbatch --wait does
+    jobs = [_wait(client, i) for i in range(job_id, job_id + reply.get("tasks", 1))]
+    failed = [j for j in jobs if j["state"] != "COMPLETED"]
+    if not failed:
         return 0
-    why = f": {job['end_reason']}" if job.get("end_reason") else ""
-    print(f"rsub: job {job_id} ended {state} (exit code {code}:{sig}){why}", file=sys.stderr)
-    if code:
-        return code
-    return 128 + sig if sig else 1
+    for job in failed[:10]:
+        code, sig = job.get("exit_code") or 0, job.get("exit_signal") or 0
+        name = job_id if "tasks" not in reply else f"{job_id}_{job['array_task_id']}"
+        why = f": {job['end_reason']}" if job.get("end_reason") else ""
+        print(f"rsub: job {name} ended {job['state']} (exit code {code}:{sig}){why}",
+              file=sys.stderr)
+    if len(failed) > 10:
+        print(f"rsub: ... and {len(failed) - 10} more tasks of array {job_id} did not "
+              f"complete (rsacct -j {job_id} lists them)", file=sys.stderr)
+    # the highest exit code of any task, as sbatch --wait
+    codes = [j.get("exit_code") or 0 for j in failed]
+    if max(codes):
+        return max(codes)
+    sigs = [j.get("exit_signal") or 0 for j in failed]
+    return 128 + max(sigs) if max(sigs) else 1
 
 
 def _inherited() -> tuple[int, dict]:

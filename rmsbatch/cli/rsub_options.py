@@ -345,6 +345,28 @@ def _is_var_name(name: str) -> bool:
     )
 
 
+def _array(value: str) -> str:
+    from rmsbatch.core import arrayspec     # its errors are ValueErrors with the message
+    arrayspec.parse(value)
+    return value.strip()
+
+
+def _dependency(value: str) -> str:
+    from rmsbatch.core import dependency
+    return dependency.parse(value).text()
+
+
+def _begin(value: str) -> float:
+    from rmsbatch.core import begintime
+    return begintime.parse(value)
+
+
+def _yes_no(value: str) -> bool:
+    if value.strip().lower() not in ("yes", "no"):
+        raise ValueError("must be yes or no")
+    return value.strip().lower() == "yes"
+
+
 def _constant(result):
     return lambda _value: result
 
@@ -495,11 +517,17 @@ OPTIONS: tuple[Option, ...] = (
     _job("open-mode", None, "open_mode", _open_mode, "append|truncate", "Files",
          "keep or empty output files (requeued jobs append)"),
     # Slurm's, refused until rmsbatch has them.
-    _unsupported("array", "a"),
-    _unsupported("dependency", "d"),
+    _job("array", "a", "array", _array, "IDS[%N]", "Control",
+         "job array: 0-99, 1,5,9, 0-99:10; %N: N tasks at a time"),
+    _job("dependency", "d", "dependency", _dependency, "TYPE:ID", "Control",
+         "after other jobs: afterok:ID[:ID], afterany, singleton, ..."),
+    _job("kill-on-invalid-dep", None, "kill_on_invalid_dep", _yes_no, "yes|no",
+         "Control",
+         "cancel if the dependency can never be met"),
+    _job("begin", "b", "begin", _begin, "TIME", "Control",
+         "start no earlier: now+60, now+1hour, 16:00, tomorrow"),
     _job("signal", None, "signal", _signal, "[B:]SIG[@SECS]", "Control",
          "send SIG SECS (60) s before the time limit (B: to the shell)"),
-    _unsupported("begin", "b"),
     _unsupported("deadline"),
     _unsupported("mincpus"),
     _unsupported("distribution", "m"),
@@ -514,7 +542,6 @@ OPTIONS: tuple[Option, ...] = (
     _unsupported("input", "i"),
     _unsupported("nodefile", "F"),
     _unsupported("export-file"),
-    _unsupported("kill-on-invalid-dep"),
     _unsupported("oversubscribe", "s", NO_ARG),
     _unsupported("overcommit", "O", NO_ARG),
     _unsupported("test-only", None, NO_ARG),

@@ -68,6 +68,10 @@ class ControllerSection(_Model):
     kill_grace: int = 30              # seconds between SIGTERM and SIGKILL
     default_mem_per_cpu: int | str = 1024   # MB per CPU when a job gives no --mem
     max_jobs: int = 200_000           # active jobs the controller accepts
+    # Slurm's MaxArraySize: array task ids must be below it.
+    max_array_size: int = 10_001
+    # Slurm's kill_invalid_depend: cancel a job whose dependency can never be met.
+    kill_invalid_depend: bool = False
     # What one user may hold in rmsctld (root and the controller's own uid: no count).
     # 256 connections: workflow tools run many `rsub --wait` at once, each holding one.
     max_connections_per_user: int = 256
@@ -93,6 +97,13 @@ class ControllerSection(_Model):
     def _connections(cls, v):
         if v < 1:
             raise ValueError("must be at least 1")
+        return v
+
+    @field_validator("max_array_size")
+    @classmethod
+    def _array_size(cls, v):
+        if not 1 <= v <= 4_000_001:
+            raise ValueError("must be between 1 and 4000001")
         return v
 
     @field_validator("heartbeat_interval", "node_timeout", "request_timeout", "job_lease",

@@ -75,6 +75,7 @@ FIELDS: tuple = (
     ('array', None),  # as written and checked: "0-99%10", "1,5,9", "500-17000:1000"
     ('dependency', None),  # as written and checked: "afterok:12:13,singleton", "a?b"
     ('begin', None),  # epoch seconds: not before then
+    ('kill_on_invalid_dep', None),  # None: as cluster.toml says (kill_invalid_depend)
     ('signal', None),  # {"signal": 10, "seconds": 60, "batch": true}: before the time limit
     ('open_mode', None),  # "append" or "truncate"; None: truncate, append on a requeue
     ('reservation', None),
@@ -204,6 +205,8 @@ class JobSpec:
                     "nodes_given"):
             if not isinstance(getattr(self, key), bool):
                 raise SpecError(f"{key}: must be true or false")
+        if self.kill_on_invalid_dep not in (None, True, False):
+            raise SpecError("kill_on_invalid_dep: must be true, false or null")
         if not isinstance(self.environment, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.environment.items()
         ):

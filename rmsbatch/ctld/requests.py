@@ -35,6 +35,10 @@ Names = Annotated[list[Name], BeforeValidator(_no_nulls), BeforeValidator(_comma
                   Field(max_length=MAX_LIST)]
 Ids = Annotated[list[JobId], BeforeValidator(_no_nulls), Field(max_length=MAX_LIST)]
 Epoch = Annotated[float, Field(ge=0, le=1e12)]
+TaskId = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+# (array id, task id) pairs: `12_7` on a command line
+Tasks = Annotated[list[tuple[JobId, TaskId]], BeforeValidator(_no_nulls),
+                  Field(max_length=MAX_LIST)]
 
 
 class RequestError(Exception):
@@ -56,7 +60,8 @@ class Submit(Request):
 
 
 class JobFilter(Request):
-    ids: Ids = []
+    ids: Ids = []                   # jobs, or whole arrays by their array id
+    array_tasks: Tasks = []         # single tasks of arrays
     users: Names = []
     accounts: Names = []
     partitions: Names = []

@@ -33,6 +33,7 @@ from rmsbatch.ctld.nodestate import NOT_RESPONDING, NodeStatus, devices_of, view
 from rmsbatch.ctld.ops import NODE, OPERATOR, OPS
 from rmsbatch.ctld.records import alloc_from_json, alloc_to_json, batch_node, job_record
 from rmsbatch.ctld.spool import Spool
+from rmsbatch.ctld import waits as waiting
 from rmsbatch.net.loop import Conn, Loop
 from rmsbatch.sched import placement
 from rmsbatch.sched import plan as scheduler
@@ -72,6 +73,7 @@ class Controller:
         self.outbox: list[tuple[Conn | None, object]] = []
         self.changes = 0                   # bumped by every change to in-memory state
         self.backoff_until = 0.0           # after the spool refused a write
+        self.wake_at: float | None = None  # a begin time: a pass is due then
         self._users: dict[int, str] = {}
         cc = config.cluster.controller
         self.leases = Leases(cc.job_lease, cc.lease_margin)
@@ -180,11 +182,22 @@ class Controller:
         placement.take(self.nodes, {n: a for n, a in alloc.items() if n in self.nodes}, sign)
 
     def _pending(self, row: dict) -> scheduler.PendingJob:
-        return pending_from_row(row, self.config)
+        job = pending_from_row(row, self.config)
+        waiting.fill_pending(job, row)
+        return job
 
     def add_pending(self, row: dict) -> None:
         self.pending[row["id"]] = self._pending(row)
         self.reasons[row["id"]] = row["reason"]
+        self.changes += 1
+
+    def add_array(self, row: dict, ids: list[int], task_ids: list[int]) -> None:
+        """The tasks of a new array: one PendingJob each, sharing the parsed request."""
+        first = self._pending({**row, "id": ids[0], "array_job_id": ids[0],
+                               "array_task_id": task_ids[0]})
+        for job_id, task in zip(ids, task_ids):
+            self.pending[job_id] = waiting.task_of(first, job_id, task)
+            self.reasons[job_id] = row["reason"]
         self.changes += 1
 
     def reconfigure(self, config) -> None:
@@ -319,6 +332,20 @@ class Controller:
         self.dirty = True
         return True
 
+    def finish_pending(self, job_ids: list[int], state: JobState, **fields) -> list[int]:
+        """End pending jobs in one statement (an array of 10,000 cancelled); the ids
+        that were still pending."""
+        fields.setdefault("end_time", self.clock())
+        done = self.spool.transition_many(job_ids, state, **fields)
+        for job_id in done:
+            self.pending.pop(job_id, None)
+            self.reasons.pop(job_id, None)
+            if job_id in self.waiters:
+                self.outbox.append((None, job_id))
+        self.changes += 1
+        self.dirty = True
+        return done
+
     def requeue(self, job_id: int, why: str) -> bool:
         """Back to PENDING with a new run number; whatever still runs of the old run is
         told to stop."""
@@ -383,6 +410,9 @@ class Controller:
     def needs_pass(self) -> bool:
         if self.backoff_until and self.clock() < self.backoff_until:
             return False
+        if self.wake_at is not None and self.clock() >= self.wake_at:
+            self.wake_at = None
+            self.dirty = True
         return self.dirty or bool(self.fresh)
 
     def _fresh_jobs_wait(self) -> bool:
@@ -393,6 +423,8 @@ class Controller:
             job = self.pending.get(job_id)
             if job is None or job.hold:
                 continue
+            if waiting.held_back(job):
+                return False
             blocker = self.blocked_at.get(job.partition)
             if blocker is None or scheduler.order_key(job) < blocker:
                 return False
@@ -417,8 +449,10 @@ class Controller:
         parts = {p.name: scheduler.PartitionView(p.name, p.state == "UP",
                                                  self.config.partition_nodes[p.name])
                  for p in self.config.partitions.values()}
-        decisions = scheduler.schedule(eligible, self.nodes, parts, now)
+        decisions = scheduler.schedule(eligible, self.nodes, parts, now,
+                                       waiting.snapshot(self.spool, eligible))
         self.blocked_at = decisions.blocked
+        self.wake_at = decisions.wake_at
         started = []
         with self.spool.transaction():
             for job_id, alloc in decisions.starts:
@@ -441,18 +475,30 @@ class Controller:
             if changed:
                 self.spool.set_reasons(changed)
                 self.reasons.update(changed)
+            waiting.never_satisfied(self, decisions.never, changed, now)
         self.changes += 1
+        if started and waiting.any_dependency(self.pending.values()):
+            self.dirty = True       # `after:` dependants may start now that these have
+        specs: dict[int, dict] = {}     # the tasks of an array share one payload
         for job_id in started:
             row = self.spool.job(job_id)
             log.info("job %d: started on %s", job_id, row["nodelist"])
             # Every node sets up and holds its part of the allocation; the batch
             # script runs on the first node only, as in Slurm.
             for node in self.running[job_id]:
-                self.to_node(node, self.launch_message(row, node))
+                self.to_node(node, self.launch_message(row, node, specs))
         return len(started)
 
-    def launch_message(self, row: dict, node: str) -> dict:
-        spec = self.spool.job_spec(row["id"])
+    def launch_message(self, row: dict, node: str, specs: dict | None = None) -> dict:
+        """The order that starts the job's part on `node` (its batch script on the
+        first node); `specs` caches payloads by payload id over one pass."""
+        payload = row.get("payload_id")
+        if specs is not None and payload is not None and payload in specs:
+            spec = specs[payload]
+        else:
+            spec = self.spool.job_spec(row["id"])
+            if specs is not None and payload is not None:
+                specs[payload] = spec
         allocs = alloc_from_json(row["alloc"])
         alloc = allocs[node]
         message = {"op": "launch", "job": {
@@ -484,6 +530,7 @@ class Controller:
             default_mem_per_cpu=self.config.cluster.controller.default_mem_per_cpu)
         if node != batch_node(allocs):
             message["job"].update(allocation_holder())
+        message["job"].update(waiting.array_launch_keys(row))
         return message
 
     # -- nodes -------------------------------------------------------------------------

@@ -224,6 +224,22 @@ class Spool:
                         (job_id, json.dumps(spec)))
         return job_id
 
+    def insert_array(self, row: dict, spec: dict, task_ids: list[int]) -> list[int]:
+        """One row per task, in one statement; the first task's id is the array's
+        (array_job_id) and its payload is every task's (payload_id): a 10,000-task
+        array stores its script and environment once. The tasks' ids, in order."""
+        first = self.insert_job({**row, "array_task_id": task_ids[0]}, spec)
+        self.db.execute("UPDATE jobs SET array_job_id = ?, payload_id = ? WHERE id = ?",
+                        (first, first, first))
+        rest = {**row, "array_job_id": first, "payload_id": first}
+        cols = ["id", "array_task_id", *rest]
+        marks = ", ".join("?" * len(cols))
+        values = tuple(rest.values())
+        ids = [first + k for k in range(len(task_ids))]
+        self.db.executemany(f"INSERT INTO jobs ({', '.join(cols)}) VALUES ({marks})",
+                            ((ids[k], task_ids[k], *values) for k in range(1, len(ids))))
+        return ids
+
     def transition(self, job_id: int, to: JobState, *, sources=None, **fields) -> bool:
         """Move a job to `to` if its current state allows it (TRANSITIONS, or the
         `sources` given); False if not."""
@@ -235,6 +251,22 @@ class Spool:
             f"UPDATE jobs SET {sets} WHERE id = ? AND state IN ({marks})",
             (*fields.values(), job_id, *(s.value for s in sources)))
         return cur.rowcount == 1
+
+    def transition_many(self, job_ids: list[int], to: JobState, **fields) -> list[int]:
+        """`transition` for many jobs at once (a whole array cancelled); the ids moved."""
+        sources = TRANSITIONS[to]
+        fields["state"] = to.value
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        states = ", ".join("?" * len(sources))
+        moved = []
+        for k in range(0, len(job_ids), 500):
+            chunk = job_ids[k:k + 500]
+            cur = self.db.execute(
+                f"UPDATE jobs SET {sets} WHERE id IN ({', '.join('?' * len(chunk))}) "
+                f"AND state IN ({states}) RETURNING id",
+                (*fields.values(), *chunk, *(s.value for s in sources)))
+            moved += [r[0] for r in cur.fetchall()]
+        return moved
 
     def update_job(self, job_id: int, **fields) -> None:
         """Change fields that are not the state (reason, hold, priority, ...)."""
@@ -250,15 +282,32 @@ class Spool:
         return dict(zip(JOB_COLUMNS, row)) if row else None
 
     def job_spec(self, job_id: int) -> dict | None:
-        row = self.db.execute("SELECT spec FROM job_payloads WHERE job_id = ?", (job_id,)).fetchone()
+        """The job's script and environment: its own, or its array's (payload_id)."""
+        row = self.db.execute(
+            "SELECT spec FROM job_payloads WHERE job_id = COALESCE("
+            "(SELECT payload_id FROM jobs WHERE id = ?), ?)", (job_id, job_id)).fetchone()
         return json.loads(row[0]) if row else None
 
     def jobs(self, *, ids=None, users=None, accounts=None, partitions=None, states=None,
-             names=None, start_after=None, end_before=None, columns=None) -> list:
+             names=None, start_after=None, end_before=None, columns=None,
+             array_tasks=None) -> list:
         """Job rows matching every filter given, by id; as dicts, or as tuples
-        of `columns` when those are named (the fast path for big listings)."""
+        of `columns` when those are named (the fast path for big listings).
+        An id names a job or a whole array (its tasks); `array_tasks`, pairs
+        (array id, task id), name single tasks."""
         where, args = [], []
-        for column, values in (("id", ids), ("user", users), ("account", accounts),
+        named = []
+        if ids:
+            marks = ", ".join("?" * len(ids))
+            named.append(f"id IN ({marks}) OR array_job_id IN ({marks})")
+            args.extend(ids)
+            args.extend(ids)
+        for array_id, task_id in array_tasks or ():
+            named.append("(array_job_id = ? AND array_task_id = ?)")
+            args.extend((array_id, task_id))
+        if named:
+            where.append("(" + " OR ".join(named) + ")")
+        for column, values in (("user", users), ("account", accounts),
                                ("partition", partitions), ("state", states), ("name", names)):
             if values:
                 where.append(f"{column} IN ({', '.join('?' * len(values))})")
@@ -282,6 +331,33 @@ class Spool:
             return cur.fetchall()
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, row)) for row in cur]
+
+    def dependency_rows(self, ids) -> list[tuple]:
+        """(id, state, start_time, array_job_id, array_task_id) of these jobs and of
+        every task of the arrays among them: what dependencies on them depend on."""
+        ids = list(ids)
+        out = []
+        for k in range(0, len(ids), 400):       # SQLite's bound on host parameters
+            chunk = ids[k:k + 400]
+            marks = ", ".join("?" * len(chunk))
+            out += self.db.execute(
+                "SELECT id, state, start_time, array_job_id, array_task_id FROM jobs "
+                f"WHERE id IN ({marks}) OR array_job_id IN ({marks})", (*chunk, *chunk)).fetchall()
+        return out
+
+    def running_tasks(self) -> dict[int, int]:
+        """Array id -> how many of its tasks run (for throttles)."""
+        return dict(self.db.execute(
+            "SELECT array_job_id, COUNT(*) FROM jobs WHERE array_job_id IS NOT NULL AND "
+            "state IN (?, ?) GROUP BY array_job_id",
+            (JobState.RUNNING.value, JobState.COMPLETING.value)).fetchall())
+
+    def active_names(self) -> list[tuple]:
+        """(id, user, name, state) of every active job (for singleton dependencies)."""
+        return self.db.execute(
+            "SELECT id, user, name, state FROM jobs WHERE state IN (?, ?, ?)",
+            (JobState.PENDING.value, JobState.RUNNING.value, JobState.COMPLETING.value)
+        ).fetchall()
 
     def active_jobs(self) -> list[dict]:
         return self.jobs(states=[JobState.PENDING.value, JobState.RUNNING.value,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import socket
 import time
@@ -35,6 +34,7 @@ from rmsbatch.node.isolation import cgroup_parent
 from rmsbatch.node.jobdir import (LEGACY_PID_FILE, JobDir, SupervisorGone, parse_run,
                                   read_json, write_json)
 from rmsbatch.node.monitorlink import MonitorLink
+from rmsbatch.node.trash import Trash
 
 log = logging.getLogger("rmsbatch.noded")
 
@@ -60,6 +60,7 @@ class NodeDaemon(MonitorLink):
         self.loop = loop or Loop()
         self.state_dir = os.path.join(config.node_state_dir, node)
         self.jobs_dir = os.path.join(self.state_dir, "jobs")
+        self.trash = Trash(os.path.join(self.state_dir, "gone"))
         self.notify_path = os.path.join(self.state_dir, "rmsd.sock")
         self.lease_path = os.path.join(self.state_dir, "leases.json")
         self.privileged = os.geteuid() == 0
@@ -83,6 +84,7 @@ class NodeDaemon(MonitorLink):
         self.cpus_in_use: dict[str, list[int]] = {}
         self.step_launchers: dict[str, set[int]] = {}   # run -> pids (rmsbatch.node.step)
         self.gpu_usage: dict[str, GpuUsage] = {}
+        self.trash.sweep()
         for run in self.runs():
             job = read_json(os.path.join(self.job_dir(run), "job.json")) or {}
             spec = job.get("isolation")
@@ -404,7 +406,7 @@ class NodeDaemon(MonitorLink):
         self.cpus_in_use.pop(run, None)
         self.gpu_usage.pop(run, None)
         self.step_launchers.pop(run, None)
-        shutil.rmtree(self.job_dir(run), ignore_errors=True)
+        self.trash.discard(self.job_dir(run))
 
     def scan(self) -> None:
         """Backstop for lost notifications: report every run that has ended."""
@@ -572,8 +574,11 @@ class NodeDaemon(MonitorLink):
             if self.gpus is not None:
                 self.connect()
         interval = self.config.cluster.controller.heartbeat_interval
-        for conn, msg in self.loop.poll(min(timeout, interval)):
+        messages = self.loop.poll(0 if self.trash.piled else min(timeout, interval))
+        for conn, msg in messages:
             self.on_message(conn, msg)
+        if not messages and self.trash.piled:
+            self.trash.empty(0.02)
         for conn in self.loop.closed:
             if conn is self.monitor_conn:
                 self.monitor_conn = None

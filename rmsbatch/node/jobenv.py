@@ -16,6 +16,7 @@ sets that itself just before exec (rmsbatch.node.jobprocess).
 """
 from __future__ import annotations
 
+from rmsbatch.node.arrayenv import array_environment
 from rmsbatch.node.devices import record
 
 VISIBILITY_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
@@ -206,8 +207,7 @@ def environment(nd, job: dict, pw, tmpdir: str | None = None) -> dict[str, str]:
         del env[var]
     env.update(twins(job_variables(job)))
     env["SLURMD_NODENAME"] = env["RMS_NODENAME"] = nd.node
-    # Job arrays: SLURM_ARRAY_* and their RMS_ twins join here, from the arrays
-    # module's array_environment(job).
+    env.update(array_environment(job))
     if tmpdir:
         env["TMPDIR"] = tmpdir
     # Fenced, a job sees only its own devices, numbered from 0 as the vendor

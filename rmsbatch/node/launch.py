@@ -62,7 +62,8 @@ def prepare(nd, job: dict, jobdir: str) -> None:
         "environment": jobenv.environment(nd, job, pw, prolog.tmpdir_for(nd, run)),
         "time_limit": job["time_limit"],
         "kill_grace": job.get("kill_grace", 30), "node": nd.node,
-        "notify_socket": nd.notify_path, "array_job_id": None, "array_task_id": None,
+        "notify_socket": nd.notify_path, "array_job_id": job.get("array_job_id"),
+        "array_task_id": job.get("array_task_id"),
         "isolation": isolation(nd, job, run),
         "gpus": list(job["alloc"]["gpus"]),
         "lease": {"until": float(job.get("lease_until") or 0) or None,
@@ -74,7 +75,9 @@ def prepare(nd, job: dict, jobdir: str) -> None:
                     if k in ndc.propagate_rlimits} or None,
     }
     data["control"] = run_control(job)
-    write_json(os.path.join(jobdir, JOB_FILE), data)
+    # Not fsynced: the supervisor forked next reads it, and a crash of the machine ends
+    # the run with it, so two fsyncs per launch (the most of a launch) would buy nothing.
+    write_json(os.path.join(jobdir, JOB_FILE), data, durable=False)
     if job["alloc"]["gpus"]:
         nd.gpu_usage[run] = GpuUsage(jobdir, job["alloc"]["gpus"])
 

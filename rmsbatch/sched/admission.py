@@ -29,7 +29,8 @@ class AdmissionError(Exception):
 def default_output(spec) -> str:
     """Where a job's output goes when it names no file: the submit directory."""
     submit_dir = spec["submit_dir"] if isinstance(spec, dict) else spec.submit_dir
-    return os.path.join(submit_dir, "rms-%j.out")
+    array = spec.get("array") if isinstance(spec, dict) else spec.array
+    return os.path.join(submit_dir, "rms-%A_%a.out" if array else "rms-%j.out")
 
 
 def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, NodeView],

@@ -5,13 +5,16 @@ and a trace simulator run the same code. The policy for now: priority, then
 submit order, first fit; within a partition, the first job that cannot start
 blocks those behind it (no backfill yet), so big jobs are not starved. A job
 that waits for licenses, its reservation, or nodes it named (-w) does not block the
-others. Jobs stay off the nodes of reservations that are not theirs while their time
-limit would reach into them. Every pending job gets a reason.
+others, nor does one held back by its begin time, its dependency or its array's
+throttle (the controller gives the states those need: `Waits`). Jobs stay off the
+nodes of reservations that are not theirs while their time limit would reach into
+them. Every pending job gets a reason.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rmsbatch.core import dependency as deps
 from rmsbatch.sched.placement import (Allocation, InsufficientResources, NodeView, Request,
                                 allocate, take)
 
@@ -24,6 +27,10 @@ RESOURCES = "Resources"
 PRIORITY = "Priority"
 LICENSES = "Licenses"
 RESERVATION = "Reservation"     # its reservation is not active (yet, or any more)
+BEGIN_TIME = "BeginTime"
+DEPENDENCY = "Dependency"
+DEPENDENCY_NEVER = "DependencyNeverSatisfied"
+ARRAY_LIMIT = "JobArrayTaskLimit"
 
 
 @dataclass
@@ -41,6 +48,27 @@ class PendingJob:
     reservation: str | None = None      # the one it asked for
     window: object = None               # ... as a jobrequest.Window; None: gone
     reserved: tuple = ()                # the other reservations: their nodes are not its
+    user: str = ""
+    name: str = ""
+    array_job_id: int | None = None
+    array_task_id: int | None = None
+    throttle: int = 0          # at most this many tasks of its array run at once
+    dependency: deps.Dependency | None = None
+    begin_time: float | None = None
+
+
+@dataclass
+class Waits:
+    """What the controller knows beyond the pending jobs, for their dependencies and
+    array throttles (see rmsbatch.core.dependency for `jobs` and `arrays`)."""
+    jobs: dict[int, tuple] = field(default_factory=dict)
+    arrays: dict[int, dict[int, int]] = field(default_factory=dict)   # id -> task -> job
+    # verdicts of this pass by (dependency, task): an array's tasks share one dependency,
+    # and 10,000 tasks after a 10,000-task array must not cost 10,000 x 10,000
+    verdicts: dict[tuple, tuple] = field(default_factory=dict)
+    running_tasks: dict[int, int] = field(default_factory=dict)   # array id -> running
+    # (user, name) -> ids of active jobs of that name, for singleton
+    named: dict[tuple, list[tuple[int, str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,6 +85,8 @@ class Decisions:
     # partition -> order key of the job that could not start there: anything
     # that sorts after it waits for Priority until something changes
     blocked: dict[str, tuple] = field(default_factory=dict)
+    never: list[int] = field(default_factory=list)   # dependencies that can never hold
+    wake_at: float | None = None    # the next begin time (or after+MINUTES) to honour
 
 
 def order_key(job: PendingJob) -> tuple:
@@ -67,9 +97,66 @@ def order(pending: list[PendingJob]) -> list[PendingJob]:
     return sorted(pending, key=order_key)
 
 
+def _wake(out: Decisions, when: float | None) -> None:
+    if when is not None and (out.wake_at is None or when < out.wake_at):
+        out.wake_at = when
+
+
+def _singleton_free(job: PendingJob, waits: Waits) -> bool:
+    """No other job of this name and user runs, and none submitted earlier waits."""
+    for other, state in waits.named.get((job.user, job.name), ()):
+        if other != job.id and (state != "PENDING" or other < job.id):
+            return False
+    return True
+
+
+def _waiting_on(job: PendingJob, waits: Waits, now: float, out: Decisions) -> str | None:
+    """Why the job may not start yet whatever the nodes hold: its begin time, its
+    dependency or its array's throttle; None if nothing holds it back."""
+    if job.begin_time is not None and now < job.begin_time:
+        _wake(out, job.begin_time)
+        return BEGIN_TIME
+    if job.dependency is not None:
+        verdict, wake = _verdict(job, waits, now)
+        if verdict == deps.NEVER:
+            out.never.append(job.id)
+            return DEPENDENCY_NEVER
+        if verdict == deps.WAIT:
+            _wake(out, wake)
+            return DEPENDENCY
+    if job.throttle and waits.running_tasks.get(job.array_job_id, 0) >= job.throttle:
+        return ARRAY_LIMIT
+    return None
+
+
+def _verdict(job: PendingJob, waits: Waits, now: float) -> tuple[str, float | None]:
+    dep = job.dependency
+    if dep.singleton:       # depends on the job's own name and place in the queue
+        verdict = deps.evaluate(dep, waits.jobs, waits.arrays, my_task=job.array_task_id,
+                                now=now, singleton_free=_singleton_free(job, waits))
+        return verdict, deps.wake_time(dep, waits.jobs, waits.arrays)
+    key = (dep.text(), job.array_task_id if dep.corresponding else None)
+    if key not in waits.verdicts:
+        waits.verdicts[key] = (
+            deps.evaluate(dep, waits.jobs, waits.arrays, my_task=job.array_task_id, now=now),
+            deps.wake_time(dep, waits.jobs, waits.arrays))
+    return waits.verdicts[key]
+
+
+def _started(job: PendingJob, waits: Waits) -> None:
+    """Count a start within the pass, for the throttle and singleton of those after it."""
+    if job.throttle:
+        waits.running_tasks[job.array_job_id] = waits.running_tasks.get(job.array_job_id, 0) + 1
+    if job.dependency is not None and job.dependency.singleton:
+        waits.named.setdefault((job.user, job.name), []).append((-1, "RUNNING"))
+
+
 def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
-             partitions: dict[str, PartitionView], now: float) -> Decisions:
+             partitions: dict[str, PartitionView], now: float,
+             waits: Waits | None = None) -> Decisions:
     """Decide which pending jobs start now; `nodes` is updated with the starts."""
+    waits = waits or Waits()
+    waits.verdicts.clear()          # states may have changed since the last pass
     out = Decisions()
     held = licenses_held(nodes)
     blocked: set[str] = set()
@@ -83,6 +170,11 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
         if part is None or not part.up:
             out.reasons[job.id] = PARTITION_DOWN
             continue
+        if job.dependency is not None or job.begin_time is not None or job.throttle:
+            why = _waiting_on(job, waits, now, out)
+            if why is not None:
+                out.reasons[job.id] = why
+                continue
         if job.partition in blocked:
             out.reasons[job.id] = PRIORITY
             continue
@@ -102,6 +194,7 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
         book_licenses(job, alloc, held)
         take(nodes, alloc)
         out.starts.append((job.id, alloc))
+        _started(job, waits)
     return out
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 
-from rmsbatch.core import hostlist
+from rmsbatch.core import arrayspec, hostlist
+from rmsbatch.core import dependency as deps
 from rmsbatch.core.jobspec import JobSpec
 from rmsbatch.core.states import FINISHED, JobState, parse_state
 from rmsbatch.ctld import requests
@@ -15,6 +16,8 @@ from rmsbatch.sched.admission import admit
 
 log = logging.getLogger("rmsbatch.controller")
 
+SELECTED = ["id", "user", "state", "hold", "restart_count", "alloc", "array_job_id",
+            "array_task_id"]
 ACTIVE_STATES = [JobState.PENDING.value, JobState.RUNNING.value, JobState.COMPLETING.value]
 SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15,
            "CONT": 18, "STOP": 19, "TSTP": 20, "ALRM": 14}
@@ -47,16 +50,66 @@ def submit(ctl, conn, req: requests.Submit) -> dict:
         raise _error(f"partition {row['partition']} runs jobs only as {who} (its node daemons "
                      f"run unprivileged, in single-user mode): submit as {who}, or ask an "
                      "admin to run rmsd as root")
-    if len(ctl.pending) + len(ctl.running) >= cc.max_jobs:
-        raise _error(f"the queue is full ({cc.max_jobs} active jobs): try again later")
-    job_id = ctl.spool.insert_job(row, spec.to_dict())
-    row["id"] = job_id
-    ctl.add_pending(row)
+    task_ids, throttle = _array_tasks(spec, cc)
+    if len(ctl.pending) + len(ctl.running) + max(1, len(task_ids)) > cc.max_jobs:
+        more = f" for {len(task_ids)} more" if task_ids else ""
+        raise _error(f"the queue is full ({cc.max_jobs} active jobs{more}): try again later")
+    row.update(dependency=_checked_dependency(ctl, conn, spec), begin_time=spec.begin,
+               array_spec=spec.array, array_throttle=throttle)
+    if not task_ids:
+        job_id = ctl.spool.insert_job(row, spec.to_dict())
+        row["id"] = job_id
+        ctl.add_pending(row)
+        if not spec.hold:
+            ctl.fresh.append(job_id)
+        log.info("job %d: submitted by %s (%s, partition %s)", job_id, user, row["name"],
+                 row["partition"])
+        return {"job_id": job_id}
+    ids = ctl.spool.insert_array(row, spec.to_dict(), task_ids)
+    ctl.add_array(row, ids, task_ids)
     if not spec.hold:
-        ctl.fresh.append(job_id)
-    log.info("job %d: submitted by %s (%s, partition %s)", job_id, user, row["name"],
-             row["partition"])
-    return {"job_id": job_id}
+        ctl.fresh.extend(ids)
+    log.info("job %d: array of %d tasks (%s) submitted by %s (%s, partition %s)", ids[0],
+             len(ids), spec.array, user, row["name"], row["partition"])
+    return {"job_id": ids[0], "tasks": len(ids)}
+
+
+def _array_tasks(spec: JobSpec, cc) -> tuple[list[int], int]:
+    if spec.array is None:
+        return [], 0
+    try:
+        return arrayspec.parse(spec.array, cc.max_array_size)
+    except arrayspec.ArraySpecError as exc:
+        raise _error(f"--array={spec.array}: {exc}") from None
+
+
+def _checked_dependency(ctl, conn, spec: JobSpec) -> str | None:
+    """The dependency as stored; refused if it names a job that does not exist, or one
+    the submitter may not see."""
+    if spec.dependency is None:
+        return None
+    try:
+        dep = deps.parse(spec.dependency)
+    except deps.DependencyError as exc:
+        raise _error(f"--dependency={spec.dependency}: {exc}") from None
+    ids = sorted(dep.job_ids())
+    if not ids:
+        return dep.text()
+    rows = ctl.spool.jobs(ids=ids, columns=["id", "user", "array_job_id", "array_task_id"])
+    caller = ctl.user_name(conn.uid)
+    hidden = ctl.config.tenants.private_jobs and not ctl.is_privileged(conn)
+    jobs = {r[0]: r for r in rows if not (hidden and r[1] != caller)}
+    masters = {r[2] for r in jobs.values() if r[2] is not None}
+    tasks = {(r[2], r[3]) for r in jobs.values() if r[2] is not None}
+    for _, targets in dep.clauses:
+        for t in targets:
+            known = (t.job_id in jobs or t.job_id in masters) if t.task is None \
+                else (t.job_id, t.task) in tasks
+            if not known:
+                raise _error(f"--dependency={spec.dependency}: job {t.text().split('+')[0]} "
+                             "does not exist (or is not yours to see): check the id with "
+                             "rq -t all or rsacct")
+    return dep.text()
 
 
 def _single_user_owner(ctl, partition: str) -> int | None:
@@ -87,7 +140,7 @@ def jobs(ctl, conn, req: requests.Jobs) -> dict:
     users, ids = list(req.users), list(req.ids)
     own_only = False
     if req.all_users is not None:   # accounting-style query: own jobs unless asked
-        if not req.all_users and not users and not ids:
+        if not req.all_users and not users and not ids and not req.array_tasks:
             users = [caller]
         if not privileged and ctl.config.tenants.private_accounting:
             if req.all_users or set(users) - {caller}:
@@ -101,7 +154,8 @@ def jobs(ctl, conn, req: requests.Jobs) -> dict:
         states = ACTIVE_STATES
     if req.finished and not states:
         states = [s.value for s in FINISHED]
-    query = dict(ids=ids, users=[caller] if own_only else users, accounts=req.accounts,
+    query = dict(ids=ids, array_tasks=req.array_tasks,
+                 users=[caller] if own_only else users, accounts=req.accounts,
                  partitions=req.partitions, states=states, names=req.names,
                  start_after=req.start_after, end_before=req.end_before)
     if req.fields and not req.nodes:
@@ -137,7 +191,7 @@ def _select(ctl, conn, req: requests.JobFilter, verb: str) -> tuple[list[dict], 
     filters = {"users": req.users, "accounts": req.accounts, "partitions": req.partitions,
                "names": req.names}
     states = _states(req.states)
-    if not req.ids and not any(filters.values()) and not states:
+    if not req.ids and not req.array_tasks and not any(filters.values()) and not states:
         raise _error(f"{verb}: name job ids or a filter")
     caller = ctl.user_name(conn.uid)
     privileged = ctl.is_privileged(conn)
@@ -145,23 +199,38 @@ def _select(ctl, conn, req: requests.JobFilter, verb: str) -> tuple[list[dict], 
     if others and not privileged:
         raise _error(f"{verb}: permission denied for the jobs of {', '.join(others)} (you may "
                      f"{verb} only your own jobs)")
-    rows = ctl.spool.jobs(ids=req.ids, states=states or ACTIVE_STATES, **filters)
-    errors = []
-    found = {r["id"] for r in rows}
-    for i in req.ids:
-        if i not in found:
-            row = ctl.spool.job(i)
-            errors.append(f"job {i} not found" if row is None
-                          else f"job {i} has already finished ({row['state']})")
+    # only what acting on them needs: a whole array is 10,000s of rows
+    rows = [dict(zip(SELECTED, r)) for r in ctl.spool.jobs(
+        ids=req.ids, array_tasks=req.array_tasks, states=states or ACTIVE_STATES,
+        columns=SELECTED, **filters)]
+    errors = _not_found(ctl, req, rows)
     mine = []
     for r in rows:
         if r["user"] != caller and not privileged:
-            if req.ids:  # only complain about jobs named explicitly
+            if req.ids or req.array_tasks:  # only complain about jobs named explicitly
                 errors.append(f"{verb} job {r['id']}: permission denied (job belongs to "
                               f"{r['user']}; you may {verb} only your own jobs)")
             continue
         mine.append(r)
     return mine, errors
+
+
+def _not_found(ctl, req: requests.JobFilter, rows: list[dict]) -> list[str]:
+    """Errors for the ids and array tasks named that matched no active job."""
+    found = {r["id"] for r in rows} | {r["array_job_id"] for r in rows}
+    tasks = {(r["array_job_id"], r["array_task_id"]) for r in rows}
+    errors = []
+    for i in req.ids:
+        if i not in found:
+            row = ctl.spool.job(i)
+            errors.append(f"job {i} not found" if row is None
+                          else f"job {i} has already finished ({row['state']})")
+    for array_id, task in req.array_tasks:
+        if (array_id, task) not in tasks:
+            known = ctl.spool.jobs(array_tasks=[(array_id, task)], columns=["state"])
+            errors.append(f"job {array_id}_{task} not found" if not known
+                          else f"job {array_id}_{task} has already finished ({known[0][0]})")
+    return errors
 
 
 def _signal_number(sig) -> int:
@@ -182,7 +251,7 @@ def cancel(ctl, conn, req: requests.Cancel) -> dict:
     signum = _signal_number(req.signal) if req.signal not in (None, "") else None
     rows, errors = _select(ctl, conn, req, "cancel")
     now = ctl.clock()
-    cancelled, signalled = [], []
+    cancelled, signalled, pending = [], [], []
     for row in rows:
         job_id = row["id"]
         state = JobState(row["state"])
@@ -197,11 +266,7 @@ def cancel(ctl, conn, req: requests.Cancel) -> dict:
             signalled.append(job_id)
             continue
         if state is JobState.PENDING:
-            if ctl.finish(job_id, JobState.CANCELLED, end_time=now, reason="None",
-                          end_reason="cancelled while pending"):
-                ctl.pending.pop(job_id, None)
-                ctl.reasons.pop(job_id, None)
-                cancelled.append(job_id)
+            pending.append(job_id)      # all at once below: arrays run to 10,000s
         elif state is JobState.RUNNING:
             if ctl.spool.transition(job_id, JobState.COMPLETING, cancel_requested=1):
                 ctl.changes += 1
@@ -209,8 +274,12 @@ def cancel(ctl, conn, req: requests.Cancel) -> dict:
                 cancelled.append(job_id)
         else:
             cancelled.append(job_id)  # already completing
+    if pending:
+        cancelled += ctl.finish_pending(pending, JobState.CANCELLED, end_time=now,
+                                        reason="None", end_reason="cancelled while pending")
+        cancelled.sort()
     if cancelled:
-        log.info("jobs %s: cancelled by uid %d", ",".join(map(str, cancelled)), conn.uid)
+        log.info("jobs %s: cancelled by uid %d", arrayspec.fold(cancelled), conn.uid)
     ctl.dirty = True
     return {"cancelled": cancelled, "signalled": signalled, "errors": errors}
 
