@@ -191,8 +191,9 @@ def test_dependency_text_is_normalised():
 def _pending(job_id, dep=None, task=None, array=None, throttle=0, begin=None):
     from rmsbatch.sched.plan import PendingJob
     from rmsbatch.sched.placement import Request
-    return PendingJob(job_id, "p", 0, float(job_id), Request(), 0, "u", "n", array, task,
-                      throttle, dependency.parse(dep) if dep else None, begin)
+    return PendingJob(job_id, "p", 0, float(job_id), Request(), 0, user="u", name="n",
+                      array_job_id=array, array_task_id=task, throttle=throttle,
+                      dependency=dependency.parse(dep) if dep else None, begin_time=begin)
 
 
 def _schedule(pending, waits, now=100.0, cpus=64):
