@@ -388,7 +388,7 @@ def test_several_partitions_refused(rsub):
     "argv, name",
     [
         (["--mincpus=4"], "--mincpus"),
-        (["--deadline=now+1day"], "--deadline"), (["-m", "block"], "--distribution"),
+        (["--deadline=now+1day"], "--deadline"),
     ],
 )
 def test_unsupported_options_recognised_and_refused(rsub, argv, name):
@@ -405,6 +405,22 @@ def test_informational_options_ignored(rsub):
     spec = rsub("--mail-type=BEGIN,END", "--mail-user=me@lab", "--comment=x", "job.sh",
                 script=script("#SBATCH --mail-type=ALL")).spec
     assert spec.name == "job.sh"
+
+
+def test_binding_hints_checked_then_dropped(rsub):
+    plain = rsub("job.sh", script=script("#SBATCH --nodes=2")).spec
+    spec = rsub("job.sh", script=script(
+        "#SBATCH --nodes=2",
+        "#SBATCH --distribution=block:block  # contiguous blocks",
+        "#SBATCH -m cyclic",
+        "#SBATCH --mem_bind=local            # Slurm's older spelling",
+        "#SBATCH --mem-bind=verbose,map_mem:0,1")).spec
+    spec.script = plain.script
+    assert spec == plain
+    assert error_of(rsub, "--distribution=sideways", "job.sh").startswith(
+        "--distribution=sideways: expected block, cyclic")
+    assert error_of(rsub, "--mem-bind=far", "job.sh").startswith(
+        "--mem-bind=far: unknown memory binding 'far'")
 
 
 # == GPUs =====================================================================

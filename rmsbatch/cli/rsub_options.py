@@ -264,6 +264,38 @@ def _open_mode(value: str) -> str:
     raise ValueError("must be append or truncate")
 
 
+def _distribution(value: str) -> str:
+    """`block`, `cyclic`, `arbitrary`, `plane=N` or `*`, then `:`-joined levels and
+    `,Pack`/`,NoPack`: checked, then dropped (rrun lays tasks out in blocks, Slurm's
+    default for most jobs)."""
+    first = value.strip().split(",")[0].split(":")[0].lower()
+    if first in ("block", "cyclic", "arbitrary", "*") or (
+            first.startswith("plane=") and first[6:].isdigit()):
+        return value
+    raise ValueError("expected block, cyclic, arbitrary or plane=N (optionally :LEVELS)")
+
+
+_MEM_BIND_WORDS = ("quiet", "verbose", "none", "no", "local", "rank", "sort", "nosort",
+                   "prefer", "q", "v", "l", "r", "p")
+
+
+def _mem_bind(value: str) -> str:
+    """Slurm's NUMA memory binding: checked, then dropped (the job's cgroup bounds its
+    memory; where on the node it lies is the kernel's choice)."""
+    listing = False         # inside map_mem:0,1 the list goes on after a comma
+    for word in value.strip().lower().split(","):
+        if word.startswith(("map_mem:", "mask_mem:")):
+            listing = True
+            continue
+        if listing and all(c in "0123456789abcdefx*" for c in word) and word:
+            continue
+        listing = False
+        if word not in _MEM_BIND_WORDS:
+            raise ValueError(f"unknown memory binding {word!r} (e.g. local, none, "
+                             "map_mem:0,1)")
+    return value
+
+
 def _signal(value: str) -> dict:
     """`[{R|B}:]SIG[@SECONDS]`: B: the batch shell only; R: (the reservation's end in
     Slurm) is accepted and means the time limit here, the one end a job has."""
@@ -514,6 +546,10 @@ OPTIONS: tuple[Option, ...] = (
     _ignored("mail-type"),
     _ignored("mail-user"),
     _ignored("comment"),
+    # Binding and layout hints: checked, then dropped (see the converters).
+    Option("distribution", "m", REQUIRED, "ignored", convert=_distribution),
+    _ignored("mem-bind", _mem_bind),
+    _ignored("mem_bind", _mem_bind),        # Slurm's older spelling, still accepted there
     _job("open-mode", None, "open_mode", _open_mode, "append|truncate", "Files",
          "keep or empty output files (requeued jobs append)"),
     # Slurm's, refused until rmsbatch has them.
@@ -530,12 +566,10 @@ OPTIONS: tuple[Option, ...] = (
          "send SIG SECS (60) s before the time limit (B: to the shell)"),
     _unsupported("deadline"),
     _unsupported("mincpus"),
-    _unsupported("distribution", "m"),
     _unsupported("time-min"),
     _unsupported("threads-per-core"),
     _unsupported("cores-per-socket"),
     _unsupported("sockets-per-node"),
-    _unsupported("mem-bind"),
     _unsupported("cpu-freq"),
     _unsupported("wckey"),
     _unsupported("priority"),
@@ -737,7 +771,7 @@ def usage_text() -> str:
         lines += [_help_line(o) for o in OPTIONS if o.group == group]
     import textwrap  # help only: not on the submit path
 
-    ignored = [o.label for o in OPTIONS if o.scope == "ignored" and o.convert is None]
+    ignored = [o.label for o in OPTIONS if o.scope == "ignored"]
     unsupported = [o.label for o in OPTIONS if o.scope == "unsupported"]
     lines += [""]
     lines += textwrap.wrap(
