@@ -115,3 +115,18 @@ def test_a_job_whose_second_node_goes_silent_is_lost_although_the_first_renews(t
     wait_for(lambda: not os.path.exists(f"/proc/{batch}"), 10, "the batch script on n1 to die")
     wait_for(lambda: not os.path.exists(f"/proc/{holder}"), 10, "the holder on n2 to die")
     wait_for(lambda: c.node_record("n2").get("state") == "IDLE", 15, "n2 to be back")
+
+
+def test_a_range_of_nodes_takes_as_many_as_are_free(two):
+    """`-N 1-2 --ntasks-per-node=2` on two free nodes: it gets both, and the job, its
+    environment and rq say 2 nodes and 4 tasks, not the least it asked for."""
+    c = two
+    with open(os.path.join(c.work, "range.sh"), "w") as fh:
+        fh.write("#!/bin/bash\n#SBATCH --nodes 1-2            # as many as are free\n"
+                 "#SBATCH --ntasks-per-node=2\n"
+                 'echo "$SLURM_JOB_NUM_NODES $SLURM_NTASKS $SLURM_TASKS_PER_NODE"\n')
+    job_id = c.submit("range.sh")
+    job = c.wait_ended(job_id)
+    assert job["state"] == "COMPLETED"
+    assert (job["nodes"], job["ntasks"], job["nodelist"]) == (2, 4, "n[1-2]")
+    assert c.output(job_id).split() == ["2", "4", "2(x2)"]

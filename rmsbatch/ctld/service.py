@@ -461,7 +461,8 @@ class Controller:
                     job_id, JobState.RUNNING, start_time=now, reason="None", end_reason="",
                     alloc=alloc_to_json(alloc), nodelist=hostlist.compress(names),
                     alloc_cpus=sum(a.cpus for a in alloc.values()),
-                    alloc_gpus=sum(len(a.gpus) for a in alloc.values()))
+                    alloc_gpus=sum(len(a.gpus) for a in alloc.values()),
+                    **self._grown(job_id, len(alloc)))
                 if not ok:
                     placement.take(self.nodes, alloc, -1)
                     continue
@@ -488,6 +489,20 @@ class Controller:
             for node in self.running[job_id]:
                 self.to_node(node, self.launch_message(row, node, specs))
         return len(started)
+
+    def _grown(self, job_id: int, nodes: int) -> dict:
+        """A job that asked for a range of nodes (-N MIN-MAX) and got more than MIN:
+        its node count, and its task count where that follows --ntasks-per-node."""
+        job = self.pending[job_id]
+        if nodes == job.request.nodes:
+            return {}
+        row = self.spool.job(job_id)
+        grown = {"nodes": nodes}
+        per_node = row["ntasks_per_node"]
+        if per_node and row["ntasks"] == per_node * row["nodes"]:
+            grown["ntasks"] = per_node * nodes
+            grown["req_cpus"] = row["req_cpus"] // row["nodes"] * nodes
+        return grown
 
     def launch_message(self, row: dict, node: str, specs: dict | None = None) -> dict:
         """The order that starts the job's part on `node` (its batch script on the
