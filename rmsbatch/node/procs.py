@@ -88,3 +88,25 @@ def set_subreaper() -> None:
             SUBREAPER = True
     except (OSError, AttributeError):
         pass
+
+
+def detach(keep: int | None = None) -> None:
+    """In a child just forked from rmsd: leave rmsd's session (so the child outlives
+    rmsd), take back the default signal handlers, and keep no descriptor of rmsd's but
+    `keep`, which becomes fd 3; stdio goes to /dev/null."""
+    import signal
+
+    os.setsid()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
+                signal.SIGUSR1, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if keep is not None:
+        os.dup2(keep, 3)
+    os.closerange(3 if keep is None else 4, 65536)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)

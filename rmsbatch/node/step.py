@@ -24,7 +24,7 @@ import socket
 import time
 
 from rmsbatch.net import stepio
-from rmsbatch.node import jobprocess
+from rmsbatch.node import jobprocess, procs
 from rmsbatch.node.devices import record
 from rmsbatch.node.jobdir import JOB_FILE, OUTCOME_FILE, PID_FILE
 from rmsbatch.node.jobfile import JobFileError, load_job
@@ -87,18 +87,7 @@ def spawn(nd, order: dict) -> int:
     if pid:
         return pid
     try:
-        os.setsid()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
-                    signal.SIGUSR1, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.closerange(3, 65536)
-        root = logging.getLogger()
-        for h in list(root.handlers):
-            root.removeHandler(h)
+        procs.detach()
         Launcher(plan).main()
         os._exit(0)
     except BaseException:
