@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import signal
 
-from rmsbatch.node import jobenv, procs, prolog, supervisor
+from rmsbatch.node import jobenv, prolog, supervisor
 from rmsbatch.node.devices import record
 from rmsbatch.node.devices.usage import GpuUsage
 from rmsbatch.node.jobdir import JOB_FILE, LOCK_FILE, hold_lock, write_json
@@ -130,7 +131,19 @@ def spawn_supervisor(jobdir: str) -> int:
         os.close(lock)      # the child holds it now
         return pid
     try:
-        procs.detach(keep=lock)
+        os.setsid()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
+                    signal.SIGUSR1, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.dup2(lock, 3)
+        os.closerange(4, 65536)
+        root = logging.getLogger()
+        for h in list(root.handlers):
+            root.removeHandler(h)
         supervisor.main([jobdir, "--lock-fd", "3"])   # imported up front: the fork inherits it
         os._exit(0)
     except BaseException:

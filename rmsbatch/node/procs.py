@@ -96,6 +96,13 @@ def detach(keep: int | None = None) -> None:
     `keep`, which becomes fd 3; stdio goes to /dev/null."""
     import signal
 
+    # rmsd's log handlers go first, closed: their files (rmsd's log is fd 3) would
+    # otherwise be closed whenever the handlers are collected, even after fd 3 became
+    # `keep`.
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
     os.setsid()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
                 signal.SIGUSR1, signal.SIGPIPE):
@@ -107,6 +114,3 @@ def detach(keep: int | None = None) -> None:
     if keep is not None:
         os.dup2(keep, 3)
     os.closerange(3 if keep is None else 4, 65536)
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
