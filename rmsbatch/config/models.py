@@ -152,6 +152,8 @@ class NodeDaemonSection(_Model):
     propagate_rlimits: list[Literal["CORE", "CPU", "DATA", "FSIZE", "MEMLOCK", "NOFILE",
                                     "NPROC", "RSS", "STACK", "AS"]] = [
         "CORE", "CPU", "DATA", "FSIZE", "NOFILE", "NPROC", "RSS", "STACK", "AS"]
+    # Slurm's command names (srun, scontrol, squeue, ...) first on jobs' PATH, as rmsbatch's.
+    slurm_commands: bool = True
     # The accelerator monitor (rmsbatch.node.devices.monitor): telemetry and health.
     gpu_monitor: bool = True
     gpu_sample_interval: float = 5.0   # seconds; NVML holds a driver lock, so not faster than 1

@@ -27,7 +27,7 @@ from rmsbatch.config import Config
 from rmsbatch.core import failpoint
 from rmsbatch.net.client import connect_unix
 from rmsbatch.net.loop import Conn, Loop
-from rmsbatch.node import launch as launching, prolog
+from rmsbatch.node import launch as launching, prolog, slurmcommands
 from rmsbatch.node.devices import discovery, record
 from rmsbatch.node.devices.usage import GpuUsage
 from rmsbatch.node.isolation import cgroup_parent
@@ -124,6 +124,9 @@ class NodeDaemon(MonitorLink):
         self.gpu_mode = nd.gpu_detect
         if self.gpu_mode == "static":
             self.gpus = discovery.static_inventory(nd.gpus)
+        # srun, scontrol, ... in jobs (rmsbatch.node.slurmcommands)
+        self.slurm_bin = (slurmcommands.install(self.state_dir)
+                          if self.config.cluster.node_daemon.slurm_commands else None)
 
     def reload(self, config: Config) -> None:
         """A new configuration: re-derive, and register again with what it says."""

@@ -197,6 +197,10 @@ def environment(nd, job: dict, pw, tmpdir: str | None = None) -> dict[str, str]:
     env = dict(job["environment"])
     if job["export"].upper().startswith("NONE") or not env:
         env.setdefault("PATH", DEFAULT_PATH)
+    slurm_bin = getattr(nd, "slurm_bin", None)
+    if slurm_bin:           # `srun`, `scontrol show hostnames` in job bodies written for Slurm
+        rest = [d for d in env.get("PATH", DEFAULT_PATH).split(":") if d != slurm_bin]
+        env["PATH"] = ":".join([slurm_bin, *rest])   # once, also when submitted from a job
     env.setdefault("HOME", pw.pw_dir)
     env.setdefault("USER", pw.pw_name)
     env.setdefault("LOGNAME", pw.pw_name)
