@@ -130,3 +130,30 @@ def test_a_range_of_nodes_takes_as_many_as_are_free(two):
     assert job["state"] == "COMPLETED"
     assert (job["nodes"], job["ntasks"], job["nodelist"]) == (2, 4, "n[1-2]")
     assert c.output(job_id).split() == ["2", "4", "2(x2)"]
+
+
+def test_wait_all_nodes_starts_the_script_once_every_node_holds_its_part(new_cluster):
+    """A prolog that takes 2 s on n2 only: without --wait-all-nodes the script on n1
+    starts before n2's part is ready; with --wait-all-nodes=1, after."""
+    def prepare(c):
+        prolog = os.path.join(c.dir, "prolog.sh")
+        with open(prolog, "w") as fh:
+            fh.write('#!/bin/sh\n[ "$SLURMD_NODENAME" = n2 ] || exit 0\nsleep 2\n'
+                     f'date +%s.%N > {c.work}/ready-$SLURM_JOB_ID\n')
+        os.chmod(prolog, 0o755)
+        c.set_nodes("n[1-2]")
+        c.fast()
+        c.tweak("[node_daemon]\n", f'[node_daemon]\nprolog = "{prolog}"\n')
+    c = new_cluster(gpus=0, before_start=prepare)
+    c.start_rmsd("n2")
+    starts = {}
+    for wait in ("0", "1"):
+        with open(os.path.join(c.work, "all.sh"), "w") as fh:
+            fh.write(f"#!/bin/bash\n#SBATCH -N 2\n#SBATCH --wait-all-nodes={wait}\n"
+                     "date +%s.%N > started-$SLURM_JOB_ID\nsleep 3\n")
+        job_id = c.submit("all.sh")
+        assert c.wait_ended(job_id)["state"] == "COMPLETED"
+        with open(os.path.join(c.work, f"started-{job_id}")) as a, \
+                open(os.path.join(c.work, f"ready-{job_id}")) as b:
+            starts[wait] = float(a.read()) - float(b.read())
+    assert starts["0"] < 0 < starts["1"], starts

@@ -151,6 +151,11 @@ class JobStarted(NodeMessage):
     protections: Annotated[str, Field(max_length=MAX_TEXT)] = ""
 
 
+class PartReady(NodeMessage):
+    job_id: JobId
+    run: Run
+
+
 class Outcome(BaseModel):
     """What a node says of a run that ended (supervisor's outcome.json)."""
     model_config = ConfigDict(extra="ignore", frozen=True)

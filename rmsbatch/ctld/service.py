@@ -82,6 +82,8 @@ class Controller:
         self.step_layouts: dict[tuple[int, int], dict] = {}
         # Multi-node jobs: when each node of the allocation last renewed the lease
         self.lease_seen: dict[int, dict[str, float]] = {}
+        # --wait-all-nodes: job -> the other nodes its batch script still waits for
+        self.awaiting: dict[int, set[str]] = {}
         self.rebuild()
 
     # -- the outbox -------------------------------------------------------------
@@ -133,6 +135,7 @@ class Controller:
         self.pending: dict[int, scheduler.PendingJob] = {}
         self.reasons: dict[int, str] = {}
         self.running: dict[int, dict[str, NodeAlloc]] = {}
+        self.awaiting = {}
         for row in self.spool.active_jobs():
             if row["state"] == JobState.PENDING.value:
                 self.pending[row["id"]] = self._pending(row)
@@ -141,6 +144,9 @@ class Controller:
                 alloc = alloc_from_json(row["alloc"])
                 self.running[row["id"]] = alloc
                 self._take(alloc)
+                if row["wait_all_nodes"] and not row["launched"] and len(alloc) > 1:
+                    # the nodes' next node_hello says again which hold their part
+                    self.awaiting[row["id"]] = set(list(alloc)[1:])
         for job_id in list(self.leases.until):
             if job_id not in self.running:
                 self.leases.drop(job_id)
@@ -322,6 +328,7 @@ class Controller:
         self._take(alloc, -1)
         self.leases.drop(job_id)
         self.lease_seen.pop(job_id, None)
+        self.awaiting.pop(job_id, None)
         # Steps still open died with the job (their rrun cannot report any more).
         self.spool.close_steps(job_id, fields["end_time"],
                                "CANCELLED" if state is JobState.COMPLETED else state.value)
@@ -359,6 +366,7 @@ class Controller:
         self._take(alloc, -1)
         self.leases.drop(job_id)
         self.lease_seen.pop(job_id, None)
+        self.awaiting.pop(job_id, None)
         self.add_pending(self.spool.job(job_id))
         self.stop_run(row, now=True)
         self.dirty = True
@@ -394,6 +402,8 @@ class Controller:
             return self.leases.renew(job_id, now)
         seen = self.lease_seen.setdefault(job_id, dict.fromkeys(alloc, now))
         seen[node] = now
+        if self.awaiting.get(job_id):
+            seen[batch_node(alloc)] = now   # nothing runs there yet: nothing to renew
         return self.leases.renew(job_id, min(seen.values()))
 
     def is_current(self, job_id: int, run: int, node: str) -> bool:
@@ -484,11 +494,42 @@ class Controller:
         for job_id in started:
             row = self.spool.job(job_id)
             log.info("job %d: started on %s", job_id, row["nodelist"])
-            # Every node sets up and holds its part of the allocation; the batch
-            # script runs on the first node only, as in Slurm.
-            for node in self.running[job_id]:
-                self.to_node(node, self.launch_message(row, node, specs))
+            self.launch_everywhere(row, specs)
         return len(started)
+
+    def launch_everywhere(self, row: dict, specs: dict | None = None) -> None:
+        """Every node sets up and holds its part of the allocation; the batch script
+        runs on the first node only, as in Slurm: at once, or (--wait-all-nodes=1) once
+        every other node has said its part is set up."""
+        alloc = self.running[row["id"]]
+        batch = batch_node(alloc)
+        others = [n for n in alloc if n != batch]
+        if row["wait_all_nodes"] and others:
+            self.awaiting[row["id"]] = set(others)
+        for node in others:
+            self.to_node(node, self.launch_message(row, node, specs))
+        if row["id"] not in self.awaiting:
+            self.to_node(batch, self.launch_message(row, batch, specs))
+
+    def part_ready(self, job_id: int, node: str) -> None:
+        """`node`, not the batch node, has set up its part of the job's allocation; the
+        last one a --wait-all-nodes job waits for starts its batch script."""
+        waiting = self.awaiting.get(job_id)
+        if waiting is None or node not in waiting:
+            return
+        waiting.discard(node)
+        if waiting:
+            return
+        del self.awaiting[job_id]
+        row = self.spool.job(job_id)
+        batch = batch_node(self.running[job_id])
+        log.info("job %d: every node holds its part: the batch script starts on %s",
+                 job_id, batch)
+        self.to_node(batch, self.launch_message(row, batch))
+
+    def batch_waits(self, job_id: int) -> bool:
+        """Does the job's batch script still wait for other nodes (--wait-all-nodes)?"""
+        return bool(self.awaiting.get(job_id))
 
     def _grown(self, job_id: int, nodes: int) -> dict:
         """A job that asked for a range of nodes (-N MIN-MAX) and got more than MIN:

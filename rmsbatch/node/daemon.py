@@ -500,6 +500,12 @@ class NodeDaemon(MonitorLink):
             if conn.meta.get("monitor") or msg.get("op") == "monitor_hello":
                 self.on_monitor(conn, msg)
                 return
+            if msg.get("op") == "ready" and isinstance(msg.get("run"), str) \
+                    and parse_run(msg["run"]) is not None:
+                job_id, restart = parse_run(msg["run"])
+                self.send({"op": "part_ready", "node": self.node, "job_id": job_id,
+                           "run": restart})
+                return
             if msg.get("op") == "ended" and isinstance(msg.get("job_id"), int):
                 for run in self.runs():
                     if parse_run(run)[0] == msg["job_id"]:

@@ -96,6 +96,9 @@ class Job:
     # --signal: {"signal": N, "seconds": S, "batch": bool}, sent S s before the time limit
     signal: dict | None = None
     open_mode: str = "truncate"             # --open-mode, "append" on a requeued run
+    # Holds a multi-node job's allocation on a node other than the first (no script of
+    # the user's): it tells rmsd once its part is set up (--wait-all-nodes).
+    holder: bool = False
 
 
 def _is_int(v) -> bool:
@@ -183,6 +186,7 @@ def parse_job(data) -> Job:
         umask=need("umask", lambda v: v is None or (_is_int(v) and 0 <= v <= 0o777),
                    "a mode between 0 and 0o777, or null", None),
         rlimits=need("rlimits", rlimits, "an object of [soft, hard] pairs, or null", None),
+        holder=need("holder", isinstance_of(bool), "true or false", False),
         **parse_control(data.get("control")),
     )
 

@@ -75,6 +75,7 @@ def prepare(nd, job: dict, jobdir: str) -> None:
                     if k in ndc.propagate_rlimits} or None,
     }
     data["control"] = run_control(job)
+    data["holder"] = job.get("batch") is False      # rmsbatch.ctld.service.allocation_holder
     # Not fsynced: the supervisor forked next reads it, and a crash of the machine ends
     # the run with it, so two fsyncs per launch (the most of a launch) would buy nothing.
     write_json(os.path.join(jobdir, JOB_FILE), data, durable=False)

@@ -72,13 +72,14 @@ def outcome_from_status(status: int, *, cancelled: bool,
     return state.value, code, sig
 
 
-def notify(sock_path: str, job_id: int) -> bool:
-    """Tell rmsd the job ended; False when rmsd is not there to hear it."""
+def notify(sock_path: str, job_id: int, op: str = "ended", **fields) -> bool:
+    """Tell rmsd the job ended (or, op "ready", that a holder's part is set up); False
+    when rmsd is not there to hear it."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(1.0)
             connect_unix(s, sock_path)
-            s.sendall((json.dumps({"op": "ended", "job_id": job_id}) + "\n").encode())
+            s.sendall((json.dumps({"op": op, "job_id": job_id, **fields}) + "\n").encode())
         return True
     except (OSError, ValueError) as e:
         log.info("job %s: cannot notify %s: %s", job_id, sock_path, e)
@@ -655,6 +656,9 @@ def run(jobdir: str) -> int:
                     launch_failed=f"cannot start job: {e.strerror or e}"))
                 return 0
             raise
+        if job.holder and job.notify_socket:
+            # this node's part is set up (cgroup, TMPDIR, prolog): --wait-all-nodes
+            notify(job.notify_socket, job.job_id, "ready", run=os.path.basename(jobdir))
         sup.watch()
         sup.cleanup()
         result = sup.outcome()

@@ -93,6 +93,8 @@ def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
             renewed.append(list(run))
             if not row["launched"] and batch_node(alloc) == name:
                 ctl.spool.update_job(job_id, launched=1)
+            elif batch_node(alloc) != name:
+                ctl.part_ready(job_id, name)        # it runs: its part is set up
             if row["cancel_requested"]:
                 orders.append({"op": "cancel", "job_id": job_id, "run": run[1]})
             # A time limit changed (rcontrol update) while the node was away.
@@ -100,6 +102,8 @@ def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
                            "seconds": row["time_limit"]})
         elif run in reported:
             continue
+        elif batch_node(alloc) == name and ctl.batch_waits(job_id):
+            ctl.renew_lease(job_id, name, now)      # its script waits for the other nodes
         elif not row["launched"] or batch_node(alloc) != name:
             # A holder of the allocation that is missing (its order never arrived,
             # or it ended early) is set up again: the batch script is not run twice.
@@ -230,6 +234,15 @@ def job_started(ctl, conn, req: requests.JobStarted) -> dict:
         if batch_node(ctl.running[req.job_id]) == name:
             ctl.spool.update_job(req.job_id, launched=1, protections=req.protections[:200])
     return {"ack": "job_started", "job_id": req.job_id}
+
+
+@op("part_ready", model=requests.PartReady, role=NODE)
+def part_ready(ctl, conn, req: requests.PartReady) -> dict:
+    """A node other than the first has set up its part of a job (--wait-all-nodes)."""
+    name = _node(ctl, conn, req)
+    if ctl.is_current(req.job_id, req.run, name):
+        ctl.part_ready(req.job_id, name)
+    return {"ack": "part_ready", "job_id": req.job_id}
 
 
 @op("job_ended", model=requests.JobEnded, role=NODE)
