@@ -181,6 +181,27 @@ def test_cancelling_the_job_kills_its_steps_on_every_node(two):
     assert f"{job_id}.0|CANCELLED" in acct.stdout.split(), acct.stdout
 
 
+def test_a_requeue_kills_the_runs_steps_and_closes_them(two):
+    marks = os.path.join(two.work, "requeue-marks")
+    os.makedirs(marks, exist_ok=True)
+    job_id = two.submit("-N2", "-n2", "--wrap",
+                        f'[ "$SLURM_RESTART_COUNT" = 0 ] || exit 0; '
+                        f"rrun sh -c 'echo $$ > {marks}/$SLURM_PROCID; exec sleep 300'")
+    pids = wait_for(lambda: [int(open(os.path.join(marks, str(i))).read())
+                             for i in range(2)] if len(os.listdir(marks)) == 2
+                    and all(os.path.getsize(os.path.join(marks, str(i))) for i in range(2))
+                    else None, 20, "both tasks to start")
+    two.run("rcontrol", "requeue", str(job_id), check=True)
+    job = two.wait_ended(job_id)
+    assert (job["state"], job["restart_count"]) == ("COMPLETED", 1)
+    wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 10,
+             "the first run's tasks to die")
+    acct = two.run("rsacct", "-j", str(job_id), "-P", "-n", "-o", "JobID,State")
+    assert f"{job_id}.0|CANCELLED" in acct.stdout.split(), acct.stdout
+    step = two.api("steps", job_ids=[job_id])["steps"][0]
+    assert step["end_time"] <= job["start_time"]      # closed by the requeue, not later
+
+
 def test_tasks_run_as_the_jobs_user_and_only_the_owner_runs_steps(two, users):
     alice, bob = users
     job_id = two.submit("-N2", "-n2", "--wrap",

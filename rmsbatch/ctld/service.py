@@ -324,20 +324,23 @@ class Controller:
         fields.setdefault("end_time", self.clock())
         if not self.spool.transition(job_id, state, **fields):
             return False
-        alloc = self.running.pop(job_id, {})
-        self._take(alloc, -1)
-        self.leases.drop(job_id)
-        self.lease_seen.pop(job_id, None)
-        self.awaiting.pop(job_id, None)
-        # Steps still open died with the job (their rrun cannot report any more).
-        self.spool.close_steps(job_id, fields["end_time"],
-                               "CANCELLED" if state is JobState.COMPLETED else state.value)
-        for key in [k for k in self.step_layouts if k[0] == job_id]:
-            del self.step_layouts[key]
+        self._release(job_id, fields["end_time"],
+                      "CANCELLED" if state is JobState.COMPLETED else state.value)
         self.outbox.append((None, job_id))
         self.changes += 1
         self.dirty = True
         return True
+
+    def _release(self, job_id: int, now: float, steps_state: str) -> None:
+        """What a run held, given back (it ended, or was requeued): its nodes, its lease,
+        and its steps, which died with it (their rrun cannot report any more)."""
+        self._take(self.running.pop(job_id, {}), -1)
+        self.leases.drop(job_id)
+        self.lease_seen.pop(job_id, None)
+        self.awaiting.pop(job_id, None)
+        self.spool.close_steps(job_id, now, steps_state)
+        for key in [k for k in self.step_layouts if k[0] == job_id]:
+            del self.step_layouts[key]
 
     def finish_pending(self, job_ids: list[int], state: JobState, **fields) -> list[int]:
         """End pending jobs in one statement (an array of 10,000 cancelled); the ids
@@ -362,11 +365,7 @@ class Controller:
                                      reason="None", end_reason=why[:500],
                                      restart_count=row["restart_count"] + 1):
             return False
-        alloc = self.running.pop(job_id, {})
-        self._take(alloc, -1)
-        self.leases.drop(job_id)
-        self.lease_seen.pop(job_id, None)
-        self.awaiting.pop(job_id, None)
+        self._release(job_id, self.clock(), "CANCELLED")
         self.add_pending(self.spool.job(job_id))
         self.stop_run(row, now=True)
         self.dirty = True
