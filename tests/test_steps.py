@@ -158,15 +158,22 @@ def test_two_steps_at_once_and_their_accounting(two):
     assert only.stdout.split() == [str(job_id)]
 
 
+def task_pids(marks: str, count: int) -> list[int]:
+    """The pids tasks 0..count-1 wrote into `marks` (one file per task), once all did."""
+    def written():
+        paths = [os.path.join(marks, str(i)) for i in range(count)]
+        if all(os.path.exists(p) and os.path.getsize(p) for p in paths):
+            return [int(open(p).read()) for p in paths]
+        return None
+    return wait_for(written, 20, "the tasks to start")
+
+
 def test_cancelling_the_job_kills_its_steps_on_every_node(two):
     marks = os.path.join(two.work, "marks")
     os.makedirs(marks, exist_ok=True)
     job_id = two.submit("-N2", "-n2", "--wrap",
                         f"rrun sh -c 'echo $$ > {marks}/$SLURM_PROCID; exec sleep 300'")
-    pids = wait_for(lambda: [int(open(os.path.join(marks, str(i))).read())
-                             for i in range(2)] if len(os.listdir(marks)) == 2
-                    and all(os.path.getsize(os.path.join(marks, str(i))) for i in range(2))
-                    else None, 20, "both tasks to start")
+    pids = task_pids(marks, 2)
     assert all(os.path.exists(f"/proc/{p}") for p in pids)
     if ROOT and "memory(" in two.node_record("n2").get("protections", ""):
         # the task on n2 runs inside the job's cgroup there
@@ -187,10 +194,7 @@ def test_a_requeue_kills_the_runs_steps_and_closes_them(two):
     job_id = two.submit("-N2", "-n2", "--wrap",
                         f'[ "$SLURM_RESTART_COUNT" = 0 ] || exit 0; '
                         f"rrun sh -c 'echo $$ > {marks}/$SLURM_PROCID; exec sleep 300'")
-    pids = wait_for(lambda: [int(open(os.path.join(marks, str(i))).read())
-                             for i in range(2)] if len(os.listdir(marks)) == 2
-                    and all(os.path.getsize(os.path.join(marks, str(i))) for i in range(2))
-                    else None, 20, "both tasks to start")
+    pids = task_pids(marks, 2)
     two.run("rcontrol", "requeue", str(job_id), check=True)
     job = two.wait_ended(job_id)
     assert (job["state"], job["restart_count"]) == ("COMPLETED", 1)

@@ -21,6 +21,14 @@ RLIMITS = {name: getattr(resource, "RLIMIT_" + name) for name in
            ("CORE", "CPU", "DATA", "FSIZE", "MEMLOCK", "NOFILE", "NPROC", "RSS", "STACK", "AS")}
 
 
+def become(job) -> None:
+    """As root: take the job's user, group and groups (the job's process, and the tasks
+    of its steps). Not root: nothing to change. Raises OSError."""
+    if os.geteuid() == 0:
+        os.setgroups(list(job.groups))
+        os.setgid(job.gid)
+        os.setuid(job.uid)
+
 def _catchable_signals():
     for sig in signal.valid_signals():
         if sig not in (signal.SIGKILL, signal.SIGSTOP):
@@ -67,13 +75,10 @@ def run_child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
         except Exception as e:   # noqa: BLE001
             if iso.required:
                 fail(f"cannot enter the job's cgroup: {e}", ISOLATION_FAILED)
-        if os.geteuid() == 0:
-            try:
-                os.setgroups(list(job.groups))
-                os.setgid(job.gid)
-                os.setuid(job.uid)
-            except OSError as e:
-                fail(f"cannot switch to uid {job.uid} gid {job.gid}: {e.strerror or e}")
+        try:
+            become(job)
+        except OSError as e:
+            fail(f"cannot switch to uid {job.uid} gid {job.gid}: {e.strerror or e}")
         inherit(job)
         try:
             os.chdir(job.workdir)

@@ -147,9 +147,7 @@ class Launcher:
                     return f"cannot enter job {job.job_id}'s cgroup on {self.plan['node']}: {exc}"
         if os.geteuid() == 0:
             try:
-                os.setgroups(list(job.groups))
-                os.setgid(job.gid)
-                os.setuid(job.uid)
+                jobprocess.become(job)
             except OSError as exc:
                 return f"cannot switch to uid {job.uid}: {exc.strerror or exc}"
         elif job.uid != os.geteuid():
