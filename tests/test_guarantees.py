@@ -117,14 +117,21 @@ def test_a_frozen_node_loses_its_job_to_another_node_and_never_runs_it_twice(new
              "rmsna to drop the stale run")
 
 
+def until_told(go: str) -> str:
+    """A job body that ends when the test creates `go` (at most a minute), not after a
+    sleep that a slow host can outlast before the test has looked at it."""
+    return f"for i in $(seq 600); do [ -e {go} ] && break; sleep 0.1; done; echo done"
+
+
 @pytest.mark.parametrize("how", ["stop", "kill"])
 def test_a_node_daemon_away_past_every_timeout_costs_no_job(new_cluster, how):
     """rmsd silent (SIGSTOP) or dead (kill -9) for longer than node_timeout and
     node_fail_timeout: the node shows not responding, then DOWN, but its jobs keep
     running, plain and --requeue alike, and finish normally when it is back."""
     c = new_cluster(gpus=0, before_start=lambda c: c.fast())
-    plain = c.submit("--wrap", "sleep 7; echo done")
-    again = c.submit("--requeue", "--wrap", "sleep 7; echo done")
+    go = os.path.join(c.dir, "go")
+    plain = c.submit("--wrap", until_told(go))
+    again = c.submit("--requeue", "--wrap", until_told(go))
     for job_id in (plain, again):
         c.wait_state(job_id, "RUNNING")
     pid = c.pid("rmsd")
@@ -147,6 +154,7 @@ def test_a_node_daemon_away_past_every_timeout_costs_no_job(new_cluster, how):
             os.kill(pid, signal.SIGCONT)
         else:
             c.up()
+    open(go, "w").close()
     for job_id in (plain, again):
         job = c.wait_ended(job_id, timeout=20)
         assert job["state"] == "COMPLETED" and job["restart_count"] == 0, job
@@ -225,7 +233,8 @@ def test_a_controller_away_past_every_lease_costs_no_job(new_cluster, how):
     it, and the controller forgives the time it did not run instead of giving the job
     up when it is back."""
     c = new_cluster(gpus=0, before_start=lambda c: c.fast())
-    job_id = c.submit("--requeue", "--wrap", "sleep 8; echo done")
+    go = os.path.join(c.dir, "go")
+    job_id = c.submit("--requeue", "--wrap", until_told(go))
     c.wait_state(job_id, "RUNNING")
     pid = c.pid("rmsctld")
     if how == "stop":
@@ -238,6 +247,7 @@ def test_a_controller_away_past_every_lease_costs_no_job(new_cluster, how):
         c.up()
     job = c.job(job_id)
     assert job["state"] == "RUNNING" and job["restart_count"] == 0, job
+    open(go, "w").close()
     job = c.wait_ended(job_id, timeout=20)
     assert job["state"] == "COMPLETED" and job["restart_count"] == 0, job
     assert c.output(job_id) == "done\n"
