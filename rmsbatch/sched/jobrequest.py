@@ -97,6 +97,7 @@ def pending_from_row(row: dict, cfg) -> PendingJob:
     job = PendingJob(row["id"], row["partition"], row["priority"], row["submit_time"],
                      request, row["hold"])
     job.time_limit = row["time_limit"] or 0
+    job.account, job.qos, job.nice = row["account"], row["qos"], row["nice"] or 0
     job.licenses = json.loads(row.get("licenses") or "{}")
     job.license_totals = dict(cfg.cluster.licenses)
     name = row.get("reservation")

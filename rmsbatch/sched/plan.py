@@ -55,6 +55,10 @@ class PendingJob:
     throttle: int = 0          # at most this many tasks of its array run at once
     dependency: deps.Dependency | None = None
     begin_time: float | None = None
+    # -- who it is charged to, for priority, fair-share and limits
+    account: str = ""
+    qos: str = ""
+    nice: int = 0
 
 
 @dataclass
@@ -153,8 +157,13 @@ def _started(job: PendingJob, waits: Waits) -> None:
 
 def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
              partitions: dict[str, PartitionView], now: float,
-             waits: Waits | None = None) -> Decisions:
-    """Decide which pending jobs start now; `nodes` is updated with the starts."""
+             waits: Waits | None = None, limits=None) -> Decisions:
+    """Decide which pending jobs start now; `nodes` is updated with the starts.
+
+    `limits` (optional): what running jobs already hold against the QoS, tenant and
+    partition limits, as an object with `why_not(job) -> list[str]` (the reasons of
+    every limit the job would pass by starting now; empty: none) and `charge(job, alloc)`
+    (count a start made in this pass)."""
     waits = waits or Waits()
     waits.verdicts.clear()          # states may have changed since the last pass
     out = Decisions()
@@ -179,6 +188,9 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             out.reasons[job.id] = PRIORITY
             continue
         why = reservation_wait(job, now) or licenses_wait(job, held)
+        if not why and limits is not None:
+            over = limits.why_not(job)
+            why = over[0] if over else None
         if why:
             out.reasons[job.id] = why
             continue
@@ -193,6 +205,8 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             continue
         book_licenses(job, alloc, held)
         take(nodes, alloc)
+        if limits is not None:
+            limits.charge(job, alloc)
         out.starts.append((job.id, alloc))
         _started(job, waits)
     return out
