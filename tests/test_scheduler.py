@@ -79,7 +79,8 @@ def test_blocked_job_is_not_overtaken_without_backfill():
     nodes = {"g1": gpu_node("g1", gpus=4)}
     nodes["g1"].free_gpus = {0, 1}
     parts = {"gpu": PartitionView("gpu", True, ["g1"])}
-    out = scheduler.schedule([job(1, gpus=4), job(2, gpus=1)], nodes, parts, now=0)
+    out = scheduler.schedule([job(1, gpus=4), job(2, gpus=1)], nodes, parts, now=0,
+                             policy=scheduler.Policy(backfill=False))
     assert out.starts == [] and out.reasons == {1: "Resources", 2: "Priority"}
 
 

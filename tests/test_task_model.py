@@ -229,8 +229,10 @@ def test_reservation_nodes_only_for_its_jobs(cfg, submit):
     started = dict(decisions.starts)
     assert sorted(started[1]) == ["gpu07", "gpu08"]
     assert 2 not in started and decisions.reasons[2] == plan.NODES_UNAVAILABLE
-    # the reservation's job waits for nothing else; the 8-node job blocks the one behind
-    assert 3 not in started
+    # The reservation has no end, so the 8-node job has no start to protect: the job
+    # behind it starts on the six nodes that are free.
+    assert sorted(started[3]) == [f"gpu0{i}" for i in range(1, 7)]
+    assert 2 not in decisions.est_start
 
 
 def test_node_range_starts_on_what_is_free(cfg, submit):

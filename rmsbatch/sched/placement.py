@@ -3,7 +3,8 @@
 `allocate` answers with an Allocation or raises InsufficientResources (wait:
 it may fit later); `check_feasible` raises InfeasibleRequest when no node
 could ever satisfy the request (reject at submit), with the numbers that say
-why. Nodes are taken first fit; on a node, GPUs are chosen by topology where the
+why. Nodes are taken best fit (the node the job leaves least free on: see
+`leftover`); on a node, GPUs are chosen by topology where the
 node reports it: a multi-GPU job gets GPUs linked to each other (NVLink, XGMI,
 partitions of one physical GPU) and on one NUMA node, and a one-GPU job the GPU
 whose linked peers are already busy, so well-connected groups stay whole. Among
@@ -302,30 +303,53 @@ def choose_gpus(node: NodeView, free: list[int], count: int) -> list[int]:
 
 
 def allocate(req: Request, nodes: list[NodeView]) -> Allocation:
-    """Nodes for the request now: every node it names (-w), then first fit up to
-    `nodes_max` (at least `nodes`)."""
+    """Nodes for the request now: every node it names (-w), then the best fitting of
+    the others up to `nodes_max` (at least `nodes`)."""
     chosen: Allocation = {}
     most = max(req.nodes_max or req.nodes, req.nodes)
-    gres = dict(req.gres)
-    for node in _candidates(req, nodes):
+    ranked = []
+    for index, node in enumerate(_candidates(req, nodes)):
         gpus = fits_now(req, node)
-        if gpus is None:
-            if node.name in req.nodelist:
+        if node.name in req.nodelist:
+            if gpus is None:
                 break       # a named node is busy: the job waits for it
+            chosen[node.name] = _part(req, node, gpus)
             continue
-        if req.exclusive:
-            chosen[node.name] = NodeAlloc(node.cpus, node.mem_mb,
-                                          sorted(set(node.gpus) - node.drained), True,
-                                          node.tmp_mb, dict(node.gres))
-        else:
-            mem = node.mem_mb if req.mem_whole_node else req.mem_mb
-            chosen[node.name] = NodeAlloc(req.cpus, mem, gpus, False, req.tmp_mb, dict(gres))
-        if len(chosen) == most:
-            return chosen
+        if gpus is None:
+            continue
+        left = leftover(req, node)
+        if left == _PERFECT and req.nodes == 1 and not chosen:
+            return {node.name: _part(req, node, gpus)}
+        ranked.append((left, index, node, gpus))
     named = all(n in chosen for n in req.nodelist)
+    if named and len(chosen) < most:
+        ranked.sort(key=lambda r: (r[0], r[1]))
+        for _, _, node, gpus in ranked[:most - len(chosen)]:
+            chosen[node.name] = _part(req, node, gpus)
     if len(chosen) >= req.nodes and named:
         return chosen
     raise InsufficientResources(f"{len(chosen)} of {req.nodes} nodes available")
+
+
+_PERFECT = (0, 0, 0)
+
+
+def leftover(req: Request, node: NodeView) -> tuple[int, int, int]:
+    """What the request would leave free on the node (GPUs, CPUs, memory): the node that
+    leaves least is the best fit, so one-GPU jobs fill a node before breaking into an
+    empty 8-GPU one, and jobs without GPUs keep off GPU nodes while others have room."""
+    if req.exclusive:       # the whole node, however big: waste is what it did not ask for
+        return (len(node.gpus) - req.gpus, node.cpus - req.cpus, 0)
+    mem = node.mem_mb if req.mem_whole_node else req.mem_mb
+    return (len(node.free_gpus) - req.gpus, node.free_cpus - req.cpus, node.free_mem - mem)
+
+
+def _part(req: Request, node: NodeView, gpus: list[int]) -> NodeAlloc:
+    if req.exclusive:
+        return NodeAlloc(node.cpus, node.mem_mb, sorted(set(node.gpus) - node.drained), True,
+                         node.tmp_mb, dict(node.gres))
+    mem = node.mem_mb if req.mem_whole_node else req.mem_mb
+    return NodeAlloc(req.cpus, mem, gpus, False, req.tmp_mb, dict(req.gres))
 
 
 def take(nodes: dict[str, NodeView], alloc: Allocation, sign: int = 1) -> None:

@@ -1,14 +1,18 @@
 """The scheduler core: a snapshot in, decisions out.
 
 Pure: no SQL, no sockets, no clock (`now` is an argument), so the controller
-and a trace simulator run the same code. The policy for now: priority, then
-submit order, first fit; within a partition, the first job that cannot start
-blocks those behind it (no backfill yet), so big jobs are not starved. A job
-that waits for licenses, its reservation, or nodes it named (-w) does not block the
-others, nor does one held back by its begin time, its dependency or its array's
-throttle (the controller gives the states those need: `Waits`). Jobs stay off the
+and a trace simulator run the same code. Jobs are taken in priority order (then
+submit order) and placed best fit. With backfill (the default Policy), the first job
+of each partition and resource shape (`shape_of`) that cannot start gets a
+reservation at the earliest time the running jobs' time limits free enough for it
+(rmsbatch.sched.timeline), and a job behind it starts now only where it delays no
+reservation; every job the pass plans for gets an estimated start. Without backfill
+the first job that cannot start blocks its partition (FIFO). A job that waits for
+licenses, its reservation, or nodes it named (-w) does not block the others, nor does
+one held back by its begin time, its dependency, its array's throttle or a limit (the
+controller gives the states those need: `Waits`, a limits tally). Jobs stay off the
 nodes of reservations that are not theirs while their time limit would reach into
-them. Every pending job gets a reason.
+them. Every pending job gets a reason, and `more` holds the others that also hold it.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from rmsbatch.core import dependency as deps
 from rmsbatch.sched.placement import (Allocation, InsufficientResources, NodeView, Request,
                                 allocate, take)
+from rmsbatch.sched.timeline import NEVER, Timeline
 
 # Slurm's reason names, so users and tools recognise them.
 HELD_USER = "JobHeldUser"
@@ -91,6 +96,10 @@ class Decisions:
     blocked: dict[str, tuple] = field(default_factory=dict)
     never: list[int] = field(default_factory=list)   # dependencies that can never hold
     wake_at: float | None = None    # the next begin time (or after+MINUTES) to honour
+    # the other reasons a job waits for, beside `reasons` (its first)
+    more: dict[int, list[str]] = field(default_factory=dict)
+    # when a waiting job is expected to start, from the plan (none: unknown)
+    est_start: dict[int, float] = field(default_factory=dict)
 
 
 def order_key(job: PendingJob) -> tuple:
@@ -155,20 +164,50 @@ def _started(job: PendingJob, waits: Waits) -> None:
         waits.named.setdefault((job.user, job.name), []).append((-1, "RUNNING"))
 
 
+@dataclass(frozen=True)
+class Policy:
+    """How a pass decides. `backfill`: EASY backfill (a job may start ahead of higher
+    ones when it delays none of the reservations made for them); off, the first job
+    that cannot start in a partition holds up every job behind it there (FIFO).
+    `depth`: how many waiting jobs a pass plans for (reservations, start estimates);
+    those after it wait without an estimate."""
+    backfill: bool = True
+    depth: int = 500
+
+
+def shape_of(job: PendingJob) -> tuple:
+    """The kinds of resources a job competes for: the top waiting job of each shape in
+    a partition gets a reservation, so an h100 job does not hold up a100 jobs and a
+    GPU job does not hold up jobs without GPUs."""
+    r = job.request
+    return (job.partition, r.gpu_type if r.gpus else None, r.gpus > 0, r.constraint,
+            r.exclusive)
+
+
 def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
              partitions: dict[str, PartitionView], now: float,
-             waits: Waits | None = None, limits=None) -> Decisions:
+             waits: Waits | None = None, limits=None, running=(),
+             policy: Policy | None = None) -> Decisions:
     """Decide which pending jobs start now; `nodes` is updated with the starts.
 
-    `limits` (optional): what running jobs already hold against the QoS, tenant and
-    partition limits, as an object with `why_not(job) -> list[str]` (the reasons of
-    every limit the job would pass by starting now; empty: none) and `charge(job, alloc)`
-    (count a start made in this pass)."""
+    `running`: (allocation, end) of every running job, end being its start plus its time
+    limit (None: no limit), for backfill. `limits` (optional): what running jobs already
+    hold against the QoS, tenant and partition limits, as an object with
+    `why_not(job) -> list[str]` (the reasons of every limit the job would pass by
+    starting now; empty: none) and `charge(job, alloc)` (count a start made in this
+    pass)."""
+    policy = policy or Policy()
     waits = waits or Waits()
     waits.verdicts.clear()          # states may have changed since the last pass
     out = Decisions()
     held = licenses_held(nodes)
     blocked: set[str] = set()
+    timeline = Timeline(now)
+    for alloc, end in running:
+        timeline.running(alloc, end)
+    protected: set[tuple] = set()   # shapes whose top job holds a reservation
+    full: set[tuple] = set()        # (where, request) that found no room now: starts only
+    planned = 0                     # take room in a pass, so it finds none later either
     members: dict[str, list[NodeView]] = {
         p.name: [nodes[n] for n in p.nodes if n in nodes] for p in partitions.values()}
     for job in order(pending):
@@ -184,31 +223,63 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             if why is not None:
                 out.reasons[job.id] = why
                 continue
-        if job.partition in blocked:
+        if job.partition in blocked and not policy.backfill:
             out.reasons[job.id] = PRIORITY
             continue
-        why = reservation_wait(job, now) or licenses_wait(job, held)
-        if not why and limits is not None:
-            over = limits.why_not(job)
-            why = over[0] if over else None
-        if why:
-            out.reasons[job.id] = why
-            continue
-        candidates = nodes_for(job, members[job.partition], now)
-        try:
-            alloc = allocate(job.request, candidates)
-        except InsufficientResources:
-            out.reasons[job.id] = waiting_reason(job, candidates)
-            if not confined(job):
-                blocked.add(job.partition)
-                out.blocked[job.partition] = order_key(job)
-            continue
-        book_licenses(job, alloc, held)
-        take(nodes, alloc)
+        candidates, where = nodes_for(job, members[job.partition], now)
+        room = (where, job.request) not in full
+        why = [w for w in (reservation_wait(job, now), licenses_wait(job, held)) if w]
         if limits is not None:
-            limits.charge(job, alloc)
-        out.starts.append((job.id, alloc))
-        _started(job, waits)
+            why += limits.why_not(job)
+        if why:
+            out.reasons[job.id] = why[0]
+            if not room:
+                why.append(RESOURCES)
+            if len(why) > 1:
+                out.more[job.id] = why[1:]
+            continue
+        run = job.time_limit or None
+        end = now + run if run else None
+        alloc = None
+        if room:
+            try:
+                alloc = allocate(job.request, candidates)
+            except InsufficientResources:
+                full.add((where, job.request))
+        if alloc is not None and timeline.booked and timeline.bookings_on(alloc):
+            # Room now, but would it delay a reservation? Place it again over its whole
+            # run, around what is booked.
+            try:
+                alloc = allocate(job.request, timeline.views(candidates, now, end or NEVER))
+            except InsufficientResources:
+                alloc = None
+                out.reasons[job.id] = PRIORITY
+        if alloc is not None:
+            book_licenses(job, alloc, held)
+            take(nodes, alloc)
+            timeline.running(alloc, end)
+            if limits is not None:
+                limits.charge(job, alloc)
+            out.starts.append((job.id, alloc))
+            _started(job, waits)
+            continue
+        if job.id not in out.reasons:
+            reason = waiting_reason(job, candidates)
+            out.reasons[job.id] = PRIORITY if (
+                reason == RESOURCES and job.partition in blocked) else reason
+        if policy.backfill and planned < policy.depth:
+            planned += 1
+            found = timeline.earliest(job.request, candidates, run)
+            if found is not None:
+                at, where_then = found
+                out.est_start[job.id] = at
+                shape = shape_of(job)
+                if shape not in protected and not confined(job):
+                    protected.add(shape)
+                    timeline.book(where_then, at, at + run if run else None)
+        if not confined(job):
+            blocked.add(job.partition)
+            out.blocked.setdefault(job.partition, order_key(job))
     return out
 
 
@@ -258,14 +329,19 @@ def confined(job: PendingJob) -> bool:
     return job.reservation is not None or bool(job.request.nodelist)
 
 
-def nodes_for(job: PendingJob, members: list[NodeView], now: float) -> list[NodeView]:
+def nodes_for(job: PendingJob, members: list[NodeView], now: float,
+              ) -> tuple[list[NodeView], tuple]:
     """The partition's nodes this job may start on now: its reservation's, or those of no
-    reservation that its run (up to its time limit) would meet."""
+    reservation that its run (up to its time limit) would meet; and a key that is the
+    same for every job given the same nodes."""
     if job.window is not None:
-        return [n for n in members if n.name in job.window.nodes]
+        return [n for n in members if n.name in job.window.nodes], (job.partition, job.window)
     end = now + job.time_limit if job.time_limit else None
     kept_off = set()
     for window in job.reserved:
         if window.overlaps(now, end):
             kept_off |= window.nodes
-    return [n for n in members if n.name not in kept_off] if kept_off else members
+    if not kept_off:
+        return members, (job.partition,)
+    return ([n for n in members if n.name not in kept_off],
+            (job.partition, frozenset(kept_off)))
