@@ -3,6 +3,7 @@ running jobs and their ends in, starts, reasons and start estimates out."""
 from __future__ import annotations
 
 import random
+import time
 
 from rmsbatch.sched import placement
 from rmsbatch.sched import plan as scheduler
@@ -138,3 +139,37 @@ def test_easy_backfill_never_moves_the_reserved_jobs_start():
         queued = scheduler.schedule([top] + behind, nodes, parts, now=0, running=running)
         assert 1 not in started(queued)
         assert queued.est_start.get(1) == alone.est_start.get(1), trial
+
+
+# -- with real daemons --------------------------------------------------------------------
+def test_a_cpu_job_runs_beside_a_blocked_gpu_job_and_rq_says_when_that_one_starts(
+        new_cluster):
+    c = new_cluster(gpus=2, start=False)
+    c.up("--cpus", "8")
+    holder = c.submit("--gpus=1", "-t", "10", "--wrap", "sleep 300")
+    c.wait_state(holder, "RUNNING")
+    both = c.submit("--gpus=2", "-t", "5", "--wrap", "true")       # waits for the holder
+    long_one = c.submit("--gpus=1", "-t", "30", "--wrap", "true")  # would delay it
+    cpu_only = c.submit("-t", "1", "--wrap", "echo beside")
+    assert c.wait_ended(cpu_only)["state"] == "COMPLETED"
+    assert c.output(cpu_only) == "beside\n"
+
+    def planned():
+        # the pass that plans follows the submissions by a moment
+        rows = c.run("rq", "--start", "-h", "-o", "jobid,start_time,reasons", check=True)
+        return {int(line.split()[0]): line.split()[1:] for line in rows.stdout.splitlines()}
+    deadline = time.time() + 15
+    while planned().get(both, ["Unknown"])[0] == "Unknown" and time.time() < deadline:
+        time.sleep(0.2)
+    shown = planned()
+    start = c.job(holder)["start_time"] + 600
+    assert shown[both] == [time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
+                           "Resources"]
+    assert shown[long_one][1] == "Priority"
+    assert c.job(long_one)["state"] == "PENDING"
+    detail = c.run("rcontrol", "show", "job", str(both), check=True).stdout
+    assert f"StartTime={shown[both][0]}" in detail
+    # the holder ends early: the plan is redone and the reserved job starts at once
+    c.run("rcancel", str(holder), check=True)
+    assert c.wait_ended(both)["state"] == "COMPLETED"
+    assert c.wait_ended(long_one)["state"] == "COMPLETED"

@@ -161,7 +161,7 @@ def test_rq_man_page_lists_every_pending_reason():
 MAN5_MODELS = {
     "rmsbatch-cluster.toml.5": ("ClusterFile", "ControllerSection", "NodeDaemonSection",
                                 "NodeGroup", "GpuGroup", "PartitionSection",
-                                "ReservationSection", "SubmitSection"),
+                                "ReservationSection", "SubmitSection", "SchedulerSection"),
     "rmsbatch-tenants.toml.5": ("TenantsFile", "AccountSection", "UserSection"),
     "rmsbatch-qos.toml.5": ("QosFile", "QosSection"),
 }

@@ -312,10 +312,11 @@ def test_rq_body(monkeypatch, capsys):
 
 def test_rq_asks_only_for_fields_the_controller_has():
     from rmsbatch.ctld.records import PROJECTABLE
+    from rmsbatch.ctld.ops.jobs import PLANNED
     for name in jobfields.JOB_FIELDS:
         layout = jobfields.job_layout(name)
         keys = rq.projection(layout)
-        assert set(keys) <= PROJECTABLE, (name, keys)
+        assert set(keys) <= PROJECTABLE | set(PLANNED), (name, keys)
         # and the rendered value needs nothing beyond them
         record = {k: RUNNING.get(k) for k in keys}
         assert layout.render([record], NOW, header=False) == layout.render([RUNNING], NOW, header=False)

@@ -34,10 +34,13 @@ def job_detail(job: dict, now: float | None = None) -> list[str]:
         f"Priority={job.get('priority') or 0} Nice={job.get('nice') or 0} "
         f"Hold={_yes_no(job.get('hold'))}",
         f"JobState={job.get('state')} Reason={job_reason(job)} "
-        f"ExitCode={job_exit_code(job, now)}",
+        f"ExitCode={job_exit_code(job, now)}"
+        + (f" Reasons={','.join(job['reasons'])}" if len(job.get("reasons") or ()) > 1 else ""),
         f"RunTime={clock(elapsed(job, now))} TimeLimit={time_limit(limit, clock)}",
         f"SubmitTime={timestamp(job.get('submit_time'))} "
-        f"StartTime={timestamp(job.get('start_time'))} EndTime={timestamp(end)}",
+        # a waiting job's StartTime is the scheduler's estimate, as in scontrol
+        f"StartTime={timestamp(job.get('start_time') or job.get('est_start'))} "
+        f"EndTime={timestamp(end)}",
         f"Partition={_or_null(job.get('partition'))} NodeList={_or_null(job.get('nodelist'))}",
         f"NumNodes={job.get('nodes') or 0} NumCPUs={job_cpus(job, now)} "
         f"NumTasks={job.get('ntasks') or 0} CPUs/Task={job.get('cpus_per_task') or 0}",

@@ -87,6 +87,21 @@ def _job_reason_cell(job, now):
     return job_reason(job)
 
 
+def _job_start(job, now):
+    """When it started, or for a waiting job when the scheduler's plan expects it to
+    (Unknown: the plan has no start for it, as squeue --start shows N/A)."""
+    if job.get("state") == "PENDING":
+        return timestamp(job.get("est_start"))
+    return timestamp(job.get("start_time"))
+
+
+def _job_reasons(job, now):
+    """Every reason a waiting job waits for, the first as in REASON."""
+    if job.get("state") == "PENDING" and job.get("reasons"):
+        return ",".join(job["reasons"])
+    return job_reason(job)
+
+
 # -- rq (squeue) --------------------------------------------------------------
 
 JOB_FIELDS: dict[str, Field] = {
@@ -110,8 +125,9 @@ JOB_FIELDS: dict[str, Field] = {
                              reads=("nodelist", "state", "reason", "end_reason")),
     "nodelist": Field("NODELIST", getter("nodelist")),
     "reason": Field("REASON", _job_reason_cell, reads=("state", "reason", "end_reason")),
+    "reasons": Field("REASONS", _job_reasons, reads=("state", "reason", "end_reason", "reasons")),
     "submit_time": Field("SUBMIT_TIME", _time_of("submit_time")),
-    "start_time": Field("START_TIME", _time_of("start_time")),
+    "start_time": Field("START_TIME", _job_start, reads=("start_time", "state", "est_start")),
     "end_time": Field("END_TIME", _time_of("end_time")),
     "priority": Field("PRIORITY", getter("priority"), True),
     "exit_code": Field("EXIT_CODE", job_exit_code, reads=("exit_code", "exit_signal")),
@@ -139,6 +155,8 @@ PERCENT_CODES = {
 }
 
 RQ_DEFAULT = "jobid,partition,name,user,account,st,time,gpus,nodelist_reason"
+# rq --start, as squeue --start: when each waiting job should start, and why it waits
+RQ_START = "jobid,partition,name,user,account,st,start_time,nodes,gpus,reasons"
 RQ_LONG = ("jobid,partition,name,user,account,state,time,time_limit,nodes,gpus,"
            "nodelist_reason")
 
@@ -187,10 +205,10 @@ def squeue_layout(text: str, fields: dict[str, Field] = JOB_FIELDS,
     return Layout(columns, literals, auto=False)
 
 
-def job_layout(text: str | None = None, long: bool = False) -> Layout:
+def job_layout(text: str | None = None, long: bool = False, start: bool = False) -> Layout:
     """The layout for rq: a `%` format, a field list, or the default columns."""
     if text is None:
-        text = RQ_LONG if long else RQ_DEFAULT
+        text = RQ_START if start else RQ_LONG if long else RQ_DEFAULT
     if "%" in text:
         return squeue_layout(text)
     return field_layout(text, JOB_FIELDS, JOB_ALIASES)

@@ -36,6 +36,7 @@ EXAMPLES = """
   rq -t all -j 41,42            jobs 41 and 42, whatever their state
   rq -j 12 -r                   array 12, one line per task (pending ones folded without -r)
   rq -l                         adds the time limit, node count and full state
+  rq --start --me               when your pending jobs should start, and why they wait
   rq -o "%.10i %.2t %.8u %j"    squeue format codes (rq -o help lists them)
   rq -o jobid,state,name:30     field names, :WIDTH fixes a width, :.WIDTH aligns right
   rq -h -o %i -u $USER          job ids only, for scripts
@@ -93,6 +94,9 @@ def build_parser() -> CommandParser:
                           "array share one line, 12_[5-99%%10])")
     out.add_argument("-l", "--long", action="store_true",
                      help="add TIME_LIMIT and NODES, and show STATE in full")
+    out.add_argument("--start", action="store_true",
+                     help="pending jobs only, with the start the scheduler expects for each "
+                          "(Unknown when its plan has none) and every reason each waits for")
     add_output_options(out)
     add_watch_options(out)
     return parser
@@ -112,7 +116,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             if args.Format:
                 args.layout = field_layout(args.Format, JOB_FIELDS, JOB_ALIASES)
             else:
-                args.layout = job_layout(args.format, long=args.long)
+                args.layout = job_layout(args.format, long=args.long, start=args.start)
         except FormatError as exc:
             parser.error(f"argument {'-O/--Format' if args.Format else '-o/--format'}: {exc}")
     return args
@@ -122,7 +126,7 @@ def request(args: argparse.Namespace) -> dict:
     """The fields of the one "jobs" request this command sends."""
     fields = job_filters(args, ("accounts", "partitions", "names", "nodes"))
     fields.update(id_fields(args.ids))
-    states = args.states or []
+    states = args.states or (["PENDING"] if getattr(args, "start", False) else [])
     if not states:
         fields["active"] = True
     elif "all" not in states:
@@ -134,7 +138,8 @@ def render(records: list[dict], args: argparse.Namespace, now: float | None = No
     """The text rq prints for these job records ("" for none and no header)."""
     if args.json:
         return render_json("jobs", records)
-    layout = getattr(args, "layout", None) or job_layout(args.format, long=args.long)
+    layout = getattr(args, "layout", None) or job_layout(
+        args.format, long=args.long, start=getattr(args, "start", False))
     return layout.render(listing(records, getattr(args, "array", False)), now,
                          header=not args.noheader)
 

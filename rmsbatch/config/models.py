@@ -405,6 +405,21 @@ class ReservationSection(_Model):
         return self
 
 
+class SchedulerSection(_Model):
+    # EASY backfill: a job may start ahead of higher-priority ones when it delays
+    # none of the reservations made for them. false: strict priority order (FIFO).
+    backfill: bool = True
+    # How many waiting jobs a pass plans for (reservations, estimated starts).
+    backfill_depth: int = 500
+
+    @field_validator("backfill_depth")
+    @classmethod
+    def _depth(cls, v):
+        if v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+
 class SubmitSection(_Model):
     # Options of the site's submit plugins (SPANK in Slurm) that rsub accepts and
     # records for them, without the leading dashes: ["image", "module"].
@@ -429,6 +444,7 @@ class ClusterFile(_Model):
     licenses: dict[str, int] = {}      # cluster-wide counted licenses: matlab = 10
     reservations: list[ReservationSection] = []
     submit: SubmitSection = SubmitSection()
+    scheduler: SchedulerSection = SchedulerSection()
 
     @field_validator("licenses")
     @classmethod

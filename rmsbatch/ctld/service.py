@@ -43,6 +43,9 @@ from rmsbatch.sched.placement import NodeAlloc, NodeView
 
 log = logging.getLogger("rmsbatch.controller")
 
+# After submissions settled without a full pass: when the pass that plans their starts runs
+ESTIMATE_AFTER_S = 2.0
+
 # What runs on the nodes of an allocation other than the first: nothing of the user's.
 # The run holds the node's part of the allocation (cgroup, CPUs, devices, lease) for
 # the job's steps until the job ends, as Slurm's "extern" step does with a sleep.
@@ -84,6 +87,9 @@ class Controller:
         self.lease_seen: dict[int, dict[str, float]] = {}
         # --wait-all-nodes: job -> the other nodes its batch script still waits for
         self.awaiting: dict[int, set[str]] = {}
+        # From the last full pass: when waiting jobs should start, and what else holds them
+        self.est_start: dict[int, float] = {}
+        self.more_reasons: dict[int, list[str]] = {}
         self.rebuild()
 
     # -- the outbox -------------------------------------------------------------
@@ -135,6 +141,7 @@ class Controller:
         self.pending: dict[int, scheduler.PendingJob] = {}
         self.reasons: dict[int, str] = {}
         self.running: dict[int, dict[str, NodeAlloc]] = {}
+        self.ends: dict[int, float | None] = {}     # start + time limit; None: no limit
         self.awaiting = {}
         for row in self.spool.active_jobs():
             if row["state"] == JobState.PENDING.value:
@@ -143,6 +150,7 @@ class Controller:
             else:
                 alloc = alloc_from_json(row["alloc"])
                 self.running[row["id"]] = alloc
+                self.set_end(row["id"], row["start_time"] or now, row["time_limit"])
                 self._take(alloc)
                 if row["wait_all_nodes"] and not row["launched"] and len(alloc) > 1:
                     # the nodes' next node_hello says again which hold their part
@@ -335,6 +343,7 @@ class Controller:
         """What a run held, given back (it ended, or was requeued): its nodes, its lease,
         and its steps, which died with it (their rrun cannot report any more)."""
         self._take(self.running.pop(job_id, {}), -1)
+        self.ends.pop(job_id, None)
         self.leases.drop(job_id)
         self.lease_seen.pop(job_id, None)
         self.awaiting.pop(job_id, None)
@@ -437,11 +446,40 @@ class Controller:
             blocker = self.blocked_at.get(job.partition)
             if blocker is None or scheduler.order_key(job) < blocker:
                 return False
+            if self.policy.backfill and self._room_now(job):
+                return False    # it may start ahead: only a full pass can tell
             reasons[job_id] = scheduler.PRIORITY
         with self.spool.transaction():
             self.spool.set_reasons(reasons)
         self.reasons.update(reasons)
+        if self.policy.backfill and reasons:
+            # Their start estimates come from the next full pass: soon, and once for a
+            # burst of submissions rather than once per job.
+            self.wake(self.clock() + ESTIMATE_AFTER_S)
         return True
+
+    def _room_now(self, job: scheduler.PendingJob) -> bool:
+        members = [self.nodes[n] for n in self.config.partition_nodes.get(job.partition, ())
+                   if n in self.nodes]
+        try:
+            placement.allocate(job.request, scheduler.nodes_for(job, members, self.clock())[0])
+        except placement.InsufficientResources:
+            return False
+        return True
+
+    def wake(self, when: float) -> None:
+        """A full pass is due at `when` at the latest."""
+        if self.wake_at is None or when < self.wake_at:
+            self.wake_at = when
+
+    def set_end(self, job_id: int, start: float, time_limit: int) -> None:
+        """When a running job's time limit runs out (backfill plans with it)."""
+        self.ends[job_id] = start + time_limit if time_limit else None
+
+    @property
+    def policy(self) -> scheduler.Policy:
+        sc = self.config.cluster.scheduler
+        return scheduler.Policy(backfill=sc.backfill, depth=sc.backfill_depth)
 
     def schedule(self, now: float | None = None) -> int:
         """One scheduling pass; returns how many jobs started."""
@@ -454,14 +492,19 @@ class Controller:
         eligible = [j for j in self.pending.values() if not j.hold]
         if not eligible:
             self.blocked_at = {}
+            self.est_start, self.more_reasons = {}, {}
             return 0
         parts = {p.name: scheduler.PartitionView(p.name, p.state == "UP",
                                                  self.config.partition_nodes[p.name])
                  for p in self.config.partitions.values()}
+        running = [(alloc, self.ends.get(job_id)) for job_id, alloc in self.running.items()]
         decisions = scheduler.schedule(eligible, self.nodes, parts, now,
-                                       waiting.snapshot(self.spool, eligible))
+                                       waiting.snapshot(self.spool, eligible),
+                                       running=running, policy=self.policy)
         self.blocked_at = decisions.blocked
         self.wake_at = decisions.wake_at
+        self.est_start = decisions.est_start
+        self.more_reasons = decisions.more
         started = []
         with self.spool.transaction():
             for job_id, alloc in decisions.starts:
@@ -475,9 +518,10 @@ class Controller:
                 if not ok:
                     placement.take(self.nodes, alloc, -1)
                     continue
-                self.pending.pop(job_id)
+                job = self.pending.pop(job_id)
                 self.reasons.pop(job_id, None)
                 self.running[job_id] = alloc
+                self.set_end(job_id, now, job.time_limit)
                 self.leases.renew(job_id, now)
                 self.lease_seen.pop(job_id, None)
                 started.append(job_id)

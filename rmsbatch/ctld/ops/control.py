@@ -198,6 +198,8 @@ def _update_one(ctl, row: dict, changes: dict, caller: str) -> None:
     if state is JobState.PENDING:
         ctl.add_pending(ctl.spool.job(job_id))
     elif "time_limit" in changes and fields["time_limit"] != row["time_limit"]:
+        ctl.set_end(job_id, row["start_time"] or ctl.clock(), fields["time_limit"])
+        ctl.dirty = True        # backfill plans with running jobs' ends
         node = batch_node(ctl.running.get(job_id) or {})
         if node is not None:
             ctl.to_node(node, {"op": "time_limit", "job_id": job_id,

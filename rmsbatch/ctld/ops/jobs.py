@@ -160,11 +160,17 @@ def jobs(ctl, conn, req: requests.Jobs) -> dict:
                  start_after=req.start_after, end_before=req.end_before)
     if req.fields and not req.nodes:
         # Listings of thousands of jobs: only the columns asked for, as rows.
-        unknown = [f for f in req.fields if f not in PROJECTABLE]
+        unknown = [f for f in req.fields if f not in PROJECTABLE and f not in PLANNED]
         if unknown:
             raise _error(f"unknown job field(s): {', '.join(unknown)}")
-        rows = ctl.spool.jobs(**query, columns=list(req.fields))
-        return {"columns": list(req.fields), "rows": rows}
+        planned = [f for f in req.fields if f in PLANNED]
+        if not planned:
+            rows = ctl.spool.jobs(**query, columns=list(req.fields))
+            return {"columns": list(req.fields), "rows": rows}
+        stored = [f for f in req.fields if f not in PLANNED]
+        rows = ctl.spool.jobs(**query, columns=["id"] + stored)
+        rows = [list(r[1:]) + [_planned(ctl, r[0], f) for f in planned] for r in rows]
+        return {"columns": stored + planned, "rows": rows}
     rows = ctl.spool.jobs(**query)
     if req.nodes:
         try:
@@ -172,7 +178,26 @@ def jobs(ctl, conn, req: requests.Jobs) -> dict:
         except ValueError as exc:
             raise _error(f"nodes: {exc}") from None
         rows = [r for r in rows if set(hostlist.expand(r["nodelist"])) & wanted]
-    return {"jobs": [job_record(r) for r in rows]}
+    records = [job_record(r) for r in rows]
+    for rec in records:
+        for name in PLANNED:
+            rec[name] = _planned(ctl, rec["id"], name)
+    return {"jobs": records}
+
+
+# What the last scheduling pass planned for a waiting job, beside its stored fields:
+# its expected start (None: unknown) and every reason it waits for (its first one is
+# the stored `reason`).
+PLANNED = ("est_start", "reasons")
+
+
+def _planned(ctl, job_id: int, name: str):
+    if job_id not in ctl.pending:
+        return None
+    if name == "est_start":
+        return ctl.est_start.get(job_id)
+    first = ctl.reasons.get(job_id)
+    return [first] + ctl.more_reasons.get(job_id, []) if first else []
 
 
 @op("wait", model=requests.Wait, role=USER)
