@@ -245,9 +245,10 @@ def test_rq_watch_stops_quietly_on_ctrl_c(cluster, users):
     proc = subprocess.Popen([command_path("rq"), "--watch=0.2"], env=cluster.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)
+        first = proc.stdout.readline()      # watching: its first listing is out
         proc.send_signal(2)
-        out, err = proc.communicate(timeout=10)
+        out, err = proc.communicate(timeout=30)
+        out = first + out
     finally:
         proc.kill()
         cluster.run("rcancel", str(job_id))
