@@ -1,0 +1,136 @@
+"""rms-sim: a trace replayed through the scheduler core, checked against figures worked
+out by hand, and run as a user runs it."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+
+import pytest
+
+from conftest import command_path
+
+# Four one-processor nodes. By hand, strict FIFO:
+#   t=0 job 1 (2 nodes, runs 100) starts; job 2 (4 nodes) waits for it, and jobs 3
+#   and 4 behind job 2; t=100 job 2 starts (ends 150); t=150 jobs 3 and 4 start.
+#   waits 0, 90, 130, 120.
+# FIFO with EASY backfill (requested times 200, 100, 40, 20): job 2 is reserved for
+#   t=200 (job 1's limit); job 3 fits before that and starts at 20 (ends 50); job 4
+#   finds one node free at 30 and starts at 50 (ends 60); job 1 ends at 100 and job 2
+#   starts then. waits 0, 90, 0, 20.
+TINY = """\
+; Version: 2.2
+; Computer: hand-made
+; MaxNodes: 4
+; MaxProcs: 4
+;
+    1      0   -1   100    2   -1   -1    2   200   -1  1   1   1  -1  1  -1  -1  -1
+    2     10   -1    50    4   -1   -1    4   100   -1  1   2   1  -1  1  -1  -1  -1
+    3     20   -1    30    1   -1   -1    1    40   -1  1   1   2  -1  1  -1  -1  -1
+    4     30   -1    10    2   -1   -1    2    20   -1  1   3   2  -1  1  -1  -1  -1
+"""
+
+
+def sim(*args, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([command_path("rms-sim"), *args], capture_output=True, text=True,
+                            timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.swf"
+    path.write_text(TINY)
+    return str(path)
+
+
+def test_fifo_gives_the_figures_worked_out_by_hand(tiny):
+    r = json.loads(sim(tiny, "--policy", "fifo", "--json", "-").stdout)
+    assert r["jobs"] == 4 and r["cluster"] == {"nodes": 4, "cpus_per_node": 1,
+                                               "gpus_per_node": 0}
+    assert r["mean_wait_s"] == (0 + 90 + 130 + 120) / 4
+    assert r["p95_wait_s"] == 130
+    bsld = [1, (90 + 50) / 50, (130 + 30) / 30, (120 + 10) / 10]
+    assert r["mean_bounded_slowdown"] == pytest.approx(sum(bsld) / 4, abs=1e-6)
+    assert r["mean_jct_s"] == (100 + 140 + 160 + 130) / 4
+    # node-seconds held 200 + 200 + 30 + 20 over 4 nodes from 0 to 180
+    assert r["utilization"] == pytest.approx(450 / (4 * 180))
+    assert r["tenants"]["1"]["jobs"] == 2 and r["tenants"]["2"]["jobs"] == 2
+
+
+def test_backfill_starts_short_jobs_early_without_delaying_the_reserved_one(tiny):
+    r = json.loads(sim(tiny, "--policy", "fifo-backfill", "--json", "-").stdout)
+    assert r["mean_wait_s"] == (0 + 90 + 0 + 20) / 4
+    assert r["mean_bounded_slowdown"] == pytest.approx((1 + 2.8 + 1 + 3) / 4, abs=1e-6)
+    assert r["utilization"] == pytest.approx(450 / (4 * 150))
+    fifo = json.loads(sim(tiny, "--policy", "fifo", "--json", "-").stdout)
+    assert r["p95_wait_s"] <= fifo["p95_wait_s"]
+
+
+def test_the_table_for_people_and_the_json_file(tiny, tmp_path):
+    out = tmp_path / "r.json"
+    result = sim(tiny, "--jobs", "1:2", "--policy", "fifo", "--json", str(out))
+    text = result.stdout
+    assert "trace tiny (swf): jobs 1..2 of 4" in text
+    assert "cluster 4 nodes x 1 CPUs; policy fifo" in text
+    assert "mean bounded slowdown" in text and "utilization" in text
+    saved = json.loads(out.read_text())
+    # the window replays jobs 2 and 3 on an empty machine from job 2's submit
+    assert saved["window"] == {"start": 1, "count": 2} and saved["mean_wait_s"] == 0
+
+
+def synthetic_swf(path, jobs=1500, procs=64, seed=3):
+    """A Lublin-like mix: mostly small, some wide, run times spread over decades."""
+    rng = random.Random(seed)
+    lines = ["; MaxNodes: %d" % procs, "; MaxProcs: %d" % procs]
+    t = 0
+    for i in range(1, jobs + 1):
+        t += int(rng.expovariate(1 / 60))
+        width = rng.choice([1, 1, 1, 2, 4, 8, 16, 32, 64])
+        run = int(10 ** rng.uniform(1, 4))
+        asked = int(run * rng.uniform(1, 5))
+        lines.append(f"{i} {t} -1 {run} {width} -1 -1 {width} {asked} -1 1 "
+                     f"{rng.randint(1, 9)} {rng.randint(1, 3)} -1 1 -1 -1 -1")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_a_longer_replay_is_the_same_twice_and_backfill_helps(tmp_path):
+    trace = synthetic_swf(tmp_path / "mix.swf")
+    one = sim(trace, "--jobs", "0:1000", "--json", "-").stdout
+    two = sim(trace, "--jobs", "0:1000", "--json", "-").stdout
+    assert one == two
+    fifo = json.loads(sim(trace, "--jobs", "0:1000", "--policy", "fifo", "--json", "-").stdout)
+    easy = json.loads(one)
+    assert easy["jobs"] == fifo["jobs"] == 1000
+    assert easy["mean_bounded_slowdown"] < fifo["mean_bounded_slowdown"]
+    assert 0 < fifo["utilization"] <= 1 and 0 < easy["utilization"] <= 1
+
+
+@pytest.mark.skipif(not os.environ.get("RMS_TRACES_DIR"),
+                    reason="RMS_TRACES_DIR names no folder of real traces")
+def test_a_window_of_a_real_trace_replays_the_same_twice():
+    trace = os.path.join(os.environ["RMS_TRACES_DIR"], "rlscheduler_lublin", "lublin_256.swf")
+    one = sim(trace, "--jobs", "0:2000", "--json", "-").stdout
+    assert one == sim(trace, "--jobs", "0:2000", "--json", "-").stdout
+    assert json.loads(one)["jobs"] == 2000
+
+
+def test_bad_input_is_one_line_and_a_non_zero_exit(tiny, tmp_path):
+    missing = sim(str(tmp_path / "nope.swf"), check=False)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1
+    assert missing.stderr.startswith("rms-sim: error:")
+    broken = tmp_path / "broken.swf"
+    broken.write_text(TINY + "5 40 -1 ten 1 -1 -1 1 10 -1 1 1 1 -1 1 -1 -1 -1\n")
+    result = sim(str(broken), check=False)
+    assert result.returncode == 1 and "broken.swf" in result.stderr and "line 10" in result.stderr
+    assert result.stderr.count("\n") == 1
+    beyond = sim(tiny, "--jobs", "9:1", check=False)
+    assert beyond.returncode == 2 and "the trace has 4 jobs" in beyond.stderr
+    small = sim(tiny, "--nodes", "2", check=False)
+    assert small.returncode == 1 and "job 2 needs 4 nodes" in small.stderr
+    window = sim(tiny, "--jobs", "x:1", check=False)
+    assert window.returncode == 2 and "START:COUNT" in window.stderr
