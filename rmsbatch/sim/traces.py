@@ -83,7 +83,7 @@ import re
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 log = logging.getLogger("rmsbatch.sim")
@@ -164,8 +164,7 @@ def window(trace: Trace, start: int, count: int | None) -> Trace:
         raise ValueError(f"window: start {start} and count {count} must not be negative")
     jobs = trace.jobs[start:None if count is None else start + count]
     if jobs and jobs[0].submit:
-        shift = jobs[0].submit
-        jobs = [replace(j, submit=j.submit - shift) for j in jobs]
+        jobs = _shifted(jobs, jobs[0].submit)
     return Trace(trace.name, trace.format, list(jobs), trace.max_procs, trace.max_nodes,
                  dict(trace.skipped), dict(trace.header))
 
@@ -174,6 +173,13 @@ def window(trace: Trace, start: int, count: int | None) -> Trace:
 
 # C-level key: sorting half a million jobs by a Python function costs a second.
 _order = operator.attrgetter("submit", "id")
+
+
+def _shifted(jobs: list[TraceJob], shift: float) -> list[TraceJob]:
+    """The jobs submitted `shift` seconds earlier."""
+    # Spelled out: dataclasses.replace() looks the fields up per call, 5x slower.
+    return [TraceJob(j.id, j.submit - shift, j.run, j.requested, j.procs, j.nodes, j.gpus,
+                     j.gpu_milli, j.mem_mb, j.user, j.tenant, j.queue, j.status) for j in jobs]
 
 
 def _open_text(path: str):
@@ -320,7 +326,7 @@ def _read_swf(fname: str, lines: Iterable[str], lineno0: int) -> Trace:
     if jobs:
         first = min(j.submit for j in jobs)
         if first >= _EPOCH_LIKE:
-            jobs = [replace(j, submit=j.submit - first) for j in jobs]
+            jobs = _shifted(jobs, first)
     return Trace(_trace_name(fname), "swf", jobs, _header_int(header, "MaxProcs", fname),
                  _header_int(header, "MaxNodes", fname), skipped, header)
 
@@ -367,7 +373,7 @@ def _read_csv(fname: str, fmt: str, lines: Iterator[str], lineno0: int) -> Trace
         col = {c: i for i, c in enumerate(head)}
         missing = [c for c in _CSV_COLUMNS[fmt] if c not in col]
         if missing:
-            raise TraceError(f"{where()}: not a {fmt} trace header: no column {', '.join(map(repr, missing))}")
+            raise TraceError(f"{where()}: header lacks the {fmt} column(s) {', '.join(map(repr, missing))}")
         jobs, skipped = _CSV_ROWS[fmt](reader, col, where)
     except csv.Error as e:
         raise TraceError(f"{where()}: {e}") from None
@@ -426,8 +432,7 @@ def _philly_rows(reader, col, where):
             jobs.append(job)
     if jobs:
         # The trace's zero is its earliest job, as for ALCF's absolute times.
-        first = min(j.submit for j in jobs)
-        jobs = [replace(j, submit=j.submit - first) for j in jobs]
+        jobs = _shifted(jobs, min(j.submit for j in jobs))
     return jobs, skipped
 
 
