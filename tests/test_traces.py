@@ -215,6 +215,7 @@ def test_empty_and_all_skipped_traces(tmp_path):
     ("bad.swf", SWF.replace("   20   -1", "   20", 1), None, "bad.swf line 16: 17 fields, SWF has 18"),
     ("bad.swf", SWF.replace("   7200    8", "   72x0    8"), None, "bad.swf line 12: field 4 (run time) is '72x0'"),
     ("bad.swf.gz", SWF.replace("    90     -1", "    nan     -1"), None, "bad.swf.gz line 18: field 2 (submit time)"),
+    ("bad.swf", SWF.replace("   100    -1  1  9", "   100    -1  1.5  9"), None, "line 15: field 11 (status) is '1.5', not a whole"),
     ("p.csv", PHILLY.replace("66.0,1,", "66.0,one,"), None, "p.csv line 2: num_gpus is 'one'"),
     ("p.csv", PHILLY.replace("07:01:55", "7 o'clock"), None, "p.csv line 2: timestamp"),
     ("p.csv", PHILLY.replace(",2951.0,1,2951.0,6214e9", ",2951.0"), None, "p.csv line 3: 2 columns, the header has 5"),
@@ -223,7 +224,7 @@ def test_empty_and_all_skipped_traces(tmp_path):
     ("p.csv", PHILLY, "itp", "p.csv line 1: header lacks the itp column(s) 'job_id'"),
     ("x.csv", "a,b,c\n1,2,3\n", None, "x.csv line 1: CSV columns"),
     ("nodes.csv", "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,P100\n", None, "node list"),
-    ("notes.txt", "hello world\n", None, "notes.txt line 1: neither SWF"),
+    ("notes.txt", "\n\nhello world\n", None, "notes.txt line 3: neither SWF"),
     ("empty.csv", "", None, "empty.csv: empty file"),
     ("t.swf", SWF, "pbs", "unknown trace format 'pbs'"),
 ])

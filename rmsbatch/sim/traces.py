@@ -73,6 +73,7 @@ GPU traces carry no requested time (requested None) and no processor counts
 from __future__ import annotations
 
 import csv
+import gc
 import gzip
 import itertools
 import logging
@@ -132,6 +133,10 @@ def read_trace(path: str, fmt: str | None = None) -> Trace:
     fname = os.path.basename(path)
     if fmt is not None and fmt not in FORMATS:
         raise TraceError(f"{fname}: unknown trace format {fmt!r} (known: {', '.join(FORMATS)})")
+    # Half a million new objects would run the cyclic collector over them again and
+    # again; none of them can form a cycle.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         with _open_text(path) as fh:
             # Blank lines before the first one are counted so line numbers stay true.
@@ -142,7 +147,7 @@ def read_trace(path: str, fmt: str | None = None) -> Trace:
                     break
             lines = itertools.chain([first], fh)
             if fmt is None:
-                fmt = _detect(fname, first)
+                fmt = _detect(fname, first, lineno)
             if not first.strip():
                 return Trace(_trace_name(fname), fmt, [], None, None)
             if fmt == "swf":
@@ -152,6 +157,9 @@ def read_trace(path: str, fmt: str | None = None) -> Trace:
     except (OSError, EOFError, zlib.error) as e:
         # gzip reports a damaged file as OSError/EOFError; a missing one is OSError too.
         raise TraceError(f"{fname}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    finally:
+        if collecting:
+            gc.enable()
     trace.jobs.sort(key=_order)
     return trace
 
@@ -213,7 +221,7 @@ _NOT_TRACES = {
 }
 
 
-def _detect(fname: str, first: str) -> str:
+def _detect(fname: str, first: str, lineno: int) -> str:
     low = fname.lower()
     if low.endswith((".swf", ".swf.gz")) or first.lstrip().startswith(";"):
         return "swf"
@@ -225,13 +233,13 @@ def _detect(fname: str, first: str) -> str:
         for need, what in _NOT_TRACES.items():
             if cols.issuperset(need):
                 raise TraceError(f"{fname}: {what}")
-        raise TraceError(f"{fname} line 1: CSV columns {sorted(cols)} match no known trace format")
+        raise TraceError(f"{fname} line {lineno}: CSV columns {sorted(cols)} match no known trace format")
     fields = first.split()
     if len(fields) >= 18 and all(_is_number(f) for f in fields):
         return "swf"
     if not first.strip():
         raise TraceError(f"{fname}: empty file: cannot tell its format, name one")
-    raise TraceError(f"{fname} line 1: neither SWF nor a known CSV trace")
+    raise TraceError(f"{fname} line {lineno}: neither SWF nor a known CSV trace")
 
 
 def _is_number(s: str) -> bool:
@@ -252,7 +260,7 @@ _SWF_FIELD_NAMES = {1: "job number", 2: "submit time", 4: "run time", 5: "alloca
                     8: "requested processors", 9: "requested time", 10: "requested memory",
                     11: "status"}
 _HEADER_RE = re.compile(r";\s*([A-Za-z][\w ]*?)\s*:(?!//)\s*(.*?)\s*$")
-_EPOCH_LIKE = 1e8   # seconds: later than 1973; no log is that long yet starts at 0
+_EPOCH_LIKE = 1e8   # s: a log's own zero is its start; an earliest submit past 1973 is Unix time
 _RLSCHED_NEG_RUN = 10.0  # RLScheduler's stand-in for a negative run time
 
 
@@ -340,12 +348,13 @@ def _int_field(s: str) -> int:
 
 def _swf_bad_field(fname: str, lineno: int, f: list[str]) -> str:
     for i in (1, 2, 4, 5, 8, 9, 10, 11):
+        what = "a whole number" if i in (1, 5, 8, 11) else "a number"
         try:
             v = float(f[i - 1])
             if not -1e15 < v < 1e15 or (i in (1, 5, 8, 11) and v != int(v)):
                 raise ValueError
         except ValueError:
-            return f"{fname} line {lineno}: field {i} ({_SWF_FIELD_NAMES[i]}) is {f[i - 1]!r}, not a number"
+            return f"{fname} line {lineno}: field {i} ({_SWF_FIELD_NAMES[i]}) is {f[i - 1]!r}, not {what}"
     return f"{fname} line {lineno}: unreadable SWF line"
 
 
