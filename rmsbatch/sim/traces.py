@@ -33,9 +33,9 @@ swf -- Standard Workload Format (Parallel Workloads Archive), 18 whitespace-
       [job.py, Workloads.__init__: "filter those illegal data whose
       runtime < 0"] -> skipped "run time 0".
     - Our own rule: procs <= 0 is dropped ("no processors"); RLScheduler keeps
-      such jobs, but none of the logs it uses has one, so the kept sets agree.
+      such jobs, but no PWA/Lublin log we have read has one.
     - RLScheduler orders jobs by job id (Workloads.__init__); we order by
-      (submit, id), which is the same order in every PWA/Lublin log we ship.
+      (submit, id): the same order wherever ids follow submit times (PWA, Lublin).
     - max_procs/max_nodes are the header's (leading integer, so "338 (batch
       partition; 512 total)" reads as 338); None when absent. RLScheduler
       uses MaxNodes when MaxProcs is missing (Workloads.__init__); we leave
@@ -66,9 +66,7 @@ openb -- Alibaba GPU v2023 pod list: name,cpu_milli,memory_mib,num_gpu,
     the pod name's number. Pods without scheduled_time never ran (Pending):
     skipped. The resampled multigpuXX lists have no time columns at all, so
     nothing in them can be replayed over time: every row is skipped.
-
-GPU traces carry no requested time (requested None) and no processor counts
-(procs 0, except openb).
+GPU traces have no requested time (None) and, but for openb, no CPU count (0).
 """
 from __future__ import annotations
 
@@ -215,6 +213,7 @@ _CSV_COLUMNS = {
     "itp": ("job_id", "submission_time", "duration", "num_gpu"),
     "openb": ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli"),
 }
+_SWF_LINE = re.compile(r"\s*(-?[\d.]+\s+){17}")
 _NOT_TRACES = {
     ("sn", "cpu_milli", "memory_mib", "gpu", "model"): "an openb node list (the cluster), not a job trace",
     ("vc", "node num"): "a virtual-cluster size table, not a job trace",
@@ -234,20 +233,11 @@ def _detect(fname: str, first: str, lineno: int) -> str:
             if cols.issuperset(need):
                 raise TraceError(f"{fname}: {what}")
         raise TraceError(f"{fname} line {lineno}: CSV columns {sorted(cols)} match no known trace format")
-    fields = first.split()
-    if len(fields) >= 18 and all(_is_number(f) for f in fields):
+    if len(first.split()) >= 18 and _SWF_LINE.match(first):
         return "swf"
     if not first.strip():
         raise TraceError(f"{fname}: empty file: cannot tell its format, name one")
     raise TraceError(f"{fname} line {lineno}: neither SWF nor a known CSV trace")
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
 
 
 def _count(skipped: dict[str, int], reason: str) -> None:
@@ -289,24 +279,11 @@ def _read_swf(fname: str, lines: Iterable[str], lineno0: int) -> Trace:
         if len(f) < 18:
             raise TraceError(f"{fname} line {lineno}: {len(f)} fields, SWF has 18")
         try:
-            jid = int(f[0])
-            submit = float(f[1])
-            run = float(f[3])
+            jid, submit, run = int(f[0]), float(f[1]), float(f[3])
             procs = max(int(f[4]), int(f[7]))
-            req = float(f[8])
-            mem = float(f[9])
-            status = int(f[10])
+            req, mem, status = float(f[8]), float(f[9]), int(f[10])
         except ValueError:
-            try:  # some logs write integer fields as "12.00"
-                jid = _int_field(f[0])
-                submit = float(f[1])
-                run = float(f[3])
-                procs = max(_int_field(f[4]), _int_field(f[7]))
-                req = float(f[8])
-                mem = float(f[9])
-                status = _int_field(f[10])
-            except (ValueError, OverflowError):
-                raise TraceError(_swf_bad_field(fname, lineno, f)) from None
+            jid, submit, run, procs, req, mem, status = _swf_slow(fname, lineno, f)
         # NaN and infinities pass float(); no comparison with them is true.
         if not (-1e15 < submit < 1e15 and -1e15 < run < 1e15 and -1e15 < req < 1e15
                 and -1e15 < mem < 1e15):
@@ -339,11 +316,19 @@ def _read_swf(fname: str, lines: Iterable[str], lineno0: int) -> Trace:
                  _header_int(header, "MaxNodes", fname), skipped, header)
 
 
-def _int_field(s: str) -> int:
-    v = float(s)
-    if v != int(v):
-        raise ValueError(s)
-    return int(v)
+def _swf_slow(fname: str, lineno: int, f: list[str]) -> tuple:
+    """The fields _read_swf wants, from a line with integers written as "12.00"
+    (some logs do), or TraceError."""
+    def whole(s: str) -> int:
+        v = float(s)
+        if v != int(v):
+            raise ValueError(s)
+        return int(v)
+    try:
+        return (whole(f[0]), float(f[1]), float(f[3]), max(whole(f[4]), whole(f[7])),
+                float(f[8]), float(f[9]), whole(f[10]))
+    except (ValueError, OverflowError):
+        raise TraceError(_swf_bad_field(fname, lineno, f)) from None
 
 
 def _swf_bad_field(fname: str, lineno: int, f: list[str]) -> str:
