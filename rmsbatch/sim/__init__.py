@@ -1,0 +1,1 @@
+"""Trace-driven simulation (rms-sim): workload trace readers and replay."""
