@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from rmsbatch.core import dependency as deps
 from rmsbatch.sched.placement import (Allocation, InsufficientResources, NodeView, Request,
-                                allocate, take)
+                                allocate, fits_now, take)
 from rmsbatch.sched.timeline import NEVER, Timeline
 
 # Slurm's reason names, so users and tools recognise them.
@@ -170,9 +170,12 @@ class Policy:
     ones when it delays none of the reservations made for them); off, the first job
     that cannot start in a partition holds up every job behind it there (FIFO).
     `depth`: how many waiting jobs a pass plans for (reservations, start estimates);
-    those after it wait without an estimate."""
+    those after it wait without an estimate. `estimates`: plan a start for every job
+    within the depth (what `rq --start` shows), not only for the reserved ones (all
+    that backfill itself needs)."""
     backfill: bool = True
     depth: int = 500
+    estimates: bool = True
 
 
 def shape_of(job: PendingJob) -> tuple:
@@ -206,8 +209,12 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
     for alloc, end in running:
         timeline.running(alloc, end)
     protected: set[tuple] = set()   # shapes whose top job holds a reservation
-    full: set[tuple] = set()        # (where, request) that found no room now: starts only
-    planned = 0                     # take room in a pass, so it finds none later either
+    # (where, request) that found no room now; starts only take room in a pass, so it
+    # finds none later either
+    full: set[tuple] = set()
+    around: dict[tuple, float] = {}     # (where, request) -> the shortest run found no room
+    up: dict[tuple, int] = {}           # where -> nodes up there
+    planned = 0
     members: dict[str, list[NodeView]] = {
         p.name: [nodes[n] for n in p.nodes if n in nodes] for p in partitions.values()}
     for job in order(pending):
@@ -241,18 +248,33 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
         run = job.time_limit or None
         end = now + run if run else None
         alloc = None
-        if room:
+        until = end or NEVER
+        if room and (where, job.request) in around and until >= around[(where, job.request)]:
+            # A run this long found no room around what is booked (and room only
+            # shrinks within a pass): it would delay a reservation.
+            out.reasons[job.id] = PRIORITY
+        elif room:
             try:
                 alloc = allocate(job.request, candidates)
             except InsufficientResources:
                 full.add((where, job.request))
-        if alloc is not None and timeline.booked and timeline.bookings_on(alloc):
-            # Room now, but would it delay a reservation? Place it again over its whole
-            # run, around what is booked.
-            try:
-                alloc = allocate(job.request, timeline.views(candidates, now, end or NEVER))
+        if alloc is not None and timeline.booked and timeline.bookings_on(alloc) \
+                and not timeline.keeps(alloc, nodes, now, until):
+            # Room now, but it would delay a reservation there: place it again over its
+            # whole run, around what is booked.
+            alloc = None
+            try:        # nodes nothing is booked on first: it delays nobody there
+                alloc = allocate(job.request, timeline.unbooked(candidates))
             except InsufficientResources:
-                alloc = None
+                pass
+            if alloc is None and until < around.get((where, job.request), NEVER):
+                # only where it has room now can it have room throughout
+                fitting = [n for n in candidates if fits_now(job.request, n) is not None]
+                try:
+                    alloc = allocate(job.request, timeline.views(fitting, now, until))
+                except InsufficientResources:
+                    around[(where, job.request)] = until     # and any longer run
+            if alloc is None:
                 out.reasons[job.id] = PRIORITY
         if alloc is not None:
             book_licenses(job, alloc, held)
@@ -264,17 +286,23 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             _started(job, waits)
             continue
         if job.id not in out.reasons:
-            reason = waiting_reason(job, candidates)
+            if job.request.nodelist:
+                reason = waiting_reason(job, candidates)
+            else:       # the same for every job on these nodes
+                if where not in up:
+                    up[where] = sum(1 for n in candidates if n.usable)
+                reason = NODES_UNAVAILABLE if up[where] < job.request.nodes else RESOURCES
             out.reasons[job.id] = PRIORITY if (
                 reason == RESOURCES and job.partition in blocked) else reason
-        if policy.backfill and planned < policy.depth:
+        shape = shape_of(job)
+        reserve = shape not in protected and not confined(job)
+        if policy.backfill and planned < policy.depth and (reserve or policy.estimates):
             planned += 1
             found = timeline.earliest(job.request, candidates, run)
             if found is not None:
                 at, where_then = found
                 out.est_start[job.id] = at
-                shape = shape_of(job)
-                if shape not in protected and not confined(job):
+                if reserve:
                     protected.add(shape)
                     timeline.book(where_then, at, at + run if run else None)
         if not confined(job):

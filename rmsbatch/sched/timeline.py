@@ -15,12 +15,12 @@ Pure, like the rest of the scheduler: times are numbers handed in.
 """
 from __future__ import annotations
 
-import copy
+import heapq
 import math
 from dataclasses import dataclass, field
 
 from rmsbatch.sched.placement import (Allocation, InsufficientResources, NodeAlloc, NodeView,
-                                      Request, allocate)
+                                      Request, allocate, fits_now)
 
 NEVER = math.inf
 
@@ -63,6 +63,26 @@ class Timeline:
     def bookings_on(self, names) -> bool:
         return any(self.nodes[n].bookings for n in names if n in self.nodes)
 
+    def unbooked(self, nodes: list[NodeView]) -> list[NodeView]:
+        """The nodes nothing is booked on."""
+        return [n for n in nodes if n.name not in self.nodes or not self.nodes[n.name].bookings]
+
+    def keeps(self, alloc: Allocation, nodes: dict[str, NodeView], start: float,
+              end: float) -> bool:
+        """Would each node still have the part `alloc` takes there over [start, end),
+        around what is booked? (Then a job placed now delays no reservation.)"""
+        for name, part in alloc.items():
+            future = self.nodes.get(name)
+            if future is None or not future.bookings:
+                continue
+            v = self.view(nodes[name], start, end)
+            if (v.free_cpus < part.cpus or v.free_mem < part.mem_mb or v.free_tmp < part.tmp_mb
+                    or not v.free_gpus.issuperset(part.gpus) or v.exclusive
+                    or (part.exclusive and v.jobs)
+                    or any(v.free_gres.get(k, 0) < c for k, c in part.gres.items())):
+                return False
+        return True
+
     # -- what comes out
     def views(self, nodes: list[NodeView], start: float, end: float) -> list[NodeView]:
         """The nodes with what stays free over [start, end); unchanged nodes are the
@@ -79,16 +99,20 @@ class Timeline:
         meeting = [b for b in future.bookings if b.start < end and start < b.end]
         if not gone and not meeting:
             return node
-        v = copy.copy(node)
+        v = object.__new__(NodeView)        # a shallow copy, without copy.copy's cost
+        v.__dict__.update(node.__dict__)
         v.free_gpus = set(node.free_gpus)
         v.free_gres = dict(node.free_gres)
         for h in gone:
             _give(v, h.alloc, node)
         if meeting:
-            moments = sorted({start} | {b.start for b in meeting if b.start > start})
-            worst = _Usage()
-            for t in moments:
-                worst.widen(_Usage.of(b for b in meeting if b.start <= t < b.end))
+            if len(meeting) == 1:
+                worst = _Usage.of(meeting)
+            else:
+                moments = sorted({start} | {b.start for b in meeting if b.start > start})
+                worst = _Usage()
+                for t in moments:
+                    worst.widen(_Usage.of(b for b in meeting if b.start <= t < b.end))
             v.free_cpus -= worst.cpus
             v.free_mem -= worst.mem
             v.free_tmp -= worst.tmp
@@ -113,14 +137,65 @@ class Timeline:
     def earliest(self, request: Request, nodes: list[NodeView], run: float | None,
                  ) -> tuple[float, Allocation] | None:
         """When (and where) the request first fits for `run` seconds (None: no limit,
-        so it must fit for ever); None when nothing in view frees enough."""
+        so it must fit for ever); None when nothing in view frees enough.
+
+        Each node is asked when it alone could take its part (only its own jobs' ends
+        matter, and it stops looking past the best answer so far); the request's start
+        is the moment enough nodes can, checked by placing it there. Named nodes (-w)
+        and the rare case where a booking takes back room in between fall back to
+        trying every moment something frees."""
+        if request.nodelist:
+            return self._scan(request, nodes, run, self.now)
+        k = request.nodes
+        best: list[float] = []          # the k earliest, as a max-heap (negated)
+        for node in nodes:
+            bound = -best[0] if len(best) == k else NEVER
+            at = self._node_earliest(node, request, run, bound)
+            if at is None:
+                continue
+            if len(best) < k:
+                heapq.heappush(best, -at)
+            else:
+                heapq.heapreplace(best, -at)
+        if len(best) < k:
+            return None
+        at = -best[0]
+        try:
+            return at, allocate(request, self.views(nodes, at, _end(at, run)))
+        except InsufficientResources:
+            return self._scan(request, nodes, run, at)
+
+    def _node_earliest(self, node: NodeView, request: Request, run: float | None,
+                       bound: float) -> float | None:
+        future = self.nodes.get(node.name)
+        if future is None:      # nothing ends or is booked here: now or never
+            return self.now if fits_now(request, node) is not None else None
+        moments = {self.now}
+        moments.update(h.end for h in future.releases if h.end != NEVER)
+        moments.update(b.end for b in future.bookings if b.end != NEVER)
+        for t in sorted(moments):
+            if t >= bound:
+                return None
+            if t < self.now:
+                continue
+            if fits_now(request, self.view(node, t, _end(t, run))) is not None:
+                return t
+        return None
+
+    def _scan(self, request: Request, nodes: list[NodeView], run: float | None,
+              since: float) -> tuple[float, Allocation] | None:
         for t in self.times(nodes):
-            end = NEVER if run is None else t + run
+            if t < since:
+                continue
             try:
-                return t, allocate(request, self.views(nodes, t, end))
+                return t, allocate(request, self.views(nodes, t, _end(t, run)))
             except InsufficientResources:
                 continue
         return None
+
+
+def _end(start: float, run: float | None) -> float:
+    return NEVER if run is None else start + run
 
 
 class _Usage:

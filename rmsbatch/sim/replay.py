@@ -76,7 +76,8 @@ class Replay:
     """Replays `jobs` (rmsbatch.sim.traces.TraceJob, sorted by submit) on `shape`."""
     jobs: list
     shape: Shape
-    policy: Policy = field(default_factory=Policy)
+    # A replay reads no start estimates: only the reservations backfill needs are planned.
+    policy: Policy = field(default_factory=lambda: Policy(estimates=False))
     estimate: str = "requested"         # or "actual"
     priority: object = None             # job, now -> int; None: submit order (FIFO)
     passes: int = 0
