@@ -29,6 +29,7 @@ from rmsbatch.core.states import JobState
 from rmsbatch.ctld import requests
 from rmsbatch.ctld.requests import RequestError
 from rmsbatch.ctld.leases import Leases
+from rmsbatch.ctld.limitstate import RunningCharges
 from rmsbatch.ctld.nodestate import NOT_RESPONDING, NodeStatus, devices_of, view_of
 from rmsbatch.ctld.ops import NODE, OPERATOR, OPS
 from rmsbatch.ctld.records import alloc_from_json, alloc_to_json, batch_node, job_record
@@ -84,6 +85,7 @@ class Controller:
         self.lease_seen: dict[int, dict[str, float]] = {}
         # --wait-all-nodes: job -> the other nodes its batch script still waits for
         self.awaiting: dict[int, set[str]] = {}
+        self.limit_charges = RunningCharges()   # what running jobs hold against limits
         self.rebuild()
 
     # -- the outbox -------------------------------------------------------------
@@ -459,7 +461,9 @@ class Controller:
                                                  self.config.partition_nodes[p.name])
                  for p in self.config.partitions.values()}
         decisions = scheduler.schedule(eligible, self.nodes, parts, now,
-                                       waiting.snapshot(self.spool, eligible))
+                                       waiting.snapshot(self.spool, eligible),
+                                       limits=self.limit_charges.tally(self))
+        self.limit_charges.started(decisions.starts, self.pending)
         self.blocked_at = decisions.blocked
         self.wake_at = decisions.wake_at
         started = []
