@@ -155,3 +155,12 @@ def test_policy_from_configuration_keeps_only_what_sets_limits(tmp_path):
     assert policy.accounts == {"a": AccountLimits(mem_mb=1024), "b": AccountLimits(submit=5)}
     assert policy.running
     assert not Policy({}, {"b": AccountLimits(submit=5)}).running
+
+
+def test_rq_man_page_lists_every_limit_reason():
+    import os
+    import re
+    page = os.path.join(os.path.dirname(__file__), "..", "man", "man1", "rq.1")
+    with open(page, encoding="utf-8") as fh:
+        text = fh.read()
+    assert [r for r in limits.REASONS if not re.search(rf"^\.B {r}$", text, re.M)] == []

@@ -9,13 +9,11 @@ no path can leave a limit held by a job that is gone.
 """
 from __future__ import annotations
 
-import logging
 
 from rmsbatch.core.states import JobState
 from rmsbatch.sched import limits
 from rmsbatch.sched.limits import Charge, LimitTally
 
-log = logging.getLogger("rmsbatch.controller")
 
 RUNNING_STATES = [JobState.RUNNING.value, JobState.COMPLETING.value]
 
@@ -23,6 +21,13 @@ RUNNING_STATES = [JobState.RUNNING.value, JobState.COMPLETING.value]
 class RunningCharges:
     def __init__(self):
         self.charges: dict[int, Charge] = {}
+        # active jobs by (user, QoS) and by account, as of ctl.changes == counted_at
+        self.by_user: dict[tuple[str, str], int] = {}
+        self.by_account: dict[str, int] = {}
+        self.counted_at: int | None = None
+        self.checked_at: int | None = None
+        self.counted_in: dict | None = None     # ... and of this pending dict (a rebuild
+                                                # replaces it)
 
     def started(self, starts, pending: dict) -> None:
         """Note the starts a pass decided, while their pending jobs are at hand (a start
@@ -56,20 +61,34 @@ class RunningCharges:
 
     def active_counts(self, ctl, user: str, qos: str, account: str) -> tuple[int, int]:
         """Pending and running jobs of the user in the QoS, and of the account (for
-        max_submit): each array task counts. A scan, made only where such a limit is set."""
+        max_submit): each array task counts. Counted by a scan of the active jobs, made
+        only where such a limit is set, and again only once something other than a
+        submission has changed the controller's jobs (`submitted` keeps it current)."""
+        if self.counted_at != ctl.changes or self.counted_in is not ctl.pending:
+            self._count(ctl)
+        self.checked_at = self.counted_at
+        return self.by_user.get((user, qos), 0), self.by_account.get(account, 0)
+
+    def submitted(self, ctl, row: dict, jobs: int) -> None:
+        """A submission that active_counts was asked about (and nothing since) added
+        `jobs` pending jobs: the counts stay current without a new scan."""
+        if self.counted_at is None or self.checked_at != self.counted_at:
+            return
+        key = (row["user"], row["qos"])
+        self.by_user[key] = self.by_user.get(key, 0) + jobs
+        self.by_account[row["account"]] = self.by_account.get(row["account"], 0) + jobs
+        self.counted_at = ctl.changes
+
+    def _count(self, ctl) -> None:
         self.sync(ctl)
-        mine = acct = 0
-        for j in ctl.pending.values():
-            if j.account == account:
-                acct += 1
-            if j.user == user and j.qos == qos:
-                mine += 1
-        for c in self.charges.values():
-            if c.account == account:
-                acct += 1
-            if c.user == user and c.qos == qos:
-                mine += 1
-        return mine, acct
+        by_user: dict[tuple[str, str], int] = {}
+        by_account: dict[str, int] = {}
+        for j in list(ctl.pending.values()) + list(self.charges.values()):
+            key = (j.user, j.qos)
+            by_user[key] = by_user.get(key, 0) + 1
+            by_account[j.account] = by_account.get(j.account, 0) + 1
+        self.by_user, self.by_account = by_user, by_account
+        self.counted_at, self.counted_in = ctl.changes, ctl.pending
 
 
 class _Who:

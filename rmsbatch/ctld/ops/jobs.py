@@ -61,6 +61,7 @@ def submit(ctl, conn, req: requests.Submit) -> dict:
         job_id = ctl.spool.insert_job(row, spec.to_dict())
         row["id"] = job_id
         ctl.add_pending(row)
+        ctl.limit_charges.submitted(ctl, row, 1)
         if not spec.hold:
             ctl.fresh.append(job_id)
         log.info("job %d: submitted by %s (%s, partition %s)", job_id, user, row["name"],
@@ -68,6 +69,7 @@ def submit(ctl, conn, req: requests.Submit) -> dict:
         return {"job_id": job_id}
     ids = ctl.spool.insert_array(row, spec.to_dict(), task_ids)
     ctl.add_array(row, ids, task_ids)
+    ctl.limit_charges.submitted(ctl, row, len(ids))
     if not spec.hold:
         ctl.fresh.extend(ids)
     log.info("job %d: array of %d tasks (%s) submitted by %s (%s, partition %s)", ids[0],
