@@ -1,7 +1,8 @@
 """QoS, account and partition limits with real daemons: enforced with no switch
 turned on, a job over its account's GPUs waits with AssocGrpGPULimit and starts when
 the account's other job ends, and what a limit would refuse for ever is refused at
-submit with one line."""
+submit with one line; and the controller object on its spool, restarted while the
+limit is held."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,11 @@ import shutil
 import pytest
 
 from conftest import Cluster, _kill_leftovers, _new_cluster_dir, wait_for
+from rmsbatch import config as configmod
+from rmsbatch.core.jobspec import JobSpec
+from rmsbatch.ctld.service import Controller
+from rmsbatch.ctld.spool import Spool
+from rmsbatch.net.loop import Conn
 
 TENANTS = """admins = ["root"]
 private_accounting = false
@@ -118,3 +124,67 @@ def test_account_not_allowed_in_partition_is_refused_at_submit(c):
     assert "allow_accounts" in line
     job = c.submit("-p", "restricted", "-A", "capped", "--wrap", "true")
     c.wait_state(job, "COMPLETED")
+
+
+# -- the controller object on a real spool, across its own restart ----------------------
+CTL_CLUSTER = """
+name = "t"
+[controller]
+socket = "run/s.sock"
+spool_dir = "spool"
+[[nodes]]
+names = "g1"
+cpus = 8
+memory = "64G"
+[[nodes.gpus]]
+type = "a100"
+count = 4
+[[partitions]]
+name = "gpu"
+default = true
+"""
+
+
+class _Conn(Conn):
+    def __init__(self):
+        self.uid, self.gid, self.pid = 0, 0, 1
+        self.meta, self.closed, self.outbuf, self.listener = {}, False, bytearray(), "api"
+
+
+def _controller(directory) -> Controller:
+    cfg = configmod.load(str(directory))
+    ctl = Controller(cfg, Spool(cfg.spool_dir))
+    ctl.loop.send = lambda conn, msg: None
+    return ctl
+
+
+def _submit(ctl, conn, **kw) -> dict:
+    spec = JobSpec(script="#!/bin/sh\ntrue\n", workdir="/tmp", submit_dir="/tmp")
+    for k, v in kw.items():
+        setattr(spec, k, v)
+    return ctl.handle(conn, {"op": "submit", "spec": spec.to_dict()})
+
+
+def test_what_running_jobs_hold_survives_a_controller_restart(tmp_path):
+    for name, text in (("cluster.toml", CTL_CLUSTER), ("tenants.toml", TENANTS),
+                       ("qos.toml", QOS)):
+        (tmp_path / name).write_text(text)
+    ctl, conn = _controller(tmp_path), _Conn()
+    assert ctl.handle(conn, {"op": "node_hello", "node": "g1", "inventory": {}})["ok"]
+    first = _submit(ctl, conn, account="capped", gpus=2)["job_id"]
+    second = _submit(ctl, conn, account="capped", gpus=1)["job_id"]
+    assert ctl.schedule() == 1
+    assert ctl.reasons[second] == "AssocGrpGPULimit"
+    assert _submit(ctl, conn, qos="batch", hold=True)["ok"]
+    ctl.spool.close()
+
+    ctl = _controller(tmp_path)          # a restart: nothing but the spool
+    assert ctl.handle(conn, {"op": "node_hello", "node": "g1", "inventory": {}})["ok"]
+    assert ctl.schedule() == 0 and ctl.reasons[second] == "AssocGrpGPULimit"
+    assert _submit(ctl, conn, qos="batch", hold=True)["ok"]
+    refused = _submit(ctl, conn, qos="batch", hold=True)
+    assert not refused["ok"] and "max_submit_per_user" in refused["error"]
+    outcome = {"job_id": first, "run": 0, "state": "COMPLETED", "exit_code": 0, "signal": 0}
+    assert ctl.handle(conn, {"op": "job_ended", "node": "g1", "outcome": outcome})["ok"]
+    assert ctl.schedule() == 1 and ctl.spool.job(second)["state"] == "RUNNING"
+    ctl.spool.close()

@@ -9,11 +9,9 @@ no path can leave a limit held by a job that is gone.
 """
 from __future__ import annotations
 
-
 from rmsbatch.core.states import JobState
 from rmsbatch.sched import limits
 from rmsbatch.sched.limits import Charge, LimitTally
-
 
 RUNNING_STATES = [JobState.RUNNING.value, JobState.COMPLETING.value]
 
