@@ -164,3 +164,26 @@ def test_rq_man_page_lists_every_limit_reason():
     with open(page, encoding="utf-8") as fh:
         text = fh.read()
     assert [r for r in limits.REASONS if not re.search(rf"^\.B {r}$", text, re.M)] == []
+
+
+@pytest.mark.parametrize("file, old, new, message", [
+    ("cluster.toml", 'allow_accounts = ["vision", "nlp"]', 'allow_accounts = ["vison"]',
+     "partitions.1.allow_accounts: no account named 'vison' in tenants.toml"),
+    ("qos.toml", 'preempt = ["low"]', 'preempt = ["lo"]', "qos.1.preempt: no QoS named 'lo'"),
+    ("qos.toml", "max_gpus_per_user = 8", "max_gpus_per_user = -1",
+     "qos.1.max_gpus_per_user: Value error, must not be negative"),
+    ("tenants.toml", "max_gpus = 8", 'max_gpus = "eight"', "accounts.2.max_gpus"),
+])
+def test_a_wrong_limit_is_refused_naming_file_and_key(tmp_path, file, old, new, message):
+    import os
+    import shutil
+    from rmsbatch import config
+    etc = os.path.join(os.path.dirname(__file__), "..", "etc")
+    for name in ("cluster.toml", "tenants.toml", "qos.toml"):
+        shutil.copy(os.path.join(etc, name), tmp_path / name)
+    text = (tmp_path / file).read_text()
+    assert old in text
+    (tmp_path / file).write_text(text.replace(old, new, 1))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(str(tmp_path))
+    assert f"{tmp_path / file}: {message}" in str(err.value)
