@@ -228,6 +228,7 @@ def _load(directory: str) -> Config:
                               f"{entry.default_account!r}")
 
     _check_reservations(cluster, nodes, account_names, cfile)
+    _check_limit_names(cluster, qos, account_names, qos_names, cfile, qfile)
     return Config(directory, cluster, tenants, qos, nodes, partitions, partition_nodes,
                   defaults[0] if defaults else next(iter(partitions)))
 
@@ -249,3 +250,21 @@ def _check_reservations(cluster: ClusterFile, nodes: dict, accounts: list[str],
         if bad:
             raise ConfigError(f"{cfile}: reservations.{i}.accounts: no account named "
                               f"{bad[0]!r} in tenants.toml")
+
+
+def _check_limit_names(cluster: ClusterFile, qos: QosFile, accounts: list[str],
+                       qos_names: set[str], cfile: str, qfile: str) -> None:
+    """A misspelt name in an allow list would lock everyone out of a partition."""
+    for i, part in enumerate(cluster.partitions):
+        bad = [a for a in part.allow_accounts if a not in accounts]
+        if bad:
+            raise ConfigError(f"{cfile}: partitions.{i}.allow_accounts: no account named "
+                              f"{bad[0]!r} in tenants.toml")
+        bad = [q for q in part.allow_qos if q not in qos_names]
+        if bad:
+            raise ConfigError(f"{cfile}: partitions.{i}.allow_qos: no QoS named {bad[0]!r} "
+                              "in qos.toml")
+    for i, level in enumerate(qos.qos):
+        bad = [q for q in level.preempt if q not in qos_names]
+        if bad:
+            raise ConfigError(f"{qfile}: qos.{i}.preempt: no QoS named {bad[0]!r}")

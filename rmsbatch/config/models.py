@@ -41,6 +41,13 @@ def _seconds(value) -> int:
     return units.parse_time(str(value))
 
 
+def _limit(value):
+    """A count limit: None (none), or 0 or more (0: nothing may run)."""
+    if value is not None and value < 0:
+        raise ValueError("must not be negative (leave it out for no limit)")
+    return value
+
+
 def _memory(value) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a size such as '512G'")
@@ -349,6 +356,9 @@ class PartitionSection(_Model):
     max_time: int | str = "UNLIMITED"
     state: Literal["UP", "DOWN"] = "UP"
     priority: int = 0
+    # -- limits (rmsbatch.sched.limits): who may submit here; empty lists admit all
+    allow_accounts: list[str] = []
+    allow_qos: list[str] = []
 
     @field_validator("default_time", "max_time")
     @classmethod
@@ -463,6 +473,23 @@ class AccountSection(_Model):
     shares: int = 1
     qos: list[str] = []                # empty: every QoS
     default_qos: str | None = None
+    # -- limits (rmsbatch.sched.limits): over all the account's jobs together, unset
+    # (None) for none; enforced as soon as they are set
+    max_gpus: int | None = None        # GPUs its running jobs hold
+    max_cpus: int | None = None        # CPUs its running jobs hold
+    max_mem: int | str | None = None   # memory its running jobs hold, MB or a size
+    max_jobs: int | None = None        # running jobs
+    max_submit: int | None = None      # pending and running jobs (each array task counts)
+
+    @field_validator("max_gpus", "max_cpus", "max_jobs", "max_submit")
+    @classmethod
+    def _limit(cls, v):
+        return _limit(v)
+
+    @field_validator("max_mem")
+    @classmethod
+    def _mem_limit(cls, v):
+        return None if v is None else _memory(v)
 
 
 class UserSection(_Model):
@@ -483,11 +510,53 @@ class QosSection(_Model):
     description: str = ""
     priority: int = 0
     max_time: int | str = "UNLIMITED"
+    # -- limits (rmsbatch.sched.limits), unset (None) for none; enforced once set.
+    # Per user, over that user's jobs of this QoS:
+    max_gpus_per_user: int | None = None     # GPUs held by running jobs
+    max_cpus_per_user: int | None = None     # CPUs held by running jobs
+    max_jobs_per_user: int | None = None     # running jobs
+    max_submit_per_user: int | None = None   # pending and running jobs
+    # Over every user's jobs of this QoS together (Slurm's Grp limits):
+    max_gpus: int | None = None
+    max_cpus: int | None = None
+    # Fair-share: the usage of its jobs is multiplied by this.
+    usage_factor: float = 1.0
+    # -- preemption: the QoS levels whose running jobs this one's may preempt, and how
+    # this level's own jobs are preempted (requeue, cancel, or off: never), after a
+    # signal and grace_time seconds, once they have run min_runtime seconds.
+    preempt: list[str] = []
+    preempt_mode: Literal["off", "requeue", "cancel"] = "requeue"
+    grace_time: int | str = 60
+    min_runtime: int | str = 0
 
     @field_validator("max_time")
     @classmethod
     def _t(cls, v):
         return _time(v)
+
+    @field_validator("max_gpus_per_user", "max_cpus_per_user", "max_jobs_per_user",
+                     "max_submit_per_user", "max_gpus", "max_cpus")
+    @classmethod
+    def _limit(cls, v):
+        return _limit(v)
+
+    @field_validator("usage_factor")
+    @classmethod
+    def _factor(cls, v):
+        if v < 0:
+            raise ValueError("must not be negative")
+        return v
+
+    @field_validator("grace_time", "min_runtime")
+    @classmethod
+    def _preempt_times(cls, v):
+        return _seconds(v)
+
+    @model_validator(mode="after")
+    def _not_self(self):
+        if self.name in self.preempt:
+            raise ValueError(f"qos {self.name}: preempt names the level itself")
+        return self
 
 
 class QosFile(_Model):

@@ -29,6 +29,7 @@ from rmsbatch.core.states import JobState
 from rmsbatch.ctld import requests
 from rmsbatch.ctld.requests import RequestError
 from rmsbatch.ctld.leases import Leases
+from rmsbatch.ctld.limitstate import RunningCharges
 from rmsbatch.ctld.nodestate import NOT_RESPONDING, NodeStatus, devices_of, view_of
 from rmsbatch.ctld.ops import NODE, OPERATOR, OPS
 from rmsbatch.ctld.records import alloc_from_json, alloc_to_json, batch_node, job_record
@@ -90,6 +91,7 @@ class Controller:
         # From the last full pass: when waiting jobs should start, and what else holds them
         self.est_start: dict[int, float] = {}
         self.more_reasons: dict[int, list[str]] = {}
+        self.limit_charges = RunningCharges()   # what running jobs hold against limits
         self.rebuild()
 
     # -- the outbox -------------------------------------------------------------
@@ -500,7 +502,9 @@ class Controller:
         running = [(alloc, self.ends.get(job_id)) for job_id, alloc in self.running.items()]
         decisions = scheduler.schedule(eligible, self.nodes, parts, now,
                                        waiting.snapshot(self.spool, eligible),
+                                       limits=self.limit_charges.tally(self),
                                        running=running, policy=self.policy)
+        self.limit_charges.started(decisions.starts, self.pending)
         self.blocked_at = decisions.blocked
         self.wake_at = decisions.wake_at
         self.est_start = decisions.est_start

@@ -63,6 +63,7 @@ def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, No
     if acct.qos and qos_name not in acct.qos:
         raise AdmissionError(f"account {account} may not use QoS {qos_name!r} (allowed: "
                              f"{', '.join(acct.qos)})")
+    check_partition_allows(partition, part, account, qos_name)
     limit = spec.time_limit
     if limit is None:
         limit = part.default_time or part.max_time
@@ -91,6 +92,8 @@ def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, No
                                                       f"{spec.reservation}")
     except placement.InfeasibleRequest as exc:
         raise AdmissionError(f"request can never run: {exc}") from None
+    check_limits(qos, acct, gpus_node * resolved.nodes, resolved.cpus_per_node * resolved.nodes,
+                 0 if mem_whole else mem_node * resolved.nodes)
     name = spec.name or "job"
     row = {
         "name": name, "user": user, "uid": uid, "gid": gid, "account": account,
@@ -194,3 +197,53 @@ def check_reservation(spec: JobSpec, user: str, account: str, cfg,
     if window.end is not None and window.end <= now:
         raise AdmissionError(f"--reservation={spec.reservation}: the reservation has ended")
     return window
+
+
+# -- QoS, account and partition limits (rmsbatch.sched.limits) --------------------------
+def check_partition_allows(name: str, part, account: str, qos: str) -> None:
+    if part.allow_accounts and account not in part.allow_accounts:
+        raise AdmissionError(f"account {account} may not use partition {name} (cluster.toml "
+                             f"allow_accounts: {', '.join(part.allow_accounts)}): submit to "
+                             "another partition with -p, or ask an admin to allow it")
+    if part.allow_qos and qos not in part.allow_qos:
+        raise AdmissionError(f"QoS {qos} may not be used in partition {name} (cluster.toml "
+                             f"allow_qos: {', '.join(part.allow_qos)}): choose another "
+                             "with -q or -p, or ask an admin to allow it")
+
+
+def check_limits(qos, acct, gpus: int, cpus: int, mem_mb: int) -> None:
+    """Refuse what a limit would keep waiting for ever, even alone on the cluster."""
+    checks = (
+        (qos.max_gpus_per_user, gpus, "GPUs", f"QoS {qos.name}", "qos.toml", "max_gpus_per_user"),
+        (qos.max_gpus, gpus, "GPUs", f"QoS {qos.name}", "qos.toml", "max_gpus"),
+        (acct.max_gpus, gpus, "GPUs", f"account {acct.name}", "tenants.toml", "max_gpus"),
+        (qos.max_cpus_per_user, cpus, "CPUs", f"QoS {qos.name}", "qos.toml", "max_cpus_per_user"),
+        (qos.max_cpus, cpus, "CPUs", f"QoS {qos.name}", "qos.toml", "max_cpus"),
+        (acct.max_cpus, cpus, "CPUs", f"account {acct.name}", "tenants.toml", "max_cpus"),
+        (acct.max_mem, mem_mb, "MB of memory", f"account {acct.name}", "tenants.toml",
+         "max_mem"),
+        (qos.max_jobs_per_user, 1, "job", f"QoS {qos.name}", "qos.toml", "max_jobs_per_user"),
+        (acct.max_jobs, 1, "job", f"account {acct.name}", "tenants.toml", "max_jobs"))
+    for cap, asked, what, owner, where, key in checks:
+        if cap is not None and asked and asked > cap:
+            if what == "job":
+                raise AdmissionError(f"{owner} may run no jobs ({where}: {key} = 0): submit "
+                                     "with another QoS or account, or ask an admin to raise it")
+            raise AdmissionError(f"{asked} {what} exceed the limit of {owner} ({where}: {key} "
+                                 f"= {cap}): ask for fewer, or ask an admin to raise it")
+
+
+def check_submit_count(qos, acct, user: str, user_jobs: int, account_jobs: int,
+                       adding: int) -> None:
+    """Refuse a submission of `adding` jobs (an array: each task) that would take the
+    user's active jobs of the QoS, or the account's, over its max_submit limit."""
+    for cap, have, owner, where, key in (
+            (qos.max_submit_per_user, user_jobs, f"user {user} in QoS {qos.name}", "qos.toml",
+             "max_submit_per_user"),
+            (acct.max_submit, account_jobs, f"account {acct.name}", "tenants.toml",
+             "max_submit")):
+        if cap is not None and have + adding > cap:
+            more = f" and {adding} more" if adding > 1 else ""
+            raise AdmissionError(f"job submit limit reached: {owner} has {have} pending or "
+                                 f"running job(s){more}, the limit is {cap} ({where}: {key}): "
+                                 "wait for some to end, or ask an admin to raise it")

@@ -12,7 +12,7 @@ from rmsbatch.ctld.requests import RequestError
 from rmsbatch.ctld.ops import USER, op
 from rmsbatch.ctld.records import PROJECTABLE, job_record
 from rmsbatch.sched import plan as scheduler
-from rmsbatch.sched.admission import admit
+from rmsbatch.sched.admission import admit, check_submit_count
 
 log = logging.getLogger("rmsbatch.controller")
 
@@ -54,12 +54,14 @@ def submit(ctl, conn, req: requests.Submit) -> dict:
     if len(ctl.pending) + len(ctl.running) + max(1, len(task_ids)) > cc.max_jobs:
         more = f" for {len(task_ids)} more" if task_ids else ""
         raise _error(f"the queue is full ({cc.max_jobs} active jobs{more}): try again later")
+    _check_submit_limits(ctl, row, max(1, len(task_ids)))
     row.update(dependency=_checked_dependency(ctl, conn, spec), begin_time=spec.begin,
                array_spec=spec.array, array_throttle=throttle)
     if not task_ids:
         job_id = ctl.spool.insert_job(row, spec.to_dict())
         row["id"] = job_id
         ctl.add_pending(row)
+        ctl.limit_charges.submitted(ctl, row, 1)
         if not spec.hold:
             ctl.fresh.append(job_id)
         log.info("job %d: submitted by %s (%s, partition %s)", job_id, user, row["name"],
@@ -67,11 +69,21 @@ def submit(ctl, conn, req: requests.Submit) -> dict:
         return {"job_id": job_id}
     ids = ctl.spool.insert_array(row, spec.to_dict(), task_ids)
     ctl.add_array(row, ids, task_ids)
+    ctl.limit_charges.submitted(ctl, row, len(ids))
     if not spec.hold:
         ctl.fresh.extend(ids)
     log.info("job %d: array of %d tasks (%s) submitted by %s (%s, partition %s)", ids[0],
              len(ids), spec.array, user, row["name"], row["partition"])
     return {"job_id": ids[0], "tasks": len(ids)}
+
+
+def _check_submit_limits(ctl, row: dict, adding: int) -> None:
+    """max_submit_per_user (QoS) and max_submit (account): counted only where set."""
+    qos, acct = ctl.config.qos_named(row["qos"]), ctl.config.account_named(row["account"])
+    if qos.max_submit_per_user is None and acct.max_submit is None:
+        return
+    mine, account = ctl.limit_charges.active_counts(ctl, row["user"], row["qos"], row["account"])
+    check_submit_count(qos, acct, row["user"], mine, account, adding)
 
 
 def _array_tasks(spec: JobSpec, cc) -> tuple[list[int], int]:
