@@ -43,6 +43,7 @@ EXAMPLES = """
   rq --me --watch               redraw every 2 s until none of your jobs is left waiting
                                 or running
   rq -j 42 -i 10                print job 42's line every 10 s while it pends or runs
+  rq --priority                 each pending job's priority: age, fair-share, QoS, ...
 """
 
 
@@ -93,6 +94,9 @@ def build_parser() -> CommandParser:
                           "array share one line, 12_[5-99%%10])")
     out.add_argument("-l", "--long", action="store_true",
                      help="add TIME_LIMIT and NODES, and show STATE in full")
+    out.add_argument("--priority", action="store_true",
+                     help="pending jobs' priority and what makes it up (like sprio): "
+                          "age, fair-share, QoS, partition, job size, nice")
     add_output_options(out)
     add_watch_options(out)
     return parser
@@ -151,6 +155,11 @@ def body(argv: list[str]) -> int:
         print(job_format_help())
         return 0
     fields = request(args)
+    if args.priority:
+        from rmsbatch.cli.priorities import render_priorities
+        fields = {k: v for k, v in fields.items() if k in ("ids", "users", "accounts",
+                                                            "partitions", "array_tasks")}
+        return emit(render_priorities(client.call("priorities", **fields), args))
     if args.layout is not None and "nodes" not in fields:
         fields["fields"] = projection(args.layout)
     if args.watch is not None:

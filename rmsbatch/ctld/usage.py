@@ -73,13 +73,7 @@ class Usage:
         return sec.billing_gpu_types.get(gpu_type.lower(), sec.billing_gpu)
 
     def integral(self, rate: float, start: float, end: float, at: float) -> float:
-        """rate over [start, end], each second decayed to its age at `at`."""
-        if end <= start:
-            return 0.0
-        h = self.half_life
-        if h <= 0:
-            return rate * (end - start)
-        return rate * h / math.log(2) * (2.0 ** ((end - at) / h) - 2.0 ** ((start - at) / h))
+        return fairshare.decayed(rate, start, end, at, self.half_life)
 
     def _add(self, account: str, user: str, rate: float, start: float, end: float) -> None:
         key = (account, user)

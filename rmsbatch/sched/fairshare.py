@@ -22,6 +22,7 @@ and in a trace simulator.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 DEFAULT_USER_SHARES = 1
@@ -68,6 +69,18 @@ def accounts_of(tenants) -> list[Account]:
         users.update(getattr(a, "user_shares", None) or {})
         out.append(Account(a.name, a.shares, getattr(a, "parent", None), users))
     return out
+
+
+def decayed(rate: float, start: float, end: float, at: float, half_life: float) -> float:
+    """Usage of `rate` billing units per second over [start, end], each second weighed
+    2^(-age / half_life) for its age at `at` (exact: no tick needed); half_life 0: no
+    decay."""
+    if end <= start:
+        return 0.0
+    if half_life <= 0:
+        return rate * (end - start)
+    return rate * half_life / math.log(2) * (
+        2.0 ** ((end - at) / half_life) - 2.0 ** ((start - at) / half_life))
 
 
 def factor(effective_usage: float, norm_shares: float) -> float:
