@@ -87,16 +87,20 @@ class Usage:
 
     # -- what the controller tells it --------------------------------------------------
     def ended(self, job_id: int, now: float) -> None:
-        """A run ended (finished, or requeued): its usage becomes history."""
+        """A run ended (finished, or requeued): its usage becomes history. A finished
+        run counts from the spool's start and end, which its node reported (and which
+        a restart reads again); a requeued one, whose row no longer has them, from what
+        was tracked until now."""
         run = self.running.pop(job_id, None)
-        if run is None:     # started and ended between two passes
-            rows = self.spool.usage_rows(ids=[job_id])
-            if not rows or rows[0][3] is None:
-                return
+        rows = self.spool.usage_rows(ids=[job_id])
+        if rows and rows[0][4] is not None:
             row = rows[0]
-            run = (row[1], row[2], self.rate(row), row[3])
-        account, user, rate, start = run
-        self._add(account, user, rate, start, now)
+            self._add(row[1], row[2], self.rate(row), row[3], row[4])
+        elif run is not None:
+            account, user, rate, start = run
+            self._add(account, user, rate, start, now)
+        else:
+            return
         self.stale = True
 
     def track(self, running_ids, now: float) -> None:
