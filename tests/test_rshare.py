@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 TENANTS = """admins = ["root"]
 private_accounting = false
 [[accounts]]
@@ -85,3 +87,93 @@ def test_usage_orders_accounts_and_rshare_shows_it(new_cluster):
     c.up()
     after = _shares(c)[("heavy", None)]["raw_usage"]
     assert 0.99 * before <= after <= before
+
+
+# -- the controller's usage on a real spool, its clock in the test's hands -------------------
+CLUSTER = """
+name = "t"
+[controller]
+socket = "run/s.sock"
+spool_dir = "spool"
+[[nodes]]
+names = "g1"
+cpus = 8
+memory = "64G"
+[[nodes.gpus]]
+type = "h100"
+count = 4
+[[partitions]]
+name = "gpu"
+default = true
+[priority]
+half_life = 3600
+billing_gpu_types = { h100 = 100.0 }
+"""
+QOS = '[[qos]]\nname = "normal"\n'
+
+
+class Clock:
+    now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _controller(tmp_path, clock):
+    from rmsbatch import config as configmod
+    from rmsbatch.ctld.service import Controller
+    from rmsbatch.ctld.spool import Spool
+    for name, text in (("cluster.toml", CLUSTER), ("tenants.toml", TENANTS), ("qos.toml", QOS)):
+        (tmp_path / name).write_text(text)
+    cfg = configmod.load(str(tmp_path))
+    ctl = Controller(cfg, Spool(cfg.spool_dir), clock=clock)
+    ctl.loop.send = lambda conn, msg: None
+    return ctl
+
+
+def test_controller_usage_decays_and_priorities_age(tmp_path):
+    from rmsbatch.core.jobspec import JobSpec
+    from rmsbatch.net.loop import Conn
+
+    class Root(Conn):
+        def __init__(self):
+            self.uid, self.gid, self.pid, self.meta, self.closed = 0, 0, 1, {}, False
+            self.outbuf, self.listener = bytearray(), "api"
+
+    clock, root = Clock(), Root()
+    ctl = _controller(tmp_path, clock)
+    assert ctl.handle(root, {"op": "node_hello", "node": "g1", "inventory": {}})["ok"]
+
+    def submit(account, gpus):
+        spec = JobSpec(script="#!/bin/sh\ntrue\n", workdir="/tmp", submit_dir="/tmp",
+                       account=account, gpus=gpus).to_dict()
+        reply = ctl.handle(root, {"op": "submit", "spec": spec})
+        assert reply["ok"], reply
+        return reply["job_id"]
+
+    used = submit("heavy", 4)
+    ctl.schedule()
+    clock.now += 600                           # 10 minutes on 4 H100s
+    outcome = {"job_id": used, "run": 0, "state": "COMPLETED", "exit_code": 0, "signal": 0,
+               "start_time": clock.now - 600, "end_time": clock.now}
+    assert ctl.handle(root, {"op": "job_ended", "node": "g1", "outcome": outcome})["ok"]
+    billed = ctl.usage.usage(clock.now)[("heavy", "root")]
+    rate = 4 * 100 + 1 + 0.25 * 1              # H100s at 100, a CPU, a GiB of memory
+    # 600 s at that rate, its first seconds already decayed a little (half-life 1 h)
+    assert billed == pytest.approx(600 * rate * 0.944, rel=0.01)
+
+    blocker = submit("light", 4)
+    ctl.schedule()
+    mine, theirs = submit("heavy", 4), submit("light", 4)
+    ctl.schedule()
+    assert ctl.pending[theirs].priority > ctl.pending[mine].priority
+    before = ctl.pending[mine].priority
+    clock.now += 2 * 3600                      # two half-lives, two hours older
+    ctl.schedule()
+    assert ctl.pending[mine].priority > before           # age grew, usage decayed
+    assert ctl.usage.usage(clock.now)[("heavy", "root")] == pytest.approx(billed / 4, rel=0.01)
+    assert blocker in ctl.running
+
+    # rmsctld restarted: the same usage, from the spool
+    again = _controller(tmp_path, clock)
+    assert again.usage.usage(clock.now)[("heavy", "root")] == pytest.approx(billed / 4, rel=0.01)
