@@ -213,8 +213,8 @@ def render_show(args: argparse.Namespace, reply: dict, now: float | None = None)
             return render_json("jobs", jobs)
         if not jobs:
             return "No jobs in the system"
-        return render_details([job_detail(job, now) + task_model_detail(job) for job in jobs],
-                              args.oneliner)
+        return render_details([_with_factor_line(job_detail(job, now), job)
+                               + task_model_detail(job) for job in jobs], args.oneliner)
     nodes = reply.get("nodes") or []
     partitions = reply.get("partitions") or []
     if entity == "node":
@@ -226,6 +226,29 @@ def render_show(args: argparse.Namespace, reply: dict, now: float | None = None)
     if args.json:
         return render_json("partitions", partitions)
     return render_details([partition_detail(p, nodes) for p in partitions], args.oneliner)
+
+
+def _with_priority_factors(jobs: list[dict]) -> None:
+    """Pending jobs get `priority_factors`: the priority the scheduler uses now and
+    what it is made of (`priority` stays as stored: set at submit or by an operator)."""
+    pending = [j["id"] for j in jobs if j.get("state") == "PENDING"]
+    if not pending:
+        return
+    found = {p["id"]: p for p in client.call("priorities", ids=pending).get("jobs") or []}
+    for job in jobs:
+        if job["id"] in found:
+            job["priority_factors"] = found[job["id"]]
+
+
+def _with_factor_line(lines: list[str], job: dict) -> list[str]:
+    """Priority= as the scheduler has it now, and the factors on the next line."""
+    shown = job.get("priority_factors")
+    if not shown:
+        return lines
+    from rmsbatch.cli.priorities import detail_lines
+    at = next(i for i, line in enumerate(lines) if line.startswith("Priority="))
+    lines[at] = f"Priority={shown['priority']}" + lines[at][lines[at].index(" "):]
+    return lines[:at + 1] + detail_lines(shown) + lines[at + 1:]
 
 
 def with_output_paths(job: dict) -> dict:
@@ -287,6 +310,7 @@ def show(args: argparse.Namespace) -> str:
             reply = client.call("jobs", **id_fields(args.job_refs))
             if not reply.get("jobs"):
                 raise CommandError(f"job {args.job_id} not found")
+        _with_priority_factors(reply.get("jobs") or [])
         return render_show(args, reply)
     reply = client.call("nodes", names=name if entity == "node" else None,
                         **({"devices": True} if entity == "node" and args.details else {}))

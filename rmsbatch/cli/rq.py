@@ -44,6 +44,7 @@ EXAMPLES = """
   rq --me --watch               redraw every 2 s until none of your jobs is left waiting
                                 or running
   rq -j 42 -i 10                print job 42's line every 10 s while it pends or runs
+  rq --priority                 each pending job's priority: age, fair-share, QoS, ...
 """
 
 
@@ -97,6 +98,9 @@ def build_parser() -> CommandParser:
     out.add_argument("--start", action="store_true",
                      help="pending jobs only, with the start the scheduler expects for each "
                           "(Unknown when its plan has none) and every reason each waits for")
+    out.add_argument("--priority", action="store_true",
+                     help="pending jobs' priority and what makes it up (like sprio): "
+                          "age, fair-share, QoS, partition, job size, nice")
     add_output_options(out)
     add_watch_options(out)
     return parser
@@ -108,6 +112,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.format and args.Format:
         parser.error("use -o/--format or -O/--Format, not both")
+    if args.start and args.priority:
+        parser.error("use --start or --priority, not both")
     text = args.format or args.Format
     args.format_help = bool(text) and text.strip().lower() == "help"
     args.layout = None
@@ -156,6 +162,11 @@ def body(argv: list[str]) -> int:
         print(job_format_help())
         return 0
     fields = request(args)
+    if args.priority:
+        from rmsbatch.cli.priorities import render_priorities
+        fields = {k: v for k, v in fields.items() if k in ("ids", "users", "accounts",
+                                                            "partitions", "array_tasks")}
+        return emit(render_priorities(client.call("priorities", **fields), args))
     if args.layout is not None and "nodes" not in fields:
         fields["fields"] = projection(args.layout)
     if args.watch is not None:

@@ -444,6 +444,68 @@ class SubmitSection(_Model):
         return v
 
 
+# -- multifactor priority and fair-share (rmsbatch.sched.priority, .fairshare) --------
+class PrioritySection(_Model):
+    # A pending job's priority: the sum of each weight times its factor (each factor
+    # from 0 to 1), minus the job's nice value. Not zero, as Slurm ships them: on by
+    # default. Fair-share and QoS weigh most, so a tenant far over its share yields to
+    # one under it, and a QoS level still says what it says.
+    weight_age: int = 1000
+    weight_fairshare: int = 10000
+    weight_qos: int = 10000
+    weight_partition: int = 1000
+    weight_job_size: int = 1000
+    max_age: int | str = "7-00:00:00"      # pending this long: the age factor is 1
+    # The job-size factor grows with the share of the cluster's CPUs or GPUs a job asks
+    # for (big jobs first: small ones fit in the gaps); true turns that round.
+    favor_small: bool = False
+    # Fair-share usage halves every half_life; 0: usage never decays.
+    half_life: int | str = "7-00:00:00"
+    # Usage is billed resource-seconds: per allocated CPU, per GiB of memory and per
+    # GPU (billing_gpu_types by GPU type, else billing_gpu) each second a job runs.
+    billing_cpu: float = 1.0
+    billing_mem_gib: float = 0.25
+    billing_gpu: float = 32.0
+    billing_gpu_types: dict[str, float] = {}
+
+    @field_validator("max_age", "half_life")
+    @classmethod
+    def _span(cls, v):
+        return _seconds(v)
+
+    @field_validator("max_age")
+    @classmethod
+    def _max_age(cls, v):
+        if v < 1:
+            raise ValueError("must be at least 1 second")
+        return v
+
+    @field_validator("weight_age", "weight_fairshare", "weight_qos", "weight_partition",
+                     "weight_job_size")
+    @classmethod
+    def _weight(cls, v):
+        if not 0 <= v <= 1_000_000:
+            raise ValueError("must be between 0 and 1000000")
+        return v
+
+    @field_validator("billing_cpu", "billing_mem_gib", "billing_gpu")
+    @classmethod
+    def _billing(cls, v):
+        if v < 0:
+            raise ValueError("must not be negative")
+        return v
+
+    @field_validator("billing_gpu_types")
+    @classmethod
+    def _billing_types(cls, v):
+        out = {}
+        for name, weight in v.items():
+            if weight < 0:
+                raise ValueError(f"{name}: must not be negative")
+            out[name.lower()] = weight
+        return out
+
+
 class ClusterFile(_Model):
     name: str = "cluster"
     controller: ControllerSection = ControllerSection()
@@ -455,6 +517,7 @@ class ClusterFile(_Model):
     reservations: list[ReservationSection] = []
     submit: SubmitSection = SubmitSection()
     scheduler: SchedulerSection = SchedulerSection()
+    priority: PrioritySection = PrioritySection()
 
     @field_validator("licenses")
     @classmethod
@@ -490,6 +553,10 @@ class AccountSection(_Model):
     @classmethod
     def _mem_limit(cls, v):
         return None if v is None else _memory(v)
+    # -- fair-share tree: a sub-account splits its parent's share with the parent's
+    # other sub-accounts and users; a user's share within this account (default 1).
+    parent: str | None = None
+    user_shares: dict[str, int] = {}
 
 
 class UserSection(_Model):
@@ -503,6 +570,24 @@ class TenantsFile(_Model):
     private_accounting: bool = True    # True: rsacct -a only for operators and admins
     accounts: list[AccountSection]
     users: dict[str, UserSection] = {}
+
+    @model_validator(mode="after")
+    def _account_tree(self):
+        names = {a.name for a in self.accounts}
+        parents = {a.name: a.parent for a in self.accounts}
+        for a in self.accounts:
+            if a.parent is not None and a.parent not in names:
+                raise ValueError(f"account {a.name}: parent {a.parent!r} is not an account "
+                                 "in this file")
+            if a.shares < 0 or any(v < 0 for v in a.user_shares.values()):
+                raise ValueError(f"account {a.name}: shares must not be negative")
+            seen, up = {a.name}, a.parent
+            while up is not None:
+                if up in seen:
+                    raise ValueError(f"account {a.name}: its parents loop back to {up}")
+                seen.add(up)
+                up = parents.get(up)
+        return self
 
 
 class QosSection(_Model):

@@ -35,6 +35,7 @@ from rmsbatch.ctld.ops import NODE, OPERATOR, OPS
 from rmsbatch.ctld.records import alloc_from_json, alloc_to_json, batch_node, job_record
 from rmsbatch.ctld.spool import Spool
 from rmsbatch.ctld import waits as waiting
+from rmsbatch.ctld.usage import Usage
 from rmsbatch.net.loop import Conn, Loop
 from rmsbatch.sched import placement
 from rmsbatch.sched import plan as scheduler
@@ -135,6 +136,7 @@ class Controller:
                 st.last_heartbeat, st.responding = old[name].last_heartbeat, old[name].responding
             st.devices = devices_of(nd, st)
             self.node_status[name] = st
+        self.usage = Usage(self.config, self.spool, now)    # fair-share usage, from the spool
         self._reload_jobs(now)
 
     def _reload_jobs(self, now: float) -> None:
@@ -346,6 +348,7 @@ class Controller:
         and its steps, which died with it (their rrun cannot report any more)."""
         self._take(self.running.pop(job_id, {}), -1)
         self.ends.pop(job_id, None)
+        self.usage.ended(job_id, now)
         self.leases.drop(job_id)
         self.lease_seen.pop(job_id, None)
         self.awaiting.pop(job_id, None)
@@ -486,6 +489,7 @@ class Controller:
     def schedule(self, now: float | None = None) -> int:
         """One scheduling pass; returns how many jobs started."""
         now = self.clock() if now is None else now
+        self.dirty |= self.usage.prioritize(self.pending, self.running, now)
         if not self.dirty and self._fresh_jobs_wait():
             self.fresh = []
             return 0

@@ -363,6 +363,30 @@ class Spool:
         return self.jobs(states=[JobState.PENDING.value, JobState.RUNNING.value,
                                  JobState.COMPLETING.value])
 
+    # -- fair-share usage (rmsbatch.ctld.usage) ------------------------------------
+    USAGE_COLUMNS = ("id", "account", "user", "start_time", "end_time", "alloc_cpus",
+                     "alloc_gpus", "req_mem_mb", "nodes", "gpu_type", "alloc")
+
+    def usage_rows(self, ended_since: float | None = None, ids=None) -> list[tuple]:
+        """USAGE_COLUMNS of the runs that ended since then (through the end_time index,
+        not a scan of every job ever run), or of these jobs; the allocation only where
+        the rest does not say the memory or the GPU type (JSON is slow to read)."""
+        cols = ", ".join(self.USAGE_COLUMNS[:-1]) + (
+            ", CASE WHEN req_mem_mb = 0 OR (alloc_gpus > 0 AND gpu_type IS NULL) "
+            "THEN alloc END")
+        if ids is not None:
+            ids = list(ids)
+            out = []
+            for k in range(0, len(ids), 500):
+                chunk = ids[k:k + 500]
+                out += self.db.execute(
+                    f"SELECT {cols} FROM jobs WHERE id IN ({', '.join('?' * len(chunk))}) "
+                    "AND start_time IS NOT NULL", chunk).fetchall()
+            return out
+        return self.db.execute(
+            f"SELECT {cols} FROM jobs WHERE end_time >= ? AND start_time IS NOT NULL",
+            (ended_since if ended_since is not None else float("-inf"),)).fetchall()
+
     # -- nodes ----------------------------------------------------------------
     def nodes(self) -> dict[str, dict]:
         cur = self.db.execute(

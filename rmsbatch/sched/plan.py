@@ -64,6 +64,7 @@ class PendingJob:
     account: str = ""
     qos: str = ""
     nice: int = 0
+    factors: dict | None = None     # rmsbatch.sched.priority: what `priority` is made of
 
 
 @dataclass

@@ -1,0 +1,179 @@
+"""Fair-share with real daemons: an account's finished usage lowers its next job's
+priority below another account's on a full cluster; `rshare` shows why (and still
+does after rmsctld restarts, from the spool); `rq --priority` and `rcontrol show job`
+show the factors."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+TENANTS = """admins = ["root"]
+private_accounting = false
+[[accounts]]
+name = "heavy"
+users = ["*"]
+[[accounts]]
+name = "light"
+users = ["*"]
+[[accounts]]
+name = "light-sub"
+parent = "light"
+users = ["*"]
+"""
+
+
+def _tenants(c) -> None:
+    with open(os.path.join(c.dir, "tenants.toml"), "w") as fh:
+        fh.write(TENANTS)
+
+
+def _shares(c, *args) -> dict:
+    result = c.run("rshare", "--json", "-a", *args, check=True)
+    return {(r["account"], r["user"]): r for r in json.loads(result.stdout)["shares"]}
+
+
+def test_usage_orders_accounts_and_rshare_shows_it(new_cluster):
+    c = new_cluster(gpus=2, before_start=_tenants)
+    used = c.submit("-A", "heavy", "-G", "2", "--wrap", "sleep 2")
+    assert c.wait_ended(used)["state"] == "COMPLETED"
+    blocker = c.submit("-A", "heavy", "-G", "2", "--wrap", "sleep 300")
+    c.wait_state(blocker, "RUNNING")
+    # the heavy account's job is older, but its account has used the cluster
+    older = c.submit("-A", "heavy", "-G", "2", "--wrap", "true")
+    newer = c.submit("-A", "light", "-G", "2", "--wrap", "true")
+
+    listing = c.run("rq", "--priority", check=True).stdout
+    lines = listing.splitlines()
+    assert lines[0].split()[:6] == ["JOBID", "PARTITION", "USER", "ACCOUNT", "PRIORITY", "AGE"]
+    assert [line.split()[0] for line in lines[1:3]] == [str(newer), str(older)]
+    assert "fair-share up to 10000" in listing
+    shown = {j["id"]: j for j in json.loads(c.run("rq", "--priority", "--json",
+                                                  check=True).stdout)["jobs"]}
+    assert shown[newer]["factors"]["fairshare"] == 1.0           # never used anything
+    assert shown[older]["factors"]["fairshare"] < 0.6
+    assert shown[newer]["priority"] > shown[older]["priority"]
+
+    detail = c.run("rcontrol", "show", "job", str(older), check=True).stdout
+    assert "PriorityFactors=Age=" in detail and "FairShare=" in detail
+
+    shares = _shares(c)
+    assert shares[("heavy", None)]["raw_usage"] > 2 * 2 * 32    # 2 s of 2 GPUs at least
+    assert shares[("light", None)]["raw_usage"] == 0
+    assert shares[("light-sub", None)]["norm_shares"] == 0.25   # half of light's half
+    assert shares[("heavy", "root")]["factor"] < shares[("light", "root")]["factor"]
+    text = c.run("rshare", "-a", check=True).stdout
+    assert text.splitlines()[0].split() == ["Account", "User", "RawShares", "NormShares",
+                                            "RawUsage", "EffectvUsage", "FairShare"]
+    assert " light-sub " in text                             # indented under light
+    # what-if: many more shares for heavy raise its factor, and nothing changes
+    what_if = _shares(c, "--what-if", "heavy=100")
+    assert what_if[("heavy", "root")]["factor"] > shares[("heavy", "root")]["factor"]
+    assert _shares(c)[("heavy", None)]["raw_shares"] == 1
+    bad = c.run("rshare", "--what-if", "nosuch=3")
+    assert bad.returncode == 1 and bad.stderr.startswith("rshare: error: no account 'nosuch'")
+    assert len(bad.stderr.splitlines()) == 1
+
+    # the cluster frees: the light account's job goes first
+    c.run("rcancel", str(blocker), check=True)
+    assert c.wait_ended(newer)["state"] == "COMPLETED"
+    assert c.wait_ended(older)["state"] == "COMPLETED"
+    assert c.job(newer)["start_time"] <= c.job(older)["start_time"]
+
+    # usage survives rmsctld's restart: it is rebuilt from the spool
+    before = _shares(c)[("heavy", None)]["raw_usage"]
+    c.down()
+    c.up()
+    after = _shares(c)[("heavy", None)]["raw_usage"]
+    assert 0.99 * before <= after <= before
+
+
+# -- the controller's usage on a real spool, its clock in the test's hands -------------------
+CLUSTER = """
+name = "t"
+[controller]
+socket = "run/s.sock"
+spool_dir = "spool"
+[[nodes]]
+names = "g1"
+cpus = 8
+memory = "64G"
+[[nodes.gpus]]
+type = "h100"
+count = 4
+[[partitions]]
+name = "gpu"
+default = true
+[priority]
+half_life = 3600
+billing_gpu_types = { h100 = 100.0 }
+"""
+QOS = '[[qos]]\nname = "normal"\n'
+
+
+class Clock:
+    now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def _controller(tmp_path, clock):
+    from rmsbatch import config as configmod
+    from rmsbatch.ctld.service import Controller
+    from rmsbatch.ctld.spool import Spool
+    for name, text in (("cluster.toml", CLUSTER), ("tenants.toml", TENANTS), ("qos.toml", QOS)):
+        (tmp_path / name).write_text(text)
+    cfg = configmod.load(str(tmp_path))
+    ctl = Controller(cfg, Spool(cfg.spool_dir), clock=clock)
+    ctl.loop.send = lambda conn, msg: None
+    return ctl
+
+
+def test_controller_usage_decays_and_priorities_age(tmp_path):
+    from rmsbatch.core.jobspec import JobSpec
+    from rmsbatch.net.loop import Conn
+
+    class Root(Conn):
+        def __init__(self):
+            self.uid, self.gid, self.pid, self.meta, self.closed = 0, 0, 1, {}, False
+            self.outbuf, self.listener = bytearray(), "api"
+
+    clock, root = Clock(), Root()
+    ctl = _controller(tmp_path, clock)
+    assert ctl.handle(root, {"op": "node_hello", "node": "g1", "inventory": {}})["ok"]
+
+    def submit(account, gpus):
+        spec = JobSpec(script="#!/bin/sh\ntrue\n", workdir="/tmp", submit_dir="/tmp",
+                       account=account, gpus=gpus).to_dict()
+        reply = ctl.handle(root, {"op": "submit", "spec": spec})
+        assert reply["ok"], reply
+        return reply["job_id"]
+
+    used = submit("heavy", 4)
+    ctl.schedule()
+    clock.now += 600                           # 10 minutes on 4 H100s
+    outcome = {"job_id": used, "run": 0, "state": "COMPLETED", "exit_code": 0, "signal": 0,
+               "start_time": clock.now - 600, "end_time": clock.now}
+    assert ctl.handle(root, {"op": "job_ended", "node": "g1", "outcome": outcome})["ok"]
+    billed = ctl.usage.usage(clock.now)[("heavy", "root")]
+    rate = 4 * 100 + 1 + 0.25 * 1              # H100s at 100, a CPU, a GiB of memory
+    # 600 s at that rate, its first seconds already decayed a little (half-life 1 h)
+    assert billed == pytest.approx(600 * rate * 0.944, rel=0.01)
+
+    blocker = submit("light", 4)
+    ctl.schedule()
+    mine, theirs = submit("heavy", 4), submit("light", 4)
+    ctl.schedule()
+    assert ctl.pending[theirs].priority > ctl.pending[mine].priority
+    before = ctl.pending[mine].priority
+    clock.now += 2 * 3600                      # two half-lives, two hours older
+    ctl.schedule()
+    assert ctl.pending[mine].priority > before           # age grew, usage decayed
+    assert ctl.usage.usage(clock.now)[("heavy", "root")] == pytest.approx(billed / 4, rel=0.01)
+    assert blocker in ctl.running
+
+    # rmsctld restarted: the same usage, from the spool
+    again = _controller(tmp_path, clock)
+    assert again.usage.usage(clock.now)[("heavy", "root")] == pytest.approx(billed / 4, rel=0.01)
