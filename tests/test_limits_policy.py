@@ -172,7 +172,7 @@ def test_rq_man_page_lists_every_limit_reason():
     ("qos.toml", 'preempt = ["low"]', 'preempt = ["lo"]', "qos.1.preempt: no QoS named 'lo'"),
     ("qos.toml", "max_gpus_per_user = 8", "max_gpus_per_user = -1",
      "qos.1.max_gpus_per_user: Value error, must not be negative"),
-    ("tenants.toml", "max_gpus = 8", 'max_gpus = "eight"', "accounts.2.max_gpus"),
+    ("tenants.toml", "max_gpus = 8", 'max_gpus = "eight"', "accounts.3.max_gpus"),
 ])
 def test_a_wrong_limit_is_refused_naming_file_and_key(tmp_path, file, old, new, message):
     import os
