@@ -27,6 +27,9 @@ RESOURCES = "Resources"
 PRIORITY = "Priority"
 LICENSES = "Licenses"
 RESERVATION = "Reservation"     # its reservation is not active (yet, or any more)
+# Too few nodes outside the reservations it must stay off ("... maintenance" for MAINT
+# ones, as Slurm says; else "... reservation NAME")
+RESERVED = "ReqNodeNotAvail, Reserved for"
 BEGIN_TIME = "BeginTime"
 DEPENDENCY = "Dependency"
 DEPENDENCY_NEVER = "DependencyNeverSatisfied"
@@ -184,7 +187,8 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             if why is not None:
                 out.reasons[job.id] = why
                 continue
-        if job.partition in blocked:
+        if job.partition in blocked and job.window is None:
+            # (a job of an active reservation runs where the blocked job may not go)
             out.reasons[job.id] = PRIORITY
             continue
         why = reservation_wait(job, now) or licenses_wait(job, held)
@@ -198,7 +202,7 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
         try:
             alloc = allocate(job.request, candidates)
         except InsufficientResources:
-            out.reasons[job.id] = waiting_reason(job, candidates)
+            out.reasons[job.id] = waiting_reason(job, candidates, members[job.partition], now)
             if not confined(job):
                 blocked.add(job.partition)
                 out.blocked[job.partition] = order_key(job)
@@ -246,10 +250,19 @@ def reservation_wait(job: PendingJob, now: float) -> str | None:
     return None
 
 
-def waiting_reason(job: PendingJob, candidates: list[NodeView]) -> str:
-    """Resources, or ReqNodeNotAvail when too few nodes are up, or a node it named is not."""
+def waiting_reason(job: PendingJob, candidates: list[NodeView], members=(),
+                   now: float = 0.0) -> str:
+    """Resources, or ReqNodeNotAvail when too few nodes are up, or a node it named is not
+    (saying so when reservations not its own hold the nodes it lacks)."""
     usable = sum(1 for n in candidates if n.usable)
     named_down = any(n.name in job.request.nodelist and not n.usable for n in candidates)
+    if usable < job.request.nodes and not named_down and job.window is None:
+        end = now + job.time_limit if job.time_limit else None
+        names = {n.name for n in members}
+        keeping = [w for w in job.reserved if w.overlaps(now, end) and w.nodes & names]
+        if keeping and sum(1 for n in members if n.usable) >= job.request.nodes:
+            maint = any("MAINT" in getattr(w, "flags", ()) for w in keeping)
+            return f"{RESERVED} {'maintenance' if maint else 'reservation ' + keeping[0].name}"
     return NODES_UNAVAILABLE if usable < job.request.nodes or named_down else RESOURCES
 
 

@@ -45,3 +45,4 @@ def op(name: str, *, model: type, role: str = USER):
 # Importing the modules registers their ops.
 from rmsbatch.ctld.ops import admin, jobs, nodes, steps  # noqa: E402,F401
 from rmsbatch.ctld.ops import control  # noqa: E402,F401
+from rmsbatch.ctld.ops import reservations  # noqa: E402,F401
