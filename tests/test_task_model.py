@@ -228,7 +228,7 @@ def test_reservation_nodes_only_for_its_jobs(cfg, submit):
     decisions = plan.schedule([inside, outside, small], nodes, parts, NOW)
     started = dict(decisions.starts)
     assert sorted(started[1]) == ["gpu07", "gpu08"]
-    assert 2 not in started and decisions.reasons[2] == plan.NODES_UNAVAILABLE
+    assert 2 not in started and decisions.reasons[2] == f"{plan.RESERVED} reservation maint"
     # the reservation's job waits for nothing else; the 8-node job blocks the one behind
     assert 3 not in started
 

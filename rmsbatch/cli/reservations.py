@@ -49,8 +49,9 @@ def parse(settings: list[str], verb: str, now: float | None = None) -> dict:
         items = items[1:]
     fields: dict = {}
     for item in items:
-        key, eq, value = item.partition("=")
-        key = key.strip().lower()
+        given, eq, value = item.partition("=")
+        given = given.strip()
+        key = given.lower()
         if not eq:
             raise ReservationArgError(f"{item!r} on {verb} reservation: expected KEY=VALUE "
                                       "(e.g. ReservationName=maint Nodes=gpu01)")
@@ -58,11 +59,12 @@ def parse(settings: list[str], verb: str, now: float | None = None) -> dict:
             raise ReservationArgError(f"{item} on {verb} reservation: {NOT_YET[key]}")
         if key not in KEYS:
             raise ReservationArgError(
-                f"unknown key {key!r} on {verb} reservation: use ReservationName, StartTime, "
+                f"unknown key {given!r} on {verb} reservation: use ReservationName, StartTime, "
                 "EndTime, Duration, Nodes, Users, Accounts or Flags")
         name = KEYS[key]
         if name in fields:
-            raise ReservationArgError(f"{key} given twice on {verb} reservation: give it once")
+            raise ReservationArgError(f"{given} given twice on {verb} reservation: give it "
+                                      "once")
         value = value.strip()
         try:
             if name == "start":
@@ -76,9 +78,9 @@ def parse(settings: list[str], verb: str, now: float | None = None) -> dict:
             else:
                 fields[name] = value
         except (ValueError, UnitError) as exc:
-            raise ReservationArgError(f"{key}={value} on {verb} reservation: {exc}") from None
+            raise ReservationArgError(f"{given}={value} on {verb} reservation: {exc}") from None
         if not value:
-            raise ReservationArgError(f"{key}= on {verb} reservation is empty: give a value")
+            raise ReservationArgError(f"{given}= on {verb} reservation is empty: give a value")
     if "name" not in fields:
         raise ReservationArgError(f"{verb} reservation needs ReservationName=NAME")
     return fields

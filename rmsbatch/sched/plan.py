@@ -252,15 +252,20 @@ def reservation_wait(job: PendingJob, now: float) -> str | None:
 
 def waiting_reason(job: PendingJob, candidates: list[NodeView], members=(),
                    now: float = 0.0) -> str:
-    """Resources, or ReqNodeNotAvail when too few nodes are up, or a node it named is not
-    (saying so when reservations not its own hold the nodes it lacks)."""
+    """Resources, or ReqNodeNotAvail when too few nodes are up, or a node it named is not;
+    or, when it would start now but for reservations not its own, which."""
     usable = sum(1 for n in candidates if n.usable)
     named_down = any(n.name in job.request.nodelist and not n.usable for n in candidates)
-    if usable < job.request.nodes and not named_down and job.window is None:
+    if job.window is None and len(candidates) < len(members):
         end = now + job.time_limit if job.time_limit else None
         names = {n.name for n in members}
         keeping = [w for w in job.reserved if w.overlaps(now, end) and w.nodes & names]
-        if keeping and sum(1 for n in members if n.usable) >= job.request.nodes:
+        try:
+            if keeping:
+                allocate(job.request, members)
+        except InsufficientResources:
+            keeping = []
+        if keeping:
             maint = any("MAINT" in getattr(w, "flags", ()) for w in keeping)
             return f"{RESERVED} {'maintenance' if maint else 'reservation ' + keeping[0].name}"
     return NODES_UNAVAILABLE if usable < job.request.nodes or named_down else RESOURCES
