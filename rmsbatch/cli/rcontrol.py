@@ -136,7 +136,8 @@ def build_parser() -> CommandParser:
 
     update = sub.add_parser("update", version=False,
                             help="NodeName=X State=DRAIN|RESUME [Reason=TEXT], or JobId=ID "
-                                 "TimeLimit=T Partition=P QOS=Q Account=A Priority=N Nice=N")
+                                 "TimeLimit=T Partition=P QOS=Q Account=A Priority=N Nice=N, "
+                                 "or reservation ReservationName=NAME KEY=VALUE...")
     update.add_argument("settings", nargs="+", metavar="KEY=VALUE")
 
     for name, text in (("hold", "keep pending jobs from starting"),
@@ -415,6 +416,9 @@ def parse_reservation_args(sub, args: argparse.Namespace) -> None:
             args.fields = reservations.parse(items, verb)
         except reservations.ReservationArgError as exc:
             sub.error(str(exc))
+        if verb == "update" and len(args.fields) == 1:
+            sub.error("update reservation: nothing to change: give StartTime=, EndTime=, "
+                      "Duration=, Nodes=, Users=, Accounts= or Flags=")
     args.command = f"{verb}_reservation"
 
 
