@@ -207,6 +207,7 @@ def test_running_jobs_refuse_a_reservation_unless_ignore_jobs(c, users):
         refused(rcontrol(c, *create), f"running job(s) {running}", "IGNORE_JOBS")
         made = rcontrol(c, *create, "Flags=MAINT,IGNORE_JOBS")
         assert made.returncode == 0, made.stderr
+        refused(rcontrol(c, *create, "Flags=IGNORE_JOBS"), "fix already exists")
         nodes = c.run("rinfo", "-N", "-h", check=True).stdout.split()
         assert nodes[3] == "maint"
         held = c.submit("-t", "5", "--wrap", "true", user=alice.pw_name)

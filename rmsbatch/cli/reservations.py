@@ -100,7 +100,7 @@ def _or_null(items) -> str:
 
 def detail(r: dict) -> list[str]:
     """scontrol show reservation's block."""
-    duration = "UNLIMITED" if r.get("duration") is None else clock(r["duration"])
+    duration = _duration_text(r)
     end = "Unlimited" if r.get("end") is None else timestamp(r["end"])
     return [
         f"ReservationName={r['name']} StartTime={timestamp(r.get('start'))} EndTime={end} "
@@ -122,11 +122,18 @@ def render_show(reservations: list[dict], as_json: bool = False,
     return render_details([detail(r) for r in reservations], oneliner)
 
 
+def _duration_text(r: dict) -> str:
+    if r.get("end") is None:
+        return "UNLIMITED"
+    # one of cluster.toml without a start has been active as long as the file said so
+    return "n/a" if r.get("duration") is None else clock(r["duration"])
+
+
 # -- rinfo -T ----------------------------------------------------------------------------
 def _row(r: dict) -> dict:
     return {"name": r["name"], "state": r["state"], "start": timestamp(r.get("start")),
             "end": "Unlimited" if r.get("end") is None else timestamp(r["end"]),
-            "duration": "UNLIMITED" if r.get("duration") is None else clock(r["duration"]),
+            "duration": _duration_text(r),
             "nodes": r["nodes"]}
 
 

@@ -85,8 +85,11 @@ def tick(ctl, now: float) -> None:
     """From the periodic check: a pass when a reservation has started or ended since
     the last tick (jobs waiting for it may start, or those kept off its nodes); the
     runtime ones that have ended are dropped."""
-    last = getattr(ctl, "reservations_seen", now)
+    last = getattr(ctl, "reservations_seen", None)
     ctl.reservations_seen = now
+    if last is None:        # the first tick: whatever began since the start-up pass
+        ctl.dirty = True
+        last = now
     for w in ctl.windows():
         if any(t is not None and last < t <= now for t in (w.start, w.end)):
             ctl.dirty = True
@@ -124,8 +127,7 @@ def show(ctl, conn, req: ShowReservations) -> dict:
         if not every:
             raise RequestError(_not_found(ctl, req.name))
     makers = {r["name"]: r["created_by"] for r in ctl.spool.reservations()}
-    return {"reservations": [record(w, now, makers.get(w.name, "")) for w in every],
-            "now": now}
+    return {"reservations": [record(w, now, makers.get(w.name, "")) for w in every]}
 
 
 @op("create_reservation", model=ReservationFields, role=OPERATOR)
@@ -175,20 +177,15 @@ def update(ctl, conn, req: ReservationFields) -> dict:
         end = None
     else:       # a new start moves the whole reservation: its duration stays
         end = start + (old.end - old.start)
-        if end <= start:
-            raise RequestError(f"EndTime on reservation {name}: not after its start")
     window = Window(
         name, old.nodes if req.nodes is None else _nodes(ctl, name, req.nodes),
         old.users if req.users is None else _users(name, req.users),
         old.accounts if req.accounts is None else _accounts(ctl, name, req.accounts),
         start, end, old.flags if req.flags is None else _flags(name, req.flags), runtime=True)
-    if not window.users and not window.accounts:
-        raise RequestError(f"no users or accounts on reservation {name}: give Users=NAME[,...] "
-                           "or Accounts=NAME[,...]")
     _check(ctl, window, now)
     user = ctl.user_name(conn.uid)
-    _store(ctl, window, next((r["created_by"] for r in ctl.spool.reservations()
-                              if r["name"] == name), user), now)
+    stored = next(r for r in ctl.spool.reservations() if r["name"] == name)
+    _store(ctl, window, stored["created_by"], stored["created_time"])
     log.info("reservation %s: updated by %s: %s", name, user, _summary(window))
     return {"reservation": record(window, now)}
 
@@ -315,12 +312,12 @@ def _check(ctl, w: Window, now: float) -> None:
                            "for them, or give Flags=IGNORE_JOBS")
 
 
-def _store(ctl, w: Window, created_by: str, now: float) -> None:
+def _store(ctl, w: Window, created_by: str, created_time: float) -> None:
     ctl.spool.put_reservation({
         "name": w.name, "nodes": hostlist.compress(sorted(w.nodes)),
         "users": ",".join(sorted(w.users)), "accounts": ",".join(sorted(w.accounts)),
         "start_time": w.start, "end_time": w.end, "flags": ",".join(sorted(w.flags)),
-        "created_by": created_by, "created_time": now})
+        "created_by": created_by, "created_time": created_time})
     ctl.reservations[w.name] = w
     refresh(ctl)
 
