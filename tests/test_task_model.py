@@ -228,7 +228,7 @@ def test_reservation_nodes_only_for_its_jobs(cfg, submit):
     decisions = plan.schedule([inside, outside, small], nodes, parts, NOW)
     started = dict(decisions.starts)
     assert sorted(started[1]) == ["gpu07", "gpu08"]
-    assert 2 not in started and decisions.reasons[2] == plan.NODES_UNAVAILABLE
+    assert 2 not in started and decisions.reasons[2] == f"{plan.RESERVED} reservation maint"
     # The reservation has no end, so the 8-node job has no start to protect: the job
     # behind it starts on the six nodes that are free.
     assert sorted(started[3]) == [f"gpu0{i}" for i in range(1, 7)]

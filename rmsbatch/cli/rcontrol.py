@@ -7,6 +7,10 @@
     rcontrol hold 42 43    rcontrol release 42    rcontrol reconfigure
     rcontrol requeue 42    rcontrol requeuehold 42
     rcontrol update JobId=42 TimeLimit=30 Nice=10   (or: update job 42 ...)
+    rcontrol create reservation ReservationName=maint StartTime=now Duration=2:00:00
+             Nodes=gpu[001-004] Users=alice Accounts=vision Flags=MAINT,IGNORE_JOBS
+    rcontrol update reservation ReservationName=maint Duration=4:00:00
+    rcontrol delete reservation maint    rcontrol show reservation [NAME]
 
 Sub-commands and `update` keys are case-insensitive, as in scontrol.
 """
@@ -18,6 +22,7 @@ import sys
 
 from rmsbatch.net import client
 from rmsbatch.cli.arguments import CommandParser, id_fields, job_id_list, job_ref_list
+from rmsbatch.cli import reservations
 from rmsbatch.cli.details import job_detail, node_detail, partition_detail, render_details
 from rmsbatch.cli.jobupdate import is_job_update, parse_job_update
 from rmsbatch.cli.layout import render_json
@@ -39,6 +44,10 @@ EXAMPLES = """
   rcontrol hold 42 && rcontrol release 42
   rcontrol requeue 42                   stop job 42 and queue it again (same id)
   rcontrol update JobId=42 TimeLimit=30 lower a job's time limit to 30 minutes
+  rcontrol create reservation ReservationName=maint StartTime=now Duration=2:00:00 \
+           Nodes=gpu01 Users=alice Flags=MAINT      keep gpu01 for alice for two hours
+  rcontrol show reservation             every reservation (rinfo -T: one line each)
+  rcontrol delete reservation maint
 """
 
 ENTITIES = {
@@ -46,9 +55,11 @@ ENTITIES = {
     "node": "node", "nodes": "node", "nodename": "node",
     "partition": "partition", "partitions": "partition", "part": "partition",
     "hostnames": "hostnames", "hostlist": "hostlist",
+    "reservation": "reservation", "reservations": "reservation", "res": "reservation",
+    "reservationname": "reservation",
 }
 COMMANDS = ("show", "drain", "resume", "update", "hold", "release", "reconfigure",
-            "requeue", "requeuehold")
+            "requeue", "requeuehold", "create", "delete")
 UPDATE_STATES = {"drain": "drain", "resume": "resume", "undrain": "resume", "idle": "resume"}
 
 
@@ -56,7 +67,8 @@ def _entity(text: str) -> str:
     key = text.lower()
     if key not in ENTITIES:
         raise argparse.ArgumentTypeError(
-            f"cannot show {text!r}: use job, node, partition, hostnames or hostlist")
+            f"cannot show {text!r}: use job, node, partition, reservation, hostnames or "
+            "hostlist")
     return ENTITIES[key]
 
 
@@ -88,19 +100,22 @@ def _settings(parser: argparse.ArgumentParser, items: list[str], allowed: tuple[
 def build_parser() -> CommandParser:
     parser = CommandParser(
         prog=PROG, examples=EXAMPLES,
-        description="Show and administer jobs, nodes and partitions (like scontrol).")
+        description="Show and administer jobs, nodes, partitions and reservations "
+                    "(like scontrol).")
     parser.add_argument("-o", "--oneliner", action="store_true",
                         help="show each record on one line")
     parser.add_argument("--json", action="store_true", help="show records as JSON")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    show = sub.add_parser("show", help="show job, node or partition records", version=False,
-                          description="Show records: job [ID], node [NAME], partition [NAME]; "
-                                      "or expand / compress host lists.")
+    show = sub.add_parser("show", help="show job, node, partition or reservation records",
+                          version=False,
+                          description="Show records: job [ID], node [NAME], partition [NAME], "
+                                      "reservation [NAME]; or expand / compress host lists.")
     show.add_argument("entity", type=_entity, metavar="ENTITY",
-                      help="job, node, partition, hostnames or hostlist (plural works too)")
+                      help="job, node, partition, reservation, hostnames or hostlist (plural "
+                           "works too)")
     show.add_argument("name", nargs="?", metavar="NAME",
-                      help="a job id, node list, partition, or host list")
+                      help="a job id, node list, partition, reservation, or host list")
     # Also after the sub-command (`rcontrol show job 4 -o`); SUPPRESS keeps
     # the top-level value when they are not repeated here.
     show.add_argument("-o", "--oneliner", action="store_true", default=argparse.SUPPRESS,
@@ -121,7 +136,8 @@ def build_parser() -> CommandParser:
 
     update = sub.add_parser("update", version=False,
                             help="NodeName=X State=DRAIN|RESUME [Reason=TEXT], or JobId=ID "
-                                 "TimeLimit=T Partition=P QOS=Q Account=A Priority=N Nice=N")
+                                 "TimeLimit=T Partition=P QOS=Q Account=A Priority=N Nice=N, "
+                                 "or reservation ReservationName=NAME KEY=VALUE...")
     update.add_argument("settings", nargs="+", metavar="KEY=VALUE")
 
     for name, text in (("hold", "keep pending jobs from starting"),
@@ -130,6 +146,7 @@ def build_parser() -> CommandParser:
         cmd.add_argument("job_ids", nargs="+", type=job_id_list, metavar="JOBID")
 
     add_requeue_commands(sub)
+    add_reservation_commands(sub)
     sub.add_parser("reconfigure", help="make rmsctld re-read its configuration", version=False)
     parser.subcommands = sub.choices
     return parser
@@ -170,6 +187,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.reason = args.reason or settings.get("reason")
         if not args.reason or not args.reason.strip():
             sub.error('drain needs a reason: rcontrol drain NODELIST reason="why"')
+    elif args.command in ("create", "delete") or (
+            args.command == "update" and reservations.is_reservation(args.settings)):
+        parse_reservation_args(sub, args)
     elif args.command == "update" and is_job_update(args.settings):
         try:
             args.update = parse_job_update(args.settings)
@@ -303,6 +323,10 @@ def show(args: argparse.Namespace) -> str:
         return "\n".join(expand(name))
     if entity == "hostlist":
         return compress(expand(name))
+    if entity == "reservation":
+        reply = client.call("reservations", **({"name": name} if name else {}))
+        return reservations.render_show(reply.get("reservations") or [], args.json,
+                                        args.oneliner)
     if entity == "job":
         if name is None:
             reply = client.call("jobs", active=True)
@@ -358,6 +382,8 @@ def body(argv: list[str]) -> int:
         return 1 if errors else 0
     if args.command in ("requeue", "requeuehold", "update_job"):
         return job_control(args)
+    if args.command.endswith("_reservation"):
+        return reservation_control(args)
     if args.command == "reconfigure":
         client.call("reconfigure")
         return 0
@@ -382,6 +408,54 @@ def job_control(args: argparse.Namespace) -> int:
     for text in errors:
         print(f"{PROG}: error: {text}", file=sys.stderr)
     return 1 if errors else 0
+
+
+# -- create, update, delete reservation -------------------------------------------------
+
+def add_reservation_commands(sub) -> None:
+    for name, text in (("create", "create reservation ReservationName=NAME StartTime=T "
+                                  "Duration=T|EndTime=T Nodes=LIST Users=U Accounts=A Flags=F"),
+                       ("delete", "delete reservation NAME")):
+        cmd = sub.add_parser(name, help=text, version=False)
+        cmd.add_argument("settings", nargs="+", metavar="KEY=VALUE")
+
+
+def parse_reservation_args(sub, args: argparse.Namespace) -> None:
+    verb = args.command
+    items = list(args.settings)
+    if items and items[0].lower() in ("reservation", "reservations", "res"):
+        items = items[1:]
+    elif verb != "update" and not reservations.is_reservation(items):
+        sub.error(f"{verb} what? rcontrol {verb} reservation ... (only reservations can be "
+                  f"{verb}d)")
+    if verb == "delete":
+        if len(items) != 1:
+            sub.error("delete reservation takes one name: rcontrol delete reservation NAME")
+        key, eq, value = items[0].partition("=")
+        if eq and key.strip().lower() not in ("reservationname", "reservation", "name"):
+            sub.error(f"unknown key {key!r} on delete reservation: give the name alone")
+        args.fields = {"name": (value if eq else key).strip()}
+    else:
+        try:
+            args.fields = reservations.parse(items, verb)
+        except reservations.ReservationArgError as exc:
+            sub.error(str(exc))
+        if verb == "update" and len(args.fields) == 1:
+            sub.error("update reservation: nothing to change: give StartTime=, EndTime=, "
+                      "Duration=, Nodes=, Users=, Accounts= or Flags=")
+    args.command = f"{verb}_reservation"
+
+
+def reservation_control(args: argparse.Namespace) -> int:
+    reply = client.call(args.command, **args.fields)
+    if args.command == "create_reservation":
+        print(f"Reservation created: {reply['reservation']['name']}")
+    elif args.command == "delete_reservation" and reply.get("waiting_jobs"):
+        jobs = ",".join(map(str, reply["waiting_jobs"]))
+        print(f"{PROG}: warning: job(s) {jobs} still ask for reservation "
+              f"{reply['deleted']}: they wait with reason Reservation until updated or "
+              "cancelled", file=sys.stderr)
+    return 0
 
 
 def main() -> None:

@@ -1,6 +1,8 @@
 """rinfo: partitions and nodes, like sinfo.
 
-One "nodes" request; nodes and partitions come back together.
+One "nodes" request; nodes and partitions come back together; the reservations come
+with a second one (nodes in an active MAINT reservation show as `maint`), and alone for
+`-T`.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ EXAMPLES = """
   rinfo -R                    down and drained nodes (and drained GPUs), and why
   rinfo --gpus                one line per GPU: type, memory, job, utilization, health
   rinfo --gpus -l -n gpu01    ... with model, NUMA node and UUID
+  rinfo -T                    reservations: name, state, start, end, duration, nodes
   rinfo --json
 """
 
@@ -51,7 +54,8 @@ def build_parser() -> CommandParser:
         prog=PROG, short_help=False, examples=EXAMPLES,
         description="Show partitions and nodes (like sinfo).\n"
                     "Node states: idle, mix (partly allocated), alloc, drng (draining:\n"
-                    "jobs still running), drain, down.")
+                    "jobs still running), drain, down, maint (in an active MAINT\n"
+                    "reservation).")
     view = parser.add_argument_group("view")
     view.add_argument("-N", "--Node", dest="node_view", action="store_true",
                       help="one line per node (and partition)")
@@ -60,6 +64,8 @@ def build_parser() -> CommandParser:
                       help="down and drained nodes with the reason")
     view.add_argument("-G", "--gpus", action="store_true",
                       help="one line per GPU: type, memory, allocation, telemetry, health")
+    view.add_argument("-T", "--reservation", dest="reservations", action="store_true",
+                      help="reservations: name, state, start, end, duration, nodes")
     sel = parser.add_argument_group("which nodes")
     sel.add_argument("-p", "--partition", dest="partitions", action="extend",
                      type=comma_list, metavar="PARTITION[,...]")
@@ -114,8 +120,18 @@ def render(nodes: list[dict], partitions: list[dict], args: argparse.Namespace) 
 
 
 def body(argv: list[str]) -> int:
+    from rmsbatch.cli import reservations
     args = parse_args(argv)
+    if args.reservations:
+        found = client.call("reservations").get("reservations") or []
+        if args.json:
+            return emit(render_json("reservations", found))
+        return emit(reservations.render_table(found, header=not args.noheader))
     reply = client.call("nodes", **request(args))
+    maint = reservations.maint_nodes(client.call("reservations").get("reservations") or [])
+    for node in reply.get("nodes") or []:
+        if node["name"] in maint and node.get("state") in ("IDLE", "MIXED", "ALLOCATED"):
+            node["state"] = "MAINT"
     partitions = reply.get("partitions") or []
     if args.partitions:
         known = {p["name"] for p in partitions}

@@ -32,6 +32,7 @@ from rmsbatch.ctld.leases import Leases
 from rmsbatch.ctld.limitstate import RunningCharges
 from rmsbatch.ctld.nodestate import NOT_RESPONDING, NodeStatus, devices_of, view_of
 from rmsbatch.ctld.ops import NODE, OPERATOR, OPS
+from rmsbatch.ctld.ops import reservations as resv
 from rmsbatch.ctld.records import alloc_from_json, alloc_to_json, batch_node, job_record
 from rmsbatch.ctld.spool import Spool
 from rmsbatch.ctld import waits as waiting
@@ -40,7 +41,7 @@ from rmsbatch.net.loop import Conn, Loop
 from rmsbatch.sched import placement
 from rmsbatch.sched import plan as scheduler
 from rmsbatch.sched.admission import AdmissionError, default_output
-from rmsbatch.sched.jobrequest import pending_from_row
+from rmsbatch.sched.jobrequest import pending_from_row, windows
 from rmsbatch.sched.placement import NodeAlloc, NodeView
 
 log = logging.getLogger("rmsbatch.controller")
@@ -140,6 +141,8 @@ class Controller:
         self._reload_jobs(now)
 
     def _reload_jobs(self, now: float) -> None:
+        # runtime reservations (rcontrol create reservation), before the jobs they place
+        self.reservations = resv.load(self.spool)
         self.nodes: dict[str, NodeView] = {
             name: view_of(self.config.nodes[name], st) for name, st in self.node_status.items()}
         self.pending: dict[int, scheduler.PendingJob] = {}
@@ -199,8 +202,12 @@ class Controller:
         but a spool from an older configuration may still name them)."""
         placement.take(self.nodes, {n: a for n, a in alloc.items() if n in self.nodes}, sign)
 
+    def windows(self) -> tuple:
+        """Every reservation: cluster.toml's, then the runtime ones."""
+        return windows(self.config, tuple(self.reservations.values()))
+
     def _pending(self, row: dict) -> scheduler.PendingJob:
-        job = pending_from_row(row, self.config)
+        job = pending_from_row(row, self.config, self.windows())
         waiting.fill_pending(job, row)
         return job
 
@@ -446,7 +453,7 @@ class Controller:
             job = self.pending.get(job_id)
             if job is None or job.hold:
                 continue
-            if waiting.held_back(job):
+            if waiting.held_back(job) or job.reservation is not None:
                 return False
             blocker = self.blocked_at.get(job.partition)
             if blocker is None or scheduler.order_key(job) < blocker:
@@ -685,6 +692,7 @@ class Controller:
                 node = min(seen, key=seen.get) if seen else batch_node(alloc)
                 self.lost(job_id, f"lease expired: no word from node {node} or the job's "
                                   f"supervisor for {self.leases.lease_s + self.leases.margin_s:.0f} s")
+            resv.tick(self, now)        # reservations that started or ended meanwhile
 
     def forgive(self, seconds: float) -> None:
         """rmsctld did not run for `seconds` (stopped, or a long request held its one

@@ -115,6 +115,21 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN wait_all_nodes INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN site_options TEXT;
     """,
+    # 5: advance reservations made at run time (rcontrol create reservation); those of
+    # cluster.toml stay in the file. users, accounts, flags: comma-separated
+    """
+    CREATE TABLE reservations (
+        name TEXT PRIMARY KEY,
+        nodes TEXT NOT NULL,
+        users TEXT NOT NULL DEFAULT '',
+        accounts TEXT NOT NULL DEFAULT '',
+        start_time REAL NOT NULL,
+        end_time REAL,
+        flags TEXT NOT NULL DEFAULT '',
+        created_by TEXT NOT NULL DEFAULT '',
+        created_time REAL NOT NULL
+    );
+    """,
 ]
 
 # Columns returned in job records; payloads (script, env) are read separately.
@@ -445,3 +460,21 @@ class Spool:
                 f"SELECT {', '.join(self.STEP_COLUMNS)} FROM steps WHERE job_id IN "
                 f"({', '.join('?' * len(chunk))}) ORDER BY job_id, step_id", chunk).fetchall()
         return [dict(zip(self.STEP_COLUMNS, r)) for r in rows]
+
+    # -- advance reservations (rcontrol create reservation) ---------------------------
+    RESERVATION_COLUMNS = ("name", "nodes", "users", "accounts", "start_time", "end_time",
+                           "flags", "created_by", "created_time")
+
+    def reservations(self) -> list[dict]:
+        cur = self.db.execute(f"SELECT {', '.join(self.RESERVATION_COLUMNS)} FROM reservations "
+                              "ORDER BY start_time, name")
+        return [dict(zip(self.RESERVATION_COLUMNS, r)) for r in cur]
+
+    def put_reservation(self, row: dict) -> None:
+        """Insert, or replace the reservation of that name whole."""
+        cols = [c for c in self.RESERVATION_COLUMNS if c in row]
+        self.db.execute(f"INSERT OR REPLACE INTO reservations ({', '.join(cols)}) VALUES "
+                        f"({', '.join('?' * len(cols))})", tuple(row[c] for c in cols))
+
+    def delete_reservation(self, name: str) -> bool:
+        return self.db.execute("DELETE FROM reservations WHERE name = ?", (name,)).rowcount == 1

@@ -34,8 +34,9 @@ def default_output(spec) -> str:
 
 
 def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, NodeView],
-          now: float) -> dict:
-    """Check a spec against the configuration; the job row to insert. Raises
+          now: float, reservations: tuple | None = None) -> dict:
+    """Check a spec against the configuration (and `reservations`: every reservation,
+    the runtime ones too; default: cluster.toml's); the job row to insert. Raises
     AdmissionError (the message is for the submitter) when the job may not be queued:
     a wrong partition, account or QoS, a limit it exceeds, options that contradict
     each other, or a request that no node of its partition could ever hold."""
@@ -76,7 +77,7 @@ def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, No
     check_cluster(spec, cfg)
     check_site_options(spec, cfg)
     check_licenses(spec, cfg)
-    window = check_reservation(spec, user, account, cfg, now)
+    window = check_reservation(spec, user, account, cfg, now, reservations)
     check_node_names(spec, cfg)
     resolved = _resolve(spec, cfg, members)
     gpus_node = resolved.gpus_per_node
@@ -181,11 +182,11 @@ def check_licenses(spec: JobSpec, cfg) -> None:
 
 
 def check_reservation(spec: JobSpec, user: str, account: str, cfg,
-                      now: float) -> Window | None:
+                      now: float, every: tuple | None = None) -> Window | None:
     """The job's reservation, which the user (or the account) may use; None without one."""
     if spec.reservation is None:
         return None
-    found = {w.name: w for w in windows(cfg)}
+    found = {w.name: w for w in (windows(cfg) if every is None else every)}
     window = found.get(spec.reservation)
     if window is None:
         known = ", ".join(sorted(found)) or "none"

@@ -5,7 +5,8 @@ its pending jobs.
 Besides the placement Request (per node: CPUs, memory, GPUs, disk, GRES; which nodes
 it must or must not use), a pending job carries what only the whole cluster can
 answer: the licenses it holds while it runs, and the reservations (cluster.toml
-`[[reservations]]`) that confine it or keep it off their nodes. Pure: the
+`[[reservations]]`, and those made at run time with `rcontrol create reservation`,
+which the controller passes in) that confine it or keep it off their nodes. Pure: the
 configuration and a row in, values out.
 """
 from __future__ import annotations
@@ -18,6 +19,14 @@ from rmsbatch.sched.placement import Request
 from rmsbatch.sched.plan import PendingJob
 
 
+# Reservation flags, as scontrol spells them. MAINT: its nodes show as `maint` while
+# it is active; IGNORE_JOBS: made even though running jobs would still hold its nodes
+# when it starts (only creating and updating look at it).
+MAINT = "MAINT"
+IGNORE_JOBS = "IGNORE_JOBS"
+FLAGS = (MAINT, IGNORE_JOBS)
+
+
 @dataclass(frozen=True)
 class Window:
     """A reservation: its nodes, who may use them, and when."""
@@ -27,6 +36,8 @@ class Window:
     accounts: frozenset = frozenset()
     start: float | None = None
     end: float | None = None
+    flags: frozenset = frozenset()
+    runtime: bool = False       # made with rcontrol (kept in the spool), not cluster.toml
 
     def admits(self, user: str, account: str) -> bool:
         return user in self.users or "*" in self.users or account in self.accounts
@@ -43,15 +54,16 @@ class Window:
 _cached: tuple = (None, ())
 
 
-def windows(cfg) -> tuple[Window, ...]:
-    """The reservations of a configuration (computed once per configuration)."""
+def windows(cfg, runtime=()) -> tuple[Window, ...]:
+    """The reservations of a configuration (computed once per configuration), then
+    the `runtime` ones (rcontrol create reservation) the caller keeps."""
     global _cached
     if _cached[0] is not cfg:
         _cached = (cfg, tuple(
             Window(r.name, frozenset(hostlist.expand(r.nodes)), frozenset(r.users),
                    frozenset(r.accounts), r.start, r.end)
             for r in cfg.cluster.reservations))
-    return _cached[1]
+    return _cached[1] + tuple(runtime) if runtime else _cached[1]
 
 
 def _hosts(text: str | None) -> frozenset:
@@ -85,8 +97,9 @@ def task_model_columns(spec, resolved) -> dict:
     }
 
 
-def pending_from_row(row: dict, cfg) -> PendingJob:
-    """The scheduler's pending job for a spool row (the controller's `_pending`)."""
+def pending_from_row(row: dict, cfg, every: tuple | None = None) -> PendingJob:
+    """The scheduler's pending job for a spool row (the controller's `_pending`);
+    `every`: all the reservations (default: the configuration's)."""
     nodes = row["nodes"]
     request = Request(
         nodes, -(-row["req_cpus"] // nodes), row["req_mem_mb"], bool(row["mem_whole_node"]),
@@ -100,9 +113,14 @@ def pending_from_row(row: dict, cfg) -> PendingJob:
     job.account, job.qos, job.nice = row["account"], row["qos"], row["nice"] or 0
     job.licenses = json.loads(row.get("licenses") or "{}")
     job.license_totals = dict(cfg.cluster.licenses)
-    name = row.get("reservation")
-    every = windows(cfg)
-    job.reservation = name
+    job.reservation = row.get("reservation")
+    place(job, windows(cfg) if every is None else every)
+    return job
+
+
+def place(job: PendingJob, every: tuple) -> None:
+    """The job's reservation among `every` (None: gone, or not made yet), and the
+    others, whose nodes it stays off; again whenever reservations change."""
+    name = job.reservation
     job.window = next((w for w in every if w.name == name), None)
     job.reserved = tuple(w for w in every if w.name != name)
-    return job

@@ -32,6 +32,9 @@ RESOURCES = "Resources"
 PRIORITY = "Priority"
 LICENSES = "Licenses"
 RESERVATION = "Reservation"     # its reservation is not active (yet, or any more)
+# Too few nodes outside the reservations it must stay off ("... maintenance" for MAINT
+# ones, as Slurm says; else "... reservation NAME")
+RESERVED = "ReqNodeNotAvail, Reserved for"
 BEGIN_TIME = "BeginTime"
 DEPENDENCY = "Dependency"
 DEPENDENCY_NEVER = "DependencyNeverSatisfied"
@@ -231,7 +234,8 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             if why is not None:
                 out.reasons[job.id] = why
                 continue
-        if job.partition in blocked and not policy.backfill:
+        if job.partition in blocked and not policy.backfill and job.window is None:
+            # (a job of an active reservation runs where the blocked job may not go)
             out.reasons[job.id] = PRIORITY
             continue
         candidates, where = nodes_for(job, members[job.partition], now)
@@ -287,8 +291,8 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             _started(job, waits)
             continue
         if job.id not in out.reasons:
-            if job.request.nodelist:
-                reason = waiting_reason(job, candidates)
+            if job.request.nodelist or len(candidates) < len(members[job.partition]):
+                reason = waiting_reason(job, candidates, members[job.partition], now)
             else:       # the same for every job on these nodes
                 if where not in up:
                     up[where] = sum(1 for n in candidates if n.usable)
@@ -346,10 +350,24 @@ def reservation_wait(job: PendingJob, now: float) -> str | None:
     return None
 
 
-def waiting_reason(job: PendingJob, candidates: list[NodeView]) -> str:
-    """Resources, or ReqNodeNotAvail when too few nodes are up, or a node it named is not."""
+def waiting_reason(job: PendingJob, candidates: list[NodeView], members=(),
+                   now: float = 0.0) -> str:
+    """Resources, or ReqNodeNotAvail when too few nodes are up, or a node it named is not;
+    or, when it would start now but for reservations not its own, which."""
     usable = sum(1 for n in candidates if n.usable)
     named_down = any(n.name in job.request.nodelist and not n.usable for n in candidates)
+    if job.window is None and len(candidates) < len(members):
+        end = now + job.time_limit if job.time_limit else None
+        names = {n.name for n in members}
+        keeping = [w for w in job.reserved if w.overlaps(now, end) and w.nodes & names]
+        try:
+            if keeping:
+                allocate(job.request, members)
+        except InsufficientResources:
+            keeping = []
+        if keeping:
+            maint = any("MAINT" in getattr(w, "flags", ()) for w in keeping)
+            return f"{RESERVED} {'maintenance' if maint else 'reservation ' + keeping[0].name}"
     return NODES_UNAVAILABLE if usable < job.request.nodes or named_down else RESOURCES
 
 

@@ -46,3 +46,4 @@ def op(name: str, *, model: type, role: str = USER):
 from rmsbatch.ctld.ops import admin, jobs, nodes, steps  # noqa: E402,F401
 from rmsbatch.ctld.ops import control  # noqa: E402,F401
 from rmsbatch.ctld.ops import shares  # noqa: E402,F401
+from rmsbatch.ctld.ops import reservations  # noqa: E402,F401

@@ -184,7 +184,7 @@ def _update_one(ctl, row: dict, changes: dict, caller: str) -> None:
     spec.nice = changes.get("nice", row["nice"])
     try:
         admitted = admit(spec, row["user"], row["uid"], row["gid"], ctl.config, ctl.nodes,
-                         ctl.clock())
+                         ctl.clock(), ctl.windows())
     except AdmissionError as exc:
         raise RequestError(f"job {job_id} not updated: {exc}") from None
     fields = {k: admitted[k] for k in ("partition", "qos", "account", "time_limit", "nice")}

@@ -43,7 +43,8 @@ def submit(ctl, conn, req: requests.Submit) -> dict:
     if spec.nice < 0 and not ctl.is_privileged(conn):
         raise _error(f"--nice={spec.nice}: only operators and admins may raise a job's "
                      "priority; use a value of 0 or more")
-    row = admit(spec, user, conn.uid, conn.gid, ctl.config, ctl.nodes, ctl.clock())
+    row = admit(spec, user, conn.uid, conn.gid, ctl.config, ctl.nodes, ctl.clock(),
+                ctl.windows())
     owner = _single_user_owner(ctl, row["partition"])
     if owner is not None and owner != conn.uid:
         who = _name_or_uid(ctl, owner)
