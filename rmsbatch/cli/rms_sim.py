@@ -126,7 +126,8 @@ def _policy(args):
         shares = {a.name: a.shares for a in config.tenants.accounts}
     name = name or "fifo-backfill"
     depth = args.depth or (config.cluster.scheduler.backfill_depth if config else 500)
-    return name, Policy(backfill=name != "fifo", depth=depth, estimates=False), shares
+    return name, Policy(backfill=name != "fifo", depth=depth, estimates=False,
+                        reasons=False), shares
 
 
 def body(argv: list[str]) -> int:

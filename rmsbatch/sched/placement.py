@@ -308,6 +308,7 @@ def allocate(req: Request, nodes: list[NodeView]) -> Allocation:
     chosen: Allocation = {}
     most = max(req.nodes_max or req.nodes, req.nodes)
     ranked = []
+    perfect = 0
     for index, node in enumerate(_candidates(req, nodes)):
         gpus = fits_now(req, node)
         if node.name in req.nodelist:
@@ -318,12 +319,15 @@ def allocate(req: Request, nodes: list[NodeView]) -> Allocation:
         if gpus is None:
             continue
         left = leftover(req, node)
-        if left == _PERFECT and req.nodes == 1 and not chosen:
-            return {node.name: _part(req, node, gpus)}
         ranked.append((left, index, node, gpus))
+        if left == _PERFECT:
+            perfect += 1
+            if perfect >= most - len(chosen) and not req.nodelist:
+                break       # none fits better than these
     named = all(n in chosen for n in req.nodelist)
     if named and len(chosen) < most:
-        ranked.sort(key=lambda r: (r[0], r[1]))
+        if perfect < len(ranked):       # (all equally good: in the order found)
+            ranked.sort(key=lambda r: (r[0], r[1]))
         for _, _, node, gpus in ranked[:most - len(chosen)]:
             chosen[node.name] = _part(req, node, gpus)
     if len(chosen) >= req.nodes and named:

@@ -180,6 +180,10 @@ class Policy:
     backfill: bool = True
     depth: int = 500
     estimates: bool = True
+    # False (a trace replay): stop once nothing more can start -- after the first
+    # blocked job of every partition without backfill, after `depth` jobs that could
+    # not start with it -- leaving the jobs after it without a reason.
+    reasons: bool = True
 
 
 def shape_of(job: PendingJob) -> tuple:
@@ -194,7 +198,7 @@ def shape_of(job: PendingJob) -> tuple:
 def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
              partitions: dict[str, PartitionView], now: float,
              waits: Waits | None = None, limits=None, running=(),
-             policy: Policy | None = None) -> Decisions:
+             policy: Policy | None = None, ordered: bool = False) -> Decisions:
     """Decide which pending jobs start now; `nodes` is updated with the starts.
 
     `running`: (allocation, end) of every running job, end being its start plus its time
@@ -202,26 +206,24 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
     hold against the QoS, tenant and partition limits, as an object with
     `why_not(job) -> list[str]` (the reasons of every limit the job would pass by
     starting now; empty: none) and `charge(job, alloc)` (count a start made in this
-    pass)."""
+    pass). `ordered`: `pending` is in priority order already (`order`)."""
     policy = policy or Policy()
     waits = waits or Waits()
     waits.verdicts.clear()          # states may have changed since the last pass
     out = Decisions()
-    held = licenses_held(nodes)
+    held = None                     # licenses held: counted when a job asks for some
     blocked: set[str] = set()
-    timeline = Timeline(now)
-    for alloc, end in running:
-        timeline.running(alloc, end)
+    timeline = Timeline(now, running)
     protected: set[tuple] = set()   # shapes whose top job holds a reservation
     # (where, request) that found no room now; starts only take room in a pass, so it
     # finds none later either
     full: set[tuple] = set()
     around: dict[tuple, float] = {}     # (where, request) -> the shortest run found no room
     up: dict[tuple, int] = {}           # where -> nodes up there
-    planned = 0
+    planned = tried = 0
     members: dict[str, list[NodeView]] = {
         p.name: [nodes[n] for n in p.nodes if n in nodes] for p in partitions.values()}
-    for job in order(pending):
+    for job in (pending if ordered else order(pending)):
         if job.hold:
             out.reasons[job.id] = HELD_ADMIN if job.hold == 2 else HELD_USER
             continue
@@ -240,7 +242,10 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             continue
         candidates, where = nodes_for(job, members[job.partition], now)
         room = (where, job.request) not in full
-        why = [w for w in (reservation_wait(job, now), licenses_wait(job, held)) if w]
+        if job.licenses and held is None:
+            held = licenses_held(nodes)
+        why = [w for w in (reservation_wait(job, now),
+                           job.licenses and licenses_wait(job, held)) if w]
         if limits is not None:
             why += limits.why_not(job)
         if why:
@@ -291,7 +296,9 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             _started(job, waits)
             continue
         if job.id not in out.reasons:
-            if job.request.nodelist or len(candidates) < len(members[job.partition]):
+            if not policy.reasons:
+                reason = RESOURCES
+            elif job.request.nodelist or len(candidates) < len(members[job.partition]):
                 reason = waiting_reason(job, candidates, members[job.partition], now)
             else:       # the same for every job on these nodes
                 if where not in up:
@@ -313,6 +320,10 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
         if not confined(job):
             blocked.add(job.partition)
             out.blocked.setdefault(job.partition, order_key(job))
+        if not policy.reasons:
+            tried += 1
+            if tried >= policy.depth if policy.backfill else len(blocked) == len(partitions):
+                break       # nothing after this could start in this pass
     return out
 
 

@@ -39,19 +39,40 @@ class _NodeFuture:
 
 
 class Timeline:
-    def __init__(self, now: float):
+    """Built lazily: a pass in which every job starts or none can needs no picture of the
+    future, and a trace replay runs thousands of those."""
+
+    def __init__(self, now: float, running=()):
         self.now = now
-        self.nodes: dict[str, _NodeFuture] = {}
+        self._waiting = list(running)   # (alloc, end) not spread over the nodes yet
+        self._nodes: dict[str, _NodeFuture] | None = None
         self.booked = False             # any booking at all: plain "now" checks suffice until then
+
+    @property
+    def nodes(self) -> dict[str, _NodeFuture]:
+        if self._nodes is None:
+            self._nodes = {}
+            for alloc, end in self._waiting:
+                self._hold(alloc, end)
+            self._waiting = []
+        return self._nodes
 
     # -- what goes in
     def running(self, alloc: Allocation, end: float | None) -> None:
         """A job that holds `alloc` until `end` (None: no time limit, for ever)."""
+        if self._nodes is None:
+            self._waiting.append((alloc, end))
+        else:
+            self._hold(alloc, end)
+
+    def _hold(self, alloc: Allocation, end: float | None) -> None:
         # A job past its limit is being killed: it frees in a moment, not now.
         until = NEVER if end is None else max(end, self.now + 1)
         for name, part in alloc.items():
-            self.nodes.setdefault(name, _NodeFuture()).releases.append(
-                _Held(self.now, until, part))
+            future = self._nodes.get(name)
+            if future is None:
+                future = self._nodes[name] = _NodeFuture()
+            future.releases.append(_Held(self.now, until, part))
 
     def book(self, alloc: Allocation, start: float, end: float | None) -> None:
         """Hold `alloc` from `start` to `end` for a job that waits: a reservation."""

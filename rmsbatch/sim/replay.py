@@ -77,7 +77,7 @@ class Replay:
     jobs: list
     shape: Shape
     # A replay reads no start estimates: only the reservations backfill needs are planned.
-    policy: Policy = field(default_factory=lambda: Policy(estimates=False))
+    policy: Policy = field(default_factory=lambda: Policy(estimates=False, reasons=False))
     estimate: str = "requested"         # or "actual"
     priority: object = None             # job, now -> int; None: submit order (FIFO)
     passes: int = 0
@@ -129,9 +129,13 @@ class Replay:
             if now is None:
                 # Jobs wait and nothing will ever change: a bug, not a trace property.
                 raise ReplayError(f"{len(pending)} jobs can never start")
+            # Without backfill, a job that arrives behind one that waits cannot start:
+            # only an end (or an arrival to an empty queue) calls for a pass.
+            needed = self.policy.backfill or not pending
             while ends and ends[0][0] <= now:
                 _, job_id = heapq.heappop(ends)
                 take(nodes, running.pop(job_id)[0], -1)
+                needed = True
             while upcoming is not None and upcoming.submit <= now:
                 request, _ = self.requests(upcoming)
                 p = PendingJob(upcoming.id, PARTITION, 0, upcoming.submit, request)
@@ -140,11 +144,15 @@ class Replay:
                 pending[upcoming.id] = p
                 by_id[upcoming.id] = upcoming
                 upcoming = next(arrivals, None)
+            if not needed and self.priority is None:
+                continue
             if self.priority is not None:
                 for p in pending.values():
                     p.priority = self.priority(p, now)
+            # Without a priority function, arrival order is the order (submit, id).
             decisions = plan.schedule(list(pending.values()), nodes, parts, now,
-                                      running=list(running.values()), policy=self.policy)
+                                      running=list(running.values()), policy=self.policy,
+                                      ordered=self.priority is None)
             self.passes += 1
             for job_id, alloc in decisions.starts:
                 p = pending.pop(job_id)
