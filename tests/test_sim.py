@@ -118,6 +118,8 @@ def test_a_window_of_a_real_trace_replays_the_same_twice():
     one = sim(trace, "--jobs", "0:2000", "--json", "-").stdout
     assert one == sim(trace, "--jobs", "0:2000", "--json", "-").stdout
     assert json.loads(one)["jobs"] == 2000
+    whole = json.loads(sim(trace, "--policy", "fifo", "--json", "-").stdout)
+    assert whole["mean_bounded_slowdown"] == pytest.approx(reference_fifo(trace), abs=1e-6)
 
 
 def test_bad_input_is_one_line_and_a_non_zero_exit(tiny, tmp_path):
@@ -135,3 +137,43 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tiny, tmp_path):
     assert small.returncode == 1 and "job 2 needs 4 nodes" in small.stderr
     window = sim(tiny, "--jobs", "x:1", check=False)
     assert window.returncode == 2 and "START:COUNT" in window.stderr
+
+
+def reference_fifo(path):
+    """First come, first served the way the published simulators write it (RLScheduler's
+    HPCSim, the PWA's own tools): a pool of identical nodes, each job takes
+    ceil(procs / procs per node) of them at the earliest moment both it has arrived
+    and the job before it has started, and enough have been given back."""
+    import heapq
+    import math
+    header, jobs = {}, []
+    for line in open(path):
+        if line.startswith(";"):
+            key, _, value = line[1:].partition(":")
+            header[key.strip()] = value.strip()
+            continue
+        f = line.split()
+        procs = max(int(f[4]), int(f[7]))
+        jobs.append((int(f[1]), int(f[0]), int(f[3]), procs))
+    nodes = int(header["MaxNodes"])
+    per_node = int(header.get("MaxProcs", nodes)) // nodes
+    free, ends, last_start, bsld = nodes, [], 0, []
+    for submit, _, run, procs in sorted(jobs):     # by submit time, then job number
+        need = math.ceil(procs / per_node)
+        t = max(submit, last_start)
+        while ends and ends[0][0] <= t:
+            free += heapq.heappop(ends)[1]
+        while free < need:
+            end, held = heapq.heappop(ends)
+            t, free = max(t, end), free + held
+        free -= need
+        heapq.heappush(ends, (t + run, need))
+        last_start = t
+        bsld.append(max(1, (t - submit + run) / max(run, 10)))
+    return sum(bsld) / len(bsld)
+
+
+def test_fifo_equals_the_published_simulators_first_come_first_served(tmp_path):
+    trace = synthetic_swf(tmp_path / "mix.swf", jobs=2000)
+    ours = json.loads(sim(trace, "--policy", "fifo", "--json", "-").stdout)
+    assert ours["mean_bounded_slowdown"] == pytest.approx(reference_fifo(trace), abs=1e-6)
