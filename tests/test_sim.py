@@ -177,3 +177,21 @@ def test_fifo_equals_the_published_simulators_first_come_first_served(tmp_path):
     trace = synthetic_swf(tmp_path / "mix.swf", jobs=2000)
     ours = json.loads(sim(trace, "--policy", "fifo", "--json", "-").stdout)
     assert ours["mean_bounded_slowdown"] == pytest.approx(reference_fifo(trace), abs=1e-6)
+
+
+def test_the_default_policy_gives_a_tenant_without_usage_its_turn(tmp_path):
+    """Two nodes; group 1 queues ten 100-second jobs, then group 2 five. In submit order
+    group 2 waits for all of group 1; with fair-share it goes first as soon as group 1
+    has used something."""
+    lines = ["; MaxNodes: 2", "; MaxProcs: 2"]
+    for i in range(10):
+        lines.append(f"{i + 1} {i} -1 100 1 -1 -1 1 100 -1 1 1 1 -1 1 -1 -1 -1")
+    for i in range(5):
+        lines.append(f"{i + 11} {10 + i} -1 100 1 -1 -1 1 100 -1 1 2 2 -1 1 -1 -1 -1")
+    path = tmp_path / "two.swf"
+    path.write_text("\n".join(lines) + "\n")
+    plain = json.loads(sim(str(path), "--policy", "fifo-backfill", "--json", "-").stdout)
+    fair = json.loads(sim(str(path), "--policy", "default", "--json", "-").stdout)
+    assert plain["tenants"]["2"]["mean_wait_s"] > 400
+    assert fair["tenants"]["2"]["mean_wait_s"] < plain["tenants"]["2"]["mean_wait_s"] / 2
+    assert fair["tenants"]["1"]["mean_wait_s"] > plain["tenants"]["1"]["mean_wait_s"]

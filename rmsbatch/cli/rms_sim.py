@@ -127,7 +127,20 @@ def _policy(args):
     name = name or "fifo-backfill"
     depth = args.depth or (config.cluster.scheduler.backfill_depth if config else 500)
     return name, Policy(backfill=name != "fifo", depth=depth, estimates=False,
-                        reasons=False), shares
+                        reasons=False), shares, config
+
+
+def _priority(name, shape, config):
+    """rmsctld's priority for `--policy default`: its weights, half-life, billing and
+    tenant tree when a configuration is given."""
+    from rmsbatch.sim.priorities import ReplayPriority
+    if config is None:
+        return ReplayPriority(shape.cpus, shape.gpus)
+    from rmsbatch.sched import fairshare, priority
+    p = config.cluster.priority
+    return ReplayPriority(shape.cpus, shape.gpus, fairshare.accounts_of(config.tenants),
+                          priority.Weights.of(p), float(p.half_life), p.billing_cpu,
+                          p.billing_gpu)
 
 
 def body(argv: list[str]) -> int:
@@ -149,8 +162,9 @@ def body(argv: list[str]) -> int:
     if not trace.jobs:
         raise CommandError(f"{args.trace}: no job to replay ({_skipped(trace)})")
     shape = _shape(args, trace)
-    name, policy, shares = _policy(args)
-    replay = Replay(trace.jobs, shape, policy, args.estimate)
+    name, policy, shares, config = _policy(args)
+    replay = Replay(trace.jobs, shape, policy, args.estimate,
+                    _priority(name, shape, config) if name == "default" else None)
     show = sys.stderr.isatty() if args.progress is None else args.progress
     began = time.process_time()
     try:

@@ -79,7 +79,8 @@ class Replay:
     # A replay reads no start estimates: only the reservations backfill needs are planned.
     policy: Policy = field(default_factory=lambda: Policy(estimates=False, reasons=False))
     estimate: str = "requested"         # or "actual"
-    priority: object = None             # job, now -> int; None: submit order (FIFO)
+    # sets waiting jobs' priorities (rmsbatch.sim.priorities); None: submit order (FIFO)
+    priority: object = None
     passes: int = 0
 
     def requests(self, job) -> tuple[Request, int]:
@@ -114,6 +115,7 @@ class Replay:
         running: dict[int, tuple] = {}          # id -> (alloc, planned end)
         ends: list[tuple[float, int]] = []      # heap of (actual end, id)
         outcomes: list[Outcome] = []
+        done: dict[int, Outcome] = {}
         arrivals = iter(sorted(self.jobs, key=lambda j: (j.submit, j.id)))
         upcoming = next(arrivals, None)
         total = len(self.jobs)
@@ -136,6 +138,9 @@ class Replay:
                 _, job_id = heapq.heappop(ends)
                 take(nodes, running.pop(job_id)[0], -1)
                 needed = True
+                if self.priority is not None:
+                    o = done[job_id]
+                    self.priority.ended(o.tenant, o.user, o.cpus, o.gpus, o.start, o.end)
             while upcoming is not None and upcoming.submit <= now:
                 request, _ = self.requests(upcoming)
                 p = PendingJob(upcoming.id, PARTITION, 0, upcoming.submit, request)
@@ -147,8 +152,7 @@ class Replay:
             if not needed and self.priority is None:
                 continue
             if self.priority is not None:
-                for p in pending.values():
-                    p.priority = self.priority(p, now)
+                self.priority.assign(list(pending.values()), now)
             # Without a priority function, arrival order is the order (submit, id).
             decisions = plan.schedule(list(pending.values()), nodes, parts, now,
                                       running=list(running.values()), policy=self.policy,
@@ -159,10 +163,11 @@ class Replay:
                 tj = by_id.pop(job_id)
                 running[job_id] = (alloc, now + p.time_limit)
                 heapq.heappush(ends, (now + tj.run, job_id))
-                outcomes.append(Outcome(
+                done[job_id] = Outcome(
                     job_id, tj.submit, now, now + tj.run, tj.run, len(alloc),
                     sum(a.cpus for a in alloc.values()),
-                    sum(len(a.gpus) for a in alloc.values()), tj.tenant, tj.user))
+                    sum(len(a.gpus) for a in alloc.values()), tj.tenant, tj.user)
+                outcomes.append(done[job_id])
             if progress is not None and decisions.starts:
                 progress(len(outcomes), total)
         outcomes.sort(key=lambda o: (o.submit, o.id))
