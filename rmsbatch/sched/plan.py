@@ -16,7 +16,7 @@ them. Every pending job gets a reason, and `more` holds the others that also hol
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rmsbatch.core import dependency as deps
 from rmsbatch.sched.placement import (Allocation, InsufficientResources, NodeView, Request,
@@ -215,10 +215,11 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
     blocked: set[str] = set()
     timeline = Timeline(now, running)
     protected: set[tuple] = set()   # shapes whose top job holds a reservation
-    # (where, request) that found no room now; starts only take room in a pass, so it
-    # finds none later either
-    full: set[tuple] = set()
-    around: dict[tuple, float] = {}     # (where, request) -> the shortest run found no room
+    # (where, what per node) -> fewest nodes that found no room now; starts only take
+    # room in a pass, so they find none later either
+    full: dict[tuple, int] = {}
+    # (where, what per node) -> (nodes, run end) that found no room around what is booked
+    around: dict[tuple, list] = {}
     up: dict[tuple, int] = {}           # where -> nodes up there
     planned = tried = 0
     members: dict[str, list[NodeView]] = {
@@ -241,7 +242,10 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             out.reasons[job.id] = PRIORITY
             continue
         candidates, where = nodes_for(job, members[job.partition], now)
-        room = (where, job.request) not in full
+        # A request that found no room finds none on more nodes either: keyed by what
+        # it asks of each node, the fewest nodes that found none.
+        per_node = replace(job.request, nodes=1, nodes_max=None)
+        room = job.request.nodes < full.get((where, per_node), NEVER)
         if job.licenses and held is None:
             held = licenses_held(nodes)
         why = [w for w in (reservation_wait(job, now),
@@ -259,7 +263,8 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
         end = now + run if run else None
         alloc = None
         until = end or NEVER
-        if room and (where, job.request) in around and until >= around[(where, job.request)]:
+        if room and any(n <= job.request.nodes and u <= until
+                        for n, u in around.get((where, per_node), ())):
             # A run this long found no room around what is booked (and room only
             # shrinks within a pass): it would delay a reservation.
             out.reasons[job.id] = PRIORITY
@@ -267,7 +272,8 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             try:
                 alloc = allocate(job.request, candidates)
             except InsufficientResources:
-                full.add((where, job.request))
+                full[(where, per_node)] = min(job.request.nodes,
+                                              full.get((where, per_node), NEVER))
         if alloc is not None and timeline.booked and timeline.bookings_on(alloc) \
                 and not timeline.keeps(alloc, nodes, now, until):
             # Room now, but it would delay a reservation there: place it again over its
@@ -277,13 +283,15 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
                 alloc = allocate(job.request, timeline.unbooked(candidates))
             except InsufficientResources:
                 pass
-            if alloc is None and until < around.get((where, job.request), NEVER):
+            if alloc is None:
                 # only where it has room now can it have room throughout
                 fitting = [n for n in candidates if fits_now(job.request, n) is not None]
                 try:
                     alloc = allocate(job.request, timeline.views(fitting, now, until))
                 except InsufficientResources:
-                    around[(where, job.request)] = until     # and any longer run
+                    # and any longer run on as many nodes or more
+                    around.setdefault((where, per_node), []).append(
+                        (job.request.nodes, until))
             if alloc is None:
                 out.reasons[job.id] = PRIORITY
         if alloc is not None:

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 from rmsbatch.sched.placement import (Allocation, InsufficientResources, NodeAlloc, NodeView,
-                                      Request, allocate, fits_now)
+                                      Request, allocate, fits_now, matches_constraint)
 
 NEVER = math.inf
 
@@ -127,13 +127,7 @@ class Timeline:
         for h in gone:
             _give(v, h.alloc, node)
         if meeting:
-            if len(meeting) == 1:
-                worst = _Usage.of(meeting)
-            else:
-                moments = sorted({start} | {b.start for b in meeting if b.start > start})
-                worst = _Usage()
-                for t in moments:
-                    worst.widen(_Usage.of(b for b in meeting if b.start <= t < b.end))
+            worst = _Usage.of(meeting) if len(meeting) == 1 else _worst(meeting, start)
             v.free_cpus -= worst.cpus
             v.free_mem -= worst.mem
             v.free_tmp -= worst.tmp
@@ -167,13 +161,17 @@ class Timeline:
         trying every moment something frees."""
         if request.nodelist:
             return self._scan(request, nodes, run, self.now)
+        if not self.booked and _plain(request):
+            return self._plain_first(request, nodes, run)
         k = request.nodes
         best: list[float] = []          # the k earliest, as a max-heap (negated)
+        found: list[tuple[float, NodeView]] = []
         for node in nodes:
             bound = -best[0] if len(best) == k else NEVER
             at = self._node_earliest(node, request, run, bound)
             if at is None:
                 continue
+            found.append((at, node))
             if len(best) < k:
                 heapq.heappush(best, -at)
             else:
@@ -181,8 +179,9 @@ class Timeline:
         if len(best) < k:
             return None
         at = -best[0]
+        able = [node for when, node in found if when <= at]
         try:
-            return at, allocate(request, self.views(nodes, at, _end(at, run)))
+            return at, allocate(request, self.views(able, at, _end(at, run)))
         except InsufficientResources:
             return self._scan(request, nodes, run, at)
 
@@ -191,6 +190,8 @@ class Timeline:
         future = self.nodes.get(node.name)
         if future is None:      # nothing ends or is booked here: now or never
             return self.now if fits_now(request, node) is not None else None
+        if _plain(request):
+            return self._plain_earliest(node, future, request, run, bound)
         moments = {self.now}
         moments.update(h.end for h in future.releases if h.end != NEVER)
         moments.update(b.end for b in future.bookings if b.end != NEVER)
@@ -200,6 +201,75 @@ class Timeline:
             if t < self.now:
                 continue
             if fits_now(request, self.view(node, t, _end(t, run))) is not None:
+                return t
+        return None
+
+    def _plain_first(self, request: Request, nodes: list[NodeView], run: float | None,
+                     ) -> tuple[float, Allocation] | None:
+        """`earliest` with nothing booked yet, for a request of CPUs, memory and disk:
+        each node only gains as running jobs end, so walk the ends in order until
+        enough nodes have room."""
+        future = self.nodes
+        room: dict[str, list] = {}
+        ready = []
+        for node in nodes:
+            if not node.usable or (request.constraint and not matches_constraint(
+                    request.constraint, node.features)):
+                continue
+            room[node.name] = [node.free_cpus, node.free_mem, node.free_tmp, node.exclusive,
+                               node]
+            if _has_room(room[node.name], request):
+                ready.append(node)
+        at = self.now
+        if len(ready) < request.nodes:
+            ends = sorted((h.end, name, h.alloc) for name in room if name in future
+                          for h in future[name].releases if h.end != NEVER)
+            for end, name, a in ends:
+                r = room[name]
+                had = _has_room(r, request)
+                r[0], r[1], r[2] = r[0] + a.cpus, r[1] + a.mem_mb, r[2] + a.tmp_mb
+                r[3] = r[3] and not a.exclusive
+                if not had and _has_room(r, request):
+                    ready.append(r[4])
+                    if len(ready) >= request.nodes:
+                        at = max(end, self.now)
+                        break
+            else:
+                return None
+        # the nodes that had room first; nothing else to choose for CPUs and memory
+        return at, {node.name: NodeAlloc(request.cpus, request.mem_mb, [], False,
+                                         request.tmp_mb)
+                    for node in ready[:request.nodes]}
+
+    def _plain_earliest(self, node: NodeView, future: _NodeFuture, request: Request,
+                        run: float | None, bound: float) -> float | None:
+        """`_node_earliest` in numbers, for a request of CPUs, memory and disk only: what
+        running jobs give back only grows with time, so it adds up as the ends pass."""
+        if not node.usable or (request.constraint and not matches_constraint(
+                request.constraint, node.features)):
+            return None
+        mem = request.mem_mb
+        cpus, free_mem, tmp = node.free_cpus, node.free_mem, node.free_tmp
+        exclusive = node.exclusive
+        releases = sorted((h for h in future.releases if h.end != NEVER), key=lambda h: h.end)
+        moments = sorted({self.now} | {h.end for h in releases}
+                         | {b.end for b in future.bookings if b.end != NEVER})
+        i = 0
+        for t in moments:
+            if t >= bound:
+                return None
+            while i < len(releases) and releases[i].end <= t:
+                a = releases[i].alloc
+                cpus, free_mem, tmp = cpus + a.cpus, free_mem + a.mem_mb, tmp + a.tmp_mb
+                exclusive = exclusive and not a.exclusive
+                i += 1
+            if t < self.now:
+                continue
+            end = _end(t, run)
+            meeting = [b for b in future.bookings if b.start < end and t < b.end]
+            booked = _Usage.of(meeting) if len(meeting) < 2 else _worst(meeting, t)
+            if (not exclusive and not booked.exclusive and cpus - booked.cpus >= request.cpus
+                    and free_mem - booked.mem >= mem and tmp - booked.tmp >= request.tmp_mb):
                 return t
         return None
 
@@ -213,6 +283,24 @@ class Timeline:
             except InsufficientResources:
                 continue
         return None
+
+
+def _plain(request: Request) -> bool:
+    """A request of CPUs, memory and disk alone (whole-node and exclusive ones aside)."""
+    return not (request.gpus or request.gres or request.exclusive or request.mem_whole_node)
+
+
+def _has_room(r: list, request: Request) -> bool:
+    return (not r[3] and r[0] >= request.cpus and r[1] >= request.mem_mb
+            and r[2] >= request.tmp_mb)
+
+
+def _worst(meeting: list, start: float) -> "_Usage":
+    moments = sorted({start} | {b.start for b in meeting if b.start > start})
+    worst = _Usage()
+    for t in moments:
+        worst.widen(_Usage.of(b for b in meeting if b.start <= t < b.end))
+    return worst
 
 
 def _end(start: float, run: float | None) -> float:
