@@ -119,11 +119,11 @@ class Clock:
         return self.now
 
 
-def _controller(tmp_path, clock):
+def _controller(tmp_path, clock, qos=QOS):
     from rmsbatch import config as configmod
     from rmsbatch.ctld.service import Controller
     from rmsbatch.ctld.spool import Spool
-    for name, text in (("cluster.toml", CLUSTER), ("tenants.toml", TENANTS), ("qos.toml", QOS)):
+    for name, text in (("cluster.toml", CLUSTER), ("tenants.toml", TENANTS), ("qos.toml", qos)):
         (tmp_path / name).write_text(text)
     cfg = configmod.load(str(tmp_path))
     ctl = Controller(cfg, Spool(cfg.spool_dir), clock=clock)
@@ -177,3 +177,15 @@ def test_controller_usage_decays_and_priorities_age(tmp_path):
     # rmsctld restarted: the same usage, from the spool
     again = _controller(tmp_path, clock)
     assert again.usage.usage(clock.now)[("heavy", "root")] == pytest.approx(billed / 4, rel=0.01)
+
+
+def test_a_qos_usage_factor_scales_what_its_jobs_are_billed(tmp_path):
+    clock = Clock()
+    for name in ("full", "half", "free"):
+        (tmp_path / name).mkdir()
+    full = _controller(tmp_path / "full", clock)
+    half = _controller(tmp_path / "half", clock, QOS + "usage_factor = 0.5\n")
+    row = (1, "heavy", "root", 0.0, 600.0, 1, 4, 1024, 1, "h100", "normal", None)
+    assert half.usage.rate(row) == pytest.approx(full.usage.rate(row) / 2)
+    free = _controller(tmp_path / "free", clock, QOS + "usage_factor = 0\n")
+    assert free.usage.rate(row) == 0

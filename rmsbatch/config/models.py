@@ -421,6 +421,9 @@ class SchedulerSection(_Model):
     backfill: bool = True
     # How many waiting jobs a pass plans for (reservations, estimated starts).
     backfill_depth: int = 500
+    # true: a job may also preempt running jobs of partitions of a lower priority
+    # (tier) on the same nodes; QoS preemption (qos.toml preempt) is always on.
+    partition_preemption: bool = False
 
     @field_validator("backfill_depth")
     @classmethod

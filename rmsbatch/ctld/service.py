@@ -30,6 +30,7 @@ from rmsbatch.ctld import requests
 from rmsbatch.ctld.requests import RequestError
 from rmsbatch.ctld.leases import Leases
 from rmsbatch.ctld.limitstate import RunningCharges
+from rmsbatch.ctld.preemption import Preemptions
 from rmsbatch.ctld.nodestate import NOT_RESPONDING, NodeStatus, devices_of, view_of
 from rmsbatch.ctld.ops import NODE, OPERATOR, OPS
 from rmsbatch.ctld.ops import reservations as resv
@@ -94,6 +95,7 @@ class Controller:
         self.est_start: dict[int, float] = {}
         self.more_reasons: dict[int, list[str]] = {}
         self.limit_charges = RunningCharges()   # what running jobs hold against limits
+        self.preemptions = Preemptions()        # victims on their way out
         self.rebuild()
 
     # -- the outbox -------------------------------------------------------------
@@ -149,6 +151,8 @@ class Controller:
         self.reasons: dict[int, str] = {}
         self.running: dict[int, dict[str, NodeAlloc]] = {}
         self.ends: dict[int, float | None] = {}     # start + time limit; None: no limit
+        # running job -> (QoS, partition, priority, start): what preemption weighs
+        self.run_meta: dict[int, tuple] = {}
         self.awaiting = {}
         for row in self.spool.active_jobs():
             if row["state"] == JobState.PENDING.value:
@@ -158,6 +162,8 @@ class Controller:
                 alloc = alloc_from_json(row["alloc"])
                 self.running[row["id"]] = alloc
                 self.set_end(row["id"], row["start_time"] or now, row["time_limit"])
+                self.run_meta[row["id"]] = (row["qos"], row["partition"], row["priority"],
+                                            row["start_time"] or now)
                 self._take(alloc)
                 if row["wait_all_nodes"] and not row["launched"] and len(alloc) > 1:
                     # the nodes' next node_hello says again which hold their part
@@ -355,6 +361,8 @@ class Controller:
         and its steps, which died with it (their rrun cannot report any more)."""
         self._take(self.running.pop(job_id, {}), -1)
         self.ends.pop(job_id, None)
+        self.run_meta.pop(job_id, None)
+        self.preemptions.forget(job_id)
         self.usage.ended(job_id, now)
         self.leases.drop(job_id)
         self.lease_seen.pop(job_id, None)
@@ -514,7 +522,8 @@ class Controller:
         decisions = scheduler.schedule(eligible, self.nodes, parts, now,
                                        waiting.snapshot(self.spool, eligible),
                                        limits=self.limit_charges.tally(self),
-                                       running=running, policy=self.policy)
+                                       running=running, policy=self.policy,
+                                       preemption=self.preemptions.context(self, now))
         self.limit_charges.started(decisions.starts, self.pending)
         self.blocked_at = decisions.blocked
         self.wake_at = decisions.wake_at
@@ -537,6 +546,7 @@ class Controller:
                 self.reasons.pop(job_id, None)
                 self.running[job_id] = alloc
                 self.set_end(job_id, now, job.time_limit)
+                self.run_meta[job_id] = (job.qos, job.partition, job.priority, now)
                 self.leases.renew(job_id, now)
                 self.lease_seen.pop(job_id, None)
                 started.append(job_id)
@@ -545,6 +555,7 @@ class Controller:
                 self.spool.set_reasons(changed)
                 self.reasons.update(changed)
             waiting.never_satisfied(self, decisions.never, changed, now)
+            self.preemptions.start(self, decisions.preempt, now)
         self.changes += 1
         if started and waiting.any_dependency(self.pending.values()):
             self.dirty = True       # `after:` dependants may start now that these have
@@ -693,6 +704,7 @@ class Controller:
                 self.lost(job_id, f"lease expired: no word from node {node} or the job's "
                                   f"supervisor for {self.leases.lease_s + self.leases.margin_s:.0f} s")
             resv.tick(self, now)        # reservations that started or ended meanwhile
+            self.preemptions.tick(self, now)    # victims at the end of their grace
 
     def forgive(self, seconds: float) -> None:
         """rmsctld did not run for `seconds` (stopped, or a long request held its one

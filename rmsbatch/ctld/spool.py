@@ -380,7 +380,7 @@ class Spool:
 
     # -- fair-share usage (rmsbatch.ctld.usage) ------------------------------------
     USAGE_COLUMNS = ("id", "account", "user", "start_time", "end_time", "alloc_cpus",
-                     "alloc_gpus", "req_mem_mb", "nodes", "gpu_type", "alloc")
+                     "alloc_gpus", "req_mem_mb", "nodes", "gpu_type", "qos", "alloc")
 
     def usage_rows(self, ended_since: float | None = None, ids=None) -> list[tuple]:
         """USAGE_COLUMNS of the runs that ended since then (through the end_time index,

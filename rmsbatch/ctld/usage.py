@@ -43,6 +43,7 @@ class Usage:
         self.stale = True
         self._gpu_types = {name: {g.index: g.type for g in nd.gpus}
                            for name, nd in config.nodes.items()}
+        self._usage_factor = {q.name: q.usage_factor for q in config.qos.qos}
         since = now - HORIZON * self.half_life if self.half_life > 0 else None
         rows = spool.usage_rows(ended_since=since)
         for row in rows:
@@ -54,7 +55,7 @@ class Usage:
     def rate(self, row: tuple) -> float:
         """Billing units per second of a run (a spool.USAGE_COLUMNS row)."""
         sec = self.config.cluster.priority
-        _, _, _, _, _, cpus, gpus, mem_mb, nodes, gpu_type, alloc = row
+        _, _, _, _, _, cpus, gpus, mem_mb, nodes, gpu_type, qos, alloc = row
         allocs = json.loads(alloc) if alloc else {}
         mem = mem_mb * nodes if mem_mb else sum(a.get("mem_mb", 0) for a in allocs.values())
         billed = sec.billing_cpu * cpus + sec.billing_mem_gib * mem / 1024
@@ -66,7 +67,7 @@ class Usage:
                        for i in a.get("gpus", ())]
                 known = [self._gpu_weight(t) for t in got if t]
                 billed += sum(known) + (gpus - len(known)) * sec.billing_gpu
-        return billed
+        return billed * self._usage_factor.get(qos, 1.0)     # qos.toml usage_factor
 
     def _gpu_weight(self, gpu_type: str) -> float:
         sec = self.config.cluster.priority

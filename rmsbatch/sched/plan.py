@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from rmsbatch.core import dependency as deps
 from rmsbatch.sched.placement import (Allocation, InsufficientResources, NodeView, Request,
                                 allocate, fits_now, take)
+from rmsbatch.sched import preempt
 from rmsbatch.sched.timeline import NEVER, Timeline
 
 # Slurm's reason names, so users and tools recognise them.
@@ -39,6 +40,7 @@ BEGIN_TIME = "BeginTime"
 DEPENDENCY = "Dependency"
 DEPENDENCY_NEVER = "DependencyNeverSatisfied"
 ARRAY_LIMIT = "JobArrayTaskLimit"
+PREEMPTING = "preempting"       # (beside Resources) its victims are on their way out
 
 
 @dataclass
@@ -104,6 +106,8 @@ class Decisions:
     more: dict[int, list[str]] = field(default_factory=dict)
     # when a waiting job is expected to start, from the plan (none: unknown)
     est_start: dict[int, float] = field(default_factory=dict)
+    # (victim, for job): running jobs to preempt, for the waiting job that needs room
+    preempt: list[tuple] = field(default_factory=list)
 
 
 def order_key(job: PendingJob) -> tuple:
@@ -198,7 +202,8 @@ def shape_of(job: PendingJob) -> tuple:
 def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
              partitions: dict[str, PartitionView], now: float,
              waits: Waits | None = None, limits=None, running=(),
-             policy: Policy | None = None, ordered: bool = False) -> Decisions:
+             policy: Policy | None = None, ordered: bool = False,
+             preemption: preempt.Preemption | None = None) -> Decisions:
     """Decide which pending jobs start now; `nodes` is updated with the starts.
 
     `running`: (allocation, end) of every running job, end being its start plus its time
@@ -206,7 +211,9 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
     hold against the QoS, tenant and partition limits, as an object with
     `why_not(job) -> list[str]` (the reasons of every limit the job would pass by
     starting now; empty: none) and `charge(job, alloc)` (count a start made in this
-    pass). `ordered`: `pending` is in priority order already (`order`)."""
+    pass). `ordered`: `pending` is in priority order already (`order`). `preemption`:
+    the running jobs that may be preempted and who may preempt whom; the victims
+    chosen come out in `Decisions.preempt`."""
     policy = policy or Policy()
     waits = waits or Waits()
     waits.verdicts.clear()          # states may have changed since the last pass
@@ -303,6 +310,17 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             out.starts.append((job.id, alloc))
             _started(job, waits)
             continue
+        if preemption is not None and job.id not in out.reasons and preemption.wants(job):
+            picked = preempt.choose(job, candidates, preemption, now)
+            if picked is not None:
+                victims, where_then = picked
+                preemption.taken.update(v.id for v in victims)
+                out.preempt.extend((v, job.id) for v in victims)
+                # held for it from now: nobody backfills into what its victims give back
+                timeline.book(where_then, now, end)
+                out.reasons[job.id] = RESOURCES
+                out.more[job.id] = [f"{PREEMPTING} {len(victims)} job(s)"]
+                continue
         if job.id not in out.reasons:
             if not policy.reasons:
                 reason = RESOURCES

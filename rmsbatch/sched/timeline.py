@@ -125,7 +125,7 @@ class Timeline:
         v.free_gpus = set(node.free_gpus)
         v.free_gres = dict(node.free_gres)
         for h in gone:
-            _give(v, h.alloc, node)
+            give_back(v, h.alloc, node)
         if meeting:
             worst = _Usage.of(meeting) if len(meeting) == 1 else _worst(meeting, start)
             v.free_cpus -= worst.cpus
@@ -343,8 +343,9 @@ class _Usage:
         self.exclusive = self.exclusive or other.exclusive
 
 
-def _give(view: NodeView, a: NodeAlloc, node: NodeView) -> None:
-    """A running job's part, given back to a copied view."""
+def give_back(view: NodeView, a: NodeAlloc, node: NodeView) -> None:
+    """A running job's part, given back to a copied view (`node`: the view it is a copy
+    of, which says which devices exist and which are drained)."""
     view.free_cpus += a.cpus
     view.free_mem += a.mem_mb
     view.free_tmp += a.tmp_mb

@@ -280,6 +280,8 @@ def ended(ctl, node: str, out: requests.Outcome) -> None:
             log.error("node %s: drained: %s", node, why)
         if not row["cancel_requested"] and ctl.requeue(job_id, why):
             return
+    if ctl.preemptions.ended(ctl, job_id, row):
+        return      # a victim of preemption: requeued or cancelled as its QoS says
     try:
         state = JobState(out.state)
     except ValueError:
