@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rmsbatch.sched.placement import (Allocation, InsufficientResources, NodeAlloc, NodeView,
                                       Request, allocate, fits_now, matches_constraint)
@@ -36,6 +36,7 @@ class _Held:
 class _NodeFuture:
     releases: list[_Held] = field(default_factory=list)   # running now, ending at `end`
     bookings: list[_Held] = field(default_factory=list)   # held from `start` (the planner's)
+    version: int = 0            # bumped by every change: what was worked out from it is old
 
 
 class Timeline:
@@ -47,6 +48,8 @@ class Timeline:
         self._waiting = list(running)   # (alloc, end) not spread over the nodes yet
         self._nodes: dict[str, _NodeFuture] | None = None
         self.booked = False             # any booking at all: plain "now" checks suffice until then
+        # (node, what it asks of a node, run) -> (version, when it fits or None, not before)
+        self._memo: dict[tuple, tuple] = {}
 
     @property
     def nodes(self) -> dict[str, _NodeFuture]:
@@ -73,12 +76,15 @@ class Timeline:
             if future is None:
                 future = self._nodes[name] = _NodeFuture()
             future.releases.append(_Held(self.now, until, part))
+            future.version += 1
 
     def book(self, alloc: Allocation, start: float, end: float | None) -> None:
         """Hold `alloc` from `start` to `end` for a job that waits: a reservation."""
         until = NEVER if end is None else end
         for name, part in alloc.items():
-            self.nodes.setdefault(name, _NodeFuture()).bookings.append(_Held(start, until, part))
+            future = self.nodes.setdefault(name, _NodeFuture())
+            future.bookings.append(_Held(start, until, part))
+            future.version += 1
         self.booked = True
 
     def bookings_on(self, names) -> bool:
@@ -120,22 +126,11 @@ class Timeline:
         meeting = [b for b in future.bookings if b.start < end and start < b.end]
         if not gone and not meeting:
             return node
-        v = object.__new__(NodeView)        # a shallow copy, without copy.copy's cost
-        v.__dict__.update(node.__dict__)
-        v.free_gpus = set(node.free_gpus)
-        v.free_gres = dict(node.free_gres)
+        v = _copy(node)
         for h in gone:
             give_back(v, h.alloc, node)
         if meeting:
-            worst = _Usage.of(meeting) if len(meeting) == 1 else _worst(meeting, start)
-            v.free_cpus -= worst.cpus
-            v.free_mem -= worst.mem
-            v.free_tmp -= worst.tmp
-            v.free_gpus -= worst.gpus
-            for kind, count in worst.gres.items():
-                v.free_gres[kind] = v.free_gres.get(kind, 0) - count
-            v.jobs += worst.jobs
-            v.exclusive = v.exclusive or worst.exclusive
+            _take_off(v, _Usage.of(meeting) if len(meeting) == 1 else _worst(meeting, start))
         return v
 
     def times(self, nodes: list[NodeView]) -> list[float]:
@@ -166,9 +161,11 @@ class Timeline:
         k = request.nodes
         best: list[float] = []          # the k earliest, as a max-heap (negated)
         found: list[tuple[float, NodeView]] = []
+        # what a node is asked (jobs of one shape ask the same of every node)
+        shape = (replace(request, nodes=1, nodes_max=None, exclude=frozenset()), run)
         for node in nodes:
             bound = -best[0] if len(best) == k else NEVER
-            at = self._node_earliest(node, request, run, bound)
+            at = self._remembered(node, request, run, bound, shape)
             if at is None:
                 continue
             found.append((at, node))
@@ -185,22 +182,56 @@ class Timeline:
         except InsufficientResources:
             return self._scan(request, nodes, run, at)
 
+    def _remembered(self, node: NodeView, request: Request, run: float | None, bound: float,
+                    shape: tuple) -> float | None:
+        """`_node_earliest`, worked out once per node, shape and state of the node in a
+        pass: 10,000 waiting jobs are a few dozen shapes."""
+        future = self.nodes.get(node.name)
+        version = future.version if future is not None else -1
+        key = (node.name, shape)
+        seen = self._memo.get(key)
+        if seen is not None and seen[0] == version:
+            at, not_before = seen[1], seen[2]
+            if at is not None:
+                return at if at < bound else None
+            if not_before >= bound:
+                return None
+        at = self._node_earliest(node, request, run, bound)
+        self._memo[key] = (version, at, bound if at is None else NEVER)
+        return at
+
     def _node_earliest(self, node: NodeView, request: Request, run: float | None,
                        bound: float) -> float | None:
+        """When this node alone could take its part of the request for `run` seconds:
+        what running jobs give back accrues as their ends pass; what is booked is taken
+        off at each moment. None: not before `bound` (or never)."""
         future = self.nodes.get(node.name)
         if future is None:      # nothing ends or is booked here: now or never
             return self.now if fits_now(request, node) is not None else None
         if _plain(request):
             return self._plain_earliest(node, future, request, run, bound)
-        moments = {self.now}
-        moments.update(h.end for h in future.releases if h.end != NEVER)
-        moments.update(b.end for b in future.bookings if b.end != NEVER)
-        for t in sorted(moments):
+        releases = sorted((h for h in future.releases if h.end != NEVER), key=lambda h: h.end)
+        moments = sorted({self.now} | {h.end for h in releases}
+                         | {b.end for b in future.bookings if b.end != NEVER})
+        base, i = node, 0
+        for t in moments:
             if t >= bound:
                 return None
+            while i < len(releases) and releases[i].end <= t:
+                if base is node:
+                    base = _copy(node)
+                give_back(base, releases[i].alloc, node)
+                i += 1
             if t < self.now:
                 continue
-            if fits_now(request, self.view(node, t, _end(t, run))) is not None:
+            end = _end(t, run)
+            meeting = [b for b in future.bookings if b.start < end and t < b.end]
+            view = base
+            if meeting:
+                view = _copy(base)
+                _take_off(view, _Usage.of(meeting) if len(meeting) == 1
+                          else _worst(meeting, t))
+            if fits_now(request, view) is not None:
                 return t
         return None
 
@@ -288,6 +319,27 @@ class Timeline:
 def _plain(request: Request) -> bool:
     """A request of CPUs, memory and disk alone (whole-node and exclusive ones aside)."""
     return not (request.gpus or request.gres or request.exclusive or request.mem_whole_node)
+
+
+def _copy(node: NodeView) -> NodeView:
+    """A shallow copy of a view with its own free sets, without copy.copy's cost."""
+    v = object.__new__(NodeView)
+    v.__dict__.update(node.__dict__)
+    v.free_gpus = set(node.free_gpus)
+    v.free_gres = dict(node.free_gres)
+    return v
+
+
+def _take_off(v: NodeView, worst: "_Usage") -> None:
+    """What is booked over a window, off a copied view."""
+    v.free_cpus -= worst.cpus
+    v.free_mem -= worst.mem
+    v.free_tmp -= worst.tmp
+    v.free_gpus -= worst.gpus
+    for kind, count in worst.gres.items():
+        v.free_gres[kind] = v.free_gres.get(kind, 0) - count
+    v.jobs += worst.jobs
+    v.exclusive = v.exclusive or worst.exclusive
 
 
 def _has_room(r: list, request: Request) -> bool:
