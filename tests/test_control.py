@@ -247,8 +247,11 @@ def test_rq_watch_stops_quietly_on_ctrl_c(cluster, users):
     try:
         first = proc.stdout.readline()      # watching: its first listing is out
         proc.send_signal(2)
-        out, err = proc.communicate(timeout=30)
-        out = first + out
+        # (read on from the same buffered pipe: communicate() would miss what readline
+        # has already buffered)
+        out = first + proc.stdout.read()
+        err = proc.stderr.read()
+        proc.wait(timeout=30)
     finally:
         proc.kill()
         cluster.run("rcancel", str(job_id))
