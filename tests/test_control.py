@@ -4,6 +4,7 @@ requeuehold and update, and rq --watch."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 
@@ -242,8 +243,11 @@ def test_rq_watch_into_a_pipe_stops_when_the_job_ends(cluster, users):
 def test_rq_watch_stops_quietly_on_ctrl_c(cluster, users):
     alice, _ = users
     job_id = cluster.submit("-H", "--wrap", "true", user=alice.pw_name)
+    # SIGINT as at a terminal: a runner that started the tests in the background has
+    # them ignore it, and Python then never turns it into KeyboardInterrupt
     proc = subprocess.Popen([command_path("rq"), "--watch=0.2"], env=cluster.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stdout.readline()      # watching: its first listing is out
         proc.send_signal(2)
