@@ -22,7 +22,7 @@ from rmsbatch.core import dependency as deps
 from rmsbatch.sched.placement import (Allocation, InsufficientResources, NodeView, Request,
                                 allocate, fits_now, take)
 from rmsbatch.sched import preempt
-from rmsbatch.sched.timeline import NEVER, Timeline
+from rmsbatch.sched.timeline import NEVER, Timeline, plain
 
 # Slurm's reason names, so users and tools recognise them.
 HELD_USER = "JobHeldUser"
@@ -293,8 +293,13 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
             if alloc is None:
                 # only where it has room now can it have room throughout
                 fitting = [n for n in candidates if fits_now(job.request, n) is not None]
+                if plain(job.request):      # in numbers, without copies of the nodes
+                    fitting = [n for n in fitting
+                               if timeline.fits_over(n, job.request, now, until)]
+                else:
+                    fitting = timeline.views(fitting, now, until)
                 try:
-                    alloc = allocate(job.request, timeline.views(fitting, now, until))
+                    alloc = allocate(job.request, fitting)
                 except InsufficientResources:
                     # and any longer run on as many nodes or more
                     around.setdefault((where, per_node), []).append(

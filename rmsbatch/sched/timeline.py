@@ -94,6 +94,20 @@ class Timeline:
         """The nodes nothing is booked on."""
         return [n for n in nodes if n.name not in self.nodes or not self.nodes[n.name].bookings]
 
+    def fits_over(self, node: NodeView, request: Request, start: float, end: float) -> bool:
+        """For a request of CPUs, memory and disk alone (`plain`) that fits on the node
+        now: does it still, around what is booked there, until `end`?"""
+        future = self.nodes.get(node.name)
+        if future is None or not future.bookings:
+            return True
+        meeting = [b for b in future.bookings if b.start < end and start < b.end]
+        if not meeting:
+            return True
+        worst = _Usage.of(meeting) if len(meeting) == 1 else _worst(meeting, start)
+        return (not worst.exclusive and node.free_cpus - worst.cpus >= request.cpus
+                and node.free_mem - worst.mem >= request.mem_mb
+                and node.free_tmp - worst.tmp >= request.tmp_mb)
+
     def keeps(self, alloc: Allocation, nodes: dict[str, NodeView], start: float,
               end: float) -> bool:
         """Would each node still have the part `alloc` takes there over [start, end),
@@ -156,7 +170,7 @@ class Timeline:
         trying every moment something frees."""
         if request.nodelist:
             return self._scan(request, nodes, run, self.now)
-        if not self.booked and _plain(request):
+        if not self.booked and plain(request):
             return self._plain_first(request, nodes, run)
         k = request.nodes
         best: list[float] = []          # the k earliest, as a max-heap (negated)
@@ -208,7 +222,7 @@ class Timeline:
         future = self.nodes.get(node.name)
         if future is None:      # nothing ends or is booked here: now or never
             return self.now if fits_now(request, node) is not None else None
-        if _plain(request):
+        if plain(request):
             return self._plain_earliest(node, future, request, run, bound)
         releases = sorted((h for h in future.releases if h.end != NEVER), key=lambda h: h.end)
         moments = sorted({self.now} | {h.end for h in releases}
@@ -316,7 +330,7 @@ class Timeline:
         return None
 
 
-def _plain(request: Request) -> bool:
+def plain(request: Request) -> bool:
     """A request of CPUs, memory and disk alone (whole-node and exclusive ones aside)."""
     return not (request.gpus or request.gres or request.exclusive or request.mem_whole_node)
 
