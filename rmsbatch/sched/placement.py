@@ -320,10 +320,13 @@ def allocate(req: Request, nodes: list[NodeView]) -> Allocation:
             continue
         left = leftover(req, node)
         ranked.append((left, index, node, gpus))
-        if left == _PERFECT:
+        if left[0] == 0:
+            # No GPU left idle beside it: as good a fit as matters. (Scanning on for the
+            # fewest CPUs left would cost every placement on a big cluster the whole
+            # node list.)
             perfect += 1
             if perfect >= most - len(chosen) and not req.nodelist:
-                break       # none fits better than these
+                break
     named = all(n in chosen for n in req.nodelist)
     if named and len(chosen) < most:
         if perfect < len(ranked):       # (all equally good: in the order found)
@@ -333,9 +336,6 @@ def allocate(req: Request, nodes: list[NodeView]) -> Allocation:
     if len(chosen) >= req.nodes and named:
         return chosen
     raise InsufficientResources(f"{len(chosen)} of {req.nodes} nodes available")
-
-
-_PERFECT = (0, 0, 0)
 
 
 def leftover(req: Request, node: NodeView) -> tuple[int, int, int]:
