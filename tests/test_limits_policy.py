@@ -187,3 +187,28 @@ def test_a_wrong_limit_is_refused_naming_file_and_key(tmp_path, file, old, new, 
     with pytest.raises(config.ConfigError) as err:
         config.load(str(tmp_path))
     assert f"{tmp_path / file}: {message}" in str(err.value)
+
+
+def test_a_parent_accounts_limit_covers_its_sub_accounts():
+    from rmsbatch.config.models import AccountSection, QosFile, QosSection, TenantsFile
+
+    class Cfg:
+        qos = QosFile(qos=[QosSection(name="normal")])
+        tenants = TenantsFile(accounts=[
+            AccountSection(name="nlp", max_gpus=8),
+            AccountSection(name="nlp-mt", parent="nlp"),
+            AccountSection(name="nlp-mt-big", parent="nlp-mt", max_gpus=6),
+            AccountSection(name="vision")])
+    policy = limits.policy_of(Cfg())
+    assert policy.limited("nlp-mt-big") == ("nlp-mt-big", "nlp")
+    # the parent's 8 GPUs are held by a job of a sub-account: another sub-account waits
+    held = Charge("erin", "nlp-mt", "normal", gpus=8, cpus=1)
+    started, reasons = run([job(1, account="nlp-mt-big", gpus=1),
+                            job(2, account="nlp", gpus=1),
+                            job(3, account="vision", gpus=1)], policy, [held])
+    assert started == [3]
+    assert reasons[1] == reasons[2] == limits.ASSOC_GRP_GPU
+    # and the sub-account's own, lower limit holds by itself
+    started, reasons = run([job(4, account="nlp-mt-big", gpus=4),
+                            job(5, account="nlp-mt-big", gpus=4)], policy)
+    assert started == [4] and reasons[5] == limits.ASSOC_GRP_GPU

@@ -29,6 +29,10 @@ max_gpus = 2
 [[accounts]]
 name = "outsider"
 users = ["*"]
+[[accounts]]
+name = "capped-sub"
+parent = "capped"
+users = ["*"]
 """
 QOS = """default = "normal"
 [[qos]]
@@ -115,6 +119,9 @@ def test_gpus_over_the_qos_per_user_max_are_refused_at_submit(c):
     line = _refused(c.run("rsub", "--gpus", "4", "--wrap", "true"))
     assert "max_gpus_per_user = 3" in line and "QoS normal" in line
     line = _refused(c.run("rsub", "-A", "capped", "--gpus", "3", "--wrap", "true"))
+    assert "account capped" in line and "max_gpus = 2" in line
+    # a sub-account's jobs count against its parent's limit too
+    line = _refused(c.run("rsub", "-A", "capped-sub", "--gpus", "3", "--wrap", "true"))
     assert "account capped" in line and "max_gpus = 2" in line
 
 

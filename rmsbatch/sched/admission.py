@@ -93,8 +93,10 @@ def admit(spec: JobSpec, user: str, uid: int, gid: int, cfg, nodes: dict[str, No
                                                       f"{spec.reservation}")
     except placement.InfeasibleRequest as exc:
         raise AdmissionError(f"request can never run: {exc}") from None
-    check_limits(qos, acct, gpus_node * resolved.nodes, resolved.cpus_per_node * resolved.nodes,
-                 0 if mem_whole else mem_node * resolved.nodes)
+    for level in account_chain(cfg, acct):     # a parent's limits cover its sub-accounts
+        check_limits(qos, level, gpus_node * resolved.nodes,
+                     resolved.cpus_per_node * resolved.nodes,
+                     0 if mem_whole else mem_node * resolved.nodes)
     name = spec.name or "job"
     row = {
         "name": name, "user": user, "uid": uid, "gid": gid, "account": account,
@@ -210,6 +212,19 @@ def check_partition_allows(name: str, part, account: str, qos: str) -> None:
         raise AdmissionError(f"QoS {qos} may not be used in partition {name} (cluster.toml "
                              f"allow_qos: {', '.join(part.allow_qos)}): choose another "
                              "with -q or -p, or ask an admin to allow it")
+
+
+def account_chain(cfg, acct) -> list:
+    """The account and its parents (tenants.toml `parent`), nearest first."""
+    chain = [acct]
+    parent = getattr(acct, "parent", None)
+    while parent is not None:
+        up = cfg.account_named(parent)
+        if up is None or up in chain:
+            break
+        chain.append(up)
+        parent = getattr(up, "parent", None)
+    return chain
 
 
 def check_limits(qos, acct, gpus: int, cpus: int, mem_mb: int) -> None:

@@ -19,7 +19,7 @@ Pure: the policy and the running jobs in, reasons out; `LimitTally` is the objec
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Slurm's pending reasons for these limits (QOSMaxGRESPerUser is named for GPUs here).
 QOS_MAX_GPU_PER_USER = "QOSMaxGPUPerUser"
@@ -69,9 +69,16 @@ class AccountLimits:
 
 @dataclass(frozen=True)
 class Policy:
-    """The limits of a configuration: only the QoS levels and accounts that set some."""
+    """The limits of a configuration: only the QoS levels and accounts that set some.
+    `chain`: account -> the accounts whose limits its jobs count against, itself and
+    its parents (tenants.toml `parent`), those with limits only; an account missing
+    there counts against its own limits alone."""
     qos: dict
     accounts: dict
+    chain: dict = field(default_factory=dict)
+
+    def limited(self, account: str):
+        return self.chain.get(account) or ((account,) if account in self.accounts else ())
 
     @property
     def running(self) -> bool:
@@ -94,11 +101,25 @@ def policy_of(cfg) -> Policy:
             if lim != QosLimits():
                 qos[q.name] = lim
         accounts = {}
+        parents = {}
         for a in cfg.tenants.accounts:
             lim = AccountLimits(a.max_gpus, a.max_cpus, a.max_mem, a.max_jobs, a.max_submit)
             if lim != AccountLimits():
                 accounts[a.name] = lim
-        _cached = (cfg, Policy(qos, accounts))
+            parents[a.name] = getattr(a, "parent", None)
+        chain = {}
+        for name in parents:
+            # a sub-account's jobs count against its parents' group limits too, as a
+            # Slurm association's Grp limits cover its children (loops are refused
+            # when tenants.toml is read)
+            line, at = [], name
+            while at is not None and at not in line:
+                if at in accounts:
+                    line.append(at)
+                at = parents.get(at)
+            if line:
+                chain[name] = tuple(line)
+        _cached = (cfg, Policy(qos, accounts, chain))
     return _cached[1]
 
 
@@ -158,8 +179,8 @@ class LimitTally:
             q = self.qos.setdefault(c.qos, [0, 0])
             q[0] += sign * c.gpus
             q[1] += sign * c.cpus
-        if c.account in self.policy.accounts:
-            a = self.account.setdefault(c.account, [0, 0, 0, 0])
+        for name in self.policy.limited(c.account):
+            a = self.account.setdefault(name, [0, 0, 0, 0])
             a[0] += sign * c.gpus
             a[1] += sign * c.cpus
             a[2] += sign * c.mem_mb
@@ -168,8 +189,8 @@ class LimitTally:
     def why_not(self, job) -> list[str]:
         """The reasons of every limit the job would pass by starting now; [] if none."""
         qlim = self.policy.qos.get(job.qos)
-        alim = self.policy.accounts.get(job.account)
-        if qlim is None and alim is None:
+        accounts = self.policy.limited(job.account)
+        if qlim is None and not accounts:
             return []
         r = job.request
         gpus, cpus = r.gpus * r.nodes, r.cpus * r.nodes     # as demand_of, inlined: hot
@@ -187,13 +208,14 @@ class LimitTally:
             _over(out, qlim.jobs_per_user, u[2], 1, QOS_MAX_JOBS_PER_USER)
             _over(out, qlim.gpus, q[0], gpus, QOS_GRP_GPU)
             _over(out, qlim.cpus, q[1], cpus, QOS_GRP_CPU)
-        if alim is not None:
-            a = self.account.get(job.account, (0, 0, 0, 0))
+        for name in accounts:
+            alim = self.policy.accounts[name]
+            a = self.account.get(name, (0, 0, 0, 0))
             _over(out, alim.gpus, a[0], gpus, ASSOC_GRP_GPU)
             _over(out, alim.cpus, a[1], cpus, ASSOC_GRP_CPU)
             _over(out, alim.mem_mb, a[2], mem, ASSOC_GRP_MEM)
             _over(out, alim.jobs, a[3], 1, ASSOC_GRP_JOBS)
-        return list(out)
+        return list(dict.fromkeys(out))     # a reason once, whichever level it is
 
     def charge(self, job, alloc) -> None:
         """A start made in this pass: the jobs after it see what it holds."""
