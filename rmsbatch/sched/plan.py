@@ -214,148 +214,202 @@ def schedule(pending: list[PendingJob], nodes: dict[str, NodeView],
     pass). `ordered`: `pending` is in priority order already (`order`). `preemption`:
     the running jobs that may be preempted and who may preempt whom; the victims
     chosen come out in `Decisions.preempt`."""
-    policy = policy or Policy()
-    waits = waits or Waits()
-    waits.verdicts.clear()          # states may have changed since the last pass
-    out = Decisions()
-    held = None                     # licenses held: counted when a job asks for some
-    blocked: set[str] = set()
-    timeline = Timeline(now, running)
-    protected: set[tuple] = set()   # shapes whose top job holds a reservation
-    # (where, what per node) -> fewest nodes that found no room now; starts only take
-    # room in a pass, so they find none later either
-    full: dict[tuple, int] = {}
-    # (where, what per node) -> (nodes, run end) that found no room around what is booked
-    around: dict[tuple, list] = {}
-    up: dict[tuple, int] = {}           # where -> nodes up there
-    planned = tried = 0
-    members: dict[str, list[NodeView]] = {
-        p.name: [nodes[n] for n in p.nodes if n in nodes] for p in partitions.values()}
+    one = Pass(nodes, partitions, now, waits or Waits(), limits, running,
+               policy or Policy(), preemption)
     for job in (pending if ordered else order(pending)):
-        if job.hold:
-            out.reasons[job.id] = HELD_ADMIN if job.hold == 2 else HELD_USER
-            continue
-        part = partitions.get(job.partition)
-        if part is None or not part.up:
-            out.reasons[job.id] = PARTITION_DOWN
-            continue
-        if job.dependency is not None or job.begin_time is not None or job.throttle:
-            why = _waiting_on(job, waits, now, out)
-            if why is not None:
-                out.reasons[job.id] = why
-                continue
-        if job.partition in blocked and not policy.backfill and job.window is None:
-            # (a job of an active reservation runs where the blocked job may not go)
-            out.reasons[job.id] = PRIORITY
-            continue
-        candidates, where = nodes_for(job, members[job.partition], now)
+        if one.decide(job):
+            break
+    return one.out
+
+
+class Pass:
+    """One scheduling pass: what it has decided so far, and what it has learnt that
+    holds for the rest of it (room only shrinks within a pass, as jobs start)."""
+
+    def __init__(self, nodes, partitions, now, waits, limits, running, policy, preemption):
+        self.nodes, self.partitions, self.now = nodes, partitions, now
+        self.waits, self.limits, self.policy, self.preemption = waits, limits, policy, preemption
+        waits.verdicts.clear()          # states may have changed since the last pass
+        self.out = Decisions()
+        self.held = None                # licenses held: counted when a job asks for some
+        self.blocked: set[str] = set()
+        self.timeline = Timeline(now, running)
+        self.protected: set[tuple] = set()  # shapes whose top job holds a reservation
+        # (where, what per node) -> fewest nodes that found no room now
+        self.full: dict[tuple, int] = {}
+        # (where, what per node) -> (nodes, run end) that found no room around bookings
+        self.around: dict[tuple, list] = {}
+        self.up: dict[tuple, int] = {}      # where -> nodes up there
+        self.planned = self.tried = 0
+        self.members: dict[str, list[NodeView]] = {
+            p.name: [nodes[n] for n in p.nodes if n in nodes] for p in partitions.values()}
+
+    def decide(self, job: PendingJob) -> bool:
+        """Start the job, or say why it waits (and plan when it may start). True: no job
+        after it can start in this pass (only when the policy wants no reasons)."""
+        out = self.out
+        why = self._held_back(job)
+        if why is not None:
+            out.reasons[job.id] = why
+            return False
+        candidates, where = nodes_for(job, self.members[job.partition], self.now)
         # A request that found no room finds none on more nodes either: keyed by what
         # it asks of each node, the fewest nodes that found none.
         per_node = replace(job.request, nodes=1, nodes_max=None)
-        room = job.request.nodes < full.get((where, per_node), NEVER)
-        if job.licenses and held is None:
-            held = licenses_held(nodes)
-        why = [w for w in (reservation_wait(job, now),
-                           job.licenses and licenses_wait(job, held)) if w]
-        if limits is not None:
-            why += limits.why_not(job)
-        if why:
-            out.reasons[job.id] = why[0]
-            if not room:
-                why.append(RESOURCES)
-            if len(why) > 1:
-                out.more[job.id] = why[1:]
-            continue
+        room = job.request.nodes < self.full.get((where, per_node), NEVER)
+        if self._over_a_limit(job, room):
+            return False
         run = job.time_limit or None
-        end = now + run if run else None
-        alloc = None
-        until = end or NEVER
-        if room and any(n <= job.request.nodes and u <= until
-                        for n, u in around.get((where, per_node), ())):
-            # A run this long found no room around what is booked (and room only
-            # shrinks within a pass): it would delay a reservation.
-            out.reasons[job.id] = PRIORITY
-        elif room:
-            try:
-                alloc = allocate(job.request, candidates)
-            except InsufficientResources:
-                full[(where, per_node)] = min(job.request.nodes,
-                                              full.get((where, per_node), NEVER))
-        if alloc is not None and timeline.booked and timeline.bookings_on(alloc) \
-                and not timeline.keeps(alloc, nodes, now, until):
-            # Room now, but it would delay a reservation there: place it again over its
-            # whole run, around what is booked.
-            alloc = None
-            try:        # nodes nothing is booked on first: it delays nobody there
-                alloc = allocate(job.request, timeline.unbooked(candidates))
-            except InsufficientResources:
-                pass
-            if alloc is None:
-                # only where it has room now can it have room throughout
-                fitting = [n for n in candidates if fits_now(job.request, n) is not None]
-                if plain(job.request):      # in numbers, without copies of the nodes
-                    fitting = [n for n in fitting
-                               if timeline.fits_over(n, job.request, now, until)]
-                else:
-                    fitting = timeline.views(fitting, now, until)
-                try:
-                    alloc = allocate(job.request, fitting)
-                except InsufficientResources:
-                    # and any longer run on as many nodes or more
-                    around.setdefault((where, per_node), []).append(
-                        (job.request.nodes, until))
-            if alloc is None:
-                out.reasons[job.id] = PRIORITY
+        end = self.now + run if run else None
+        alloc = self._place(job, candidates, where, per_node, room, end or NEVER)
         if alloc is not None:
-            book_licenses(job, alloc, held)
-            take(nodes, alloc)
-            timeline.running(alloc, end)
-            if limits is not None:
-                limits.charge(job, alloc)
-            out.starts.append((job.id, alloc))
-            _started(job, waits)
-            continue
-        if preemption is not None and job.id not in out.reasons and preemption.wants(job):
-            picked = preempt.choose(job, candidates, preemption, now)
-            if picked is not None:
-                victims, where_then = picked
-                preemption.taken.update(v.id for v in victims)
-                out.preempt.extend((v, job.id) for v in victims)
-                # held for it from now: nobody backfills into what its victims give back
-                timeline.book(where_then, now, end)
-                out.reasons[job.id] = RESOURCES
-                out.more[job.id] = [f"{PREEMPTING} {len(victims)} job(s)"]
-                continue
+            self._start(job, alloc, end)
+            return False
+        if self._preempt(job, candidates, end):
+            return False
         if job.id not in out.reasons:
-            if not policy.reasons:
-                reason = RESOURCES
-            elif job.request.nodelist or len(candidates) < len(members[job.partition]):
-                reason = waiting_reason(job, candidates, members[job.partition], now)
-            else:       # the same for every job on these nodes
-                if where not in up:
-                    up[where] = sum(1 for n in candidates if n.usable)
-                reason = NODES_UNAVAILABLE if up[where] < job.request.nodes else RESOURCES
-            out.reasons[job.id] = PRIORITY if (
-                reason == RESOURCES and job.partition in blocked) else reason
-        shape = shape_of(job)
-        reserve = shape not in protected and not confined(job)
-        if policy.backfill and planned < policy.depth and (reserve or policy.estimates):
-            planned += 1
-            found = timeline.earliest(job.request, candidates, run)
-            if found is not None:
-                at, where_then = found
-                out.est_start[job.id] = at
-                if reserve:
-                    protected.add(shape)
-                    timeline.book(where_then, at, at + run if run else None)
+            out.reasons[job.id] = self._waiting(job, candidates, where)
+        self._plan(job, candidates, run)
         if not confined(job):
-            blocked.add(job.partition)
+            self.blocked.add(job.partition)
             out.blocked.setdefault(job.partition, order_key(job))
-        if not policy.reasons:
-            tried += 1
-            if tried >= policy.depth if policy.backfill else len(blocked) == len(partitions):
-                break       # nothing after this could start in this pass
-    return out
+        if not self.policy.reasons:
+            self.tried += 1
+            if self.policy.backfill:
+                return self.tried >= self.policy.depth
+            return len(self.blocked) == len(self.partitions)
+        return False
+
+    def _held_back(self, job: PendingJob) -> str | None:
+        """Why the job may not start whatever the nodes hold, or None."""
+        if job.hold:
+            return HELD_ADMIN if job.hold == 2 else HELD_USER
+        part = self.partitions.get(job.partition)
+        if part is None or not part.up:
+            return PARTITION_DOWN
+        if job.dependency is not None or job.begin_time is not None or job.throttle:
+            why = _waiting_on(job, self.waits, self.now, self.out)
+            if why is not None:
+                return why
+        if job.partition in self.blocked and not self.policy.backfill and job.window is None:
+            # (a job of an active reservation runs where the blocked job may not go)
+            return PRIORITY
+        return None
+
+    def _over_a_limit(self, job: PendingJob, room: bool) -> bool:
+        """Its reservation, licenses or a limit hold it: every reason, and True."""
+        if job.licenses and self.held is None:
+            self.held = licenses_held(self.nodes)
+        why = [w for w in (reservation_wait(job, self.now),
+                           job.licenses and licenses_wait(job, self.held)) if w]
+        if self.limits is not None:
+            why += self.limits.why_not(job)
+        if not why:
+            return False
+        self.out.reasons[job.id] = why[0]
+        if not room:
+            why.append(RESOURCES)
+        if len(why) > 1:
+            self.out.more[job.id] = why[1:]
+        return True
+
+    def _place(self, job, candidates, where, per_node, room: bool, until: float):
+        """Where the job starts now without delaying any reservation, or None."""
+        around = self.around.get((where, per_node), ())
+        if room and any(n <= job.request.nodes and u <= until for n, u in around):
+            # A run this long found no room around what is booked: it would delay a
+            # reservation.
+            self.out.reasons[job.id] = PRIORITY
+            return None
+        if not room:
+            return None
+        try:
+            alloc = allocate(job.request, candidates)
+        except InsufficientResources:
+            self.full[(where, per_node)] = min(job.request.nodes,
+                                               self.full.get((where, per_node), NEVER))
+            return None
+        timeline = self.timeline
+        if not (timeline.booked and timeline.bookings_on(alloc)) or \
+                timeline.keeps(alloc, self.nodes, self.now, until):
+            return alloc
+        # Room now, but it would delay a reservation there: place it again over its
+        # whole run, around what is booked; nodes nothing is booked on first.
+        try:
+            return allocate(job.request, timeline.unbooked(candidates))
+        except InsufficientResources:
+            pass
+        # only where it has room now can it have room throughout
+        fitting = [n for n in candidates if fits_now(job.request, n) is not None]
+        if plain(job.request):      # in numbers, without copies of the nodes
+            fitting = [n for n in fitting
+                       if timeline.fits_over(n, job.request, self.now, until)]
+        else:
+            fitting = timeline.views(fitting, self.now, until)
+        try:
+            return allocate(job.request, fitting)
+        except InsufficientResources:
+            # and any longer run on as many nodes or more
+            self.around.setdefault((where, per_node), []).append((job.request.nodes, until))
+            self.out.reasons[job.id] = PRIORITY
+            return None
+
+    def _start(self, job: PendingJob, alloc: Allocation, end: float | None) -> None:
+        book_licenses(job, alloc, self.held)
+        take(self.nodes, alloc)
+        self.timeline.running(alloc, end)
+        if self.limits is not None:
+            self.limits.charge(job, alloc)
+        self.out.starts.append((job.id, alloc))
+        _started(job, self.waits)
+
+    def _preempt(self, job: PendingJob, candidates, end: float | None) -> bool:
+        """Running jobs chosen to make room for it: True."""
+        ctx = self.preemption
+        if ctx is None or job.id in self.out.reasons or not ctx.wants(job):
+            return False
+        picked = preempt.choose(job, candidates, ctx, self.now)
+        if picked is None:
+            return False
+        victims, where_then = picked
+        ctx.taken.update(v.id for v in victims)
+        self.out.preempt.extend((v, job.id) for v in victims)
+        # held for it from now: nobody backfills into what its victims give back
+        self.timeline.book(where_then, self.now, end)
+        self.out.reasons[job.id] = RESOURCES
+        self.out.more[job.id] = [f"{PREEMPTING} {len(victims)} job(s)"]
+        return True
+
+    def _waiting(self, job: PendingJob, candidates, where) -> str:
+        """Why a job that found no room waits."""
+        if not self.policy.reasons:
+            return RESOURCES
+        members = self.members[job.partition]
+        if job.request.nodelist or len(candidates) < len(members):
+            reason = waiting_reason(job, candidates, members, self.now)
+        else:       # the same for every job on these nodes
+            if where not in self.up:
+                self.up[where] = sum(1 for n in candidates if n.usable)
+            reason = NODES_UNAVAILABLE if self.up[where] < job.request.nodes else RESOURCES
+        return PRIORITY if reason == RESOURCES and job.partition in self.blocked else reason
+
+    def _plan(self, job: PendingJob, candidates, run: float | None) -> None:
+        """Its start estimate, and a reservation if it is the first of its shape."""
+        shape = shape_of(job)
+        reserve = shape not in self.protected and not confined(job)
+        policy = self.policy
+        if not policy.backfill or self.planned >= policy.depth or not (
+                reserve or policy.estimates):
+            return
+        self.planned += 1
+        found = self.timeline.earliest(job.request, candidates, run)
+        if found is None:
+            return
+        at, where_then = found
+        self.out.est_start[job.id] = at
+        if reserve:
+            self.protected.add(shape)
+            self.timeline.book(where_then, at, at + run if run else None)
 
 
 # -- licenses and reservations: cluster-wide, beyond any one node -----------------------
