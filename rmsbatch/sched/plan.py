@@ -240,6 +240,7 @@ class Pass:
         # (where, what per node) -> (nodes, run end) that found no room around bookings
         self.around: dict[tuple, list] = {}
         self.up: dict[tuple, int] = {}      # where -> nodes up there
+        self.no_victims: set[tuple] = set()
         self.planned = self.tried = 0
         self.members: dict[str, list[NodeView]] = {
             p.name: [nodes[n] for n in p.nodes if n in nodes] for p in partitions.values()}
@@ -265,7 +266,7 @@ class Pass:
         if alloc is not None:
             self._start(job, alloc, end)
             return False
-        if self._preempt(job, candidates, end):
+        if self._preempt(job, candidates, where, end):
             return False
         if job.id not in out.reasons:
             out.reasons[job.id] = self._waiting(job, candidates, where)
@@ -363,13 +364,19 @@ class Pass:
         self.out.starts.append((job.id, alloc))
         _started(job, self.waits)
 
-    def _preempt(self, job: PendingJob, candidates, end: float | None) -> bool:
+    def _preempt(self, job: PendingJob, candidates, where, end: float | None) -> bool:
         """Running jobs chosen to make room for it: True."""
         ctx = self.preemption
         if ctx is None or job.id in self.out.reasons or not ctx.wants(job):
             return False
+        # who may be pushed out depends on its QoS and partition; once none make room
+        # for a request, none will for the same one later in the pass
+        key = (job.qos, where, job.request)
+        if key in self.no_victims:
+            return False
         picked = preempt.choose(job, candidates, ctx, self.now)
         if picked is None:
+            self.no_victims.add(key)
             return False
         victims, where_then = picked
         ctx.taken.update(v.id for v in victims)
