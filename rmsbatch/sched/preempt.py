@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from rmsbatch.sched.placement import (Allocation, InsufficientResources, NodeView, allocate,
                                       fits_now)
-from rmsbatch.sched.timeline import give_back
+from rmsbatch.sched.timeline import copy_view, give_back
 
 
 @dataclass(frozen=True)
@@ -118,10 +118,7 @@ def _freed(node: NodeView, victims: list[Victim]) -> NodeView:
     """The node as it will be once these jobs have given their parts back."""
     if not victims:
         return node
-    v = object.__new__(NodeView)
-    v.__dict__.update(node.__dict__)
-    v.free_gpus = set(node.free_gpus)
-    v.free_gres = dict(node.free_gres)
+    v = copy_view(node)
     for victim in victims:
         give_back(v, victim.alloc[node.name], node)
     return v

@@ -140,7 +140,7 @@ class Timeline:
         meeting = [b for b in future.bookings if b.start < end and start < b.end]
         if not gone and not meeting:
             return node
-        v = _copy(node)
+        v = copy_view(node)
         for h in gone:
             give_back(v, h.alloc, node)
         if meeting:
@@ -233,7 +233,7 @@ class Timeline:
                 return None
             while i < len(releases) and releases[i].end <= t:
                 if base is node:
-                    base = _copy(node)
+                    base = copy_view(node)
                 give_back(base, releases[i].alloc, node)
                 i += 1
             if t < self.now:
@@ -242,7 +242,7 @@ class Timeline:
             meeting = [b for b in future.bookings if b.start < end and t < b.end]
             view = base
             if meeting:
-                view = _copy(base)
+                view = copy_view(base)
                 _take_off(view, _Usage.of(meeting) if len(meeting) == 1
                           else _worst(meeting, t))
             if fits_now(request, view) is not None:
@@ -335,7 +335,7 @@ def plain(request: Request) -> bool:
     return not (request.gpus or request.gres or request.exclusive or request.mem_whole_node)
 
 
-def _copy(node: NodeView) -> NodeView:
+def copy_view(node: NodeView) -> NodeView:
     """A shallow copy of a view with its own free sets, without copy.copy's cost."""
     v = object.__new__(NodeView)
     v.__dict__.update(node.__dict__)
