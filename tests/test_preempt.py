@@ -145,3 +145,50 @@ def test_a_high_qos_job_preempts_a_low_one_which_checkpoints_and_comes_back(new_
     assert "checkpointed on SIGTERM" in out and "run 1 started" in out
     assert "resumed from step-7" in out
     assert c.job(urgent)["start_time"] < job["start_time"]
+
+
+STUBBORN = """#!/bin/bash
+echo "run $RMS_RESTART_COUNT started"
+if [ "$RMS_RESTART_COUNT" -gt 0 ]; then exit 0; fi
+trap 'echo "got SIGTERM"' TERM
+for i in $(seq 1200); do sleep 0.1; done
+"""
+
+
+def test_a_controller_restarted_in_the_grace_carries_on_with_it(new_cluster):
+    """kill -9 of rmsctld while a victim is in its grace: after the restart the victim
+    gets no second SIGTERM and no new grace; it is requeued when the first one ends."""
+    def before(c):
+        with open(os.path.join(c.dir, "qos.toml"), "w") as fh:
+            fh.write(QOS.replace("grace_time = 20", "grace_time = 8"))
+    c = new_cluster(gpus=1, before_start=before)
+    script = os.path.join(c.work, "stubborn.sh")
+    with open(script, "w") as fh:
+        fh.write(STUBBORN)
+    low = c.submit("--qos=low", "--gpus=1", "-t", "10", script)
+    out_file = os.path.join(c.work, f"rms-{low}.out")
+
+    def output() -> str:
+        return open(out_file).read() if os.path.exists(out_file) else ""
+    deadline = time.time() + 15
+    while "started" not in output() and time.time() < deadline:
+        time.sleep(0.1)
+    urgent = c.submit("--qos=high", "--gpus=1", "-t", "5", "--wrap", "echo urgent done")
+    deadline = time.time() + 15
+    while "got SIGTERM" not in output() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "got SIGTERM" in output()
+    c.kill9("rmsctld")
+    c.up()
+    assert c.wait_ended(urgent, timeout=60)["state"] == "COMPLETED"
+    job = c.wait_ended(low, timeout=60)
+    assert job["state"] == "COMPLETED" and job["restart_count"] == 1, job
+    assert output().count("got SIGTERM") == 1, output()
+    assert "run 1 started" in output()
+    # one preemption, carried on across the restart (not a second one, whose signal
+    # might not even reach a node that has not reconnected yet)
+    with open(os.path.join(c.dir, "log", "rmsctld.log")) as fh:
+        log = fh.read()
+    assert log.count(f"job {low}: preempted for job {urgent}: SIGTERM now") == 1, log
+    assert f"job {low}: preempted for job {urgent}, ended within its grace time" in log or \
+        f"job {low}: preempted for job {urgent}, killed at the end of its grace time" in log

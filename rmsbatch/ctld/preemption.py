@@ -4,9 +4,9 @@ get SIGTERM, every process of them (the checkpoint signal), and their QoS's
 the latest (killed then), they are requeued -- the next run sees RMS_RESTART_COUNT one
 higher -- or, with `preempt_mode = "cancel"`, they end PREEMPTED.
 
-The victims on their way out are kept in memory only: after a controller restart a
-victim still running is simply preempted again (a second SIGTERM), as the job that
-needs its room is still waiting.
+A victim's grace is kept in the spool with the job (the end of it, the job it makes
+room for, requeue or cancel): a controller restarted in the grace carries on with it,
+without a second signal or a new grace.
 """
 from __future__ import annotations
 
@@ -62,10 +62,10 @@ class Preemptions:
             if victim.id not in ctl.running:
                 continue
             row = ctl.spool.job(victim.id)
-            self.going[victim.id] = Going(now + victim.grace, for_job, victim.mode)
-            end = ctl.ends.get(victim.id)
-            ctl.ends[victim.id] = now + victim.grace if end is None else min(
-                end, now + victim.grace)
+            going = Going(now + victim.grace, for_job, victim.mode)
+            ctl.spool.update_job(victim.id, preempt_until=going.deadline,
+                                 preempt_for=for_job, preempt_mode=victim.mode)
+            self._hold(ctl, victim.id, going)
             message = {"op": "signal", "job_id": victim.id, "run": row["restart_count"],
                        "signal": int(signal.SIGTERM), "scope": "full"}
             for name in ctl.running[victim.id]:
@@ -73,6 +73,17 @@ class Preemptions:
             what = "requeued" if victim.mode == "requeue" else "cancelled"
             log.info("job %d: preempted for job %d: SIGTERM now, %s in %.0f s at the latest",
                      victim.id, for_job, what, victim.grace)
+
+    def resume(self, ctl, row: dict) -> None:
+        """A running job's grace as the spool has it (at start, and after a rollback)."""
+        if row.get("preempt_until") is not None:
+            self._hold(ctl, row["id"], Going(row["preempt_until"], row["preempt_for"],
+                                             row["preempt_mode"] or "requeue"))
+
+    def _hold(self, ctl, job_id: int, going: Going) -> None:
+        self.going[job_id] = going
+        end = ctl.ends.get(job_id)      # backfill plans with it gone at the grace's end
+        ctl.ends[job_id] = going.deadline if end is None else min(end, going.deadline)
 
     def ended(self, ctl, job_id: int, row: dict) -> bool:
         """A victim's run has ended by itself within its grace: requeue or cancel it

@@ -8,7 +8,7 @@ from rmsbatch.sched.placement import NodeAlloc
 
 # Spool columns that stay inside the controller.
 HIDDEN = ("alloc", "launched", "cancel_requested", "gid", "mem_whole_node", "gpus_per_node",
-          "constraint_expr", "payload_id")
+          "constraint_expr", "payload_id", "preempt_until", "preempt_for", "preempt_mode")
 
 # Record fields a listing may ask for by name (stored as they are shown).
 PROJECTABLE = frozenset(c for c in JOB_COLUMNS if c not in HIDDEN

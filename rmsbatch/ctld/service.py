@@ -150,6 +150,7 @@ class Controller:
         self.pending: dict[int, scheduler.PendingJob] = {}
         self.reasons: dict[int, str] = {}
         self.running: dict[int, dict[str, NodeAlloc]] = {}
+        self.preemptions.going = {}                 # (from the spool, below)
         self.ends: dict[int, float | None] = {}     # start + time limit; None: no limit
         # running job -> (QoS, partition, priority, start): what preemption weighs
         self.run_meta: dict[int, tuple] = {}
@@ -164,6 +165,7 @@ class Controller:
                 self.set_end(row["id"], row["start_time"] or now, row["time_limit"])
                 self.run_meta[row["id"]] = (row["qos"], row["partition"], row["priority"],
                                             row["start_time"] or now)
+                self.preemptions.resume(self, row)
                 self._take(alloc)
                 if row["wait_all_nodes"] and not row["launched"] and len(alloc) > 1:
                     # the nodes' next node_hello says again which hold their part
@@ -392,7 +394,9 @@ class Controller:
         if not self.spool.transition(job_id, JobState.PENDING, start_time=None, alloc=None,
                                      nodelist="", alloc_cpus=0, alloc_gpus=0, launched=0,
                                      reason="None", end_reason=why[:500],
-                                     restart_count=row["restart_count"] + 1):
+                                     restart_count=row["restart_count"] + 1,
+                                     preempt_until=None, preempt_for=None,
+                                     preempt_mode=None):
             return False
         self._release(job_id, self.clock(), "CANCELLED")
         self.add_pending(self.spool.job(job_id))

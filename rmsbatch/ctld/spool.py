@@ -130,6 +130,14 @@ MIGRATIONS: list[str] = [
         created_time REAL NOT NULL
     );
     """,
+    # 6: a run being preempted (rmsbatch.ctld.preemption): the end of its grace, the job
+    # it makes room for, and requeue or cancel, so that a controller restart in the
+    # grace neither signals it again nor gives it a new grace
+    """
+    ALTER TABLE jobs ADD COLUMN preempt_until REAL;
+    ALTER TABLE jobs ADD COLUMN preempt_for INTEGER;
+    ALTER TABLE jobs ADD COLUMN preempt_mode TEXT;
+    """,
 ]
 
 # Columns returned in job records; payloads (script, env) are read separately.
@@ -147,6 +155,7 @@ JOB_COLUMNS = (
     "array_throttle", "payload_id", "dependency", "begin_time", "signal", "open_mode",
     "nodes_max", "ntasks_per_gpu", "ntasks_per_core", "cpus_per_gpu", "threads_per_core",
     "hint", "gpu_bind", "wait_all_nodes", "site_options",
+    "preempt_until", "preempt_for", "preempt_mode",
 )
 _SELECT = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
 
