@@ -88,11 +88,13 @@ class Timeline:
         self.booked = True
 
     def bookings_on(self, names) -> bool:
-        return any(self.nodes[n].bookings for n in names if n in self.nodes)
+        future = self.nodes
+        return any(future[n].bookings for n in names if n in future)
 
     def unbooked(self, nodes: list[NodeView]) -> list[NodeView]:
         """The nodes nothing is booked on."""
-        return [n for n in nodes if n.name not in self.nodes or not self.nodes[n.name].bookings]
+        future = self.nodes
+        return [n for n in nodes if n.name not in future or not future[n.name].bookings]
 
     def fits_over(self, node: NodeView, request: Request, start: float, end: float) -> bool:
         """For a request of CPUs, memory and disk alone (`plain`) that fits on the node
@@ -100,13 +102,8 @@ class Timeline:
         future = self.nodes.get(node.name)
         if future is None or not future.bookings:
             return True
-        meeting = [b for b in future.bookings if b.start < end and start < b.end]
-        if not meeting:
-            return True
-        worst = _Usage.of(meeting) if len(meeting) == 1 else _worst(meeting, start)
-        return (not worst.exclusive and node.free_cpus - worst.cpus >= request.cpus
-                and node.free_mem - worst.mem >= request.mem_mb
-                and node.free_tmp - worst.tmp >= request.tmp_mb)
+        booked = _booked(future, start, end)
+        return booked is None or _Room(node).fits(request, booked)
 
     def keeps(self, alloc: Allocation, nodes: dict[str, NodeView], start: float,
               end: float) -> bool:
@@ -135,16 +132,14 @@ class Timeline:
         if future is None:
             return node
         gone = [h for h in future.releases if h.end <= start]
-        # Bookings that meet the window; the worst moment is the start of the window or
-        # the start of one of them, since what is running only ever gives back.
-        meeting = [b for b in future.bookings if b.start < end and start < b.end]
-        if not gone and not meeting:
+        booked = _booked(future, start, end) if future.bookings else None
+        if not gone and booked is None:
             return node
         v = copy_view(node)
         for h in gone:
             give_back(v, h.alloc, node)
-        if meeting:
-            _take_off(v, _Usage.of(meeting) if len(meeting) == 1 else _worst(meeting, start))
+        if booked is not None:
+            _take_off(v, booked)
         return v
 
     def times(self, nodes: list[NodeView]) -> list[float]:
@@ -238,13 +233,11 @@ class Timeline:
                 i += 1
             if t < self.now:
                 continue
-            end = _end(t, run)
-            meeting = [b for b in future.bookings if b.start < end and t < b.end]
+            booked = _booked(future, t, _end(t, run)) if future.bookings else None
             view = base
-            if meeting:
+            if booked is not None:
                 view = copy_view(base)
-                _take_off(view, _Usage.of(meeting) if len(meeting) == 1
-                          else _worst(meeting, t))
+                _take_off(view, booked)
             if fits_now(request, view) is not None:
                 return t
         return None
@@ -255,27 +248,18 @@ class Timeline:
         each node only gains as running jobs end, so walk the ends in order until
         enough nodes have room."""
         future = self.nodes
-        room: dict[str, list] = {}
-        ready = []
-        for node in nodes:
-            if not node.usable or (request.constraint and not matches_constraint(
-                    request.constraint, node.features)):
-                continue
-            room[node.name] = [node.free_cpus, node.free_mem, node.free_tmp, node.exclusive,
-                               node]
-            if _has_room(room[node.name], request):
-                ready.append(node)
+        room = {node.name: _Room(node) for node in nodes if _may_use(node, request)}
+        ready = [r.node for r in room.values() if r.fits(request)]
         at = self.now
         if len(ready) < request.nodes:
             ends = sorted((h.end, name, h.alloc) for name in room if name in future
                           for h in future[name].releases if h.end != NEVER)
             for end, name, a in ends:
                 r = room[name]
-                had = _has_room(r, request)
-                r[0], r[1], r[2] = r[0] + a.cpus, r[1] + a.mem_mb, r[2] + a.tmp_mb
-                r[3] = r[3] and not a.exclusive
-                if not had and _has_room(r, request):
-                    ready.append(r[4])
+                had = r.fits(request)
+                r.gain(a)
+                if not had and r.fits(request):
+                    ready.append(r.node)
                     if len(ready) >= request.nodes:
                         at = max(end, self.now)
                         break
@@ -290,12 +274,9 @@ class Timeline:
                         run: float | None, bound: float) -> float | None:
         """`_node_earliest` in numbers, for a request of CPUs, memory and disk only: what
         running jobs give back only grows with time, so it adds up as the ends pass."""
-        if not node.usable or (request.constraint and not matches_constraint(
-                request.constraint, node.features)):
+        if not _may_use(node, request):
             return None
-        mem = request.mem_mb
-        cpus, free_mem, tmp = node.free_cpus, node.free_mem, node.free_tmp
-        exclusive = node.exclusive
+        room = _Room(node)
         releases = sorted((h for h in future.releases if h.end != NEVER), key=lambda h: h.end)
         moments = sorted({self.now} | {h.end for h in releases}
                          | {b.end for b in future.bookings if b.end != NEVER})
@@ -304,17 +285,9 @@ class Timeline:
             if t >= bound:
                 return None
             while i < len(releases) and releases[i].end <= t:
-                a = releases[i].alloc
-                cpus, free_mem, tmp = cpus + a.cpus, free_mem + a.mem_mb, tmp + a.tmp_mb
-                exclusive = exclusive and not a.exclusive
+                room.gain(releases[i].alloc)
                 i += 1
-            if t < self.now:
-                continue
-            end = _end(t, run)
-            meeting = [b for b in future.bookings if b.start < end and t < b.end]
-            booked = _Usage.of(meeting) if len(meeting) < 2 else _worst(meeting, t)
-            if (not exclusive and not booked.exclusive and cpus - booked.cpus >= request.cpus
-                    and free_mem - booked.mem >= mem and tmp - booked.tmp >= request.tmp_mb):
+            if t >= self.now and room.fits(request, _booked(future, t, _end(t, run))):
                 return t
         return None
 
@@ -356,17 +329,49 @@ def _take_off(v: NodeView, worst: "_Usage") -> None:
     v.exclusive = v.exclusive or worst.exclusive
 
 
-def _has_room(r: list, request: Request) -> bool:
-    return (not r[3] and r[0] >= request.cpus and r[1] >= request.mem_mb
-            and r[2] >= request.tmp_mb)
-
-
-def _worst(meeting: list, start: float) -> "_Usage":
-    moments = sorted({start} | {b.start for b in meeting if b.start > start})
+def _booked(future: _NodeFuture, start: float, end: float) -> "_Usage | None":
+    """The most of each resource booked on a node at any moment of [start, end); None
+    when nothing is. The worst moment is the start of the window or the start of one
+    of the bookings, since what is running only ever gives back."""
+    meeting = [b for b in future.bookings if b.start < end and start < b.end]
+    if not meeting:
+        return None
+    if len(meeting) == 1:
+        return _Usage.of(meeting)
     worst = _Usage()
-    for t in moments:
+    for t in sorted({start} | {b.start for b in meeting if b.start > start}):
         worst.widen(_Usage.of(b for b in meeting if b.start <= t < b.end))
     return worst
+
+
+class _Room:
+    """A node's CPUs, memory and disk as numbers, for requests of those alone (`plain`)."""
+    __slots__ = ("cpus", "mem", "tmp", "exclusive", "node")
+
+    def __init__(self, node: NodeView):
+        self.cpus, self.mem, self.tmp = node.free_cpus, node.free_mem, node.free_tmp
+        self.exclusive, self.node = node.exclusive, node
+
+    def gain(self, a: NodeAlloc) -> None:
+        """A running job's part, given back."""
+        self.cpus += a.cpus
+        self.mem += a.mem_mb
+        self.tmp += a.tmp_mb
+        self.exclusive = self.exclusive and not a.exclusive
+
+    def fits(self, request: Request, booked: "_Usage | None" = None) -> bool:
+        if booked is None:
+            return (not self.exclusive and self.cpus >= request.cpus
+                    and self.mem >= request.mem_mb and self.tmp >= request.tmp_mb)
+        return (not self.exclusive and not booked.exclusive
+                and self.cpus - booked.cpus >= request.cpus
+                and self.mem - booked.mem >= request.mem_mb
+                and self.tmp - booked.tmp >= request.tmp_mb)
+
+
+def _may_use(node: NodeView, request: Request) -> bool:
+    return node.usable and (not request.constraint
+                            or matches_constraint(request.constraint, node.features))
 
 
 def _end(start: float, run: float | None) -> float:
