@@ -128,6 +128,8 @@ class Controller:
     def rebuild(self) -> None:
         """Everything in memory from the spool (start, reconfigure)."""
         now = self.clock()
+        sc = self.config.cluster.scheduler
+        self.policy = scheduler.Policy(backfill=sc.backfill, depth=sc.backfill_depth)
         stored = self.spool.nodes()
         old = self.node_status
         self.node_status = {}
@@ -461,6 +463,7 @@ class Controller:
         """Settle new submissions without a full pass when nothing changed but
         their arrival and each lands behind its partition's blocked job."""
         reasons = {}
+        room: dict = {}     # (where, request) -> room now: an array's tasks ask alike
         for job_id in self.fresh:
             job = self.pending.get(job_id)
             if job is None or job.hold:
@@ -470,7 +473,7 @@ class Controller:
             blocker = self.blocked_at.get(job.partition)
             if blocker is None or scheduler.order_key(job) < blocker:
                 return False
-            if self.policy.backfill and self._room_now(job):
+            if self.policy.backfill and self._room_now(job, room):
                 return False    # it may start ahead: only a full pass can tell
             reasons[job_id] = scheduler.PRIORITY
         with self.spool.transaction():
@@ -482,14 +485,23 @@ class Controller:
             self.wake(self.clock() + ESTIMATE_AFTER_S)
         return True
 
-    def _room_now(self, job: scheduler.PendingJob) -> bool:
-        members = [self.nodes[n] for n in self.config.partition_nodes.get(job.partition, ())
-                   if n in self.nodes]
-        try:
-            placement.allocate(job.request, scheduler.nodes_for(job, members, self.clock())[0])
-        except placement.InsufficientResources:
-            return False
-        return True
+    def _room_now(self, job: scheduler.PendingJob, seen: dict) -> bool:
+        """Does the job fit now? `seen` keeps the answers (and each partition's nodes)
+        over one burst of submissions."""
+        members = seen.get(job.partition)
+        if members is None:
+            members = seen[job.partition] = [
+                self.nodes[n] for n in self.config.partition_nodes.get(job.partition, ())
+                if n in self.nodes]
+        candidates, where = scheduler.nodes_for(job, members, self.clock())
+        key = (where, job.request)
+        if key not in seen:
+            try:
+                placement.allocate(job.request, candidates)
+                seen[key] = True
+            except placement.InsufficientResources:
+                seen[key] = False
+        return seen[key]
 
     def wake(self, when: float) -> None:
         """A full pass is due at `when` at the latest."""
@@ -499,11 +511,6 @@ class Controller:
     def set_end(self, job_id: int, start: float, time_limit: int) -> None:
         """When a running job's time limit runs out (backfill plans with it)."""
         self.ends[job_id] = start + time_limit if time_limit else None
-
-    @property
-    def policy(self) -> scheduler.Policy:
-        sc = self.config.cluster.scheduler
-        return scheduler.Policy(backfill=sc.backfill, depth=sc.backfill_depth)
 
     def schedule(self, now: float | None = None) -> int:
         """One scheduling pass; returns how many jobs started."""
