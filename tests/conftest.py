@@ -337,3 +337,42 @@ def users():
     alice = ensure_user("rmsalice", ("rmsteam",))
     bob = ensure_user("rmsbob")
     return alice, bob
+
+
+# -- rmsctld's Controller object on a real spool, without daemons or sockets ------------------
+class Clock:
+    """A clock the test moves by hand (`clock.now += 600`)."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_conn(uid: int = 0, gid: int = 0):
+    """A connection as the controller sees one: just the peer's credentials."""
+    from rmsbatch.net.loop import Conn
+    conn = Conn.__new__(Conn)
+    conn.uid, conn.gid, conn.pid = uid, gid, 1
+    conn.meta, conn.closed, conn.outbuf, conn.listener = {}, False, bytearray(), "api"
+    return conn
+
+
+def controller_on_spool(directory, cluster: str | None = None, tenants: str | None = None,
+                        qos: str | None = None, clock=None):
+    """A Controller on a real spool under `directory`, configured by these texts (None:
+    keep the file already there, as after a restart). What it would send stays on the
+    connection it is for (`conn.meta["sent"]`)."""
+    from rmsbatch import config as configmod
+    from rmsbatch.ctld.service import Controller
+    from rmsbatch.ctld.spool import Spool
+    for name, text in (("cluster.toml", cluster), ("tenants.toml", tenants), ("qos.toml", qos)):
+        if text is not None:
+            with open(os.path.join(str(directory), name), "w") as fh:
+                fh.write(text)
+    cfg = configmod.load(str(directory))
+    ctl = Controller(cfg, Spool(cfg.spool_dir), clock=clock or time.time)
+    ctl.loop.send = lambda conn, msg: conn.meta.setdefault("sent", []).append(msg)
+    ctl.loop.close = lambda conn: setattr(conn, "closed", True)
+    return ctl

@@ -6,11 +6,9 @@ import sqlite3
 
 import pytest
 
-from rmsbatch import config as configmod
+from conftest import Clock, controller_on_spool, fake_conn
 from rmsbatch.ctld.service import Controller
 from rmsbatch.core.jobspec import JobSpec
-from rmsbatch.net.loop import Conn
-from rmsbatch.ctld.spool import Spool
 from rmsbatch.core.states import JobState
 
 CLUSTER = """
@@ -43,36 +41,14 @@ name = "normal"
 """
 
 
-class FakeConn(Conn):
-    """A connection as the controller sees one: just the peer's credentials."""
-
-    def __init__(self, uid: int, gid: int = 0):
-        self.uid, self.gid, self.pid = uid, gid, 1
-        self.meta, self.closed, self.outbuf, self.listener = {}, False, bytearray(), "api"
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1_000_000.0
-
-    def __call__(self):
-        return self.now
-
-
 @pytest.fixture
 def ctl(tmp_path):
-    for name, text in (("cluster.toml", CLUSTER), ("tenants.toml", TENANTS), ("qos.toml", QOS)):
-        (tmp_path / name).write_text(text)
-    cfg = configmod.load(str(tmp_path))
-    spool = Spool(cfg.spool_dir)
-    c = Controller(cfg, spool, clock=Clock())
-    c.loop.send = lambda conn, msg: conn.meta.setdefault("sent", []).append(msg)
-    c.loop.close = lambda conn: setattr(conn, "closed", True)
+    c = controller_on_spool(tmp_path, CLUSTER, TENANTS, QOS, clock=Clock())
     yield c
-    spool.close()
+    c.spool.close()
 
 
-ROOT = FakeConn(0)
+ROOT = fake_conn(0)
 
 
 def spec(**kw) -> dict:
@@ -88,8 +64,8 @@ def submit(ctl, conn=ROOT, **kw) -> int:
     return reply["job_id"]
 
 
-def register(ctl, node: str) -> FakeConn:
-    conn = FakeConn(0)
+def register(ctl, node: str):
+    conn = fake_conn(0)
     assert ctl.handle(conn, {"op": "node_hello", "node": node, "inventory": {}})["ok"]
     return conn
 
@@ -173,7 +149,7 @@ def test_only_the_first_nodes_outcome_ends_a_multi_node_job(ctl):
 
 
 def test_negative_nice_is_for_operators(ctl):
-    reply = ctl.handle(FakeConn(65534), {"op": "submit", "spec": spec(nice=-5)})
+    reply = ctl.handle(fake_conn(65534), {"op": "submit", "spec": spec(nice=-5)})
     assert not reply["ok"] and "--nice=-5" in reply["error"]
     assert ctl.handle(ROOT, {"op": "submit", "spec": spec(nice=-5)})["ok"]
 
@@ -205,7 +181,7 @@ def test_rebuild_from_spool(ctl):
 
 def test_accounting_privacy(ctl):
     submit(ctl)
-    alice = FakeConn(65534)   # nobody: an ordinary user
+    alice = fake_conn(65534)   # nobody: an ordinary user
     reply = ctl.handle(alice, {"op": "jobs", "all_users": True})
     assert not reply["ok"] and "private_accounting" in reply["error"]
     reply = ctl.handle(alice, {"op": "jobs", "all_users": False})

@@ -10,12 +10,9 @@ import shutil
 
 import pytest
 
-from conftest import Cluster, _kill_leftovers, _new_cluster_dir, wait_for
-from rmsbatch import config as configmod
+from conftest import (Cluster, _kill_leftovers, _new_cluster_dir, controller_on_spool,
+                      fake_conn, wait_for)
 from rmsbatch.core.jobspec import JobSpec
-from rmsbatch.ctld.service import Controller
-from rmsbatch.ctld.spool import Spool
-from rmsbatch.net.loop import Conn
 
 TENANTS = """admins = ["root"]
 private_accounting = false
@@ -152,19 +149,6 @@ default = true
 """
 
 
-class _Conn(Conn):
-    def __init__(self):
-        self.uid, self.gid, self.pid = 0, 0, 1
-        self.meta, self.closed, self.outbuf, self.listener = {}, False, bytearray(), "api"
-
-
-def _controller(directory) -> Controller:
-    cfg = configmod.load(str(directory))
-    ctl = Controller(cfg, Spool(cfg.spool_dir))
-    ctl.loop.send = lambda conn, msg: None
-    return ctl
-
-
 def _submit(ctl, conn, **kw) -> dict:
     spec = JobSpec(script="#!/bin/sh\ntrue\n", workdir="/tmp", submit_dir="/tmp")
     for k, v in kw.items():
@@ -173,10 +157,7 @@ def _submit(ctl, conn, **kw) -> dict:
 
 
 def test_what_running_jobs_hold_survives_a_controller_restart(tmp_path):
-    for name, text in (("cluster.toml", CTL_CLUSTER), ("tenants.toml", TENANTS),
-                       ("qos.toml", QOS)):
-        (tmp_path / name).write_text(text)
-    ctl, conn = _controller(tmp_path), _Conn()
+    ctl, conn = controller_on_spool(tmp_path, CTL_CLUSTER, TENANTS, QOS), fake_conn()
     assert ctl.handle(conn, {"op": "node_hello", "node": "g1", "inventory": {}})["ok"]
     first = _submit(ctl, conn, account="capped", gpus=2)["job_id"]
     second = _submit(ctl, conn, account="capped", gpus=1)["job_id"]
@@ -185,7 +166,7 @@ def test_what_running_jobs_hold_survives_a_controller_restart(tmp_path):
     assert _submit(ctl, conn, qos="batch", hold=True)["ok"]
     ctl.spool.close()
 
-    ctl = _controller(tmp_path)          # a restart: nothing but the spool
+    ctl = controller_on_spool(tmp_path)      # a restart: nothing but the spool
     assert ctl.handle(conn, {"op": "node_hello", "node": "g1", "inventory": {}})["ok"]
     assert ctl.schedule() == 0 and ctl.reasons[second] == "AssocGrpGPULimit"
     assert _submit(ctl, conn, qos="batch", hold=True)["ok"]

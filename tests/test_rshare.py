@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+from conftest import Clock, controller_on_spool, fake_conn
+
 TENANTS = """admins = ["root"]
 private_accounting = false
 [[accounts]]
@@ -112,35 +114,13 @@ billing_gpu_types = { h100 = 100.0 }
 QOS = '[[qos]]\nname = "normal"\n'
 
 
-class Clock:
-    now = 1_000_000.0
-
-    def __call__(self):
-        return self.now
-
-
 def _controller(tmp_path, clock, qos=QOS):
-    from rmsbatch import config as configmod
-    from rmsbatch.ctld.service import Controller
-    from rmsbatch.ctld.spool import Spool
-    for name, text in (("cluster.toml", CLUSTER), ("tenants.toml", TENANTS), ("qos.toml", qos)):
-        (tmp_path / name).write_text(text)
-    cfg = configmod.load(str(tmp_path))
-    ctl = Controller(cfg, Spool(cfg.spool_dir), clock=clock)
-    ctl.loop.send = lambda conn, msg: None
-    return ctl
+    return controller_on_spool(tmp_path, CLUSTER, TENANTS, qos, clock=clock)
 
 
 def test_controller_usage_decays_and_priorities_age(tmp_path):
     from rmsbatch.core.jobspec import JobSpec
-    from rmsbatch.net.loop import Conn
-
-    class Root(Conn):
-        def __init__(self):
-            self.uid, self.gid, self.pid, self.meta, self.closed = 0, 0, 1, {}, False
-            self.outbuf, self.listener = bytearray(), "api"
-
-    clock, root = Clock(), Root()
+    clock, root = Clock(), fake_conn()
     ctl = _controller(tmp_path, clock)
     assert ctl.handle(root, {"op": "node_hello", "node": "g1", "inventory": {}})["ok"]
 
