@@ -173,3 +173,15 @@ def test_a_cpu_job_runs_beside_a_blocked_gpu_job_and_rq_says_when_that_one_start
     c.run("rcancel", str(holder), check=True)
     assert c.wait_ended(both)["state"] == "COMPLETED"
     assert c.wait_ended(long_one)["state"] == "COMPLETED"
+
+
+def test_two_jobs_ending_together_on_one_node_give_one_estimate():
+    """Jobs of one array on one node often share an end: the plan walks ends in order and
+    must not compare the allocations of two that tie."""
+    nodes, parts = cluster(node("c1", gpus=0, cpus=8))
+    running = [run_on(nodes, "c1", end=50, cpus=3), run_on(nodes, "c1", end=100, cpus=2),
+               run_on(nodes, "c1", end=100, cpus=3)]
+    for policy in (Policy(), Policy(estimates=False, reasons=False)):
+        out = scheduler.schedule([job(1, cpus=8)], nodes, parts, now=0,
+                                 running=running, policy=policy)
+        assert started(out) == [] and out.est_start[1] == 100

@@ -2,6 +2,7 @@
 out by hand, and run as a user runs it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -195,3 +196,29 @@ def test_the_default_policy_gives_a_tenant_without_usage_its_turn(tmp_path):
     assert plain["tenants"]["2"]["mean_wait_s"] > 400
     assert fair["tenants"]["2"]["mean_wait_s"] < plain["tenants"]["2"]["mean_wait_s"] / 2
     assert fair["tenants"]["1"]["mean_wait_s"] > plain["tenants"]["1"]["mean_wait_s"]
+
+
+@pytest.mark.parametrize("shape", ["processors", "gpus"])
+def test_the_replay_shortcuts_change_no_start(tmp_path, shape):
+    """Pooling one-processor nodes and deciding only newcomers after an arrival are
+    there for speed alone: every job starts when the plain replay (a node per node, a
+    whole pass at every moment) starts it."""
+    from rmsbatch.sim.replay import Replay, Shape
+    from rmsbatch.sim.traces import read_trace
+    trace = read_trace(synthetic_swf(tmp_path / "mix.swf", jobs=500))
+    jobs = trace.jobs
+    if shape == "gpus":
+        jobs = [dataclasses.replace(j, gpus=min(16, j.procs), procs=0) for j in jobs]
+        machine = Shape(8, cpus_per_node=16, gpus_per_node=8)
+    else:
+        machine = Shape(64)
+
+    def starts(**shortcuts):
+        return [(o.id, o.start) for o in Replay(jobs, machine, **shortcuts).run()]
+
+    plain = Replay(jobs, machine, pool=False, incremental=False).run()
+    # the workload does queue: a shortcut that changed starts would show
+    assert sum(1 for o in plain if o.wait > 0) > 100
+    plain = [(o.id, o.start) for o in plain]
+    assert starts() == plain
+    assert starts(pool=False) == starts(incremental=False) == plain

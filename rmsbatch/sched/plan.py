@@ -16,7 +16,7 @@ them. Every pending job gets a reason, and `more` holds the others that also hol
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from rmsbatch.core import dependency as deps
 from rmsbatch.sched.placement import (Allocation, InsufficientResources, NodeView, Request,
@@ -235,13 +235,18 @@ class Pass:
         self.blocked: set[str] = set()
         self.timeline = Timeline(now, running)
         self.protected: set[tuple] = set()  # shapes whose top job holds a reservation
-        # (where, what per node) -> fewest nodes that found no room now
-        self.full: dict[tuple, int] = {}
-        # (where, what per node) -> (nodes, run end) that found no room around bookings
+        # (where, kind of request) -> (nodes, cpus, memory) of requests that found no
+        # room now: one asking at least as much of as many nodes finds none either
+        self.full: dict[tuple, list] = {}
+        # (where, kind) -> (nodes, cpus, memory, run end) that found no room around
+        # bookings: nor does a request as large or larger that runs as long or longer
         self.around: dict[tuple, list] = {}
         self.up: dict[tuple, int] = {}      # where -> nodes up there
         self.no_victims: set[tuple] = set()
         self.planned = self.tried = 0
+        # only starts are wanted (a replay): jobs with no room may be passed over quickly
+        self.quick = not (policy.reasons or policy.estimates) and preemption is None \
+            and limits is None
         self.members: dict[str, list[NodeView]] = {
             p.name: [nodes[n] for n in p.nodes if n in nodes] for p in partitions.values()}
 
@@ -256,13 +261,21 @@ class Pass:
         candidates, where = nodes_for(job, self.members[job.partition], self.now)
         # A request that found no room finds none on more nodes either: keyed by what
         # it asks of each node, the fewest nodes that found none.
-        per_node = replace(job.request, nodes=1, nodes_max=None)
-        room = job.request.nodes < self.full.get((where, per_node), NEVER)
-        if self._over_a_limit(job, room):
+        r = job.request
+        kind = (where, _kind(r))
+        size = (r.nodes, r.cpus, r.mem_mb)
+        room = not _covered(self.full.get(kind), size)
+        if not room and self.quick and job.reservation is None and not job.licenses \
+                and shape_of(job) in self.protected:
+            # A replay wants starts alone: no room, and its shape's reservation is
+            # planned already, so there is nothing more to learn about this job.
+            return self._waits(job)
+        if (self.limits is not None or job.licenses or job.reservation is not None) \
+                and self._over_a_limit(job, room):
             return False
         run = job.time_limit or None
         end = self.now + run if run else None
-        alloc = self._place(job, candidates, where, per_node, room, end or NEVER)
+        alloc = self._place(job, candidates, kind, size, room, end or NEVER)
         if alloc is not None:
             self._start(job, alloc, end)
             return False
@@ -271,9 +284,14 @@ class Pass:
         if job.id not in out.reasons:
             out.reasons[job.id] = self._waiting(job, candidates, where)
         self._plan(job, candidates, run)
+        return self._waits(job)
+
+    def _waits(self, job: PendingJob) -> bool:
+        """It stays pending: it holds up its partition unless it is confined to some
+        nodes. True: the pass may stop here."""
         if not confined(job):
             self.blocked.add(job.partition)
-            out.blocked.setdefault(job.partition, order_key(job))
+            self.out.blocked.setdefault(job.partition, order_key(job))
         if not self.policy.reasons:
             self.tried += 1
             if self.policy.backfill:
@@ -314,10 +332,9 @@ class Pass:
             self.out.more[job.id] = why[1:]
         return True
 
-    def _place(self, job, candidates, where, per_node, room: bool, until: float):
+    def _place(self, job, candidates, kind, size, room: bool, until: float):
         """Where the job starts now without delaying any reservation, or None."""
-        around = self.around.get((where, per_node), ())
-        if room and any(n <= job.request.nodes and u <= until for n, u in around):
+        if room and _covered(self.around.get(kind), size + (until,)):
             # A run this long found no room around what is booked: it would delay a
             # reservation.
             self.out.reasons[job.id] = PRIORITY
@@ -327,8 +344,7 @@ class Pass:
         try:
             alloc = allocate(job.request, candidates)
         except InsufficientResources:
-            self.full[(where, per_node)] = min(job.request.nodes,
-                                               self.full.get((where, per_node), NEVER))
+            _failed(self.full, kind, size)
             return None
         timeline = self.timeline
         if not (timeline.booked and timeline.bookings_on(alloc)) or \
@@ -351,7 +367,7 @@ class Pass:
             return allocate(job.request, fitting)
         except InsufficientResources:
             # and any longer run on as many nodes or more
-            self.around.setdefault((where, per_node), []).append((job.request.nodes, until))
+            _failed(self.around, kind, size + (until,))
             self.out.reasons[job.id] = PRIORITY
             return None
 
@@ -417,6 +433,47 @@ class Pass:
         if reserve:
             self.protected.add(shape)
             self.timeline.book(where_then, at, at + run if run else None)
+
+
+_KIND_FIELDS = tuple(f for f in Request.__dataclass_fields__
+                     if f not in ("nodes", "nodes_max", "cpus", "mem_mb"))
+
+
+def _kind(request: Request) -> tuple:
+    """The request without its size (nodes, CPUs, memory): requests of one kind compare
+    by size alone, as a larger one fits wherever a smaller one does not. Kept on the
+    request (frozen), as thousands of jobs are decided a pass and each asks for it."""
+    kind = request.__dict__.get("_kind")
+    if kind is None:
+        kind = tuple(getattr(request, f) for f in _KIND_FIELDS)
+        object.__setattr__(request, "_kind", kind)
+    return kind
+
+
+def _covered(failed: list | None, size: tuple) -> bool:
+    """Whether a request of this size (and run end) is at least one that failed."""
+    if failed:
+        if len(size) == 3:
+            n, c, m = size
+            for f in failed:
+                if f[0] <= n and f[1] <= c and f[2] <= m:
+                    return True
+        else:
+            n, c, m, u = size
+            for f in failed:
+                if f[0] <= n and f[1] <= c and f[2] <= m and f[3] <= u:
+                    return True
+    return False
+
+
+def _failed(memo: dict, kind, size: tuple) -> None:
+    """Remember a size that failed, forgetting those it covers (larger ones)."""
+    failed = memo.get(kind)
+    if failed is None:
+        memo[kind] = [size]
+        return
+    failed[:] = [f for f in failed if not all(a <= b for a, b in zip(size, f))]
+    failed.append(size)
 
 
 # -- licenses and reservations: cluster-wide, beyond any one node -----------------------

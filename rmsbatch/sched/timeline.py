@@ -252,8 +252,10 @@ class Timeline:
         ready = [r.node for r in room.values() if r.fits(request)]
         at = self.now
         if len(ready) < request.nodes:
-            ends = sorted((h.end, name, h.alloc) for name in room if name in future
-                          for h in future[name].releases if h.end != NEVER)
+            # sorted on the end alone: two jobs on one node may end at the same moment
+            ends = sorted(((h.end, name, h.alloc) for name in room if name in future
+                           for h in future[name].releases if h.end != NEVER),
+                          key=lambda e: e[0])
             for end, name, a in ends:
                 r = room[name]
                 had = r.fits(request)
