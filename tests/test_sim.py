@@ -84,10 +84,10 @@ def test_the_table_for_people_and_the_json_file(tiny, tmp_path):
     assert saved["window"] == {"start": 1, "count": 2} and saved["mean_wait_s"] == 20
 
 
-def synthetic_swf(path, jobs=1500, procs=64, seed=3):
+def synthetic_swf(path, jobs=1500, procs=64, seed=3, per_node=1):
     """A Lublin-like mix: mostly small, some wide, run times spread over decades."""
     rng = random.Random(seed)
-    lines = ["; MaxNodes: %d" % procs, "; MaxProcs: %d" % procs]
+    lines = ["; MaxNodes: %d" % (procs // per_node), "; MaxProcs: %d" % procs]
     t = 0
     for i in range(1, jobs + 1):
         t += int(rng.expovariate(1 / 60))
@@ -174,8 +174,9 @@ def reference_fifo(path):
     return sum(bsld) / len(bsld)
 
 
-def test_fifo_equals_the_published_simulators_first_come_first_served(tmp_path):
-    trace = synthetic_swf(tmp_path / "mix.swf", jobs=2000)
+@pytest.mark.parametrize("per_node", [1, 8])
+def test_fifo_equals_the_published_simulators_first_come_first_served(tmp_path, per_node):
+    trace = synthetic_swf(tmp_path / "mix.swf", jobs=2000, per_node=per_node)
     ours = json.loads(sim(trace, "--policy", "fifo", "--json", "-").stdout)
     assert ours["mean_bounded_slowdown"] == pytest.approx(reference_fifo(trace), abs=1e-6)
 
@@ -211,7 +212,7 @@ def test_the_replay_shortcuts_change_no_start(tmp_path, shape):
         jobs = [dataclasses.replace(j, gpus=min(16, j.procs), procs=0) for j in jobs]
         machine = Shape(8, cpus_per_node=16, gpus_per_node=8)
     else:
-        machine = Shape(64)
+        machine = Shape(16, cpus_per_node=4)
 
     def starts(**shortcuts):
         return [(o.id, o.start) for o in Replay(jobs, machine, **shortcuts).run()]

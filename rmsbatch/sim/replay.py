@@ -12,10 +12,10 @@ A trace job becomes a pending job on a cluster of identical nodes (`Shape`):
 - GPUs: one node when the job fits on one, else whole nodes (8-GPU jobs on 8-GPU
   nodes); a fractional GPU (Alibaba's gpu_milli) books a whole device, since the
   placement core has no shares of one device.
-When every node is one processor and nothing else (most SWF machines), the nodes are
-interchangeable and a job's nodes are any k of them: the replay then books one pooled
-node with that many processors, which allows exactly the same starts as k separate
-nodes and spares the core a scan over hundreds of identical ones per decision.
+Since processor jobs take whole nodes, those nodes are interchangeable and a job's
+nodes are any k of them: the replay books one pooled node with a processor per node,
+which allows exactly the same starts as k separate nodes and spares the core a scan
+over hundreds of identical ones per decision.
 Its time limit, which backfill plans with, is its requested time when the trace has
 one (`estimate="requested"`) or its actual run time (`"actual"`, a perfect estimate).
 """
@@ -94,8 +94,7 @@ class Replay:
     @property
     def pooled(self) -> bool:
         s = self.shape
-        return self.pool and s.cpus_per_node == 1 and not s.gpus_per_node \
-            and not s.mem_mb_per_node
+        return self.pool and not s.gpus_per_node and not s.mem_mb_per_node
 
     def requests(self, job) -> tuple[Request, int]:
         """The placement request for a trace job, and its node count."""
@@ -111,8 +110,7 @@ class Replay:
         nodes = max(1, math.ceil(max(job.procs, 1) / s.cpus_per_node))
         if self.pooled:
             return Request(nodes=1, cpus=nodes), nodes
-        cpus = s.cpus_per_node if nodes > 1 else max(1, min(job.procs, s.cpus_per_node))
-        return Request(nodes=nodes, cpus=cpus), nodes
+        return Request(nodes=nodes, cpus=s.cpus_per_node), nodes
 
     def time_limit(self, job) -> int:
         if self.estimate == "requested" and job.requested:
@@ -145,6 +143,7 @@ class Replay:
                                             and not self.pooled):
                 raise ReplayError(f"job {job.id} needs {counts[job.id]} nodes of {s.cpus_per_node} "
                                   f"CPUs; the simulated cluster has {s.nodes}")
+        per_unit = s.cpus_per_node if self.pooled else 1     # processors per pooled CPU
         planned_ends: list[tuple[float, int]] = []     # heap of (planned end, id)
         last = None         # the last pass's Decisions, while nothing has changed since
         while upcoming is not None or ends or pending:
@@ -199,7 +198,7 @@ class Replay:
                 heapq.heappush(planned_ends, (now + p.time_limit, job_id))
                 done[job_id] = Outcome(
                     job_id, tj.submit, now, now + tj.run, tj.run, counts[job_id],
-                    sum(a.cpus for a in alloc.values()),
+                    sum(a.cpus for a in alloc.values()) * per_unit,
                     sum(len(a.gpus) for a in alloc.values()), tj.tenant, tj.user)
                 outcomes.append(done[job_id])
             if progress is not None and decisions.starts:
