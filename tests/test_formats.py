@@ -9,7 +9,7 @@ import time
 import pytest
 
 from rmsbatch.net import client
-from rmsbatch.cli import arguments, details, jobfields, layout, nodetables
+from rmsbatch.cli import details, jobfields, layout, nodetables, optiontypes
 from rmsbatch.cli import rcancel, rcontrol, rinfo, rq, rsacct
 from rmsbatch.cli.common import UsageError, run_main
 
@@ -256,7 +256,7 @@ def test_rq_renders_ten_thousand_jobs():
 # -- rq: arguments and request ---------------------------------------------------
 
 def test_rq_request_defaults(monkeypatch):
-    monkeypatch.setattr(arguments, "current_user", lambda: "carol")
+    monkeypatch.setattr(optiontypes, "current_user", lambda: "carol")
     assert rq.request(rq.parse_args([])) == {"active": True}
     fields = rq.request(rq.parse_args(
         ["-u", "alice,bob", "--me", "-A", "ml", "-p", "gpu,cpu", "-j", "4,5", "-j", "6",
@@ -686,7 +686,7 @@ def test_rcancel_signals(text, name):
 
 
 def test_rcancel_request(monkeypatch):
-    monkeypatch.setattr(arguments, "current_user", lambda: "carol")
+    monkeypatch.setattr(optiontypes, "current_user", lambda: "carol")
     assert rcancel.request(rcancel.parse_args(["42", "43,44"])) == {"ids": [42, 43, 44]}
     assert rcancel.request(rcancel.parse_args(["--me", "-t", "PD", "-s", "USR1"])) == {
         "users": ["carol"], "states": ["PENDING"], "signal": "SIGUSR1", "scope": "children"}

@@ -65,7 +65,7 @@ def job_filters(args, keys: tuple[str, ...]) -> dict:
     fields: dict = {}
     users = list(getattr(args, "users", None) or [])
     if getattr(args, "me", False):
-        from rmsbatch.cli.arguments import current_user
+        from rmsbatch.cli.optiontypes import current_user
         users.append(current_user())
     if users:
         fields["users"] = users

@@ -5,14 +5,13 @@ One "jobs" request with the filters (the controller filters), then a table.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 from rmsbatch.net import client
-from rmsbatch.cli.arguments import (
-    CommandParser, add_output_options, comma_list, id_fields, job_ref_list, job_state_list,
-)
+from rmsbatch.cli import optiontypes, quickargs
+from rmsbatch.cli.optiontypes import id_fields
+from rmsbatch.cli.quickargs import Option
 from rmsbatch.cli.arrayids import ARRAY_KEYS, fold_pending, label_tasks
 from rmsbatch.cli.jobfields import JOB_ALIASES, JOB_FIELDS, job_format_help, job_layout
 from rmsbatch.cli.layout import FormatError, field_layout, render_json
@@ -49,6 +48,7 @@ EXAMPLES = """
 
 
 def _hostlist_arg(text: str) -> list[str]:
+    import argparse
     try:
         names = expand(text)
     except HostlistError as exc:
@@ -58,7 +58,10 @@ def _hostlist_arg(text: str) -> list[str]:
     return names
 
 
-def build_parser() -> CommandParser:
+def build_parser():
+    from rmsbatch.cli.arguments import (
+        CommandParser, add_output_options, comma_list, job_ref_list, job_state_list,
+    )
     parser = CommandParser(
         prog=PROG, short_help=False, examples=EXAMPLES,
         description="Show pending and running jobs (like squeue).\n"
@@ -106,14 +109,48 @@ def build_parser() -> CommandParser:
     return parser
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+# What `rq` lines scripts and people type most, read without argparse
+# (rmsbatch.cli.quickargs); the defaults are those argparse gives.
+QUICK = [
+    Option(("-u", "--user"), "users", optiontypes.comma_list, extend=True),
+    Option(("--me",), "me"),
+    Option(("-A", "--account"), "accounts", optiontypes.comma_list, extend=True),
+    Option(("-p", "--partition"), "partitions", optiontypes.comma_list, extend=True),
+    Option(("-j", "--jobs"), "ids", optiontypes.job_ref_list, extend=True),
+    Option(("-n", "--name"), "names", optiontypes.comma_list, extend=True),
+    Option(("-o", "--format"), "format", str),
+    Option(("-r", "--array"), "array"),
+    Option(("-l", "--long"), "long"),
+    Option(("--start",), "start"),
+    Option(("-h", "--noheader"), "noheader"),
+    Option(("--json",), "json"),
+]
+QUICK_DEFAULTS = {"users": None, "me": False, "accounts": None, "partitions": None,
+                  "states": None, "ids": None, "names": None, "nodes": None, "format": None,
+                  "Format": None, "array": False, "long": False, "start": False,
+                  "priority": False, "noheader": False, "json": False, "watch": None}
+
+
+def parse_args(argv: list[str]):
     """Parse and check the command line; usage errors raise UsageError."""
+    try:
+        return _checked(quickargs.read(argv, QUICK, QUICK_DEFAULTS), _unread)
+    except quickargs.Unread:
+        pass
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return _checked(parser.parse_args(argv), parser.error)
+
+
+def _unread(message: str):
+    raise quickargs.Unread(message)
+
+
+def _checked(args, error):
+    """What the options make together: the layout, or `error(message)`."""
     if args.format and args.Format:
-        parser.error("use -o/--format or -O/--Format, not both")
+        error("use -o/--format or -O/--Format, not both")
     if args.start and args.priority:
-        parser.error("use --start or --priority, not both")
+        error("use --start or --priority, not both")
     text = args.format or args.Format
     args.format_help = bool(text) and text.strip().lower() == "help"
     args.layout = None
@@ -124,11 +161,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             else:
                 args.layout = job_layout(args.format, long=args.long, start=args.start)
         except FormatError as exc:
-            parser.error(f"argument {'-O/--Format' if args.Format else '-o/--format'}: {exc}")
+            error(f"argument {'-O/--Format' if args.Format else '-o/--format'}: {exc}")
     return args
 
 
-def request(args: argparse.Namespace) -> dict:
+def request(args) -> dict:
     """The fields of the one "jobs" request this command sends."""
     fields = job_filters(args, ("accounts", "partitions", "names", "nodes"))
     fields.update(id_fields(args.ids))
@@ -140,7 +177,7 @@ def request(args: argparse.Namespace) -> dict:
     return fields
 
 
-def render(records: list[dict], args: argparse.Namespace, now: float | None = None) -> str:
+def render(records: list[dict], args, now: float | None = None) -> str:
     """The text rq prints for these job records ("" for none and no header)."""
     if args.json:
         return render_json("jobs", records)
@@ -186,6 +223,7 @@ def _seconds(text: str) -> float:
     except ValueError:
         value = -1.0
     if not 0 < value <= 86400:
+        import argparse
         raise argparse.ArgumentTypeError(f"invalid interval {text!r}: expected seconds, "
                                          "more than 0, such as 5")
     return value
@@ -200,7 +238,7 @@ def add_watch_options(group) -> None:
                        help="as --watch=SECONDS (squeue's --iterate)")
 
 
-def watch(args: argparse.Namespace, fields: dict) -> int:
+def watch(args, fields: dict) -> int:
     """The listing again every interval; stops by itself once none of the jobs it lists
     is pending or running any more (an empty listing included), and quietly on Ctrl-C."""
     if "fields" in fields and "state" not in fields["fields"]:
