@@ -11,6 +11,7 @@ import shutil
 import pytest
 from conftest import ROOT, Cluster, _kill_leftovers, _new_cluster_dir, wait_for
 
+from rmsbatch.core import hostlist
 from rmsbatch.sched import plan
 from rmsbatch.sched.jobrequest import MAINT, Window, place
 from rmsbatch.sched.placement import NodeView, Request
@@ -164,7 +165,12 @@ def test_reserved_node_runs_only_its_users_jobs_until_deleted(c, users):
     (["ReservationName=fromfile"], ["already exists", "cluster.toml"]),
     (["Users="], ["Users= on create reservation is empty"]),
     (["Flags=SOMETIMES"], ["unknown flag SOMETIMES"]),
-    (["TRES=gres/gpu:8"], ["not supported"]),
+    (["TRES=gres/gpu:8"], ["expected gres/gpu=COUNT"]),
+    (["Nodes=-", "TRES=cpu=4"], ["reserving cpu is not supported"]),
+    (["Nodes=-", "TRES=gres/gpu=3"], ["only 2 GPUs", "IGNORE_JOBS"]),
+    (["Nodes=-", "NodeCnt=2"], ["NodeCnt=2", "only 1 node(s)"]),
+    (["NodeCnt=1"], ["both Nodes= and a count"]),
+    (["CoreCnt=4"], ["not supported"]),
 ])
 def test_bad_reservations_are_refused_in_one_line(c, words, says):
     fields = {"ReservationName": "bad", "StartTime": "now", "Duration": "30", "Nodes": c.node,
@@ -182,6 +188,17 @@ def test_bad_reservations_are_refused_in_one_line(c, words, says):
                       *extra)
     refused(result, *says)
     assert "bad" not in table(c)
+
+
+@needs_root
+def test_a_gpu_count_reserves_the_nodes_that_have_them(c):
+    made = rcontrol(c, "create", "reservation", "ReservationName=gpus", "StartTime=now+1hour",
+                    "Duration=30", "TRES=gres/gpu=2", "Users=root")
+    assert made.returncode == 0, made.stderr
+    shown = rcontrol(c, "show", "reservation", "gpus").stdout
+    assert f"Nodes={c.node} NodeCnt=1" in shown and ",gres/gpu=2" in shown
+    assert table(c)["gpus"][1] == "INACTIVE"
+    assert rcontrol(c, "delete", "reservation", "gpus").returncode == 0
 
 
 @needs_root
@@ -232,3 +249,87 @@ def test_a_reservation_starts_and_ends_by_itself(c, users):
     assert c.wait_ended(job, timeout=20)["state"] == "COMPLETED"
     # and after its end it is gone, by itself
     wait_for(lambda: "soon" not in table(c), 20, "the ended reservation dropped")
+
+
+# -- counts instead of names: the controller picks the nodes ------------------------------
+COUNTED = """
+name = "t"
+[controller]
+socket = "run/s.sock"
+spool_dir = "spool"
+[[nodes]]
+names = "big[1-2]"
+cpus = 32
+memory = "256G"
+[[nodes.gpus]]
+type = "h100"
+count = 8
+[[nodes]]
+names = "small[1-3]"
+cpus = 8
+memory = "64G"
+[[nodes.gpus]]
+type = "a100"
+count = 2
+[[nodes]]
+names = "cpu1"
+cpus = 64
+memory = "256G"
+[[partitions]]
+name = "gpu"
+nodes = "big[1-2],small[1-3]"
+default = true
+[[partitions]]
+name = "cpu"
+nodes = "cpu1"
+"""
+
+
+@pytest.fixture
+def counted(tmp_path):
+    from conftest import controller_on_spool, fake_conn
+    ctl = controller_on_spool(tmp_path, COUNTED, 'admins = ["root"]\n[[accounts]]\n'
+                              'name = "lab"\nusers = ["*"]\n', '[[qos]]\nname = "normal"\n')
+    for node in ("big1", "big2", "small1", "small2", "small3", "cpu1"):
+        assert ctl.handle(fake_conn(0), {"op": "node_hello", "node": node,
+                                         "inventory": {}})["ok"]
+    yield ctl, fake_conn(0)
+    ctl.spool.close()
+
+
+def reserve(ctl, conn, **fields):
+    return ctl.handle(conn, {"op": "create_reservation", "start": "now", "duration": 3600,
+                             "users": ["root"], **fields})
+
+
+@pytest.mark.parametrize("fields, nodes", [
+    ({"gpus": 16}, {"big1", "big2"}),                       # the fewest nodes
+    ({"gpus": 10}, {"big1", "small1"}),                     # the smallest that makes it up
+    ({"gpus": 4, "gpu_type": "a100"}, {"small1", "small2"}),
+    ({"node_count": 1, "partition": "cpu"}, {"cpu1"}),
+    ({"node_count": 2}, {"big1", "big2"}),
+])
+def test_a_count_of_gpus_or_nodes_picks_whole_nodes(counted, fields, nodes):
+    ctl, conn = counted
+    reply = reserve(ctl, conn, name="r", **fields)
+    assert reply["ok"], reply
+    assert set(hostlist.expand(reply["reservation"]["nodes"])) == nodes
+    assert reply["reservation"]["gpus"] == sum(8 if n.startswith("big") else
+                                               2 if n.startswith("small") else 0 for n in nodes)
+
+
+def test_a_count_skips_reserved_drained_and_busy_nodes_or_says_why_not(counted):
+    ctl, conn = counted
+    assert reserve(ctl, conn, name="first", gpus=8)["ok"]           # takes big1
+    second = reserve(ctl, conn, name="second", gpus=8)
+    assert second["ok"] and second["reservation"]["nodes"] == "big2"
+    ctl.node_status["small1"].drain = True
+    third = reserve(ctl, conn, name="third", gpus=4, gpu_type="a100")
+    assert third["ok"] and third["reservation"]["nodes"] == "small[2-3]"
+    short = reserve(ctl, conn, name="fourth", gpus=2)
+    assert not short["ok"] and "only 0 GPUs" in short["error"] and "IGNORE_JOBS" in short["error"]
+    both = reserve(ctl, conn, name="x", gpus=2, nodes="cpu1")
+    assert not both["ok"] and "both Nodes= and a count" in both["error"]
+    nosuch = reserve(ctl, conn, name="x", node_count=1, partition="nosuch")
+    assert not nosuch["ok"] and "no such partition" in nosuch["error"]
+    assert sorted(w.name for w in ctl.windows()) == ["first", "second", "third"]

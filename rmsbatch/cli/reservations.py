@@ -3,8 +3,9 @@ and `show reservation` (rcontrol), and sinfo's `-T` table (rinfo).
 
 Keys are scontrol's, case-insensitive: ReservationName (or Name), StartTime (now,
 now+1hour, 2026-12-24T08:00:00: as rsub --begin reads them), EndTime, Duration
-(minutes, HH:MM:SS, D-HH:MM:SS or UNLIMITED), Nodes (a host list, or ALL), Users,
-Accounts, Flags (MAINT, IGNORE_JOBS). Times are read on this host's clock and sent as
+(minutes, HH:MM:SS, D-HH:MM:SS or UNLIMITED), Nodes (a host list, or ALL), or instead
+NodeCnt=N or TRES=gres/gpu[:TYPE]=N (the controller picks whole nodes, of PartitionName
+if given), Users, Accounts, Flags (MAINT, IGNORE_JOBS). Times are read on this host's clock and sent as
 seconds since the epoch; `now` is sent as such, for the controller's clock.
 """
 from __future__ import annotations
@@ -15,15 +16,11 @@ from rmsbatch.cli.layout import Column, Layout, clock, getter, render_json, time
 KEYS = {"reservationname": "name", "reservation": "name", "name": "name",
         "starttime": "start", "endtime": "end", "duration": "duration", "nodes": "nodes",
         "nodelist": "nodes", "users": "users", "user": "users", "accounts": "accounts",
-        "account": "accounts", "flags": "flags", "flag": "flags"}
+        "account": "accounts", "flags": "flags", "flag": "flags", "nodecnt": "node_count",
+        "tres": "tres", "partitionname": "partition", "partition": "partition"}
 NOT_YET = {
-    "tres": "reserving GPU or CPU counts (TRES=) is not supported: reserve whole nodes "
-            "with Nodes=HOSTLIST",
-    "nodecnt": "reserving a node count (NodeCnt=) is not supported: name the nodes with "
-               "Nodes=HOSTLIST",
     "corecnt": "reserving cores (CoreCnt=) is not supported: reserve whole nodes with "
-               "Nodes=HOSTLIST",
-    "partitionname": "PartitionName= is not supported: name the nodes with Nodes=HOSTLIST",
+               "Nodes=HOSTLIST, NodeCnt=N or TRES=gres/gpu=N",
 }
 WORDS = ("reservation", "reservations", "res", "reservationname")
 
@@ -60,7 +57,8 @@ def parse(settings: list[str], verb: str, now: float | None = None) -> dict:
         if key not in KEYS:
             raise ReservationArgError(
                 f"unknown key {given!r} on {verb} reservation: use ReservationName, StartTime, "
-                "EndTime, Duration, Nodes, Users, Accounts or Flags")
+                "EndTime, Duration, Nodes (or NodeCnt, TRES, PartitionName), Users, Accounts "
+                "or Flags")
         name = KEYS[key]
         if name in fields:
             raise ReservationArgError(f"{given} given twice on {verb} reservation: give it "
@@ -75,6 +73,10 @@ def parse(settings: list[str], verb: str, now: float | None = None) -> dict:
                 fields[name] = _duration(value, parse_time)
             elif name in ("users", "accounts", "flags"):
                 fields[name] = [v.strip() for v in value.split(",") if v.strip()]
+            elif name == "node_count":
+                fields[name] = _count(value)
+            elif name == "tres":
+                fields.update(_tres(value))
             else:
                 fields[name] = value
         except (ValueError, UnitError) as exc:
@@ -83,6 +85,34 @@ def parse(settings: list[str], verb: str, now: float | None = None) -> dict:
             raise ReservationArgError(f"{given}= on {verb} reservation is empty: give a value")
     if "name" not in fields:
         raise ReservationArgError(f"{verb} reservation needs ReservationName=NAME")
+    return fields
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1 or len(text) > 9:
+        raise ValueError("expected a count such as 4")
+    return int(text)
+
+
+def _tres(text: str) -> dict:
+    """`gres/gpu=16`, `gres/gpu:h100=8`, `node=2` (scontrol's TRES=) -> request fields."""
+    fields: dict = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        kind, eq, count = item.partition("=")
+        kind = kind.strip().lower()
+        if not eq:
+            raise ValueError(f"{item!r}: expected gres/gpu=COUNT, gres/gpu:TYPE=COUNT or "
+                             "node=COUNT")
+        if kind == "node":
+            fields["node_count"] = _count(count.strip())
+        elif kind == "gres/gpu" or kind.startswith("gres/gpu:"):
+            fields["gpus"] = _count(count.strip())
+            gpu_type = item.partition("=")[0].strip()[len("gres/gpu:"):]
+            if gpu_type:
+                fields["gpu_type"] = gpu_type
+        else:
+            raise ValueError(f"reserving {kind} is not supported: reserve GPUs "
+                             "(gres/gpu=N) or nodes (node=N); nodes are reserved whole")
     return fields
 
 
@@ -105,7 +135,9 @@ def detail(r: dict) -> list[str]:
     return [
         f"ReservationName={r['name']} StartTime={timestamp(r.get('start'))} EndTime={end} "
         f"Duration={duration}",
-        f"Nodes={r['nodes']} NodeCnt={r['node_count']} Flags={_or_null(r.get('flags') or [])}",
+        f"Nodes={r['nodes']} NodeCnt={r['node_count']} Flags={_or_null(r.get('flags') or [])}"
+        + (f" TRES=cpu={r['cpus']}" + (f",gres/gpu={r['gpus']}" if r["gpus"] else "")
+           if "cpus" in r else ""),
         f"Users={_or_null(r.get('users') or [])} Accounts={_or_null(r.get('accounts') or [])} "
         f"State={r['state']}",
         f"Source={r.get('source')}" + (f" CreatedBy={r['created_by']}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 import pwd
 import re
 from typing import Annotated, Literal
@@ -48,6 +49,11 @@ class ReservationFields(Request):
     end: Epoch | None = None
     duration: Seconds | None = None     # 0: UNLIMITED
     flags: Names | None = None
+    # instead of nodes: how many, or how many GPUs, the controller picks the nodes
+    node_count: Annotated[int, Field(strict=True, ge=1, le=1 << 20)] | None = None
+    gpus: Annotated[int, Field(strict=True, ge=1, le=1 << 24)] | None = None
+    gpu_type: Name | None = None
+    partition: Name | None = None
 
 
 class ReservationName(Request):
@@ -102,7 +108,7 @@ def tick(ctl, now: float) -> None:
         refresh(ctl)
 
 
-def record(w: Window, now: float, created_by: str = "") -> dict:
+def record(w: Window, now: float, created_by: str = "", config=None) -> dict:
     """A reservation as `show` and `rinfo -T` get it."""
     if w.end is not None and w.end <= now:
         state = "ENDED"
@@ -114,6 +120,9 @@ def record(w: Window, now: float, created_by: str = "") -> dict:
         "end": w.end, "duration": None if w.end is None or w.start is None else w.end - w.start,
         "flags": [f for f in FLAGS if f in w.flags], "state": state,
         "source": "rcontrol" if w.runtime else "cluster.toml", "created_by": created_by,
+        **({} if config is None else {
+            "cpus": sum(config.nodes[n].cpus for n in w.nodes if n in config.nodes),
+            "gpus": sum(len(config.nodes[n].gpus) for n in w.nodes if n in config.nodes)}),
     }
 
 
@@ -127,7 +136,8 @@ def show(ctl, conn, req: ShowReservations) -> dict:
         if not every:
             raise RequestError(_not_found(ctl, req.name))
     makers = {r["name"]: r["created_by"] for r in ctl.spool.reservations()}
-    return {"reservations": [record(w, now, makers.get(w.name, "")) for w in every]}
+    return {"reservations": [record(w, now, makers.get(w.name, ""), ctl.config)
+                             for w in every]}
 
 
 @op("create_reservation", model=ReservationFields, role=OPERATOR)
@@ -141,24 +151,27 @@ def create(ctl, conn, req: ReservationFields) -> dict:
         where = "cluster.toml" if name not in ctl.reservations else "rcontrol"
         raise RequestError(f"reservation {name} already exists (made in {where}): pick "
                            "another ReservationName, or update that one")
-    if req.nodes is None:
+    if not _counted(name, req) and req.nodes is None:
         raise RequestError(f"no nodes for reservation {name}: give Nodes=HOSTLIST "
-                           "(e.g. Nodes=gpu[001-004], or Nodes=ALL)")
+                           "(e.g. Nodes=gpu[001-004], or Nodes=ALL), NodeCnt=N or "
+                           "TRES=gres/gpu=N")
     start = now if req.start in (None, "now") else req.start
     if req.start not in (None, "now"):
         _not_past(name, start, now)
     if req.end is None and req.duration is None:
         raise RequestError(f"no end for reservation {name}: give Duration=TIME, EndTime=TIME "
                            "or Duration=UNLIMITED")
-    window = Window(name, _nodes(ctl, name, req.nodes), _users(name, req.users or ()),
+    window = Window(name, frozenset(), _users(name, req.users or ()),
                     _accounts(ctl, name, req.accounts or ()), start,
                     _end(name, start, req.end, req.duration), _flags(name, req.flags or ()),
                     runtime=True)
+    window = replace(window, nodes=_nodes(ctl, name, req.nodes) if req.nodes is not None
+                     else _pick(ctl, window, req, now))
     _check(ctl, window, now)
     user = ctl.user_name(conn.uid)
     _store(ctl, window, user, now)
     log.info("reservation %s: created by %s: %s", name, user, _summary(window))
-    return {"reservation": record(window, now, user)}
+    return {"reservation": record(window, now, user, ctl.config)}
 
 
 @op("update_reservation", model=ReservationFields, role=OPERATOR)
@@ -182,12 +195,14 @@ def update(ctl, conn, req: ReservationFields) -> dict:
         old.users if req.users is None else _users(name, req.users),
         old.accounts if req.accounts is None else _accounts(ctl, name, req.accounts),
         start, end, old.flags if req.flags is None else _flags(name, req.flags), runtime=True)
+    if _counted(name, req):
+        window = replace(window, nodes=_pick(ctl, window, req, now))
     _check(ctl, window, now)
     user = ctl.user_name(conn.uid)
     stored = next(r for r in ctl.spool.reservations() if r["name"] == name)
     _store(ctl, window, stored["created_by"], stored["created_time"])
     log.info("reservation %s: updated by %s: %s", name, user, _summary(window))
-    return {"reservation": record(window, now)}
+    return {"reservation": record(window, now, config=ctl.config)}
 
 
 @op("delete_reservation", model=ReservationName, role=OPERATOR)
@@ -249,6 +264,74 @@ def _nodes(ctl, name: str, text: str) -> frozenset:
     return frozenset(names)
 
 
+def _counted(name: str, req: ReservationFields) -> bool:
+    """Whether the request asks for a count of nodes or GPUs rather than named nodes."""
+    counted = req.node_count is not None or req.gpus is not None
+    if counted and req.nodes is not None:
+        raise RequestError(f"both Nodes= and a count (NodeCnt= or TRES=) on reservation "
+                           f"{name}: name the nodes, or give the count")
+    if req.node_count is not None and req.gpus is not None:
+        raise RequestError(f"both NodeCnt= and TRES=gres/gpu= on reservation {name}: give "
+                           "one (the GPUs' nodes are reserved whole)")
+    if not counted and (req.gpu_type is not None or req.partition is not None):
+        raise RequestError(f"PartitionName= or a GPU type on reservation {name} without a "
+                           "count: add NodeCnt=N or TRES=gres/gpu=N")
+    return counted
+
+
+def _pick(ctl, w: Window, req: ReservationFields, now: float) -> frozenset:
+    """The nodes for a reservation of NodeCnt=N or TRES=gres/gpu[:TYPE]=N, as Slurm picks
+    them: up and undrained, of the partition if one is given, reserved by no other
+    reservation over the same time, and (unless IGNORE_JOBS) free of running jobs that
+    may run past its start. Whole nodes: for GPUs, those with the most of them first
+    (the fewest nodes), then the smallest node that still makes up the count last."""
+    part = req.partition
+    if part is not None and part not in ctl.config.partition_nodes:
+        raise RequestError(f"PartitionName={part} on reservation {w.name}: no such partition "
+                           f"(partitions: {', '.join(ctl.config.partition_nodes)})")
+    names = ctl.config.partition_nodes[part] if part is not None else list(ctl.config.nodes)
+    taken = set()
+    for other in ctl.windows():
+        if other.name != w.name and (other.end is None or other.end > now) and \
+                w.overlaps(other.start if other.start is not None else -math.inf, other.end):
+            taken |= other.nodes
+    busy = set() if IGNORE_JOBS in w.flags else {
+        n for job_id in _late_jobs(ctl, w, names) for n in ctl.running[job_id]}
+    free = [n for n in sorted(names) if n not in taken and n not in busy
+            and n in ctl.node_status and ctl.node_status[n].usable]
+    where = f" in partition {part}" if part is not None else ""
+    if req.node_count is not None:
+        if len(free) < req.node_count:
+            raise RequestError(
+                f"NodeCnt={req.node_count} on reservation {w.name}: only {len(free)} node(s)"
+                f"{where} are up and free of other reservations and of running jobs then: "
+                "ask for fewer, another time, or give Flags=IGNORE_JOBS")
+        return frozenset(free[:req.node_count])
+    kind = req.gpu_type
+
+    def gpus(n: str) -> int:
+        return sum(1 for g in ctl.config.nodes[n].gpus if kind is None or g.type == kind)
+
+    having = sorted((n for n in free if gpus(n)), key=lambda n: (-gpus(n), n))
+    chosen, total = [], 0
+    for n in having:
+        if total >= req.gpus:
+            break
+        chosen.append(n)
+        total += gpus(n)
+    what = f"{kind} GPUs" if kind else "GPUs"
+    if total < req.gpus:
+        raise RequestError(
+            f"TRES=gres/gpu{':' + kind if kind else ''}={req.gpus} on reservation {w.name}: "
+            f"only {total} {what}{where} are on nodes up and free of other reservations and "
+            "of running jobs then: ask for fewer, another time, or give Flags=IGNORE_JOBS")
+    short = req.gpus - (total - gpus(chosen[-1]))
+    smaller = [n for n in having if n not in chosen and short <= gpus(n) < gpus(chosen[-1])]
+    if smaller:
+        chosen[-1] = min(smaller, key=lambda n: (gpus(n), n))
+    return frozenset(chosen)
+
+
 def _users(name: str, users) -> frozenset:
     for user in users:
         if user == "*":
@@ -296,9 +379,19 @@ def _check(ctl, w: Window, now: float) -> None:
                                f"{other.name} ({_span(other)}): pick other nodes or times")
     if IGNORE_JOBS in w.flags:
         return
+    late = _late_jobs(ctl, w, w.nodes)
+    if late:
+        raise RequestError(f"reservation {w.name}: running job(s) {_ids(late)} on its nodes "
+                           f"may run past its start ({_when(w.start)}): start it later, wait "
+                           "for them, or give Flags=IGNORE_JOBS")
+
+
+def _late_jobs(ctl, w: Window, nodes) -> list[int]:
+    """Running jobs on these nodes, not of the reservation, that may run past its start."""
+    nodes = set(nodes)
     late = []
     for job_id, alloc in sorted(ctl.running.items()):
-        if not w.nodes.intersection(alloc):
+        if not nodes.intersection(alloc):
             continue
         row = ctl.spool.job(job_id)
         if row is None or row["reservation"] == w.name:
@@ -306,10 +399,7 @@ def _check(ctl, w: Window, now: float) -> None:
         ends = row["start_time"] + row["time_limit"] if row["time_limit"] else math.inf
         if ends > w.start:
             late.append(job_id)
-    if late:
-        raise RequestError(f"reservation {w.name}: running job(s) {_ids(late)} on its nodes "
-                           f"may run past its start ({_when(w.start)}): start it later, wait "
-                           "for them, or give Flags=IGNORE_JOBS")
+    return late
 
 
 def _store(ctl, w: Window, created_by: str, created_time: float) -> None:
