@@ -73,6 +73,23 @@ class Config:
         return self.path(self.cluster.controller.socket)
 
     @property
+    def tcp_address(self) -> tuple[str, int] | None:
+        """Where other hosts reach rmsctld (cluster.toml [controller] address)."""
+        from rmsbatch.net.tcp import parse_address
+        c = self.cluster.controller
+        return parse_address(c.address) if c.address else None
+
+    @property
+    def tcp_listen(self) -> tuple[str, int] | None:
+        """Where rmsctld listens for them: `listen`, or every address on address's port."""
+        from rmsbatch.net.tcp import parse_address
+        c = self.cluster.controller
+        if c.listen:
+            return parse_address(c.listen)
+        address = self.tcp_address
+        return ("0.0.0.0", address[1]) if address else None
+
+    @property
     def spool_dir(self) -> str:
         return self.path(self.cluster.controller.spool_dir)
 

@@ -85,6 +85,20 @@ class ControllerSection(_Model):
     max_buffered_per_user: int | str = "32M"   # unfinished requests, all connections
     max_request: int | str = "4M"     # any request but a job submission or a node's report
     request_timeout: float = 30.0     # seconds from a request's first byte to its end
+    # Other hosts (login nodes, compute nodes) reach rmsctld over TCP at `address`
+    # ("HOST:PORT"), proving who they are with MUNGE; rmsctld listens on `listen`
+    # ("ADDR:PORT"; default: every address, address's port). Neither: Unix socket only.
+    address: str | None = None
+    listen: str | None = None
+    munge_socket: str | None = None   # munged's socket (default: munge's own)
+
+    @field_validator("address", "listen")
+    @classmethod
+    def _host_port(cls, v):
+        if v is not None:
+            from rmsbatch.net.tcp import parse_address
+            parse_address(v)
+        return v
 
     @field_validator("default_mem_per_cpu")
     @classmethod

@@ -72,6 +72,19 @@ def main(argv=None) -> int:
         log.error("%s", exc)
         return 1
     loop.listen(cfg.socket, "api", mode=0o666)
+    listen = cfg.tcp_listen
+    if listen is not None:
+        from rmsbatch.net.tcp import Authenticator
+        try:
+            loop.listen_tcp(*listen, "api", Authenticator(cfg.cluster.name,
+                                                          cfg.cluster.controller.munge_socket))
+        except OSError as exc:
+            print(f"rmsctld: error: cannot listen on {listen[0]}:{listen[1]} (cluster.toml "
+                  f"[controller] listen/address): {exc.strerror or exc}: pick a free port, or "
+                  "stop what holds it", file=sys.stderr)
+            log.error("cannot listen on %s:%d: %s", listen[0], listen[1], exc)
+            return 1
+        log.info("rmsctld %d: also serving TCP %s:%d (MUNGE)", os.getpid(), *listen)
     log.info("rmsctld %d: serving %s (spool %s, %d nodes, %d pending, %d running)",
              os.getpid(), cfg.socket, spool.path, len(cfg.nodes), len(ctl.pending), len(ctl.running))
     run(ctl, loop, signals, spool, conf_dir)

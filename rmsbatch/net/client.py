@@ -237,6 +237,31 @@ def socket_path(directory: str | None = None) -> str:
 DEFAULT_SOCKET = "/run/rmsbatch/rmsctld.sock"
 
 
+def tcp_settings(directory: str) -> dict:
+    """What reaching rmsctld over TCP takes, from cluster.toml: its address (None: not
+    configured), the cluster's name (credentials name it) and munged's socket."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    path = os.path.join(directory, "cluster.toml")
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ControllerUnavailable(f"cannot read {path}: {exc}") from None
+    ctl = doc.get("controller") or {}
+    address = None
+    if ctl.get("address"):
+        from rmsbatch.net.tcp import AddressError, parse_address
+        try:
+            address = parse_address(str(ctl["address"]))
+        except AddressError as exc:
+            raise ControllerUnavailable(f"{path}: [controller] address: {exc}") from None
+    return {"address": address, "cluster": str(doc.get("name", "cluster")),
+            "munge_socket": ctl.get("munge_socket")}
+
+
 def _scan_socket(text: str) -> str | None:
     """`socket` under `[controller]`, read line by line; None when unsure."""
     table = ""
@@ -269,18 +294,36 @@ class Client:
     """One connection to rmsctld; several calls may share it."""
 
     def __init__(self, path: str | None = None, timeout: float | None = 60.0):
-        self.path = path or socket_path()
+        self.directory = None if path else conf_dir()
+        self.tcp = None if path or not os.environ.get("RMS_CONTROLLER") else "env"
+        self.path = path or (socket_path(self.directory) if self.tcp is None else "")
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buf = b""
 
+    def _connect_tcp(self, address=None) -> "Client":
+        """Over TCP with a MUNGE credential: RMS_CONTROLLER, or cluster.toml's address
+        on a host without the controller's socket (rmsbatch.net.tcp)."""
+        from rmsbatch.net import tcp
+        settings = tcp_settings(self.directory or conf_dir())
+        address = address or tcp.from_environment() or settings["address"]
+        self._sock = tcp.connect(address, settings["cluster"], settings["munge_socket"],
+                                 self.timeout)
+        return self
+
     def connect(self) -> "Client":
+        if self.tcp is not None:
+            return self._connect_tcp()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
             connect_unix(sock, self.path)
-        except (FileNotFoundError, ConnectionRefusedError):
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
+            if isinstance(exc, FileNotFoundError) and self.directory is not None:
+                address = tcp_settings(self.directory)["address"]
+                if address is not None:     # not the controller's host: over the network
+                    return self._connect_tcp(address)
             raise ControllerUnavailable(
                 f"cannot reach rmsctld at {self.path}: is the controller running? "
                 "(start it with 'rms-local up --dir DIR' or your service manager)",

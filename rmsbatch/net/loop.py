@@ -1,4 +1,5 @@
-"""A small single-threaded event loop for newline-delimited JSON over Unix sockets.
+"""A small single-threaded event loop for newline-delimited JSON over Unix sockets
+(and TCP, for other hosts: rmsbatch.net.tcp).
 
 Both daemons use it: rmsctld to serve the API, rmsd to talk to rmsctld and to
 hear from its job supervisors. One thread, non-blocking sockets and a
@@ -10,6 +11,10 @@ the size of one request, the bytes of unfinished requests across their
 connections, and the time a request may take to arrive once begun. A caller
 past a limit gets {"ok": false, "error": ...} naming the limit, then the
 connection is closed.
+
+A TCP connection is nobody (uid -1) until its first request authenticates it
+(`listen_tcp`'s `authenticate`, a MUNGE credential in rmsctld); until then it may send
+nothing else, and nothing larger than MAX_AUTH_REQUEST.
 """
 from __future__ import annotations
 
@@ -33,6 +38,10 @@ MiB = 1024 * 1024
 # non-ASCII character escaped by JSON (\uXXXX: at most 3 bytes on the wire per byte of
 # UTF-8), plus room for the other fields.
 MAX_SUBMIT_REQUEST = 3 * (MAX_SCRIPT_BYTES + MAX_ENV_BYTES) + MiB
+
+# A TCP connection's first request: a MUNGE credential is well under 1 KiB.
+MAX_AUTH_REQUEST = 64 * 1024
+NOBODY = -1         # the uid of a TCP connection that has not authenticated yet
 
 # Only the start of an unfinished request is looked at for its op: clients send "op" first.
 _OP = re.compile(rb'\s*\{\s*"op"\s*:\s*"([A-Za-z_]{1,40})"')
@@ -78,9 +87,10 @@ def _user(uid: int) -> str:
 class Conn:
     """One connection; `meta` is free for the owner (e.g. a node's name)."""
 
-    def __init__(self, sock: socket.socket, listener: str | None):
+    def __init__(self, sock: socket.socket, listener: str | None, authenticate=None):
         self.sock = sock
         self.listener = listener
+        self.authenticate = authenticate    # set until a TCP connection has authenticated
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.closed = False
@@ -104,6 +114,7 @@ class Loop:
     def __init__(self, limits: Limits | None = None):
         self.sel = selectors.DefaultSelector()
         self.listeners: dict[socket.socket, str] = {}
+        self.authenticators: dict[socket.socket, object] = {}
         self.closed: list[Conn] = []
         self.limits = limits or Limits()
         self.open_by_uid: dict[int, int] = {}
@@ -130,6 +141,25 @@ class Loop:
         sock.listen(512)
         sock.setblocking(False)
         self.listeners[sock] = name
+        self.sel.register(sock, selectors.EVENT_READ, None)
+
+    def listen_tcp(self, host: str, port: int, name: str, authenticate) -> None:
+        """Also take TCP connections on host:port; `authenticate(first request)` returns
+        who the connection is (`.uid`, `.gid`, `.addr`) or raises with the reason."""
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(512)
+        sock.setblocking(False)
+        self.listeners[sock] = name
+        self.authenticators[sock] = authenticate
         self.sel.register(sock, selectors.EVENT_READ, None)
 
     def add_waker(self, sock: socket.socket) -> None:
@@ -230,7 +260,16 @@ class Loop:
                     log.error("out of file descriptors: %s", exc)
                 return
             sock.setblocking(False)
-            conn = Conn(sock, self.listeners[lsock])
+            conn = Conn(sock, self.listeners[lsock], self.authenticators.get(lsock))
+            if conn.authenticate is not None:
+                conn.uid = conn.gid = NOBODY
+                try:
+                    conn.meta["peer"] = "%s:%s" % sock.getpeername()[:2]
+                except OSError:
+                    pass
+                # it has request_timeout to authenticate, or an idle one holds a slot
+                conn.began = time.monotonic()
+                self.unfinished.add(conn)
             if conn.uid not in self.limits.trusted:
                 have = self.open_by_uid.get(conn.uid, 0)
                 if have >= self.limits.max_connections:
@@ -258,7 +297,8 @@ class Loop:
                 self.close(conn)
                 return
             conn.inbuf += chunk
-            if not self._within_limits(conn, fresh=self._lines(conn, out)):
+            fresh = self._lines(conn, out)
+            if conn.closed or not self._within_limits(conn, fresh=fresh):
                 return
             if len(chunk) < (1 << 20):
                 break
@@ -278,9 +318,51 @@ class Loop:
                 if not isinstance(message, dict):
                     raise ValueError("not an object")
             except ValueError:
+                if conn.authenticate is not None:
+                    self._refuse(conn, "connection refused", "auth", "authenticate first: "
+                                 "a TCP connection's first request is auth")
+                    return True
                 self.send(conn, {"ok": False, "error": "malformed request (expected one JSON object per line)"})
                 continue
+            if conn.authenticate is not None:
+                if not self._authenticated(conn, message):
+                    return True
+                continue
             out.append((conn, message))
+        return True
+
+    def _authenticated(self, conn: Conn, message: dict) -> bool:
+        """A TCP connection's first request: who it is, or refused and closed."""
+        try:
+            who = conn.authenticate(message)
+        except Exception as exc:  # noqa: BLE001 - any failure refuses the connection
+            self._refuse(conn, "connection refused", "auth",
+                         f"{exc} (from {conn.meta.get('peer', 'a TCP peer')})")
+            return False
+        conn.authenticate = None
+        conn.began = None
+        self.unfinished.discard(conn)
+        self._account(conn, 0)
+        if conn.counted:        # counted as nobody until now
+            left = self.open_by_uid.get(NOBODY, 1) - 1
+            if left > 0:
+                self.open_by_uid[NOBODY] = left
+            else:
+                self.open_by_uid.pop(NOBODY, None)
+            conn.counted = False
+        conn.uid, conn.gid = who.uid, who.gid
+        conn.meta["host"] = who.addr
+        if conn.uid not in self.limits.trusted:
+            have = self.open_by_uid.get(conn.uid, 0)
+            if have >= self.limits.max_connections:
+                self._refuse(conn, "connection refused", "connections",
+                             f"{_user(conn.uid)} already has {have} open "
+                             f"({self.limits.key('max_connections_per_user')}); close some, "
+                             "or ask an admin to raise the limit")
+                return False
+            self.open_by_uid[conn.uid] = have + 1
+            conn.counted = True
+        self.send(conn, {"ok": True, "uid": conn.uid, "gid": conn.gid})
         return True
 
     # -- limits ---------------------------------------------------------------
@@ -294,6 +376,8 @@ class Loop:
             else:
                 self.buffered_by_uid.pop(conn.uid, None)
         conn.pending = pending
+        if conn.authenticate is not None:
+            return      # its deadline runs from the connection's opening, whatever it sends
         if not pending:
             conn.began = None
             self.unfinished.discard(conn)
@@ -307,6 +391,10 @@ class Loop:
         size = len(conn.inbuf)
         self._account(conn, size, fresh)
         lim = self.limits
+        if conn.authenticate is not None and size > MAX_AUTH_REQUEST:
+            self._refuse(conn, "connection refused", "auth", "authenticate first: a TCP "
+                         f"connection's first request is auth, well under {_size(MAX_AUTH_REQUEST)}")
+            return False
         if size > lim.max_request:
             cap = lim.max_large_request if self._large(conn) else lim.max_request
             if size > cap:
@@ -327,6 +415,8 @@ class Loop:
     def _large(self, conn: Conn) -> bool:
         """May this request grow past max_request? Job submissions (a script and an
         environment), and anything from a trusted uid (a node's inventory)."""
+        if conn.authenticate is not None:
+            return False
         if conn.uid in self.limits.trusted:
             return True
         match = _OP.match(conn.inbuf, 0, 64)
@@ -336,6 +426,11 @@ class Loop:
         timeout = self.limits.request_timeout
         late = time.monotonic() - timeout
         for conn in [c for c in self.unfinished if c.began is not None and c.began <= late]:
+            if conn.authenticate is not None:
+                self._refuse(conn, "connection dropped", "auth",
+                             f"not authenticated {timeout:g} s after it was opened "
+                             f"({self.limits.key('request_timeout')})")
+                continue
             self._refuse(conn, "request dropped", "timeout",
                          f"not finished {timeout:g} s after its first byte "
                          f"({self.limits.key('request_timeout')}); send each request whole, "

@@ -25,7 +25,8 @@ import time
 
 from rmsbatch.config import Config
 from rmsbatch.core import failpoint
-from rmsbatch.net.client import connect_unix
+from rmsbatch.net import tcp
+from rmsbatch.net.client import ClientError, connect_unix
 from rmsbatch.net.loop import Conn, Loop
 from rmsbatch.node import launch as launching, prolog, slurmcommands
 from rmsbatch.node.devices import discovery, record
@@ -445,15 +446,13 @@ class NodeDaemon(MonitorLink):
         now = time.time()
         if now < self.next_connect:
             return False
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            connect_unix(sock, self.config.socket)
-        except OSError as exc:
-            sock.close()
+            sock = self._controller_socket()
+        except (OSError, ClientError) as exc:
             self.next_connect = now + self.backoff
             if self.backoff >= 1.6:
-                log.warning("node %s: cannot reach rmsctld at %s (%s); retrying",
-                            self.node, self.config.socket, exc.strerror or exc)
+                log.warning("node %s: cannot reach rmsctld (%s); retrying", self.node,
+                            exc.strerror if isinstance(exc, OSError) and exc.strerror else exc)
             self.backoff = min(self.backoff * 2, 2.0)
             return False
         self.backoff = 0.1
@@ -474,6 +473,25 @@ class NodeDaemon(MonitorLink):
         log.info("node %s: connected to rmsctld (%d running, %d to report)",
                  self.node, len(running), len(ended))
         return True
+
+    def _controller_socket(self):
+        """The controller's Unix socket on its own host; over TCP with a MUNGE credential
+        from elsewhere (RMS_CONTROLLER, or cluster.toml's [controller] address)."""
+        address = tcp.from_environment()
+        if address is None and not os.path.exists(self.config.socket):
+            address = self.config.tcp_address
+        if address is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                connect_unix(sock, self.config.socket)
+            except OSError as exc:
+                sock.close()
+                raise OSError(exc.errno, f"{self.config.socket}: {exc.strerror}") from None
+            return sock
+        ctl = self.config.cluster.controller
+        sock = tcp.connect(address, self.config.cluster.name, ctl.munge_socket, timeout=10)
+        sock.settimeout(None)
+        return sock
 
     def heartbeat(self) -> None:
         """Tell rmsctld we live, and which runs we supervise: it renews their leases."""

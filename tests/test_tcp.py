@@ -1,0 +1,217 @@
+"""rmsctld over TCP with MUNGE: commands and a node daemon that are not on the
+controller's Unix socket prove who they are with a credential from a real munged; a
+replayed, expired, foreign or missing credential is refused with the reason."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT, Cluster, _kill_leftovers, _new_cluster_dir, wait_for
+from rmsbatch.net import munge
+
+MUNGED = shutil.which("munged") or "/usr/sbin/munged"
+pytestmark = [
+    pytest.mark.skipif(not ROOT, reason="munged and test users need root"),
+    pytest.mark.skipif(not os.path.exists(MUNGED), reason="munge is not installed"),
+]
+
+
+class Munged:
+    """A munged of our own: its key, socket and logs in one directory."""
+
+    def __init__(self, directory: str):
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self.socket = os.path.join(directory, "munge.socket")
+        key = os.path.join(directory, "munge.key")
+        subprocess.run(["mungekey", "--create", "--keyfile", key], check=True)
+        self.proc = subprocess.Popen(
+            [MUNGED, "-F", f"--socket={self.socket}", f"--key-file={key}",
+             f"--log-file={directory}/munged.log", f"--pid-file={directory}/munged.pid",
+             f"--seed-file={directory}/munged.seed"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(lambda: os.path.exists(self.socket), 10, "munged socket")
+        os.chmod(directory, 0o755)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def net():
+    """A cluster whose rmsctld also listens on TCP, its node daemon connected over TCP,
+    and two munged: the cluster's, and one with another key."""
+    home = _new_cluster_dir()
+    good, other = Munged(os.path.join(home, "m1")), Munged(os.path.join(home, "m2"))
+    c = Cluster(os.path.join(home, "c"), gpus=2)
+    os.makedirs(c.dir, exist_ok=True)
+    c.run("rms-local", "up", "--dir", c.dir, "--gpus", "2", check=True)
+    c.down()
+    port = free_port()
+    path = os.path.join(c.dir, "cluster.toml")
+    with open(path) as fh:
+        text = fh.read()
+    text = text.replace("[controller]\n", f'[controller]\naddress = "127.0.0.1:{port}"\n'
+                                          f'munge_socket = "{good.socket}"\n'
+                                          "request_timeout = 3\n", 1)
+    with open(path, "w") as fh:
+        fh.write(text)
+    c.address = f"127.0.0.1:{port}"
+    c.tcp_env = {"RMS_CONTROLLER": c.address}
+    # the node daemon inherits RMS_CONTROLLER: it goes over TCP like a remote node
+    c.run("rms-local", "up", "--dir", c.dir, "--gpus", "2", env=c.tcp_env, check=True)
+    yield c, good, other, port
+    c.down()
+    _kill_leftovers(c.dir)
+    good.stop()
+    other.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def handshake(port: int, *lines) -> list[dict]:
+    """Requests on one TCP connection, each sent once the one before was answered, as
+    clients do; the replies until the controller hangs up."""
+    replies = []
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        reader = s.makefile("rb")
+        for line in lines:
+            try:
+                s.sendall(json.dumps(line).encode() + b"\n")
+                reply = reader.readline()
+            except OSError:
+                break
+            if not reply:
+                break
+            replies.append(json.loads(reply))
+    return replies
+
+
+def credential(m: Munged, cluster: str = "local", **kw) -> str:
+    return munge.encode(munge.payload_for(cluster, "api"), m.socket, **kw)
+
+
+def test_a_user_submits_and_lists_over_tcp_as_herself(net, users):
+    c, good, _, port = net
+    alice, _ = users
+    rmsd = psutil_tcp_peers(c.pid("rmsd"))
+    assert port in rmsd, "the node daemon should reach rmsctld over TCP"
+    job = c.run("rsub", "--wait", "-o", "/dev/null", "--wrap", "true", user=alice.pw_name,
+                env=c.tcp_env)
+    assert job.returncode == 0, job.stderr
+    job_id = int(job.stdout.split()[-1])
+    record = c.job(job_id)
+    assert record["user"] == alice.pw_name and record["state"] == "COMPLETED"
+    listed = c.run("rq", "-t", "all", "-h", "-o", "%i %u", "-j", str(job_id),
+                   user=alice.pw_name, env=c.tcp_env)
+    assert listed.stdout.split() == [str(job_id), alice.pw_name], listed.stderr
+
+
+def psutil_tcp_peers(pid: int) -> set[int]:
+    import psutil
+    return {conn.raddr.port for conn in psutil.Process(pid).net_connections(kind="tcp")
+            if conn.raddr and conn.status == "ESTABLISHED"}
+
+
+def test_a_replayed_credential_is_refused(net):
+    c, good, _, port = net
+    cred = credential(good)
+    first = handshake(port, {"op": "auth", "cred": cred}, {"op": "ping"})
+    assert first[0]["ok"] and first[0]["uid"] == 0
+    again = handshake(port, {"op": "auth", "cred": cred}, {"op": "ping"})
+    assert len(again) == 1 and not again[0]["ok"]
+    assert "credential replayed" in again[0]["error"]
+
+
+@pytest.mark.parametrize("case, says", [
+    ("other key", "credential invalid"),
+    ("other cluster", "another purpose or cluster"),
+    ("expired", "credential expired"),
+    ("no auth", "authenticate first"),
+    ("garbage", "authenticate first"),
+    ("not a credential", "not a MUNGE credential"),
+])
+def test_a_bad_or_missing_credential_is_refused_and_closed(net, case, says):
+    c, good, other, port = net
+    if case == "other key":
+        first = {"op": "auth", "cred": credential(other)}
+    elif case == "other cluster":
+        first = {"op": "auth", "cred": credential(good, cluster="elsewhere")}
+    elif case == "expired":
+        first = {"op": "auth", "cred": credential(good, ttl=1)}
+        time.sleep(2.2)
+    elif case == "no auth":
+        first = {"op": "jobs"}
+    elif case == "garbage":
+        first = "not json at all"
+    else:
+        first = {"op": "auth", "cred": "hello"}
+    replies = handshake(port, first, {"op": "jobs"})
+    assert len(replies) == 1 and not replies[0]["ok"], replies
+    assert says in replies[0]["error"]
+
+
+def test_commands_say_why_the_controller_refused_them(net):
+    """A login node whose munged has another key: one line, the reason, non-zero."""
+    c, _, other, _ = net
+    conf = os.path.join(os.path.dirname(c.dir), "login")
+    os.makedirs(conf, exist_ok=True)
+    with open(os.path.join(c.dir, "cluster.toml")) as fh:
+        text = fh.read()
+    with open(os.path.join(conf, "cluster.toml"), "w") as fh:
+        fh.write(text.replace(f'munge_socket = "{os.path.dirname(other.socket)[:-1]}1',
+                              f'munge_socket = "{os.path.dirname(other.socket)[:-1]}2'))
+    result = c.run("rq", env={"RMS_CONF_DIR": conf})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rq: error:") and \
+        "credential invalid" in lines[0], result.stderr
+    # without RMS_CONTROLLER: no controller socket here, so the address in cluster.toml
+    assert not os.path.exists(os.path.join(conf, "run", "rmsctld.sock"))
+
+
+def test_a_user_cannot_pass_as_a_node(net, users):
+    c, good, _, port = net
+    alice, _ = users
+    cred = subprocess.run(["munge", "-S", good.socket, "-s", "rmsbatch:local:api"],
+                          capture_output=True, text=True, check=True,
+                          user=alice.pw_name).stdout.strip()
+    replies = handshake(port, {"op": "auth", "cred": cred},
+                        {"op": "node_hello", "node": c.node, "inventory": {}})
+    assert replies[0]["ok"] and replies[0]["uid"] == alice.pw_uid
+    assert not replies[1]["ok"] and "permission denied" in replies[1]["error"]
+
+
+def test_the_node_daemon_comes_back_over_tcp_after_a_controller_kill(net):
+    c, _, _, port = net
+    c.kill9("rmsctld")
+    c.run("rms-local", "up", "--dir", c.dir, "--gpus", "2", env=c.tcp_env, check=True)
+    wait_for(lambda: port in psutil_tcp_peers(c.pid("rmsd")), 20,
+             "rmsd reconnected over TCP")
+    job = c.run("rsub", "--wait", "-o", "/dev/null", "--wrap", "true", env=c.tcp_env)
+    assert job.returncode == 0, job.stderr
+
+
+def test_a_connection_that_never_authenticates_is_dropped(net):
+    """Idle (or trickling blank lines), it would hold one of the slots every
+    unauthenticated connection shares until the controller restarts."""
+    c, _, _, port = net
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for _ in range(4):
+            s.sendall(b"\n")
+            time.sleep(1)
+        reply = s.makefile("rb").readline()
+    assert "not authenticated 3 s after it was opened" in json.loads(reply)["error"]
