@@ -204,3 +204,30 @@ def test_fresh_submissions_behind_a_blocked_job_skip_the_full_pass(ctl):
     assert [ctl.reasons[j] for j in later] == ["Priority"] * 3
     assert [ctl.spool.job(j)["reason"] for j in later] == ["Priority"] * 3
     assert ctl.spool.job(first)["state"] == "RUNNING"
+
+
+def test_a_node_whose_cluster_toml_differs_is_refused_naming_the_key(ctl, tmp_path):
+    """Every host reads the same cluster.toml: a node daemon that read another one is
+    not registered, and the refusal names the first key that differs."""
+    from rmsbatch import config as configmod
+    theirs = dict(ctl.config.cluster_digest)
+    conn = fake_conn(0)
+    same = ctl.handle(conn, {"op": "node_hello", "node": "g1", "inventory": {},
+                             "config": theirs})
+    assert same["ok"], same
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("cluster.toml", "tenants.toml", "qos.toml"):
+        text = (tmp_path / name).read_text()
+        if name == "cluster.toml":       # another layout, one value changed
+            text = "# copied by hand\n" + text.replace('max_time = "1:00:00"',
+                                                      'max_time = "2:00:00"')
+        (other / name).write_text(text)
+    theirs = configmod.load(str(other)).cluster_digest
+    refused = ctl.handle(fake_conn(0), {"op": "node_hello", "node": "g2", "inventory": {},
+                                        "config": theirs})
+    assert not refused["ok"]
+    assert "differs from the controller's at partitions[0].max_time" in refused["error"]
+    assert ctl.node_status["g2"].up is False
+    # an rmsd from before digests: taken as it is
+    assert ctl.handle(fake_conn(0), {"op": "node_hello", "node": "g2", "inventory": {}})["ok"]

@@ -215,3 +215,28 @@ def test_a_connection_that_never_authenticates_is_dropped(net):
             time.sleep(1)
         reply = s.makefile("rb").readline()
     assert "not authenticated 3 s after it was opened" in json.loads(reply)["error"]
+
+
+def test_a_remote_supervisor_kills_its_job_when_the_controller_is_out_of_reach(net, tmp_path):
+    """On the controller's host an absent socket means rmsctld is down, and nothing can
+    start the job elsewhere, so the job goes on. Over TCP a refused or silent port says
+    nothing of the kind (a cut link looks the same): the lease runs out and the job must
+    die before rmsctld gives it up and starts it again."""
+    from conftest import Clock
+    from rmsbatch.node.lease import LeaseKeeper
+    _, good, _, _ = net
+    (tmp_path / "cluster.toml").write_text(
+        f'name = "local"\n[controller]\nmunge_socket = "{good.socket}"\n')
+    clock = Clock(1000.0)
+
+    def keeper(controller):
+        return LeaseKeeper(until=1010.0, lease_s=20.0, file=None, controller=controller,
+                           node="n1", job_id=7, run=0, retry_s=1.0, clock=clock,
+                           conf_dir=str(tmp_path))
+    local = keeper(str(tmp_path / "no-such.sock"))
+    remote = keeper(f"tcp:127.0.0.1:{free_port()}")
+    clock.now = 1011.0
+    assert local.check() is None and local.controller_idle == "down"
+    verdict = remote.check()
+    assert verdict is not None and verdict[0] == "kill", verdict
+    assert "lease expired" in verdict[1] and "Connection refused" in verdict[1]

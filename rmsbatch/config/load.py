@@ -64,6 +64,8 @@ class Config:
     partitions: dict[str, PartitionSection]
     partition_nodes: dict[str, list[str]]
     default_partition: str
+    # cluster.toml key by key (rmsbatch.config.digest): node daemons must match it
+    cluster_digest: dict[str, str] = field(default_factory=dict)
 
     def path(self, value: str) -> str:
         return os.path.join(self.directory, value)
@@ -246,8 +248,9 @@ def _load(directory: str) -> Config:
 
     _check_reservations(cluster, nodes, account_names, cfile)
     _check_limit_names(cluster, qos, account_names, qos_names, cfile, qfile)
+    from rmsbatch.config.digest import digest
     return Config(directory, cluster, tenants, qos, nodes, partitions, partition_nodes,
-                  defaults[0] if defaults else next(iter(partitions)))
+                  defaults[0] if defaults else next(iter(partitions)), digest(cluster))
 
 
 def _check_reservations(cluster: ClusterFile, nodes: dict, accounts: list[str],

@@ -131,6 +131,8 @@ class NodeHello(NodeMessage):
     running: Annotated[list[tuple[JobId, Run]], Field(max_length=MAX_LIST)] = []
     # Outcomes of runs that ended while the controller was not listening.
     ended: Annotated[list[dict[str, Any]], Field(max_length=MAX_LIST)] = []
+    # Its cluster.toml, key by key (rmsbatch.config.digest); None: an rmsd before it
+    config: Annotated[dict[str, str], Field(max_length=MAX_LIST)] | None = None
 
 
 class Heartbeat(NodeMessage):

@@ -293,9 +293,18 @@ def _scan_socket(text: str) -> str | None:
 class Client:
     """One connection to rmsctld; several calls may share it."""
 
-    def __init__(self, path: str | None = None, timeout: float | None = 60.0):
-        self.directory = None if path else conf_dir()
-        self.tcp = None if path or not os.environ.get("RMS_CONTROLLER") else "env"
+    def __init__(self, path: str | None = None, timeout: float | None = 60.0,
+                 conf: str | None = None):
+        """`path`: the controller's socket, or "tcp:HOST:PORT" (with `conf`, the
+        configuration directory that says the cluster and munged); None: as the
+        configuration and RMS_CONTROLLER say."""
+        self.directory = conf if path else conf_dir()
+        self.explicit = bool(path)
+        self.tcp = None
+        if path and path.startswith("tcp:"):
+            self.tcp = path[4:]
+        elif not path and os.environ.get("RMS_CONTROLLER"):
+            self.tcp = "env"
         self.path = path or (socket_path(self.directory) if self.tcp is None else "")
         self.timeout = timeout
         self._sock: socket.socket | None = None
@@ -306,6 +315,11 @@ class Client:
         on a host without the controller's socket (rmsbatch.net.tcp)."""
         from rmsbatch.net import tcp
         settings = tcp_settings(self.directory or conf_dir())
+        if address is None and self.tcp not in (None, "env"):
+            try:
+                address = tcp.parse_address(self.tcp)
+            except tcp.AddressError as exc:
+                raise ControllerUnavailable(f"controller address: {exc}") from None
         address = address or tcp.from_environment() or settings["address"]
         self._sock = tcp.connect(address, settings["cluster"], settings["munge_socket"],
                                  self.timeout)
@@ -320,7 +334,7 @@ class Client:
             connect_unix(sock, self.path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
-            if isinstance(exc, FileNotFoundError) and self.directory is not None:
+            if isinstance(exc, FileNotFoundError) and self.explicit is False:
                 address = tcp_settings(self.directory)["address"]
                 if address is not None:     # not the controller's host: over the network
                     return self._connect_tcp(address)

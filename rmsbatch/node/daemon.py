@@ -67,6 +67,7 @@ class NodeDaemon(MonitorLink):
         self.privileged = os.geteuid() == 0
         self.controller: Conn | None = None
         self.next_connect = 0.0
+        self.controller_via: str | None = None     # "tcp:HOST:PORT" when not the socket
         self.backoff = 0.1
         self.last_heartbeat = 0.0
         self.last_scan = 0.0
@@ -467,7 +468,7 @@ class NodeDaemon(MonitorLink):
                 ended.append(out)
                 self.unacked[run] = now
         self.send({"op": "node_hello", "node": self.node, "inventory": self.inventory(),
-                   "running": running, "ended": ended})
+                   "running": running, "ended": ended, "config": self.config.cluster_digest})
         self.hello_ended = [f"{o['job_id']}.{o['run']}" for o in ended]
         self.last_heartbeat = now
         log.info("node %s: connected to rmsctld (%d running, %d to report)",
@@ -480,6 +481,7 @@ class NodeDaemon(MonitorLink):
         address = tcp.from_environment()
         if address is None and not os.path.exists(self.config.socket):
             address = self.config.tcp_address
+        self.controller_via = None if address is None else f"tcp:{address[0]}:{address[1]}"
         if address is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -538,8 +540,10 @@ class NodeDaemon(MonitorLink):
                 raise SystemExit(f"rmsd: error: {msg.get('error')}")
             if not self.registered:
                 # the registration itself was refused: try again on a fresh connection
+                # (a file that differs waits for an admin: no need to ask every second)
                 self.loop.close(conn)
-                self.next_connect = time.time() + 1.0
+                differs = "cluster.toml differs" in str(msg.get("error"))
+                self.next_connect = time.time() + (10.0 if differs else 1.0)
             return
         if "orders" in msg:  # reply to node_hello
             self.registered = True

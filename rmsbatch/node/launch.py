@@ -68,7 +68,8 @@ def prepare(nd, job: dict, jobdir: str) -> None:
         "gpus": list(job["alloc"]["gpus"]),
         "lease": {"until": float(job.get("lease_until") or 0) or None,
                   "lease_s": cc.job_lease, "file": nd.lease_path,
-                  "controller": nd.config.socket, "run": job["restart_count"],
+                  "controller": nd.controller_via or nd.config.socket,
+                  "conf_dir": nd.config.directory, "run": job["restart_count"],
                   "retry_s": cc.heartbeat_interval} if job.get("lease_until") else None,
         "umask": spec.get("umask") if ndc.propagate_umask else None,
         "rlimits": {k: v for k, v in (spec.get("rlimits") or {}).items()

@@ -28,11 +28,12 @@ import time
 class LeaseKeeper:
     def __init__(self, *, until: float, lease_s: float, file: str | None,
                  controller: str | None, node: str, job_id: int, run: int,
-                 retry_s: float = 5.0, clock=time.time):
+                 retry_s: float = 5.0, clock=time.time, conf_dir: str | None = None):
         self.until = until
         self.lease_s = lease_s
         self.file = file
-        self.controller = controller
+        self.controller = controller    # its socket's path, or "tcp:HOST:PORT"
+        self.conf_dir = conf_dir        # the configuration (for TCP: cluster, munged)
         self.node = node
         self.job_id = job_id
         self.run = run
@@ -70,14 +71,16 @@ class LeaseKeeper:
         """One `lease` request; the reply, or None (self.last_error says why)."""
         from rmsbatch.net import client
         try:
-            with client.Client(self.controller, timeout=timeout) as conn:
+            with client.Client(self.controller, timeout=timeout, conf=self.conf_dir) as conn:
                 reply = conn.call("lease", node=self.node, job_id=self.job_id, run=self.run)
         except client.ControllerUnavailable as exc:
             # Down (refused, absent): nothing is deciding. Took the request and said
             # nothing: on a local socket (which cannot be cut off) rmsctld is stopped or
             # busy, and reads the request before it judges leases. Anything else (a
             # reset, an unreachable host) may hide a live rmsctld.
-            self.controller_idle = "down" if exc.down else (
+            # Over TCP neither says anything: a refused or silent port on another host
+            # may be a cut link, behind which rmsctld lives and decides.
+            self.controller_idle = "down" if exc.down and self._local else (
                 "busy" if exc.timed_out and self._local else "")
             self.last_error = str(exc)
             return None

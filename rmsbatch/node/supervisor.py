@@ -120,7 +120,8 @@ class Supervisor:
             spec = job.lease
             self.lease = LeaseKeeper(
                 until=float(spec["until"]), lease_s=float(spec["lease_s"]),
-                file=spec.get("file"), controller=spec.get("controller"), node=job.node,
+                file=spec.get("file"), controller=spec.get("controller"),
+                conf_dir=spec.get("conf_dir"), node=job.node,
                 job_id=job.job_id, run=int(spec["run"]),
                 retry_s=float(spec.get("retry_s") or 5.0))
         self.next_lease_check = 0.0
@@ -549,7 +550,7 @@ def report(jobdir: str, job: Job | None, outcome: dict) -> None:
     pause = 1.0
     while time.monotonic() < deadline:
         try:
-            with client.Client(controller, timeout=10) as conn:
+            with client.Client(controller, timeout=10, conf=lease.get("conf_dir")) as conn:
                 conn.call("job_ended", **{k: v for k, v in message.items() if k != "op"})
             log.info("job %s: outcome reported to rmsctld directly (rmsd is away)", job_id)
             return

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+from rmsbatch.config.digest import differences
 from rmsbatch.core import failpoint
 from rmsbatch.core.states import JobState
 from rmsbatch.ctld import requests
@@ -47,6 +48,16 @@ def _registered(ctl, conn, name: str) -> bool:
 @op("node_hello", model=requests.NodeHello, role=NODE)
 def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
     name = _node(ctl, conn, req)
+    if req.config is not None:
+        differ = differences(ctl.config.cluster_digest, req.config)
+        if differ:
+            more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
+            log.warning("node %s: refused: its cluster.toml differs at %s%s", name,
+                        differ[0], more)
+            raise RequestError(
+                f"node {name}: its cluster.toml differs from the controller's at "
+                f"{differ[0]}{more}: give every host the same file, then reload it (rmsd: "
+                "SIGHUP; rmsctld: rcontrol reconfigure)")
     now = ctl.clock()
     st = ctl.node_status[name]
     ours = st.reason.startswith(NOT_RESPONDING) or st.reason == NOT_REGISTERED
