@@ -714,6 +714,15 @@ class Controller:
                 node = min(seen, key=seen.get) if seen else batch_node(alloc)
                 self.lost(job_id, f"lease expired: no word from node {node} or the job's "
                                   f"supervisor for {self.leases.lease_s + self.leases.margin_s:.0f} s")
+                st = self.node_status.get(node)
+                if st is not None and st.responding and st.last_heartbeat is not None and \
+                        now - st.last_heartbeat > 2 * cc.heartbeat_interval:
+                    # Silent as long as a lease, before node_timeout says so: the job
+                    # just given up must not be sent back to a node that cannot hear.
+                    self.set_node(node, responding=False)
+                    log.warning("node %s: not responding (silent %.0f s, a job's lease ran "
+                                "out): no new work until it is back", node,
+                                now - st.last_heartbeat)
             resv.tick(self, now)        # reservations that started or ended meanwhile
             self.preemptions.tick(self, now)    # victims at the end of their grace
 

@@ -21,6 +21,13 @@ from rmsbatch.net import munge
 PURPOSE = "api"
 AUTH_OP = "auth"
 ENV = "RMS_CONTROLLER"
+# munged's socket on this host when it is not where cluster.toml says (a test that
+# runs a munged per network namespace; a host with munged installed elsewhere)
+MUNGE_ENV = "RMS_MUNGE_SOCKET"
+
+
+def munged_socket(configured: str | None) -> str | None:
+    return os.environ.get(MUNGE_ENV) or configured
 
 
 class AddressError(ValueError):
@@ -58,7 +65,7 @@ def connect(address: tuple[str, int], cluster: str, munge_socket: str | None = N
     from rmsbatch.net.client import ControllerUnavailable, RequestRejected
     where = f"rmsctld at {address[0]}:{address[1]}"
     try:
-        cred = munge.encode(munge.payload_for(cluster, PURPOSE), munge_socket)
+        cred = munge.encode(munge.payload_for(cluster, PURPOSE), munged_socket(munge_socket))
     except munge.MungeError as exc:
         raise ControllerUnavailable(f"cannot prove who you are to {where}: {exc}") from None
     try:
@@ -99,7 +106,7 @@ class Authenticator:
 
     def __init__(self, cluster: str, munge_socket: str | None = None):
         self.expect = munge.payload_for(cluster, PURPOSE)
-        self.munge_socket = munge_socket
+        self.munge_socket = munged_socket(munge_socket)
 
     def __call__(self, message: dict) -> munge.Identity:
         if message.get("op") != AUTH_OP:

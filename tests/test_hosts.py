@@ -1,0 +1,160 @@
+"""Two hosts on one machine: rmsctld here, a compute node in its own network namespace
+behind a veth pair, each host with its own munged (one key). The link is cut under a
+running job: the controller gives the job up and requeues it once its lease is out,
+the node's supervisor kills it first (it never runs twice), and when the link comes
+back the node reconciles and the job runs again to completion. Timings are the
+defaults for a cluster (heartbeat 5 s, lease 20 s + 5 s margin)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT, Cluster, _kill_leftovers, _new_cluster_dir, command_path, wait_for
+
+NS, VETH_HERE, VETH_THERE = "rmstest-h1", "rmsv0", "rmsv1"
+HERE, THERE = "10.199.0.1", "10.199.0.2"
+MUNGED = shutil.which("munged") or "/usr/sbin/munged"
+
+pytestmark = [
+    pytest.mark.skipif(not ROOT, reason="network namespaces need root"),
+    pytest.mark.skipif(not (os.path.exists(MUNGED) and shutil.which("ip")
+                            and shutil.which("nsenter")),
+                       reason="needs munge, iproute2 and nsenter"),
+]
+
+
+def sh(*argv, check=True):
+    return subprocess.run(argv, capture_output=True, text=True, check=check)
+
+
+def in_ns(*argv):
+    # nsenter, not `ip netns exec`: that also remounts /sys, hiding the cgroups
+    return ["nsenter", f"--net=/run/netns/{NS}", *argv]
+
+
+def start_munged(directory: str, key: str, netns: bool) -> subprocess.Popen:
+    os.makedirs(directory, exist_ok=True)
+    sock = os.path.join(directory, "socket")
+    argv = [MUNGED, "-F", f"--socket={sock}", f"--key-file={key}",
+            f"--log-file={directory}/log", f"--pid-file={directory}/pid",
+            f"--seed-file={directory}/seed"]
+    proc = subprocess.Popen(in_ns(*argv) if netns else argv, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: os.path.exists(sock), 10, "munged")
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def hosts():
+    sh("ip", "netns", "del", NS, check=False)
+    sh("ip", "link", "del", VETH_HERE, check=False)
+    home = _new_cluster_dir()
+    key = os.path.join(home, "munge.key")
+    sh("mungekey", "--create", "--keyfile", key)
+    procs = []
+    try:
+        sh("ip", "netns", "add", NS)
+        sh("ip", "link", "add", VETH_HERE, "type", "veth", "peer", "name", VETH_THERE)
+        sh("ip", "link", "set", VETH_THERE, "netns", NS)
+        sh("ip", "addr", "add", f"{HERE}/24", "dev", VETH_HERE)
+        sh("ip", "link", "set", VETH_HERE, "up")
+        sh(*in_ns("ip", "addr", "add", f"{THERE}/24", "dev", VETH_THERE))
+        sh(*in_ns("ip", "link", "set", VETH_THERE, "up"))
+        sh(*in_ns("ip", "link", "set", "lo", "up"))
+        procs.append(start_munged(os.path.join(home, "munge-here"), key, netns=False))
+        procs.append(start_munged(os.path.join(home, "munge-there"), key, netns=True))
+
+        c = Cluster(os.path.join(home, "c"), gpus=0)
+        os.makedirs(c.dir, exist_ok=True)
+        c.up()
+        c.down()
+        c.set_nodes("h1")
+        port = free_port()
+        # the defaults for a cluster, not rms-local's quicker ones
+        c.tweak("heartbeat_interval = 2\nnode_timeout = 10\n",
+                f'address = "{HERE}:{port}"\n'
+                f'munge_socket = "{home}/munge-here/socket"\n')
+        with open(os.path.join(c.dir, "log", "rmsctld.log.stderr"), "ab") as log:
+            procs.append(subprocess.Popen([command_path("rmsctld"), "--conf-dir", c.dir],
+                                          env=c.env, stdout=log, stderr=log,
+                                          start_new_session=True))
+        wait_for(lambda: os.path.exists(os.path.join(c.dir, "run", "rmsctld.sock")), 20,
+                 "rmsctld")
+        # the node's rmsd: in its namespace, over TCP, with its own host's munged
+        env = dict(c.env, RMS_CONTROLLER=f"{HERE}:{port}",
+                   RMS_MUNGE_SOCKET=f"{home}/munge-there/socket")
+        with open(os.path.join(c.dir, "log", "rmsd-h1.log.stderr"), "ab") as log:
+            procs.append(subprocess.Popen(
+                in_ns("env", *(f"{k}={v}" for k, v in env.items()),
+                      command_path("rmsd"), "--conf-dir", c.dir, "-N", "h1"),
+                stdout=log, stderr=log, start_new_session=True))
+        wait_for(lambda: c.node_record("h1").get("connected"), 30, "node h1 over TCP")
+        yield c
+    finally:
+        for proc in reversed(procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        if "c" in locals():
+            _kill_leftovers(c.dir)
+        sh("ip", "netns", "del", NS, check=False)
+        sh("ip", "link", "del", VETH_HERE, check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_cut_link_requeues_the_job_once_and_it_never_runs_twice(hosts, capsys):
+    c = hosts
+    runs = os.path.join(c.work, "runs")
+    script = os.path.join(c.work, "job.sh")
+    with open(script, "w") as fh:
+        fh.write("#!/bin/bash\n#SBATCH --requeue -t 10\n"
+                 f'echo "$RMS_RESTART_COUNT $$ $(date +%s.%N)" >> {runs}\n'
+                 '[ "$RMS_RESTART_COUNT" = 0 ] && sleep 600\nexit 0\n')
+    job_id = c.submit(script)
+    c.wait_state(job_id, "RUNNING", timeout=30)
+    wait_for(lambda: os.path.exists(runs), 10, "the job to start")
+    first_pid = int(open(runs).read().split()[1])
+
+    cut = time.time()
+    sh("ip", "link", "set", VETH_HERE, "down")
+    # watch both at once: when the node killed the job, when the controller gave it up
+    seen: dict[str, float] = {}
+    deadline = time.time() + 90
+    while len(seen) < 2 and time.time() < deadline:
+        if "died" not in seen and not os.path.exists(f"/proc/{first_pid}"):
+            seen["died"] = time.time()
+        if "given_up" not in seen and c.job(job_id)["state"] != "RUNNING":
+            seen["given_up"] = time.time()
+        time.sleep(0.05)
+    assert len(seen) == 2, f"after 90 s only {seen} (cut at {cut})"
+    died, given_up = seen["died"], seen["given_up"]
+    record = c.job(job_id)
+    assert record["state"] == "PENDING" and record["restart_count"] == 1, record
+    # The node's supervisor killed it at the end of its lease, before the controller
+    # gave it up (a lease margin later): it never ran on after being written off.
+    assert died < given_up, (died - cut, given_up - cut)
+
+    sh("ip", "link", "set", VETH_HERE, "up")
+    back = time.time()
+    job = c.wait_ended(job_id, timeout=90)
+    assert job["state"] == "COMPLETED" and job["restart_count"] == 1, job
+    lines = [line.split() for line in open(runs).read().splitlines()]
+    assert [line[0] for line in lines] == ["0", "1"], lines     # once each, no double
+    with capsys.disabled():
+        print(f"\n[figures] link cut -> job given up and requeued: {given_up - cut:.1f} s; "
+              f"job killed on the node: {died - cut:.1f} s; link back -> job completed: "
+              f"{time.time() - back:.1f} s; jobs lost: 0")
