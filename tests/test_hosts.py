@@ -46,7 +46,11 @@ def start_munged(directory: str, key: str, netns: bool) -> subprocess.Popen:
             f"--seed-file={directory}/seed"]
     proc = subprocess.Popen(in_ns(*argv) if netns else argv, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_for(lambda: os.path.exists(sock), 10, "munged")
+    try:
+        wait_for(lambda: os.path.exists(sock), 10, "munged")
+    except AssertionError:
+        proc.kill()
+        raise
     return proc
 
 

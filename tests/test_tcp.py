@@ -37,12 +37,19 @@ class Munged:
              f"--log-file={directory}/munged.log", f"--pid-file={directory}/munged.pid",
              f"--seed-file={directory}/munged.seed"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_for(lambda: os.path.exists(self.socket), 10, "munged socket")
+        try:
+            wait_for(lambda: os.path.exists(self.socket), 10, "munged socket")
+        except AssertionError:
+            self.stop()
+            raise
         os.chmod(directory, 0o755)
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(10)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 def free_port() -> int:
@@ -56,30 +63,37 @@ def net():
     """A cluster whose rmsctld also listens on TCP, its node daemon connected over TCP,
     and two munged: the cluster's, and one with another key."""
     home = _new_cluster_dir()
-    good, other = Munged(os.path.join(home, "m1")), Munged(os.path.join(home, "m2"))
-    c = Cluster(os.path.join(home, "c"), gpus=2)
-    os.makedirs(c.dir, exist_ok=True)
-    c.run("rms-local", "up", "--dir", c.dir, "--gpus", "2", check=True)
-    c.down()
-    port = free_port()
-    path = os.path.join(c.dir, "cluster.toml")
-    with open(path) as fh:
-        text = fh.read()
-    text = text.replace("[controller]\n", f'[controller]\naddress = "127.0.0.1:{port}"\n'
-                                          f'munge_socket = "{good.socket}"\n'
-                                          "request_timeout = 3\n", 1)
-    with open(path, "w") as fh:
-        fh.write(text)
-    c.address = f"127.0.0.1:{port}"
-    c.tcp_env = {"RMS_CONTROLLER": c.address}
-    # the node daemon inherits RMS_CONTROLLER: it goes over TCP like a remote node
-    c.run("rms-local", "up", "--dir", c.dir, "--gpus", "2", env=c.tcp_env, check=True)
-    yield c, good, other, port
-    c.down()
-    _kill_leftovers(c.dir)
-    good.stop()
-    other.stop()
-    shutil.rmtree(home, ignore_errors=True)
+    started = []
+    try:
+        good = Munged(os.path.join(home, "m1"))
+        started.append(good)
+        other = Munged(os.path.join(home, "m2"))
+        started.append(other)
+        c = Cluster(os.path.join(home, "c"), gpus=2)
+        os.makedirs(c.dir, exist_ok=True)
+        c.run("rms-local", "up", "--dir", c.dir, "--gpus", "2", check=True)
+        c.down()
+        port = free_port()
+        path = os.path.join(c.dir, "cluster.toml")
+        with open(path) as fh:
+            text = fh.read()
+        text = text.replace("[controller]\n", f'[controller]\naddress = "127.0.0.1:{port}"\n'
+                                              f'munge_socket = "{good.socket}"\n'
+                                              "request_timeout = 3\n", 1)
+        with open(path, "w") as fh:
+            fh.write(text)
+        c.address = f"127.0.0.1:{port}"
+        c.tcp_env = {"RMS_CONTROLLER": c.address}
+        # the node daemon inherits RMS_CONTROLLER: it goes over TCP like a remote node
+        c.run("rms-local", "up", "--dir", c.dir, "--gpus", "2", env=c.tcp_env, check=True)
+        yield c, good, other, port
+    finally:
+        if "c" in locals():
+            c.down()
+            _kill_leftovers(c.dir)
+        for m in started:
+            m.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def handshake(port: int, *lines) -> list[dict]:

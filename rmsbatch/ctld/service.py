@@ -32,6 +32,7 @@ from rmsbatch.ctld.leases import Leases
 from rmsbatch.ctld.limitstate import RunningCharges
 from rmsbatch.ctld.preemption import Preemptions
 from rmsbatch.ctld.nodestate import NOT_RESPONDING, NodeStatus, devices_of, view_of
+from rmsbatch.ctld.passstats import PassStats
 from rmsbatch.ctld.ops import NODE, OPERATOR, OPS
 from rmsbatch.ctld.ops import reservations as resv
 from rmsbatch.ctld.records import alloc_from_json, alloc_to_json, batch_node, job_record
@@ -85,6 +86,7 @@ class Controller:
         cc = config.cluster.controller
         self.leases = Leases(cc.job_lease, cc.lease_margin)
         self.node_status: dict[str, NodeStatus] = {}
+        self.pass_stats = PassStats()
         # Steps created and not yet launched: (job id, step id) -> their layout
         self.step_layouts: dict[tuple[int, int], dict] = {}
         # Multi-node jobs: when each node of the allocation last renewed the lease
@@ -530,11 +532,13 @@ class Controller:
                                                  self.config.partition_nodes[p.name])
                  for p in self.config.partitions.values()}
         running = [(alloc, self.ends.get(job_id)) for job_id, alloc in self.running.items()]
+        began = time.perf_counter()
         decisions = scheduler.schedule(eligible, self.nodes, parts, now,
                                        waiting.snapshot(self.spool, eligible),
                                        limits=self.limit_charges.tally(self),
                                        running=running, policy=self.policy,
                                        preemption=self.preemptions.context(self, now))
+        self.pass_stats.add(time.perf_counter() - began, len(eligible))
         self.limit_charges.started(decisions.starts, self.pending)
         self.blocked_at = decisions.blocked
         self.wake_at = decisions.wake_at

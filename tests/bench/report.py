@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from tests.bench.util import Measurement, percentile
 
-SCALE = {"ms": 1e3, "µs": 1e6, "s": 1.0, "jobs/s": 1.0, "MiB": 1.0}
+SCALE = {"ms": 1e3, "µs": 1e6, "s": 1.0, "jobs/s": 1.0, "MiB": 1.0, "%": 1.0}
 SLURM_COLUMNS = ("Slurm", "Slurm bsd0")     # bsd0: SchedulerParameters=batch_sched_delay=0
 
 

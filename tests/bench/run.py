@@ -21,7 +21,7 @@ import time
 if __package__ in (None, ""):      # `python tests/bench/run.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tests.bench import figures, isolation, report, scale, util  # noqa: E402
+from tests.bench import figures, fleet, isolation, report, scale, util  # noqa: E402
 from tests.bench.figures import Context, Sizes  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -45,6 +45,7 @@ PLAN = [
     ("acct", "8 accounting query", figures.accounting),
     ("sched", "10 scheduler at scale", scale.scheduler_at_scale),
     ("isolation", "11 isolation cost per launch", isolation.isolation_cost),
+    ("fleet", "12 many nodes on one controller", fleet.many_nodes),
 ]
 NAMES = list(dict.fromkeys(name for name, _, _ in PLAN))
 

@@ -18,6 +18,14 @@ def ping(ctl, conn, req) -> dict:
     return {"version": __version__, "cluster": ctl.config.cluster.name, "uid": conn.uid}
 
 
+@op("stats", model=requests.Empty, role=USER)
+def stats(ctl, conn, req) -> dict:
+    """The scheduler's passes (count, times), the queue and rmsctld's memory."""
+    return {"stats": {**ctl.pass_stats.record(), "pending": len(ctl.pending),
+                      "running": len(ctl.running),
+                      "nodes_connected": len(ctl.node_conns)}}
+
+
 def node_names(ctl, spec: str | None) -> list[str]:
     if not spec:
         raise RequestError("name the nodes (a hostlist such as gpu[001-004])")
