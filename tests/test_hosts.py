@@ -1,5 +1,6 @@
-"""Two hosts on one machine: rmsctld here, a compute node in its own network namespace
-behind a veth pair, each host with its own munged (one key). The link is cut under a
+"""Three hosts on one machine: rmsctld here, a compute node and a login node each in
+its own network namespace behind a veth pair, each host with its own munged (one key);
+the job is submitted and followed from the login node. The link is cut under a
 running job: the controller gives the job up and requeues it once its lease is out,
 the node's supervisor kills it first (it never runs twice), and when the link comes
 back the node reconciles and the job runs again to completion. Timings are the
@@ -17,8 +18,10 @@ import pytest
 
 from conftest import ROOT, Cluster, _kill_leftovers, _new_cluster_dir, command_path, wait_for
 
-NS, VETH_HERE, VETH_THERE = "rmstest-h1", "rmsv0", "rmsv1"
-HERE, THERE = "10.199.0.1", "10.199.0.2"
+# (namespace, veth here, veth there, address here, address there)
+NODE = ("rmstest-h1", "rmsv0", "rmsv1", "10.199.0.1", "10.199.0.2")
+LOGIN = ("rmstest-login", "rmsv2", "rmsv3", "10.199.1.1", "10.199.1.2")
+NS, VETH_HERE, VETH_THERE, HERE, THERE = NODE
 MUNGED = shutil.which("munged") or "/usr/sbin/munged"
 
 pytestmark = [
@@ -33,18 +36,35 @@ def sh(*argv, check=True):
     return subprocess.run(argv, capture_output=True, text=True, check=check)
 
 
-def in_ns(*argv):
+def in_ns(*argv, ns=NS):
     # nsenter, not `ip netns exec`: that also remounts /sys, hiding the cgroups
-    return ["nsenter", f"--net=/run/netns/{NS}", *argv]
+    return ["nsenter", f"--net=/run/netns/{ns}", *argv]
 
 
-def start_munged(directory: str, key: str, netns: bool) -> subprocess.Popen:
+def add_host(ns, veth_here, veth_there, here, there) -> None:
+    sh("ip", "netns", "add", ns)
+    sh("ip", "link", "add", veth_here, "type", "veth", "peer", "name", veth_there)
+    sh("ip", "link", "set", veth_there, "netns", ns)
+    sh("ip", "addr", "add", f"{here}/24", "dev", veth_here)
+    sh("ip", "link", "set", veth_here, "up")
+    sh(*in_ns("ip", "addr", "add", f"{there}/24", "dev", veth_there, ns=ns))
+    sh(*in_ns("ip", "link", "set", veth_there, "up", ns=ns))
+    sh(*in_ns("ip", "link", "set", "lo", "up", ns=ns))
+
+
+def remove_host(ns, veth_here, *_) -> None:
+    sh("ip", "netns", "del", ns, check=False)
+    sh("ip", "link", "del", veth_here, check=False)
+
+
+def start_munged(directory: str, key: str, netns: str | None) -> subprocess.Popen:
     os.makedirs(directory, exist_ok=True)
     sock = os.path.join(directory, "socket")
     argv = [MUNGED, "-F", f"--socket={sock}", f"--key-file={key}",
             f"--log-file={directory}/log", f"--pid-file={directory}/pid",
             f"--seed-file={directory}/seed"]
-    proc = subprocess.Popen(in_ns(*argv) if netns else argv, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(in_ns(*argv, ns=netns) if netns else argv,
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: os.path.exists(sock), 10, "munged")
@@ -62,23 +82,18 @@ def free_port() -> int:
 
 @pytest.fixture
 def hosts():
-    sh("ip", "netns", "del", NS, check=False)
-    sh("ip", "link", "del", VETH_HERE, check=False)
+    for host in (NODE, LOGIN):
+        remove_host(*host)
     home = _new_cluster_dir()
     key = os.path.join(home, "munge.key")
     sh("mungekey", "--create", "--keyfile", key)
     procs = []
     try:
-        sh("ip", "netns", "add", NS)
-        sh("ip", "link", "add", VETH_HERE, "type", "veth", "peer", "name", VETH_THERE)
-        sh("ip", "link", "set", VETH_THERE, "netns", NS)
-        sh("ip", "addr", "add", f"{HERE}/24", "dev", VETH_HERE)
-        sh("ip", "link", "set", VETH_HERE, "up")
-        sh(*in_ns("ip", "addr", "add", f"{THERE}/24", "dev", VETH_THERE))
-        sh(*in_ns("ip", "link", "set", VETH_THERE, "up"))
-        sh(*in_ns("ip", "link", "set", "lo", "up"))
-        procs.append(start_munged(os.path.join(home, "munge-here"), key, netns=False))
-        procs.append(start_munged(os.path.join(home, "munge-there"), key, netns=True))
+        for host in (NODE, LOGIN):
+            add_host(*host)
+        procs.append(start_munged(os.path.join(home, "munge-here"), key, netns=None))
+        procs.append(start_munged(os.path.join(home, "munge-there"), key, netns=NS))
+        procs.append(start_munged(os.path.join(home, "munge-login"), key, netns=LOGIN[0]))
 
         c = Cluster(os.path.join(home, "c"), gpus=0)
         os.makedirs(c.dir, exist_ok=True)
@@ -105,6 +120,12 @@ def hosts():
                       command_path("rmsd"), "--conf-dir", c.dir, "-N", "h1"),
                 stdout=log, stderr=log, start_new_session=True))
         wait_for(lambda: c.node_record("h1").get("connected"), 30, "node h1 over TCP")
+        # the login node: commands over TCP with its own munged, to the address the
+        # controller has on the login network
+        c.login = lambda *argv: subprocess.run(
+            in_ns("env", f"RMS_CONF_DIR={c.dir}", f"RMS_CONTROLLER={LOGIN[3]}:{port}",
+                  f"RMS_MUNGE_SOCKET={home}/munge-login/socket", *argv, ns=LOGIN[0]),
+            capture_output=True, text=True, timeout=120)
         yield c
     finally:
         for proc in reversed(procs):
@@ -115,8 +136,8 @@ def hosts():
                 pass
         if "c" in locals():
             _kill_leftovers(c.dir)
-        sh("ip", "netns", "del", NS, check=False)
-        sh("ip", "link", "del", VETH_HERE, check=False)
+        for host in (NODE, LOGIN):
+            remove_host(*host)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -128,7 +149,9 @@ def test_a_cut_link_requeues_the_job_once_and_it_never_runs_twice(hosts, capsys)
         fh.write("#!/bin/bash\n#SBATCH --requeue -t 10\n"
                  f'echo "$RMS_RESTART_COUNT $$ $(date +%s.%N)" >> {runs}\n'
                  '[ "$RMS_RESTART_COUNT" = 0 ] && sleep 600\nexit 0\n')
-    job_id = c.submit(script)
+    submitted = c.login(command_path("rsub"), "--parsable", script)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = int(submitted.stdout.strip())
     c.wait_state(job_id, "RUNNING", timeout=30)
     wait_for(lambda: os.path.exists(runs), 10, "the job to start")
     first_pid = int(open(runs).read().split()[1])
@@ -156,6 +179,8 @@ def test_a_cut_link_requeues_the_job_once_and_it_never_runs_twice(hosts, capsys)
     back = time.time()
     job = c.wait_ended(job_id, timeout=90)
     assert job["state"] == "COMPLETED" and job["restart_count"] == 1, job
+    listed = c.login(command_path("rq"), "-t", "all", "-h", "-o", "%i %T", "-j", str(job_id))
+    assert listed.stdout.split() == [str(job_id), "COMPLETED"], listed.stderr
     lines = [line.split() for line in open(runs).read().splitlines()]
     assert [line[0] for line in lines] == ["0", "1"], lines     # once each, no double
     with capsys.disabled():
