@@ -185,6 +185,17 @@ class Cluster:
                          start_new_session=True)
         wait_for(lambda: self.node_record(node).get("connected"), 20, f"node {node}")
 
+    def start_rmsctld(self) -> subprocess.Popen:
+        """rmsctld alone, without rms-local's node daemon (the nodes are elsewhere: a
+        network namespace, a fleet); the caller stops it (its own session)."""
+        with open(os.path.join(self.dir, "log", "rmsctld.log.stderr"), "ab") as log:
+            proc = subprocess.Popen([command_path("rmsctld"), "--conf-dir", self.dir],
+                                    env=self.env, stdout=log, stderr=log,
+                                    start_new_session=True)
+        wait_for(lambda: os.path.exists(os.path.join(self.dir, "run", "rmsctld.sock")), 20,
+                 "rmsctld")
+        return proc
+
     def node_record(self, name: str) -> dict:
         return next((n for n in self.api("nodes")["nodes"] if n["name"] == name), {})
 

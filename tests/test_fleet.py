@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import Cluster, _kill_leftovers, _new_cluster_dir, command_path, wait_for
+from conftest import Cluster, _kill_leftovers, _new_cluster_dir, wait_for
 
 
 @pytest.fixture
@@ -19,13 +19,8 @@ def fleet():
     c.up()
     c.down()
     c.set_nodes("f[01-04]")
-    procs = []
-    with open(os.path.join(c.dir, "log", "daemons.stderr"), "ab") as log:
-        procs.append(subprocess.Popen([command_path("rmsctld"), "--conf-dir", c.dir],
-                                      env=c.env, stdout=log, stderr=log,
-                                      start_new_session=True))
-        wait_for(lambda: os.path.exists(os.path.join(c.dir, "run", "rmsctld.sock")), 20,
-                 "rmsctld")
+    procs = [c.start_rmsctld()]
+    with open(os.path.join(c.dir, "log", "fleet.stderr"), "ab") as log:
         procs.append(subprocess.Popen([sys.executable, "-m", "rmsbatch.node.fleet",
                                        "--conf-dir", c.dir, "--nodes", "f[01-04]",
                                        "--run", "0.2"], env=c.env, stdout=log, stderr=log,

@@ -105,12 +105,7 @@ def hosts():
         c.tweak("heartbeat_interval = 2\nnode_timeout = 10\n",
                 f'address = "{HERE}:{port}"\n'
                 f'munge_socket = "{home}/munge-here/socket"\n')
-        with open(os.path.join(c.dir, "log", "rmsctld.log.stderr"), "ab") as log:
-            procs.append(subprocess.Popen([command_path("rmsctld"), "--conf-dir", c.dir],
-                                          env=c.env, stdout=log, stderr=log,
-                                          start_new_session=True))
-        wait_for(lambda: os.path.exists(os.path.join(c.dir, "run", "rmsctld.sock")), 20,
-                 "rmsctld")
+        procs.append(c.start_rmsctld())
         # the node's rmsd: in its namespace, over TCP, with its own host's munged
         env = dict(c.env, RMS_CONTROLLER=f"{HERE}:{port}",
                    RMS_MUNGE_SOCKET=f"{home}/munge-there/socket")

@@ -179,12 +179,7 @@ class Loop:
             return
         conn.closed = True
         self._account(conn, 0)
-        if conn.counted:
-            left = self.open_by_uid.get(conn.uid, 1) - 1
-            if left > 0:
-                self.open_by_uid[conn.uid] = left
-            else:
-                self.open_by_uid.pop(conn.uid, None)
+        self._uncount(conn)
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -270,17 +265,33 @@ class Loop:
                 # it has request_timeout to authenticate, or an idle one holds a slot
                 conn.began = time.monotonic()
                 self.unfinished.add(conn)
-            if conn.uid not in self.limits.trusted:
-                have = self.open_by_uid.get(conn.uid, 0)
-                if have >= self.limits.max_connections:
-                    self._refuse_now(conn, "connection refused", "connections",
-                                     f"{_user(conn.uid)} already has {have} open "
-                                     f"({self.limits.key('max_connections_per_user')}); "
-                                     "close some, or ask an admin to raise the limit")
-                    continue
-                self.open_by_uid[conn.uid] = have + 1
-                conn.counted = True
+            over = self._count(conn)
+            if over:
+                self._refuse_now(conn, "connection refused", "connections", over)
+                continue
             self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _count(self, conn: Conn) -> str | None:
+        """Count the connection against its uid's; why not, when that is one too many."""
+        if conn.uid in self.limits.trusted:
+            return None
+        have = self.open_by_uid.get(conn.uid, 0)
+        if have >= self.limits.max_connections:
+            return (f"{_user(conn.uid)} already has {have} open "
+                    f"({self.limits.key('max_connections_per_user')}); close some, or ask "
+                    "an admin to raise the limit")
+        self.open_by_uid[conn.uid] = have + 1
+        conn.counted = True
+        return None
+
+    def _uncount(self, conn: Conn) -> None:
+        if conn.counted:
+            left = self.open_by_uid.get(conn.uid, 1) - 1
+            if left > 0:
+                self.open_by_uid[conn.uid] = left
+            else:
+                self.open_by_uid.pop(conn.uid, None)
+            conn.counted = False
 
     def _read(self, conn: Conn, out: list) -> None:
         while True:
@@ -343,25 +354,13 @@ class Loop:
         conn.began = None
         self.unfinished.discard(conn)
         self._account(conn, 0)
-        if conn.counted:        # counted as nobody until now
-            left = self.open_by_uid.get(NOBODY, 1) - 1
-            if left > 0:
-                self.open_by_uid[NOBODY] = left
-            else:
-                self.open_by_uid.pop(NOBODY, None)
-            conn.counted = False
+        self._uncount(conn)         # counted as nobody until now
         conn.uid, conn.gid = who.uid, who.gid
         conn.meta["host"] = who.addr
-        if conn.uid not in self.limits.trusted:
-            have = self.open_by_uid.get(conn.uid, 0)
-            if have >= self.limits.max_connections:
-                self._refuse(conn, "connection refused", "connections",
-                             f"{_user(conn.uid)} already has {have} open "
-                             f"({self.limits.key('max_connections_per_user')}); close some, "
-                             "or ask an admin to raise the limit")
-                return False
-            self.open_by_uid[conn.uid] = have + 1
-            conn.counted = True
+        over = self._count(conn)
+        if over:
+            self._refuse(conn, "connection refused", "connections", over)
+            return False
         self.send(conn, {"ok": True, "uid": conn.uid, "gid": conn.gid})
         return True
 
