@@ -231,3 +231,17 @@ def test_a_node_whose_cluster_toml_differs_is_refused_naming_the_key(ctl, tmp_pa
     assert ctl.node_status["g2"].up is False
     # an rmsd from before digests: taken as it is
     assert ctl.handle(fake_conn(0), {"op": "node_hello", "node": "g2", "inventory": {}})["ok"]
+
+
+def test_node_daemon_settings_may_differ_while_they_roll_out(tmp_path):
+    """[node_daemon] is rmsd's alone: a node that reloaded a new prolog before the
+    controller did is still the same cluster."""
+    from rmsbatch import config as configmod
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for sub, extra in (("a", ""), ("b", '\n[node_daemon]\nprolog = "/etc/rmsbatch/prolog"\n')):
+        (tmp_path / sub / "cluster.toml").write_text(CLUSTER + extra)
+        (tmp_path / sub / "tenants.toml").write_text(TENANTS)
+        (tmp_path / sub / "qos.toml").write_text(QOS)
+    a, b = (configmod.load(str(tmp_path / s)).cluster_digest for s in ("a", "b"))
+    assert a == b and "partitions[0].max_time" in a

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, Cluster, _kill_leftovers, _new_cluster_dir, wait_for
+from conftest import ROOT, Cluster, _kill_leftovers, _new_cluster_dir, command_path, wait_for
 from rmsbatch.net import munge
 
 MUNGED = shutil.which("munged") or "/usr/sbin/munged"
@@ -254,3 +254,26 @@ def test_a_remote_supervisor_kills_its_job_when_the_controller_is_out_of_reach(n
     verdict = remote.check()
     assert verdict is not None and verdict[0] == "kill", verdict
     assert "lease expired" in verdict[1] and "Connection refused" in verdict[1]
+
+
+def test_rsub_wait_over_tcp_rides_out_a_controller_kill(net, users):
+    """A login node's `rsub --wait` while rmsctld is killed and started again: it
+    reconnects by itself (a fresh credential each time) and reports the job's end."""
+    c, _, _, _ = net
+    alice, _ = users
+    go = os.path.join(c.work, "go-tcp")
+    waiting = subprocess.Popen(
+        ["setpriv", f"--reuid={alice.pw_uid}", f"--regid={alice.pw_gid}", "--init-groups",
+         "--", command_path("rsub"), "--wait", "-o", "/dev/null", "--wrap",
+         f"while [ ! -e {go} ]; do sleep 0.1; done"],
+        env={**c.env, **c.tcp_env, "HOME": alice.pw_dir, "USER": alice.pw_name},
+        cwd=c.work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job_id = wait_for(lambda: next((j["id"] for j in c.api("jobs", active=True)["jobs"]
+                                    if j["user"] == alice.pw_name), None), 20, "the job")
+    c.wait_state(job_id, "RUNNING")
+    c.kill9("rmsctld")
+    c.run("rms-local", "up", "--dir", c.dir, "--gpus", "2", env=c.tcp_env, check=True)
+    open(go, "w").close()
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    assert c.job(job_id)["state"] == "COMPLETED"

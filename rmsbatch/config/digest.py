@@ -6,18 +6,24 @@ devices, limits and timeouts the controller does not believe in, so it sends thi
 digest when it registers and the controller refuses it, naming the keys that differ.
 Only keys the file sets count (not defaults), so a node running a newer rmsbatch with
 other defaults still matches while its file does; values are compared as read and
-checked, so layout, comments and the order of keys do not matter.
+checked, so layout, comments and the order of keys do not matter. `[node_daemon]` is
+left out: those settings are rmsd's alone (the controller decides nothing by them), and
+an admin rolls a change of them out node by node with SIGHUP.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 
+NODE_ONLY = "node_daemon"
+
 
 def digest(model) -> dict[str, str]:
     """{"controller.heartbeat_interval": "3f2a...", "nodes[0].gpus[0].count": ...}"""
     out: dict[str, str] = {}
-    _flatten(model.model_dump(exclude_unset=True, mode="json"), "", out)
+    data = model.model_dump(exclude_unset=True, mode="json")
+    data.pop(NODE_ONLY, None)
+    _flatten(data, "", out)
     return out
 
 
