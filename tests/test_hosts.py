@@ -1,10 +1,13 @@
-"""Three hosts on one machine: rmsctld here, a compute node and a login node each in
-its own network namespace behind a veth pair, each host with its own munged (one key);
-the job is submitted and followed from the login node. The link is cut under a
-running job: the controller gives the job up and requeues it once its lease is out,
-the node's supervisor kills it first (it never runs twice), and when the link comes
-back the node reconciles and the job runs again to completion. Timings are the
-defaults for a cluster (heartbeat 5 s, lease 20 s + 5 s margin)."""
+"""Four hosts on one machine: rmsctld here, two compute nodes and a login node each in
+its own network namespace, on one bridge, each host with its own munged (one key) and
+the compute nodes with their own copy of the configuration (state, logs and the
+address their steps are reached at are theirs). Jobs are submitted and followed from
+the login node. A two-node job runs a step on both nodes, its tasks' output crossing
+between hosts. Then a node's link is cut under a running job: the controller gives
+the job up and requeues it once its lease is out, the node's supervisor kills it
+first (it never runs twice), the job runs again on the other node, and when the link
+comes back the node reconciles. Timings are the defaults for a cluster (heartbeat
+5 s, lease 20 s + 5 s margin)."""
 from __future__ import annotations
 
 import os
@@ -18,10 +21,11 @@ import pytest
 
 from conftest import ROOT, Cluster, _kill_leftovers, _new_cluster_dir, command_path, wait_for
 
-# (namespace, veth here, veth there, address here, address there)
-NODE = ("rmstest-h1", "rmsv0", "rmsv1", "10.199.0.1", "10.199.0.2")
-LOGIN = ("rmstest-login", "rmsv2", "rmsv3", "10.199.1.1", "10.199.1.2")
-NS, VETH_HERE, VETH_THERE, HERE, THERE = NODE
+BRIDGE, HERE = "rmsbr0", "10.199.0.1"
+# name -> (namespace, veth here, veth there, address there)
+HOSTS = {"h1": ("rmstest-h1", "rmsv1", "rmsv1p", "10.199.0.2"),
+         "h2": ("rmstest-h2", "rmsv2", "rmsv2p", "10.199.0.3"),
+         "login": ("rmstest-login", "rmsv9", "rmsv9p", "10.199.0.9")}
 MUNGED = shutil.which("munged") or "/usr/sbin/munged"
 
 pytestmark = [
@@ -36,25 +40,27 @@ def sh(*argv, check=True):
     return subprocess.run(argv, capture_output=True, text=True, check=check)
 
 
-def in_ns(*argv, ns=NS):
+def in_ns(*argv, ns):
     # nsenter, not `ip netns exec`: that also remounts /sys, hiding the cgroups
     return ["nsenter", f"--net=/run/netns/{ns}", *argv]
 
 
-def add_host(ns, veth_here, veth_there, here, there) -> None:
+def add_host(ns, veth_here, veth_there, there) -> None:
     sh("ip", "netns", "add", ns)
     sh("ip", "link", "add", veth_here, "type", "veth", "peer", "name", veth_there)
     sh("ip", "link", "set", veth_there, "netns", ns)
-    sh("ip", "addr", "add", f"{here}/24", "dev", veth_here)
+    sh("ip", "link", "set", veth_here, "master", BRIDGE)
     sh("ip", "link", "set", veth_here, "up")
     sh(*in_ns("ip", "addr", "add", f"{there}/24", "dev", veth_there, ns=ns))
     sh(*in_ns("ip", "link", "set", veth_there, "up", ns=ns))
     sh(*in_ns("ip", "link", "set", "lo", "up", ns=ns))
 
 
-def remove_host(ns, veth_here, *_) -> None:
-    sh("ip", "netns", "del", ns, check=False)
-    sh("ip", "link", "del", veth_here, check=False)
+def remove_hosts() -> None:
+    for ns, veth_here, _, _ in HOSTS.values():
+        sh("ip", "netns", "del", ns, check=False)
+        sh("ip", "link", "del", veth_here, check=False)
+    sh("ip", "link", "del", BRIDGE, check=False)
 
 
 def start_munged(directory: str, key: str, netns: str | None) -> subprocess.Popen:
@@ -80,47 +86,68 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
+def host_config(c, name: str, address: str) -> str:
+    """The node's own configuration directory: the cluster's files, its step address."""
+    directory = os.path.join(os.path.dirname(c.dir), name)
+    os.makedirs(os.path.join(directory, "log"), exist_ok=True)
+    for f in ("cluster.toml", "tenants.toml", "qos.toml"):
+        shutil.copy(os.path.join(c.dir, f), directory)
+    path = os.path.join(directory, "cluster.toml")
+    with open(path) as fh:
+        text = fh.read()
+    with open(path, "w") as fh:
+        fh.write(text.replace("[node_daemon]\n", f'[node_daemon]\naddress = "{address}"\n', 1))
+    os.chmod(directory, 0o755)
+    return directory
+
+
+@pytest.fixture(scope="module")
 def hosts():
-    for host in (NODE, LOGIN):
-        remove_host(*host)
+    remove_hosts()
     home = _new_cluster_dir()
     key = os.path.join(home, "munge.key")
     sh("mungekey", "--create", "--keyfile", key)
     procs = []
     try:
-        for host in (NODE, LOGIN):
+        sh("ip", "link", "add", BRIDGE, "type", "bridge")
+        sh("ip", "addr", "add", f"{HERE}/24", "dev", BRIDGE)
+        sh("ip", "link", "set", BRIDGE, "up")
+        for host in HOSTS.values():
             add_host(*host)
-        procs.append(start_munged(os.path.join(home, "munge-here"), key, netns=None))
-        procs.append(start_munged(os.path.join(home, "munge-there"), key, netns=NS))
-        procs.append(start_munged(os.path.join(home, "munge-login"), key, netns=LOGIN[0]))
+        procs.append(start_munged(os.path.join(home, "munge-ctl"), key, netns=None))
+        for name, (ns, *_rest) in HOSTS.items():
+            procs.append(start_munged(os.path.join(home, f"munge-{name}"), key, netns=ns))
 
         c = Cluster(os.path.join(home, "c"), gpus=0)
         os.makedirs(c.dir, exist_ok=True)
         c.up()
         c.down()
-        c.set_nodes("h1")
+        c.set_nodes("h[1-2]")
         port = free_port()
         # the defaults for a cluster, not rms-local's quicker ones
         c.tweak("heartbeat_interval = 2\nnode_timeout = 10\n",
                 f'address = "{HERE}:{port}"\n'
-                f'munge_socket = "{home}/munge-here/socket"\n')
+                f'munge_socket = "{home}/munge-ctl/socket"\n')
         procs.append(c.start_rmsctld())
-        # the node's rmsd: in its namespace, over TCP, with its own host's munged
-        env = dict(c.env, RMS_CONTROLLER=f"{HERE}:{port}",
-                   RMS_MUNGE_SOCKET=f"{home}/munge-there/socket")
-        with open(os.path.join(c.dir, "log", "rmsd-h1.log.stderr"), "ab") as log:
-            procs.append(subprocess.Popen(
-                in_ns("env", *(f"{k}={v}" for k, v in env.items()),
-                      command_path("rmsd"), "--conf-dir", c.dir, "-N", "h1"),
-                stdout=log, stderr=log, start_new_session=True))
-        wait_for(lambda: c.node_record("h1").get("connected"), 30, "node h1 over TCP")
-        # the login node: commands over TCP with its own munged, to the address the
-        # controller has on the login network
+        # each node's rmsd: in its namespace, with its own configuration directory (no
+        # controller socket there: over TCP) and its own host's munged
+        for name in ("h1", "h2"):
+            ns, _, _, address = HOSTS[name]
+            conf = host_config(c, name, address)
+            env = dict(c.env, RMS_CONF_DIR=conf, RMS_MUNGE_SOCKET=f"{home}/munge-{name}/socket")
+            with open(os.path.join(conf, "log", "rmsd.stderr"), "ab") as log:
+                procs.append(subprocess.Popen(
+                    in_ns("env", *(f"{k}={v}" for k, v in env.items()),
+                          command_path("rmsd"), "--conf-dir", conf, "-N", name, ns=ns),
+                    stdout=log, stderr=log, start_new_session=True))
+        for name in ("h1", "h2"):
+            wait_for(lambda: c.node_record(name).get("connected"), 30, f"node {name} over TCP")
+        login_ns = HOSTS["login"][0]
         c.login = lambda *argv: subprocess.run(
-            in_ns("env", f"RMS_CONF_DIR={c.dir}", f"RMS_CONTROLLER={LOGIN[3]}:{port}",
-                  f"RMS_MUNGE_SOCKET={home}/munge-login/socket", *argv, ns=LOGIN[0]),
-            capture_output=True, text=True, timeout=120)
+            in_ns("env", f"PATH={os.path.dirname(command_path('rsub'))}:{os.environ['PATH']}",
+                  f"RMS_CONF_DIR={c.dir}", f"RMS_CONTROLLER={HERE}:{port}",
+                  f"RMS_MUNGE_SOCKET={home}/munge-login/socket", *argv, ns=login_ns),
+            capture_output=True, text=True, timeout=120, cwd=c.work)
         yield c
     finally:
         for proc in reversed(procs):
@@ -131,9 +158,24 @@ def hosts():
                 pass
         if "c" in locals():
             _kill_leftovers(c.dir)
-        for host in (NODE, LOGIN):
-            remove_host(*host)
+            for name in ("h1", "h2"):
+                _kill_leftovers(os.path.join(home, name))
+        remove_hosts()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_two_node_job_runs_a_step_on_both_hosts(hosts):
+    c = hosts
+    script = os.path.join(c.work, "two.sh")
+    with open(script, "w") as fh:
+        fh.write("#!/bin/bash\n#SBATCH -N 2 -t 5\n"
+                 "rrun -l sh -c 'echo node $RMS_NODEID on $SLURMD_NODENAME'\n")
+    submitted = c.login(command_path("rsub"), "--parsable", script)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = int(submitted.stdout.strip())
+    job = c.wait_ended(job_id, timeout=60)
+    assert job["state"] == "COMPLETED" and job["nodelist"] == "h[1-2]", (job, c.output(job_id))
+    assert sorted(c.output(job_id).splitlines()) == ["0: node 0 on h1", "1: node 1 on h2"]
 
 
 def test_a_cut_link_requeues_the_job_once_and_it_never_runs_twice(hosts, capsys):
@@ -147,12 +189,13 @@ def test_a_cut_link_requeues_the_job_once_and_it_never_runs_twice(hosts, capsys)
     submitted = c.login(command_path("rsub"), "--parsable", script)
     assert submitted.returncode == 0, submitted.stderr
     job_id = int(submitted.stdout.strip())
-    c.wait_state(job_id, "RUNNING", timeout=30)
+    node = c.wait_state(job_id, "RUNNING", timeout=30)["nodelist"]
+    other = {"h1": "h2", "h2": "h1"}[node]
     wait_for(lambda: os.path.exists(runs), 10, "the job to start")
     first_pid = int(open(runs).read().split()[1])
 
     cut = time.time()
-    sh("ip", "link", "set", VETH_HERE, "down")
+    sh("ip", "link", "set", HOSTS[node][1], "down")
     # watch both at once: when the node killed the job, when the controller gave it up
     seen: dict[str, float] = {}
     deadline = time.time() + 90
@@ -164,21 +207,23 @@ def test_a_cut_link_requeues_the_job_once_and_it_never_runs_twice(hosts, capsys)
         time.sleep(0.05)
     assert len(seen) == 2, f"after 90 s only {seen} (cut at {cut})"
     died, given_up = seen["died"], seen["given_up"]
-    record = c.job(job_id)
-    assert record["state"] == "PENDING" and record["restart_count"] == 1, record
     # The node's supervisor killed it at the end of its lease, before the controller
     # gave it up (a lease margin later): it never ran on after being written off.
     assert died < given_up, (died - cut, given_up - cut)
-
-    sh("ip", "link", "set", VETH_HERE, "up")
-    back = time.time()
-    job = c.wait_ended(job_id, timeout=90)
+    job = c.wait_ended(job_id, timeout=60)          # again, on the other node
+    rerun = time.time()
     assert job["state"] == "COMPLETED" and job["restart_count"] == 1, job
+    assert job["nodelist"] == other and c.node_record(node)["responding"] is False
+
+    sh("ip", "link", "set", HOSTS[node][1], "up")
+    back = time.time()
+    wait_for(lambda: c.node_record(node).get("state") == "IDLE", 60, f"{node} back, idle")
     listed = c.login(command_path("rq"), "-t", "all", "-h", "-o", "%i %T", "-j", str(job_id))
     assert listed.stdout.split() == [str(job_id), "COMPLETED"], listed.stderr
     lines = [line.split() for line in open(runs).read().splitlines()]
     assert [line[0] for line in lines] == ["0", "1"], lines     # once each, no double
     with capsys.disabled():
-        print(f"\n[figures] link cut -> job given up and requeued: {given_up - cut:.1f} s; "
-              f"job killed on the node: {died - cut:.1f} s; link back -> job completed: "
-              f"{time.time() - back:.1f} s; jobs lost: 0")
+        print(f"\n[figures] link cut -> job killed on its node: {died - cut:.1f} s; given up "
+              f"and requeued: {given_up - cut:.1f} s; completed on the other node: "
+              f"{rerun - cut:.1f} s; link back -> node idle again: {time.time() - back:.1f} "
+              "s; jobs lost: 0")
