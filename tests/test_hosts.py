@@ -10,6 +10,7 @@ comes back the node reconciles. Timings are the defaults for a cluster (heartbea
 5 s, lease 20 s + 5 s margin)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -131,15 +132,21 @@ def hosts():
         procs.append(c.start_rmsctld())
         # each node's rmsd: in its namespace, with its own configuration directory (no
         # controller socket there: over TCP) and its own host's munged
-        for name in ("h1", "h2"):
+        c.rmsd = {}
+
+        def start_rmsd(name):
             ns, _, _, address = HOSTS[name]
             conf = host_config(c, name, address)
             env = dict(c.env, RMS_CONF_DIR=conf, RMS_MUNGE_SOCKET=f"{home}/munge-{name}/socket")
             with open(os.path.join(conf, "log", "rmsd.stderr"), "ab") as log:
-                procs.append(subprocess.Popen(
+                c.rmsd[name] = subprocess.Popen(
                     in_ns("env", *(f"{k}={v}" for k, v in env.items()),
                           command_path("rmsd"), "--conf-dir", conf, "-N", name, ns=ns),
-                    stdout=log, stderr=log, start_new_session=True))
+                    stdout=log, stderr=log, start_new_session=True)
+            procs.append(c.rmsd[name])
+        c.start_rmsd = start_rmsd
+        for name in ("h1", "h2"):
+            start_rmsd(name)
         for name in ("h1", "h2"):
             wait_for(lambda: c.node_record(name).get("connected"), 30, f"node {name} over TCP")
         login_ns = HOSTS["login"][0]
@@ -227,3 +234,37 @@ def test_a_cut_link_requeues_the_job_once_and_it_never_runs_twice(hosts, capsys)
               f"and requeued: {given_up - cut:.1f} s; completed on the other node: "
               f"{rerun - cut:.1f} s; link back -> node idle again: {time.time() - back:.1f} "
               "s; jobs lost: 0")
+
+
+def test_a_crashed_host_comes_back_without_running_its_job_twice(hosts):
+    """Everything of the host dies at once (rmsd, the job's supervisor, the job): the
+    job is given up when its lease runs out and runs again elsewhere; the host's rmsd,
+    started again, finds the dead run and reports it, and the controller keeps the
+    rerun's result."""
+    c = hosts
+    runs = os.path.join(c.work, "crash-runs")
+    script = os.path.join(c.work, "crash.sh")
+    with open(script, "w") as fh:
+        fh.write("#!/bin/bash\n#SBATCH --requeue -t 10\n"
+                 f'echo "$RMS_RESTART_COUNT $$ $SLURMD_NODENAME" >> {runs}\n'
+                 '[ "$RMS_RESTART_COUNT" = 0 ] && sleep 600\nexit 0\n')
+    submitted = c.login(command_path("rsub"), "--parsable", script)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = int(submitted.stdout.strip())
+    node = c.wait_state(job_id, "RUNNING", timeout=30)["nodelist"]
+    wait_for(lambda: os.path.exists(runs), 10, "the job to start")
+    job_pid = int(open(runs).read().split()[1])
+    run_dir = os.path.join(os.path.dirname(c.dir), node, "state", node, "jobs", f"{job_id}.0")
+    supervisor = json.load(open(os.path.join(run_dir, "pid")))["supervisor_pid"]
+    for pid in (c.rmsd[node].pid, supervisor, job_pid):    # the host goes down
+        os.kill(pid, signal.SIGKILL)
+    c.rmsd[node].wait(10)
+
+    job = c.wait_ended(job_id, timeout=60)
+    assert job["state"] == "COMPLETED" and job["restart_count"] == 1, job
+    c.start_rmsd(node)                                      # the host comes back
+    wait_for(lambda: c.node_record(node).get("state") == "IDLE", 30, f"{node} back, idle")
+    assert c.job(job_id)["state"] == "COMPLETED" and c.job(job_id)["restart_count"] == 1
+    lines = [line.split() for line in open(runs).read().splitlines()]
+    assert [line[0] for line in lines] == ["0", "1"] and lines[0][2] == node, lines
+    assert not os.path.exists(f"/proc/{job_pid}")
