@@ -1,5 +1,5 @@
 """Four hosts on one machine: rmsctld here, two compute nodes and a login node each in
-its own network namespace, on one bridge, each host with its own munged (one key) and
+its own network namespace, on one bridge (the compute nodes with their own host names), each host with its own munged (one key) and
 the compute nodes with their own copy of the configuration (state, logs and the
 address their steps are reached at are theirs). Jobs are submitted and followed from
 the login node. A two-node job runs a step on both nodes, its tasks' output crossing
@@ -139,9 +139,11 @@ def hosts():
             conf = host_config(c, name, address)
             env = dict(c.env, RMS_CONF_DIR=conf, RMS_MUNGE_SOCKET=f"{home}/munge-{name}/socket")
             with open(os.path.join(conf, "log", "rmsd.stderr"), "ab") as log:
+                # its own host name too (a UTS namespace): rmsd takes it as the node's
                 c.rmsd[name] = subprocess.Popen(
-                    in_ns("env", *(f"{k}={v}" for k, v in env.items()),
-                          command_path("rmsd"), "--conf-dir", conf, "-N", name, ns=ns),
+                    in_ns("unshare", "--uts", "sh", "-c", f"hostname {name} && exec \"$@\"",
+                          "-", "env", *(f"{k}={v}" for k, v in env.items()),
+                          command_path("rmsd"), "--conf-dir", conf, ns=ns),
                     stdout=log, stderr=log, start_new_session=True)
             procs.append(c.rmsd[name])
         c.start_rmsd = start_rmsd
