@@ -187,21 +187,28 @@ def test_a_two_node_job_runs_a_step_on_both_hosts(hosts):
     assert sorted(c.output(job_id).splitlines()) == ["0: node 0 on h1", "1: node 1 on h2"]
 
 
-def test_a_cut_link_requeues_the_job_once_and_it_never_runs_twice(hosts, capsys):
-    c = hosts
-    runs = os.path.join(c.work, "runs")
-    script = os.path.join(c.work, "job.sh")
+def requeueable_job(c, name: str):
+    """A --requeue job, submitted from the login node, that waits on its first run and
+    ends at once on the next; each run appends "RESTART PID NODE" to a file. Returns
+    (job id, its node, that file, the first run's pid) once it runs."""
+    runs = os.path.join(c.work, f"{name}-runs")
+    script = os.path.join(c.work, f"{name}.sh")
     with open(script, "w") as fh:
         fh.write("#!/bin/bash\n#SBATCH --requeue -t 10\n"
-                 f'echo "$RMS_RESTART_COUNT $$ $(date +%s.%N)" >> {runs}\n'
+                 f'echo "$RMS_RESTART_COUNT $$ $SLURMD_NODENAME" >> {runs}\n'
                  '[ "$RMS_RESTART_COUNT" = 0 ] && sleep 600\nexit 0\n')
     submitted = c.login(command_path("rsub"), "--parsable", script)
     assert submitted.returncode == 0, submitted.stderr
     job_id = int(submitted.stdout.strip())
     node = c.wait_state(job_id, "RUNNING", timeout=30)["nodelist"]
-    other = {"h1": "h2", "h2": "h1"}[node]
     wait_for(lambda: os.path.exists(runs), 10, "the job to start")
-    first_pid = int(open(runs).read().split()[1])
+    return job_id, node, runs, int(open(runs).read().split()[1])
+
+
+def test_a_cut_link_requeues_the_job_once_and_it_never_runs_twice(hosts, capsys):
+    c = hosts
+    job_id, node, runs, first_pid = requeueable_job(c, "cut")
+    other = {"h1": "h2", "h2": "h1"}[node]
 
     cut = time.time()
     sh("ip", "link", "set", HOSTS[node][1], "down")
@@ -244,18 +251,7 @@ def test_a_crashed_host_comes_back_without_running_its_job_twice(hosts):
     started again, finds the dead run and reports it, and the controller keeps the
     rerun's result."""
     c = hosts
-    runs = os.path.join(c.work, "crash-runs")
-    script = os.path.join(c.work, "crash.sh")
-    with open(script, "w") as fh:
-        fh.write("#!/bin/bash\n#SBATCH --requeue -t 10\n"
-                 f'echo "$RMS_RESTART_COUNT $$ $SLURMD_NODENAME" >> {runs}\n'
-                 '[ "$RMS_RESTART_COUNT" = 0 ] && sleep 600\nexit 0\n')
-    submitted = c.login(command_path("rsub"), "--parsable", script)
-    assert submitted.returncode == 0, submitted.stderr
-    job_id = int(submitted.stdout.strip())
-    node = c.wait_state(job_id, "RUNNING", timeout=30)["nodelist"]
-    wait_for(lambda: os.path.exists(runs), 10, "the job to start")
-    job_pid = int(open(runs).read().split()[1])
+    job_id, node, runs, job_pid = requeueable_job(c, "crash")
     run_dir = os.path.join(os.path.dirname(c.dir), node, "state", node, "jobs", f"{job_id}.0")
     supervisor = json.load(open(os.path.join(run_dir, "pid")))["supervisor_pid"]
     for pid in (c.rmsd[node].pid, supervisor, job_pid):    # the host goes down
