@@ -201,8 +201,18 @@ def requeueable_job(c, name: str):
     assert submitted.returncode == 0, submitted.stderr
     job_id = int(submitted.stdout.strip())
     node = c.wait_state(job_id, "RUNNING", timeout=30)["nodelist"]
-    wait_for(lambda: os.path.exists(runs), 10, "the job to start")
-    return job_id, node, runs, int(open(runs).read().split()[1])
+    first = wait_for(lambda: whole_lines(runs), 10, "the job to say it started")
+    return job_id, node, runs, int(first[0].split()[1])
+
+
+def whole_lines(path: str) -> list[str]:
+    """The file's complete lines (the job may be writing its first one right now)."""
+    try:
+        with open(path) as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        return []
+    return text[:text.rfind("\n") + 1].splitlines()
 
 
 def test_a_cut_link_requeues_the_job_once_and_it_never_runs_twice(hosts, capsys):
@@ -253,7 +263,9 @@ def test_a_crashed_host_comes_back_without_running_its_job_twice(hosts):
     c = hosts
     job_id, node, runs, job_pid = requeueable_job(c, "crash")
     run_dir = os.path.join(os.path.dirname(c.dir), node, "state", node, "jobs", f"{job_id}.0")
-    supervisor = json.load(open(os.path.join(run_dir, "pid")))["supervisor_pid"]
+    pid_file = os.path.join(run_dir, "pid")     # written (renamed into place) after the fork
+    wait_for(lambda: os.path.exists(pid_file), 10, "the run's pid file")
+    supervisor = json.load(open(pid_file))["supervisor_pid"]
     for pid in (c.rmsd[node].pid, supervisor, job_pid):    # the host goes down
         os.kill(pid, signal.SIGKILL)
     c.rmsd[node].wait(10)
