@@ -115,7 +115,8 @@ class _Context:
 
 
 def _libc_free(pointer) -> None:
-    ctypes.CDLL(None).free(pointer)
+    """free() what libmunge allocated (the credential, the payload)."""
+    _libmunge().free(pointer)       # libmunge links libc: its free is libc's
 
 
 def payload_for(cluster: str, purpose: str) -> bytes:

@@ -100,6 +100,31 @@ def connect(address: tuple[str, int], cluster: str, munge_socket: str | None = N
     return sock
 
 
+def daemon_socket(cfg, timeout: float = 10.0):
+    """A node daemon's connection to rmsctld (rmsd, rms-fleet), and how it goes: its
+    Unix socket on the controller's host (via None), else TCP with a MUNGE credential
+    (via "tcp:HOST:PORT"): RMS_CONTROLLER, or cluster.toml's [controller] address when
+    the socket is not on this host."""
+    import socket
+
+    from rmsbatch.net.client import connect_unix
+    address = from_environment()
+    if address is None and not os.path.exists(cfg.socket):
+        address = cfg.tcp_address
+    if address is None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connect_unix(sock, cfg.socket)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"{cfg.socket}: {exc.strerror}") from None
+        return sock, None
+    ctl = cfg.cluster.controller
+    sock = connect(address, cfg.cluster.name, ctl.munge_socket, timeout=timeout)
+    sock.settimeout(None)
+    return sock, f"tcp:{address[0]}:{address[1]}"
+
+
 class Authenticator:
     """The controller's side of the handshake: a credential in, (uid, gid, host) out,
     or MungeError saying why not."""

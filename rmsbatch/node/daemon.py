@@ -26,7 +26,7 @@ import time
 from rmsbatch.config import Config
 from rmsbatch.core import failpoint
 from rmsbatch.net import tcp
-from rmsbatch.net.client import ClientError, connect_unix
+from rmsbatch.net.client import ClientError
 from rmsbatch.net.loop import Conn, Loop
 from rmsbatch.node import launch as launching, prolog, slurmcommands
 from rmsbatch.node.devices import discovery, record
@@ -448,7 +448,7 @@ class NodeDaemon(MonitorLink):
         if now < self.next_connect:
             return False
         try:
-            sock = self._controller_socket()
+            sock, self.controller_via = tcp.daemon_socket(self.config)
         except (OSError, ClientError) as exc:
             self.next_connect = now + self.backoff
             if self.backoff >= 1.6:
@@ -474,26 +474,6 @@ class NodeDaemon(MonitorLink):
         log.info("node %s: connected to rmsctld (%d running, %d to report)",
                  self.node, len(running), len(ended))
         return True
-
-    def _controller_socket(self):
-        """The controller's Unix socket on its own host; over TCP with a MUNGE credential
-        from elsewhere (RMS_CONTROLLER, or cluster.toml's [controller] address)."""
-        address = tcp.from_environment()
-        if address is None and not os.path.exists(self.config.socket):
-            address = self.config.tcp_address
-        self.controller_via = None if address is None else f"tcp:{address[0]}:{address[1]}"
-        if address is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                connect_unix(sock, self.config.socket)
-            except OSError as exc:
-                sock.close()
-                raise OSError(exc.errno, f"{self.config.socket}: {exc.strerror}") from None
-            return sock
-        ctl = self.config.cluster.controller
-        sock = tcp.connect(address, self.config.cluster.name, ctl.munge_socket, timeout=10)
-        sock.settimeout(None)
-        return sock
 
     def heartbeat(self) -> None:
         """Tell rmsctld we live, and which runs we supervise: it renews their leases."""

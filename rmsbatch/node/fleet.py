@@ -18,14 +18,12 @@ import argparse
 import heapq
 import logging
 import os
-import socket
 import sys
 import time
 
 from rmsbatch import config as configmod
 from rmsbatch.core import hostlist
 from rmsbatch.net import tcp
-from rmsbatch.net.client import connect_unix
 from rmsbatch.net.loop import Loop
 
 log = logging.getLogger("rmsbatch.fleet")
@@ -50,19 +48,8 @@ class Fleet:
         self.ends: list[tuple[float, str, int, int]] = []   # (when, node, job, run)
         self.started = self.ended = 0
 
-    def _socket(self):
-        address = tcp.from_environment()
-        if address is None and not os.path.exists(self.cfg.socket):
-            address = self.cfg.tcp_address
-        if address is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            connect_unix(sock, self.cfg.socket)
-            return sock
-        ctl = self.cfg.cluster.controller
-        return tcp.connect(address, self.cfg.cluster.name, ctl.munge_socket, timeout=10)
-
     def connect(self, node: FleetNode) -> None:
-        node.conn = self.loop.add(self._socket(), {"node": node.name})
+        node.conn = self.loop.add(tcp.daemon_socket(self.cfg)[0], {"node": node.name})
         node.registered = False
         nd = self.cfg.nodes[node.name]
         inventory = {"cpus": nd.cpus, "mem_mb": nd.mem_mb, "features": list(nd.features),

@@ -259,8 +259,8 @@ class Pass:
             out.reasons[job.id] = why
             return False
         candidates, where = nodes_for(job, self.members[job.partition], self.now)
-        # A request that found no room finds none on more nodes either: keyed by what
-        # it asks of each node, the fewest nodes that found none.
+        # Room only shrinks within a pass: a request of the same kind that is at least
+        # as large as one that found no room finds none either (Pass.full).
         r = job.request
         kind = (where, _kind(r))
         size = (r.nodes, r.cpus, r.mem_mb)
