@@ -451,14 +451,28 @@ class JobCgroup:
         return [{"freezer": "kill"}.get(key, key)]
 
     def _v1_cpuset_init(self, parent_dir: str, d: str) -> None:
-        """A v1 cpuset cgroup refuses tasks until cpus and mems are set."""
+        """A v1 cpuset cgroup refuses tasks until cpus and mems are set. Our levels set
+        them explicitly, and have their children (the jobs) born empty: see _v1_cpus."""
         for f in ("cpuset.cpus", "cpuset.mems"):
             path = os.path.join(d, f)
             if not (_read_or(path, "") or "").strip():
                 _write(path, (_read_or(os.path.join(parent_dir, f), "") or "").strip())
         clone = os.path.join(d, "cgroup.clone_children")
-        if (_read_or(clone, "1") or "1").strip() != "1":
-            _write(clone, "1")
+        if (_read_or(clone, "0") or "0").strip() != "0":
+            _write(clone, "0")
+
+    @staticmethod
+    def _v1_cpus(d: str, cpus: str, mems: str) -> None:
+        """A v1 cpuset with load balancing on rebuilds the kernel's scheduling domains
+        when its CPUs change and when it is removed (most of a launch's kernel time on
+        small hosts). Turned off while the set is still empty, it costs nothing; and
+        the root cpuset balancing every CPU makes a job's own flag moot."""
+        try:
+            _write(os.path.join(d, "cpuset.sched_load_balance"), "0")
+        except OSError:
+            pass        # not there (an older kernel): balancing stays as it was
+        _write(os.path.join(d, "cpuset.cpus"), cpus)
+        _write(os.path.join(d, "cpuset.mems"), mems)
 
     def _v2_enable(self, levels: list[str]) -> None:
         """Enable memory/cpuset/pids for children at each level down to the
@@ -539,9 +553,8 @@ class JobCgroup:
             pdir = os.path.dirname(d)
             cpus = format_cpus(lim.cpus) if lim.cpus else \
                 (_read_or(os.path.join(pdir, "cpuset.cpus"), "") or "").strip()
-            _write(os.path.join(d, "cpuset.cpus"), cpus)
-            _write(os.path.join(d, "cpuset.mems"),
-                   (_read_or(os.path.join(pdir, "cpuset.mems"), "") or "").strip())
+            self._v1_cpus(d, cpus, (_read_or(os.path.join(pdir, "cpuset.mems"), "")
+                                    or "").strip())
             if lim.cpus:
                 self._applied["cpuset"] = "v1"
         if lim.cpus and "cpuset" not in self._applied:

@@ -65,6 +65,7 @@ class NodeDaemon(MonitorLink):
         self.notify_path = os.path.join(self.state_dir, "rmsd.sock")
         self.lease_path = os.path.join(self.state_dir, "leases.json")
         self.privileged = os.geteuid() == 0
+        self.spawner = None     # rmsbatch.node.spawner.Spawner: rmsd sets one
         self.controller: Conn | None = None
         self.next_connect = 0.0
         self.controller_via: str | None = None     # "tcp:HOST:PORT" when not the socket
@@ -321,7 +322,7 @@ class NodeDaemon(MonitorLink):
                 raise LaunchError(f"{exc}: injected setup failure") from None
             launching.prepare(self, job, jobdir)
             failpoint.hit("rmsd.launch.before_spawn")   # tests: rmsd dies mid-launch
-            pid = launching.spawn_supervisor(jobdir)
+            pid = launching.spawn_supervisor(jobdir, self.spawner)
         except (LaunchError, OSError) as exc:
             fault = getattr(exc, "node_fault", True)
             why = str(exc) if isinstance(exc, LaunchError) else \
@@ -341,7 +342,8 @@ class NodeDaemon(MonitorLink):
                 return
             self.report_outcome(run)
             return
-        log.info("job %d: launched for %s (supervisor pid %d)", job_id, job["user"], pid)
+        log.info("job %d: launched for %s (supervisor pid %s)", job_id, job["user"],
+                 pid or "unknown")
         self._report_started(run)
 
     def launch_step(self, order: dict) -> None:

@@ -7,6 +7,7 @@ The node daemon (rmsbatch.node.daemon) decides *whether* to launch; this module 
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import pwd
@@ -118,35 +119,62 @@ def isolation(nd, job: dict, run: str) -> dict | None:
     return spec
 
 
-def spawn_supervisor(jobdir: str) -> int:
-    """Fork the run's supervisor, holding its lock from before the fork (so the run is
-    never without a live lock holder while its supervisor lives). Fork without exec:
-    a fresh interpreter would add tens of milliseconds to every job's start. The child
-    leaves rmsd's session, so it survives rmsd being killed."""
+def spawn_supervisor(jobdir: str, spawner=None) -> int | None:
+    """Start the run's supervisor, holding its lock from before (so the run is never
+    without a live lock holder while its supervisor lives). Through rmsd's spawner
+    (rmsbatch.node.spawner) when there is one, else by forking rmsd. None: the spawner
+    took the request and did not say what became of it; the run then either has a
+    supervisor or, once our hold on the lock ends, reads as lost (and is reported so):
+    forking a second one here could run the job twice."""
     lock = hold_lock(os.path.join(jobdir, LOCK_FILE))
     try:
-        pid = os.fork()
-    except OSError:
-        os.close(lock)
-        raise
+        if spawner is not None:
+            from rmsbatch.node.spawner import SpawnerGone, Unanswered
+            try:
+                return spawner.spawn(jobdir, lock)
+            except Unanswered as exc:
+                log.error("job %s: %s", os.path.basename(jobdir), exc)
+                return None
+            except SpawnerGone:
+                pass
+        return fork_supervisor(jobdir, lock)
+    finally:
+        os.close(lock)          # the supervisor holds it now
+
+
+def fork_supervisor(jobdir: str, lock: int) -> int:
+    """Fork without exec: a fresh interpreter would add tens of milliseconds to every
+    job's start. The child leaves its parent's session, so it survives rmsd (and the
+    spawner) being killed, and keeps LOCK open as its descriptor 3."""
+    pid = os.fork()
     if pid:
-        os.close(lock)      # the child holds it now
         return pid
     try:
-        os.setsid()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
-                    signal.SIGUSR1, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.dup2(lock, 3)
-        os.closerange(4, 65536)
-        root = logging.getLogger()
-        for h in list(root.handlers):
-            root.removeHandler(h)
+        detach({3: lock})
         supervisor.main([jobdir, "--lock-fd", "3"])   # imported up front: the fork inherits it
         os._exit(0)
     except BaseException:
         os._exit(1)
+
+
+def detach(keep: dict[int, int]) -> None:
+    """In a freshly forked supervisor: its own session, default signals, /dev/null for
+    stdio, the descriptors in KEEP (wanted number -> current one) and no other, and
+    none of the parent's log handlers."""
+    os.setsid()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
+                signal.SIGUSR1, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    top = max(keep) + 1
+    # Out of the way first: a wanted number may be another's current one.
+    moved = {want: fcntl.fcntl(fd, fcntl.F_DUPFD, top) for want, fd in keep.items()}
+    for want, fd in moved.items():
+        os.dup2(fd, want)
+    os.closerange(top, 65536)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)

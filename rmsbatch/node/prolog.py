@@ -43,6 +43,7 @@ from rmsbatch.node import jobenv
 from rmsbatch.node.jobdir import write_json
 
 log = logging.getLogger("rmsbatch.prolog")
+_opened: list[logging.Handler] = []     # the handlers attach_logs opened (rmsd's log file)
 
 PLAN_FILE = "prolog.json"
 HOOK_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -232,6 +233,16 @@ def attach_logs(plan: dict, supervisor_log: logging.Logger) -> None:
             return
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         log.addHandler(handler)
+        _opened.append(handler)
+
+
+def detach_logs() -> None:
+    """The run is over: its handlers go (a worker of the spawner supervises the next
+    run in the same process), and the one attach_logs opened is closed."""
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+    while _opened:
+        _opened.pop().close()
 
 
 def run_hook(plan: dict, kind: str, serve=None) -> str:

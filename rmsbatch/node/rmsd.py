@@ -76,6 +76,9 @@ def main(argv=None) -> int:
         print(f"rmsd: error: {exc}", file=sys.stderr)
         log.error("%s", exc)
         return 1
+    from rmsbatch.node.spawner import Spawner
+    nodedaemon.spawner = Spawner()
+    nodedaemon.spawner.available()      # started now: the first job does not wait for it
     signals = daemon.Signals()
     nodedaemon.loop.add_waker(signals.wake_r)
     log.info("node %s: rmsd %d started (state %s)", node, os.getpid(), nodedaemon.state_dir)
@@ -89,6 +92,7 @@ def main(argv=None) -> int:
         print(exc, file=sys.stderr)
         return 1
     finally:
+        nodedaemon.spawner.stop()
         nodedaemon.stop_monitor()
         from rmsbatch.node import prolog
         prolog.release(nodedaemon)

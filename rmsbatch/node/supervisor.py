@@ -156,6 +156,24 @@ class Supervisor:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)    # no terminal; never die of it
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
+    def close(self) -> None:
+        """Give back what the run held in this process (signal handlers, the wakeup
+        pipe, the control socket): a worker of the spawner supervises the next run in
+        the same process (rmsbatch.node.spawner)."""
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        for fd in (self.wake_r, self.wake_w, self.errr):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        self.wake_r = self.wake_w = -1
+        self.errr = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.lease is not None:
+            self.lease = None
+
     def _drain_wakeup(self) -> None:
         try:
             while os.read(self.wake_r, 512):
@@ -581,12 +599,13 @@ class _JobLineFormatter(logging.Formatter):
         return line
 
 
-def _setup_logging(jobdir: str) -> None:
+def _setup_logging(jobdir: str) -> logging.Handler:
     handler = logging.FileHandler(os.path.join(jobdir, LOG_FILE))
     handler.setFormatter(_JobLineFormatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    return handler
 
 
 def _guess_job_id(jobdir: str) -> int:
@@ -611,13 +630,24 @@ def _fail_outcome(jobdir: str, job_id: int, reason: str, start: float | None = N
 
 
 def run(jobdir: str) -> int:
-    """Supervise the job in JOBDIR to its end. Returns the process exit code."""
+    """Supervise the job in JOBDIR to its end. Returns the process exit code. The
+    process is left as found (no handler, pipe or socket of the run's), so that one
+    process can supervise runs one after another."""
     jobdir = os.path.abspath(jobdir)
     try:
-        _setup_logging(jobdir)
+        handler = _setup_logging(jobdir)
     except OSError as e:
         print(f"rmsbatch.node.supervisor: cannot log to {jobdir}: {e}", file=sys.stderr)
         return 2
+    try:
+        return _supervise(jobdir)
+    finally:
+        prolog.detach_logs()
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _supervise(jobdir: str) -> int:
     try:
         job = load_job(os.path.join(jobdir, JOB_FILE))
     except JobFileError as e:
@@ -632,6 +662,13 @@ def run(jobdir: str) -> int:
 
     os.chdir("/")           # hold no directory busy
     sup = Supervisor(jobdir, job)
+    try:
+        return _run_job(sup, jobdir, job)
+    finally:
+        sup.close()
+
+
+def _run_job(sup: Supervisor, jobdir: str, job: Job) -> int:
     plan = None
     try:
         sup.install_signals()
@@ -691,6 +728,7 @@ def run(jobdir: str) -> int:
         return 2
     if sup.control is not None:
         sup.control.close()
+        sup.control = None
     report(jobdir, job, result)
     return 0
 
