@@ -337,18 +337,52 @@ def _kill_leftovers(directory: str) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+    # Supervisors (and the spawner's workers) of runs a test left behind, and their
+    # jobs: whatever holds a file of the cluster's directory open, or sits in one of
+    # its job cgroups.
     from rmsbatch.node.isolation import cgroup_parent
     state = os.path.join(directory, "state")
     nodes = os.listdir(state) if os.path.isdir(state) else []
     suffixes = {cgroup_parent("x", "x", os.path.join(state, n)).rsplit("_", 1)[1] for n in nodes}
-    for top in glob.glob("/sys/fs/cgroup/*/rmsbatch") + glob.glob("/sys/fs/cgroup/rmsbatch"):
-        for parent in os.listdir(top):
-            if parent.rsplit("_", 1)[-1] in suffixes:
-                path = os.path.join(top, parent)
-                for child in os.listdir(path):
-                    if os.path.isdir(os.path.join(path, child)):
-                        _rmdir_quietly(os.path.join(path, child))
-                _rmdir_quietly(path)
+    parents = [os.path.join(top, parent)
+               for top in glob.glob("/sys/fs/cgroup/*/rmsbatch") + glob.glob("/sys/fs/cgroup/rmsbatch")
+               for parent in os.listdir(top) if parent.rsplit("_", 1)[-1] in suffixes]
+    victims = set(_holding(directory + "/"))
+    for path in parents:
+        for procs in glob.glob(os.path.join(path, "*", "cgroup.procs")):
+            with contextlib.suppress(OSError), open(procs) as fh:
+                victims.update(int(pid) for pid in fh.read().split())
+    for pid in victims - {os.getpid()}:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 2
+    for path in parents:
+        for child in glob.glob(os.path.join(path, "*/")):
+            while True:
+                try:
+                    os.rmdir(child)
+                    break
+                except OSError:     # its processes are still dying, or not ours to remove
+                    if time.time() > deadline:
+                        break
+                    time.sleep(0.01)
+        _rmdir_quietly(path)
+
+
+def _holding(prefix: str):
+    """Pids of processes with a file under PREFIX open."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                    yield int(pid)
+                    break
+            except OSError:
+                continue
 
 
 def _rmdir_quietly(path: str) -> None:
