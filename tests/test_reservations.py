@@ -251,6 +251,27 @@ def test_a_reservation_starts_and_ends_by_itself(c, users):
     wait_for(lambda: "soon" not in table(c), 20, "the ended reservation dropped")
 
 
+@needs_root
+def test_a_job_in_a_reservation_ends_with_it_even_when_its_end_moves(c, users):
+    """As Slurm (ResvOverRun=0): a job still running when its reservation ends is
+    stopped, TIMEOUT, though its own time limit was longer; moving the end moves it."""
+    alice, _ = users
+    made = rcontrol(c, "create", "reservation", "ReservationName=short", "StartTime=now",
+                    "Duration=0:04", f"Nodes={c.node}", f"Users={alice.pw_name}")
+    assert made.returncode == 0, made.stderr
+    job = c.submit("-t", "10", "--reservation=short", "--wrap", "sleep 120",
+                   user=alice.pw_name)
+    c.wait_state(job, "RUNNING")
+    moved = rcontrol(c, "update", "reservation", "ReservationName=short", "Duration=0:09")
+    assert moved.returncode == 0, moved.stderr
+    ended = c.wait_ended(job, timeout=40)
+    assert ended["state"] == "TIMEOUT", ended
+    ran = ended["end_time"] - ended["start_time"]
+    assert 7 <= ran < 30, ran              # not at the first end (4 s), at the moved one
+    assert c.job(job)["time_limit"] == 600         # its own limit is what it asked for
+    wait_for(lambda: "short" not in table(c), 20, "the ended reservation dropped")
+
+
 # -- counts instead of names: the controller picks the nodes ------------------------------
 COUNTED = """
 name = "t"

@@ -166,7 +166,9 @@ class Controller:
             else:
                 alloc = alloc_from_json(row["alloc"])
                 self.running[row["id"]] = alloc
-                self.set_end(row["id"], row["start_time"] or now, row["time_limit"])
+                start = row["start_time"] or now
+                self.set_end(row["id"], start, resv.time_limit(
+                    self, row["time_limit"], row["reservation"], start))
                 self.run_meta[row["id"]] = (row["qos"], row["partition"], row["priority"],
                                             row["start_time"] or now)
                 self.preemptions.resume(self, row)
@@ -560,7 +562,8 @@ class Controller:
                 job = self.pending.pop(job_id)
                 self.reasons.pop(job_id, None)
                 self.running[job_id] = alloc
-                self.set_end(job_id, now, job.time_limit)
+                self.set_end(job_id, now, resv.time_limit(
+                    self, job.time_limit, job.reservation, now))
                 self.run_meta[job_id] = (job.qos, job.partition, job.priority, now)
                 self.leases.renew(job_id, now)
                 self.lease_seen.pop(job_id, None)
@@ -649,7 +652,9 @@ class Controller:
             "submit_host": spec["submit_host"],
             "output": spec["output"] or default_output(spec), "error": spec["error"],
             "environment": spec["environment"], "export": spec["export"],
-            "time_limit": row["time_limit"], "ntasks": row["ntasks"],
+            "time_limit": resv.time_limit(self, row["time_limit"], row["reservation"],
+                                                  row["start_time"] or self.clock()),
+            "ntasks": row["ntasks"],
             "cpus_per_task": row["cpus_per_task"], "nodes": len(allocs),
             "nodelist": row["nodelist"],
             "alloc": {"cpus": alloc.cpus, "mem_mb": alloc.mem_mb, "gpus": alloc.gpus,

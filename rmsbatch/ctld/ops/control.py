@@ -23,6 +23,7 @@ from rmsbatch.core.states import REQUEUE_FROM, RUNNING_LIKE, JobState
 from rmsbatch.core.units import format_time
 from rmsbatch.ctld import requests
 from rmsbatch.ctld.ops import USER, op
+from rmsbatch.ctld.ops import reservations as resv
 from rmsbatch.ctld.records import batch_node
 from rmsbatch.ctld.requests import RequestError
 from rmsbatch.sched import plan as scheduler
@@ -198,12 +199,14 @@ def _update_one(ctl, row: dict, changes: dict, caller: str) -> None:
     if state is JobState.PENDING:
         ctl.add_pending(ctl.spool.job(job_id))
     elif "time_limit" in changes and fields["time_limit"] != row["time_limit"]:
-        ctl.set_end(job_id, row["start_time"] or ctl.clock(), fields["time_limit"])
+        start = row["start_time"] or ctl.clock()
+        seconds = resv.time_limit(ctl, fields["time_limit"], row["reservation"], start)
+        ctl.set_end(job_id, start, seconds)
         ctl.dirty = True        # backfill plans with running jobs' ends
         node = batch_node(ctl.running.get(job_id) or {})
         if node is not None:
             ctl.to_node(node, {"op": "time_limit", "job_id": job_id,
-                               "run": row["restart_count"], "seconds": fields["time_limit"]})
+                               "run": row["restart_count"], "seconds": seconds})
     shown = ", ".join(f"{KEYS[k]}={_limit(v) if k == 'time_limit' else v}"
                       for k, v in changes.items())
     log.info("job %d: updated by %s: %s", job_id, caller, shown)

@@ -24,6 +24,7 @@ from rmsbatch.core.states import JobState
 from rmsbatch.ctld import requests
 from rmsbatch.ctld.nodestate import NOT_REGISTERED, NOT_RESPONDING
 from rmsbatch.ctld.ops import NODE, op
+from rmsbatch.ctld.ops import reservations as resv
 from rmsbatch.ctld.ops.admin import busy_gpus
 from rmsbatch.ctld.records import alloc_from_json, batch_node
 from rmsbatch.ctld.requests import RequestError
@@ -110,7 +111,8 @@ def node_hello(ctl, conn, req: requests.NodeHello) -> dict:
                 orders.append({"op": "cancel", "job_id": job_id, "run": run[1]})
             # A time limit changed (rcontrol update) while the node was away.
             orders.append({"op": "time_limit", "job_id": job_id, "run": run[1],
-                           "seconds": row["time_limit"]})
+                           "seconds": resv.time_limit(ctl, row["time_limit"], row["reservation"],
+                                                      row["start_time"] or now)})
         elif run in reported:
             continue
         elif batch_node(alloc) == name and ctl.batch_waits(job_id):

@@ -108,6 +108,37 @@ def tick(ctl, now: float) -> None:
         refresh(ctl)
 
 
+def time_limit(ctl, limit: int, reservation: str | None, start: float) -> int:
+    """A job's time limit as its node applies it (seconds, 0: none): a job running in
+    a reservation that ends also ends then, as in Slurm (ResvOverRun=0), with the
+    state TIMEOUT. The job's own limit stays what it asked for."""
+    window = next((w for w in ctl.windows() if w.name == reservation), None) \
+        if reservation else None
+    if window is None or window.end is None:
+        return limit
+    left = max(1, math.ceil(window.end - start))
+    return min(limit, left) if limit else left
+
+
+def retime(ctl, name: str) -> None:
+    """The reservation NAME moved its end, or is gone: its running jobs' nodes hear the
+    limit that applies now, and backfill plans with it."""
+    from rmsbatch.ctld.records import batch_node
+    for job_id, alloc in list(ctl.running.items()):
+        row = ctl.spool.job(job_id)
+        if row is None or row["reservation"] != name:
+            continue
+        start = row["start_time"] or ctl.clock()
+        seconds = time_limit(ctl, row["time_limit"], name, start)
+        ctl.set_end(job_id, start, seconds)
+        node = batch_node(alloc)
+        if node is not None:
+            ctl.to_node(node, {"op": "time_limit", "job_id": job_id,
+                               "run": row["restart_count"], "seconds": seconds})
+        log.info("job %d: time limit on its node now %s (reservation %s)", job_id,
+                 format_time(seconds) if seconds else "UNLIMITED", name)
+
+
 def record(w: Window, now: float, created_by: str = "", config=None) -> dict:
     """A reservation as `show` and `rinfo -T` get it."""
     if w.end is not None and w.end <= now:
@@ -202,6 +233,8 @@ def update(ctl, conn, req: ReservationFields) -> dict:
     stored = next(r for r in ctl.spool.reservations() if r["name"] == name)
     _store(ctl, window, stored["created_by"], stored["created_time"])
     log.info("reservation %s: updated by %s: %s", name, user, _summary(window))
+    if window.end != old.end:
+        retime(ctl, name)
     return {"reservation": record(window, now, config=ctl.config)}
 
 
@@ -211,6 +244,7 @@ def delete(ctl, conn, req: ReservationName) -> dict:
     ctl.spool.delete_reservation(window.name)
     del ctl.reservations[window.name]
     refresh(ctl)
+    retime(ctl, window.name)        # its running jobs keep their own limits
     waiting = sorted(j.id for j in ctl.pending.values() if j.reservation == window.name)
     log.info("reservation %s: deleted by %s%s", window.name, ctl.user_name(conn.uid),
              f" (jobs {_ids(waiting)} still ask for it)" if waiting else "")
