@@ -245,3 +245,33 @@ def test_node_daemon_settings_may_differ_while_they_roll_out(tmp_path):
         (tmp_path / sub / "qos.toml").write_text(QOS)
     a, b = (configmod.load(str(tmp_path / s)).cluster_digest for s in ("a", "b"))
     assert a == b and "partitions[0].max_time" in a
+
+
+# -- listings asked again (rmsbatch.ctld.listings) -------------------------------------------
+def listing(ctl, conn=ROOT) -> dict:
+    """What a client reads for `rq` (default columns): the reply as sent."""
+    import json
+    reply = ctl.handle(conn, {"op": "jobs", "active": True,
+                              "fields": ["id", "name", "state", "reason"]})
+    assert reply["ok"], reply
+    data = getattr(reply, "data", None)
+    return json.loads(data) if data is not None else reply
+
+
+def test_a_listing_asked_again_is_served_again_until_anything_changes(ctl, tmp_path):
+    first = submit(ctl, hold=True, name="one")
+    before = listing(ctl)
+    assert [r[0] for r in before["rows"]] == [first]
+    hits = ctl.listings.hits
+    assert listing(ctl) == before and ctl.listings.hits == hits + 1
+    # a change through the controller...
+    second = submit(ctl, hold=True, name="two")
+    assert [r[0] for r in listing(ctl)["rows"]] == [first, second]
+    assert ctl.handle(ROOT, {"op": "cancel", "ids": [first]})["ok"]
+    assert [r[0] for r in listing(ctl)["rows"]] == [second]
+    # ...or by anyone else writing the spool: never an old answer
+    other = sqlite3.connect(ctl.spool.path)
+    other.execute("UPDATE jobs SET name = 'renamed' WHERE id = ?", (second,))
+    other.commit()
+    other.close()
+    assert listing(ctl)["rows"][0][1] == "renamed"

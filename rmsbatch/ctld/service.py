@@ -34,6 +34,7 @@ from rmsbatch.ctld.preemption import Preemptions
 from rmsbatch.ctld.nodestate import NOT_RESPONDING, NodeStatus, devices_of, view_of
 from rmsbatch.ctld.passstats import PassStats
 from rmsbatch.ctld.ops import NODE, OPERATOR, OPS
+from rmsbatch.ctld.listings import Listings
 from rmsbatch.ctld.ops import reservations as resv
 from rmsbatch.ctld.records import alloc_from_json, alloc_to_json, batch_node, job_record
 from rmsbatch.ctld.spool import Spool
@@ -69,6 +70,7 @@ class Controller:
     def __init__(self, config, spool: Spool, loop: Loop | None = None, clock=time.time):
         self.config = config
         self.spool = spool
+        self.listings = Listings(spool)     # job listings asked again, unchanged
         self.loop = loop or Loop()
         self.clock = clock
         self.my_uid = os.geteuid()

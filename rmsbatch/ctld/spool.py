@@ -202,6 +202,11 @@ class Spool:
             log.info("spool %s: migrated to schema %d", self.path, number)
 
     # -- transactions -----------------------------------------------------------
+    def version(self) -> tuple[int, int]:
+        """Changes whenever the spool's data may have: rows this connection changed
+        (rolled back ones too), and commits by any other connection."""
+        return self.db.total_changes, self.db.execute("PRAGMA data_version").fetchone()[0]
+
     @contextmanager
     def transaction(self):
         """Outermost: BEGIN IMMEDIATE ... COMMIT. Nested: a savepoint."""

@@ -196,7 +196,9 @@ class Loop:
     def send(self, conn: Conn, message: dict) -> None:
         if conn.closed:
             return
-        conn.outbuf += json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        data = getattr(message, "data", None)      # rmsbatch.ctld.listings.Encoded
+        conn.outbuf += data if data is not None else \
+            json.dumps(message, separators=(",", ":")).encode() + b"\n"
         self._flush(conn)
 
     def _flush(self, conn: Conn) -> None:

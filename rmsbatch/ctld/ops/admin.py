@@ -23,7 +23,9 @@ def stats(ctl, conn, req) -> dict:
     """The scheduler's passes (count, times), the queue and rmsctld's memory."""
     return {"stats": {**ctl.pass_stats.record(), "pending": len(ctl.pending),
                       "running": len(ctl.running),
-                      "nodes_connected": len(ctl.node_conns)}}
+                      "nodes_connected": len(ctl.node_conns),
+                      "listings_read": ctl.listings.misses,
+                      "listings_served_again": ctl.listings.hits}}
 
 
 def node_names(ctl, spec: str | None) -> list[str]:

@@ -178,8 +178,7 @@ def jobs(ctl, conn, req: requests.Jobs) -> dict:
             raise _error(f"unknown job field(s): {', '.join(unknown)}")
         planned = [f for f in req.fields if f in PLANNED]
         if not planned:
-            rows = ctl.spool.jobs(**query, columns=list(req.fields))
-            return {"columns": list(req.fields), "rows": rows}
+            return ctl.listings.reply(query, list(req.fields))
         stored = [f for f in req.fields if f not in PLANNED]
         rows = ctl.spool.jobs(**query, columns=["id"] + stored)
         rows = [list(r[1:]) + [_planned(ctl, r[0], f) for f in planned] for r in rows]
