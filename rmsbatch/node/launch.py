@@ -7,13 +7,11 @@ The node daemon (rmsbatch.node.daemon) decides *whether* to launch; this module 
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import pwd
-import signal
 
-from rmsbatch.node import jobenv, prolog, supervisor
+from rmsbatch.node import jobenv, procs, prolog, supervisor
 from rmsbatch.node.devices import record
 from rmsbatch.node.devices.usage import GpuUsage
 from rmsbatch.node.jobdir import JOB_FILE, LOCK_FILE, hold_lock, write_json
@@ -150,31 +148,8 @@ def fork_supervisor(jobdir: str, lock: int) -> int:
     if pid:
         return pid
     try:
-        detach({3: lock})
+        procs.detach({3: lock})
         supervisor.main([jobdir, "--lock-fd", "3"])   # imported up front: the fork inherits it
         os._exit(0)
     except BaseException:
         os._exit(1)
-
-
-def detach(keep: dict[int, int]) -> None:
-    """In a freshly forked supervisor: its own session, default signals, /dev/null for
-    stdio, the descriptors in KEEP (wanted number -> current one) and no other, and
-    none of the parent's log handlers."""
-    os.setsid()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD,
-                signal.SIGUSR1, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    top = max(keep) + 1
-    # Out of the way first: a wanted number may be another's current one.
-    moved = {want: fcntl.fcntl(fd, fcntl.F_DUPFD, top) for want, fd in keep.items()}
-    for want, fd in moved.items():
-        os.dup2(fd, want)
-    os.closerange(top, 65536)
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)

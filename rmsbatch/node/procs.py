@@ -90,15 +90,17 @@ def set_subreaper() -> None:
         pass
 
 
-def detach(keep: int | None = None) -> None:
-    """In a child just forked from rmsd: leave rmsd's session (so the child outlives
-    rmsd), take back the default signal handlers, and keep no descriptor of rmsd's but
-    `keep`, which becomes fd 3; stdio goes to /dev/null."""
+def detach(keep: dict[int, int] | None = None) -> None:
+    """In a child just forked from rmsd (or its spawner): leave the parent's session
+    (so the child outlives it), take back the default signal handlers, and keep no
+    descriptor of the parent's but those in KEEP (wanted number -> current one);
+    stdio goes to /dev/null."""
+    import fcntl
     import signal
 
-    # rmsd's log handlers go first, closed: their files (rmsd's log is fd 3) would
-    # otherwise be closed whenever the handlers are collected, even after fd 3 became
-    # `keep`.
+    # The parent's log handlers go first, closed: their files (rmsd's log is fd 3)
+    # would otherwise be closed whenever the handlers are collected, even after fd 3
+    # became one we keep.
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -111,6 +113,10 @@ def detach(keep: int | None = None) -> None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    if keep is not None:
-        os.dup2(keep, 3)
-    os.closerange(3 if keep is None else 4, 65536)
+    keep = keep or {}
+    top = max(keep, default=2) + 1
+    # Out of the way first: a wanted number may be another's current one.
+    moved = {want: fcntl.fcntl(fd, fcntl.F_DUPFD, top) for want, fd in keep.items()}
+    for want, fd in moved.items():
+        os.dup2(fd, want)
+    os.closerange(top, 65536)

@@ -260,8 +260,8 @@ class Pool:
 def _work(sock: socket.socket, jobdir: str, lock: int) -> None:
     """A worker: supervise JOBDIR's run, then the runs the spawner hands over, in this
     one process. Never returns."""
-    from rmsbatch.node import launch, supervisor
-    launch.detach({LOCK_FD: lock, WORKER_FD: sock.detach()})
+    from rmsbatch.node import procs, supervisor
+    procs.detach({LOCK_FD: lock, WORKER_FD: sock.detach()})
     chan = socket.socket(fileno=WORKER_FD)
     held = _descriptors()           # counted with the run's lock
     runs = 0
