@@ -111,8 +111,7 @@ class Spawner:
             self.ready = True
             self.sock.settimeout(REPLY_TIMEOUT_S)
         try:
-            self.sock.sendmsg([os.fsencode(jobdir)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                       array.array("i", [lock]))])
+            _send(self.sock, os.fsencode(jobdir), lock)
         except OSError as exc:
             self._failed(str(exc))
             raise SpawnerGone(f"the supervisor spawner is gone: {exc}") from None
