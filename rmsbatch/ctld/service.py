@@ -172,7 +172,7 @@ class Controller:
                 self.set_end(row["id"], start, resv.time_limit(
                     self, row["time_limit"], row["reservation"], start))
                 self.run_meta[row["id"]] = (row["qos"], row["partition"], row["priority"],
-                                            row["start_time"] or now)
+                                            start)
                 self.preemptions.resume(self, row)
                 self._take(alloc)
                 if row["wait_all_nodes"] and not row["launched"] and len(alloc) > 1:
@@ -655,7 +655,7 @@ class Controller:
             "output": spec["output"] or default_output(spec), "error": spec["error"],
             "environment": spec["environment"], "export": spec["export"],
             "time_limit": resv.time_limit(self, row["time_limit"], row["reservation"],
-                                                  row["start_time"] or self.clock()),
+                                          row["start_time"] or self.clock()),
             "ntasks": row["ntasks"],
             "cpus_per_task": row["cpus_per_task"], "nodes": len(allocs),
             "nodelist": row["nodelist"],

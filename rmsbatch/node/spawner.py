@@ -28,7 +28,6 @@ slower, never wrong.
 from __future__ import annotations
 
 import array
-import gc
 import logging
 import os
 import select
@@ -93,18 +92,14 @@ class Spawner:
 
     def spawn(self, jobdir: str, lock: int) -> int:
         """The new supervisor's pid. Raises SpawnerGone when the spawner is not there
-        or did not answer, OSError when it answered that the fork failed."""
+        and took no request (forking is safe), Unanswered when it took the request and
+        gave no answer, OSError when it answered that the fork failed."""
         if not self.available():
             raise SpawnerGone("the supervisor spawner is not running")
         if not self.ready:
             # No request is out yet: whatever goes wrong here, forking is safe.
-            try:
-                self.sock.settimeout(READY_TIMEOUT_S)
-                hello = self.sock.recv(64)
-            except OSError as exc:
-                hello, why = b"", str(exc) or type(exc).__name__
-            else:
-                why = "it exited"
+            self.sock.settimeout(READY_TIMEOUT_S)
+            hello, why = self._receive()
             if hello != b"ready":
                 self._failed(why)
                 raise SpawnerGone(f"the supervisor spawner did not start: {why}")
@@ -115,12 +110,8 @@ class Spawner:
         except OSError as exc:
             self._failed(str(exc))
             raise SpawnerGone(f"the supervisor spawner is gone: {exc}") from None
-        try:
-            reply = self.sock.recv(4096).decode("utf-8", "replace")
-        except OSError as exc:
-            reply, why = "", str(exc) or type(exc).__name__
-        else:
-            why = "it exited"
+        data, why = self._receive()
+        reply = data.decode("utf-8", "replace")
         if not reply:
             self._failed(why)
             raise Unanswered(f"the supervisor spawner took the launch and gave no answer "
@@ -129,6 +120,13 @@ class Spawner:
         if reply.startswith("error: "):
             raise OSError(reply[len("error: "):])
         return int(reply)
+
+    def _receive(self) -> tuple[bytes, str]:
+        """One message from the spawner, and why there is none when it is empty."""
+        try:
+            return self.sock.recv(4096), "it exited"
+        except OSError as exc:
+            return b"", str(exc) or type(exc).__name__
 
     def _failed(self, why: str) -> None:
         log.warning("node daemon: supervisor spawner unusable (%s): rmsd forks supervisors "
@@ -337,9 +335,6 @@ def main(argv: list[str] | None = None) -> int:
         import psutil  # noqa: F401
     except ImportError:
         pass
-    # Out of the collector's sight: a collection in a supervisor would otherwise touch
-    # every inherited object, and copy every page of the heap it shares with us.
-    gc.freeze()
     sock = socket.socket(fileno=int(args[0]))
     try:
         sock.send(b"ready")

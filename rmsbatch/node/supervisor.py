@@ -171,8 +171,6 @@ class Supervisor:
         if self.control is not None:
             self.control.close()
             self.control = None
-        if self.lease is not None:
-            self.lease = None
 
     def _drain_wakeup(self) -> None:
         try:

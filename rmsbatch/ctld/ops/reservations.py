@@ -27,6 +27,7 @@ from pydantic import Field
 from rmsbatch.core import hostlist
 from rmsbatch.core.units import format_time
 from rmsbatch.ctld.ops import OPERATOR, USER, op
+from rmsbatch.ctld.records import batch_node
 from rmsbatch.ctld.requests import Epoch, Name, Names, Request, RequestError
 from rmsbatch.sched import jobrequest
 from rmsbatch.sched.jobrequest import FLAGS, IGNORE_JOBS, Window
@@ -123,7 +124,6 @@ def time_limit(ctl, limit: int, reservation: str | None, start: float) -> int:
 def retime(ctl, name: str) -> None:
     """The reservation NAME moved its end, or is gone: its running jobs' nodes hear the
     limit that applies now, and backfill plans with it."""
-    from rmsbatch.ctld.records import batch_node
     for job_id, alloc in list(ctl.running.items()):
         row = ctl.spool.job(job_id)
         if row is None or row["reservation"] != name:
