@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from rmsbatch.net import client
+from rmsbatch.cli import acctsource
 from rmsbatch.cli.arrayids import ARRAY_KEYS, fold_pending
 from rmsbatch.cli.arguments import (
     CommandParser, add_output_options, comma_list, id_fields, job_ref_list, job_state_list,
@@ -25,6 +25,8 @@ EXAMPLES = """
   rsacct -S now-2hours -a         every user's jobs of the last two hours
   rsacct -P -n -o JobID,ExitCode  machine-readable: "42|0:0"
   rsacct -o JobID,JobName%30      a fixed width (longer values end in "+")
+  rsacct -o JobID,AllocGPUs,GPUUtil,GPUIdle,IdleGPUHours
+                                  how long each job's GPUs sat idle, and the GPU-hours
   rsacct -e                       list the fields
 """
 
@@ -88,6 +90,10 @@ def build_parser() -> CommandParser:
                      type=comma_list, metavar="PARTITION[,...]")
     sel.add_argument("-s", "--state", dest="states", action="extend", type=job_state_list,
                      metavar="STATE[,...]", help="jobs in these states (COMPLETED/CD, FAILED/F, ...)")
+    sel.add_argument("-q", "--qos", dest="qos", action="extend", type=comma_list,
+                     metavar="QOS[,...]", help="jobs of these QoS levels")
+    sel.add_argument("-N", "--nodelist", dest="nodes", action="extend", type=comma_list,
+                     metavar="NODES", help="jobs that ran on any of these nodes (gpu[01-04])")
     sel.add_argument("--name", dest="names", action="extend", type=comma_list,
                      metavar="NAME[,...]", help="jobs with these names")
     sel.add_argument("-S", "--starttime", metavar="TIME",
@@ -106,6 +112,11 @@ def build_parser() -> CommandParser:
                        help="'|'-separated fields, no trailing '|'")
     style.add_argument("-p", "--parsable", action="store_true",
                        help="'|'-separated fields with a trailing '|'")
+    style.add_argument("--csv", action="store_true",
+                       help="comma-separated values with a header (RFC 4180 quoting)")
+    parser.add_argument("--archive", metavar="FILE",
+                        help="read an archive file written by retention instead of the "
+                             "controller (any SQLite tool opens it too)")
     return parser
 
 
@@ -140,7 +151,7 @@ def parse_args(argv: list[str], now: float | None = None) -> argparse.Namespace:
 
 def request(args: argparse.Namespace) -> dict:
     fields: dict = {}
-    for key in ("users", "accounts", "partitions", "states", "names"):
+    for key in ("users", "accounts", "partitions", "states", "names", "qos", "nodes"):
         value = getattr(args, key)
         if value:
             fields[key] = value
@@ -172,6 +183,7 @@ def step_rows(job: dict, steps: list[dict]) -> list[dict]:
                      "ntasks": st["ntasks"], "max_rss_kb": st["max_rss_kb"],
                      "total_cpu_s": st["total_cpu_s"], "reason": "None", "end_reason": "",
                      "gpu_util": None, "gpu_mem_peak_mb": None, "gpu_energy_j": None,
+                     "gpu_idle_s": None,
                      "nodes": len(expand(st["nodelist"])) if st["nodelist"] else 0})
     return rows
 
@@ -190,27 +202,51 @@ def render(records: list[dict], args: argparse.Namespace, now: float | None = No
     layout = getattr(args, "layout", None) or sacct_layout(args.format)
     records = fold_pending(records)     # array tasks as 12_7, pending ones as 12_[1-9]
     header = not args.noheader
+    if getattr(args, "csv", False):
+        return _csv(layout.parsable(records, now, header=header, trailing=False))
     if args.parsable2 or args.parsable:
         return layout.parsable(records, now, header=header, trailing=args.parsable)
     return layout.render(records, now, header=header)
 
 
+def _csv(parsable: str) -> str:
+    """sacct's |-separated lines as CSV: the fields never hold a '|' of their own
+    (names and paths with one are cut there by sacct too), so the split is exact."""
+    import csv
+    import io
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for line in parsable.splitlines():
+        writer.writerow(line.split("|"))
+    return out.getvalue().rstrip("\n")
+
+
 def body(argv: list[str]) -> int:
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).body(argv[1:])
     args = parse_args(argv)
     if args.helpformat:
         print(sacct_format_help())
         return 0
     fields = request(args)
-    if not args.json:
-        # compact rows of what the layout shows: listings run to tens of thousands
-        fields["fields"] = sorted(set(args.layout.reads()) | set(ARRAY_KEYS))
-    with client.Client() as conn:
-        records = client.records(conn.call("jobs", **fields))
+    # only the columns the layout shows: listings run to a million records
+    if args.json:
+        from rmsbatch.ctld.records import PROJECTABLE
+        wanted = set(PROJECTABLE)
+    else:
+        wanted = set(args.layout.reads()) | set(ARRAY_KEYS)
+    fields["fields"] = sorted(wanted | {"id"})
+    with acctsource.open_source(args.archive) as conn:
+        records = acctsource.job_records(conn, **fields)
         steps: dict[int, list[dict]] = {}
         if not args.allocations and records:
-            for st in conn.call("steps", job_ids=[r["id"] for r in records])["steps"]:
-                steps.setdefault(st["job_id"], []).append(st)
+            steps = acctsource.steps_of(conn, [r["id"] for r in records])
     return emit(render(records, args, steps=steps))
+
+
+# `rsacct report ...`, `rsacct audit ...`: modules of their own, loaded when used
+SUBCOMMANDS = {"report": "rmsbatch.cli.acctreport", "audit": "rmsbatch.cli.acctaudit"}
 
 
 def main() -> None:

@@ -523,6 +523,48 @@ class PrioritySection(_Model):
         return out
 
 
+# -- accounting (rmsbatch.acct): idle GPUs and retention -----------------------------
+class AccountingSection(_Model):
+    # A running job whose allocated GPUs' mean utilization stays under idle_gpu_util
+    # percent for idle_gpu_after is flagged idle (rq's reason column, rsacct's IdleGPU).
+    # 0 turns the check off. The action then: "flag" only; "cancel" or "requeue" the
+    # job once it has stayed idle idle_gpu_grace longer (its owner sees the flag and
+    # the time meanwhile).
+    idle_gpu_util: float = 0.0
+    idle_gpu_after: int | str = "1:00:00"
+    idle_gpu_action: Literal["flag", "cancel", "requeue"] = "flag"
+    idle_gpu_grace: int | str = "15:00"
+    # Retention: finished jobs and audit records older than archive_after (days, or a
+    # time such as "365-00:00:00"; 0: kept forever) are copied to one SQLite file per
+    # month in archive_dir (relative paths: under the spool directory) and then
+    # removed from the spool.
+    archive_after: int | str = 0
+    archive_dir: str = "archive"
+
+    @field_validator("idle_gpu_util")
+    @classmethod
+    def _util(cls, v):
+        if not 0 <= v <= 100:
+            raise ValueError("must be a percentage from 0 to 100")
+        return v
+
+    @field_validator("idle_gpu_after", "idle_gpu_grace")
+    @classmethod
+    def _span(cls, v):
+        return _seconds(v)
+
+    @field_validator("archive_after")
+    @classmethod
+    def _days(cls, v):
+        if isinstance(v, bool):
+            raise ValueError("expected days, or a time such as '365-00:00:00'")
+        if isinstance(v, (int, float)):
+            if v < 0:
+                raise ValueError("must not be negative (0 keeps records forever)")
+            return int(v * 86400)
+        return units.parse_time(str(v))
+
+
 class ClusterFile(_Model):
     name: str = "cluster"
     controller: ControllerSection = ControllerSection()
@@ -535,6 +577,7 @@ class ClusterFile(_Model):
     submit: SubmitSection = SubmitSection()
     scheduler: SchedulerSection = SchedulerSection()
     priority: PrioritySection = PrioritySection()
+    accounting: AccountingSection = AccountingSection()
 
     @field_validator("licenses")
     @classmethod
@@ -574,6 +617,28 @@ class AccountSection(_Model):
     # other sub-accounts and users; a user's share within this account (default 1).
     parent: str | None = None
     user_shares: dict[str, int] = {}
+    # -- budget (rmsbatch.ctld.budgets): GPU-hours, or billing units (hours times the
+    # [priority] billing weights), per calendar period, over the account's jobs and its
+    # sub-accounts'. Spent: its pending jobs wait (BudgetExhausted) and running ones
+    # finish. From budget_warn (a fraction) on, rq and rsacct report warn its users.
+    budget_gpu_hours: float | None = None
+    budget_billing: float | None = None
+    budget_period: Literal["day", "week", "month", "quarter", "year"] = "month"
+    budget_warn: float = 0.8
+
+    @field_validator("budget_gpu_hours", "budget_billing")
+    @classmethod
+    def _budget(cls, v):
+        if v is not None and v < 0:
+            raise ValueError("must not be negative (leave it out for no budget)")
+        return v
+
+    @field_validator("budget_warn")
+    @classmethod
+    def _warn(cls, v):
+        if not 0 <= v <= 1:
+            raise ValueError("must be a fraction from 0 to 1 (0.8: warn at 80%)")
+        return v
 
 
 class UserSection(_Model):

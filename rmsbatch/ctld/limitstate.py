@@ -51,11 +51,15 @@ class RunningCharges:
     def tally(self, ctl) -> LimitTally | None:
         """The tally for a pass, or None when no limit on running jobs is set."""
         policy = limits.policy_of(ctl.config)
+        # accounts whose budget (or a parent's) is spent (rmsbatch.ctld.budgets)
+        spent = ctl.budgets.spent(ctl.clock(), ctl.running) if ctl.budgets.active \
+            else frozenset()
         if not policy.qos and not policy.accounts:
             self.charges.clear()
-            return None
+            return LimitTally(policy, (), spent) if spent else None
         self.sync(ctl)
-        return LimitTally(policy, self.charges.values()) if policy.running else None
+        return LimitTally(policy, self.charges.values(), spent) \
+            if policy.running or spent else None
 
     def active_counts(self, ctl, user: str, qos: str, account: str) -> tuple[int, int]:
         """Pending and running jobs of the user in the QoS, and of the account (for

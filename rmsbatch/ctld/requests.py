@@ -135,10 +135,17 @@ class NodeHello(NodeMessage):
     config: Annotated[dict[str, str], Field(max_length=MAX_LIST)] | None = None
 
 
+Seconds = Annotated[float, Field(ge=0, le=1e12)]
+
+
 class Heartbeat(NodeMessage):
     gpus: dict[str, Any] | None = None
     running: Annotated[list[tuple[JobId, Run]], Field(max_length=MAX_LIST)] | None = None
     seq: Int64 = 0
+    # Idle GPUs of running runs (rmsbatch.ctld.idlegpu): [job id, run, start of the
+    # current idle streak or None, seconds idle so far].
+    idle: Annotated[list[tuple[JobId, Run, Epoch | None, Seconds]],
+                    Field(max_length=MAX_LIST)] | None = None
 
 
 class NodeHealth(NodeMessage):
@@ -173,6 +180,7 @@ class Outcome(BaseModel):
     gpu_util: float | None = None
     gpu_mem_peak_mb: Int64 | None = None
     gpu_energy_j: float | None = None
+    gpu_idle_s: Seconds | None = None
     reason: Annotated[str, Field(max_length=100_000)] = ""
     protections: Annotated[str, Field(max_length=MAX_TEXT)] = ""
     # Set when the run never reached the user's program because the node could not
@@ -237,6 +245,51 @@ class StepEnd(Request):
 
 class Steps(Request):
     job_ids: Ids = []
+
+
+# -- accounting (rmsbatch.ctld.ops.acct), answered by the accounting workers ----------
+Limit = Annotated[int, Field(strict=True, ge=1, le=100_000)]
+Cursor = Annotated[int, Field(strict=True, ge=0, le=MAX_ID)]
+
+
+class AcctFilter(JobFilter):
+    qos: Names = []
+    nodes: Names = []
+    all_users: bool = False
+
+
+class AcctJobs(AcctFilter):
+    fields: Annotated[Names, Field(min_length=1, max_length=200)]
+    start_after: Epoch | None = None
+    end_before: Epoch | None = None
+    after: Cursor = 0                   # the last job id of the previous page
+    limit: Limit = 20_000
+
+
+class AcctSteps(Request):
+    job_ids: Annotated[Ids, Field(max_length=100_000)] = []
+
+
+class AcctReport(AcctFilter):
+    group_by: Annotated[Names, Field(max_length=4)] = []
+    start: Epoch
+    end: Epoch
+
+
+class AcctAudit(Request):
+    users: Names = []
+    ops: Names = []
+    target: Name | None = None
+    start: Epoch | None = None
+    end: Epoch | None = None
+    failed: bool = False
+    all_users: bool = False
+    after: Cursor = 0
+    limit: Limit = 20_000
+
+
+class Budgets(Request):
+    accounts: Names = []
 
 
 def describe(exc: ValidationError) -> str:

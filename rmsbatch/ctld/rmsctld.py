@@ -87,7 +87,10 @@ def main(argv=None) -> int:
         log.info("rmsctld %d: also serving TCP %s:%d (MUNGE)", os.getpid(), *listen)
     log.info("rmsctld %d: serving %s (spool %s, %d nodes, %d pending, %d running)",
              os.getpid(), cfg.socket, spool.path, len(cfg.nodes), len(ctl.pending), len(ctl.running))
-    run(ctl, loop, signals, spool, conf_dir)
+    try:
+        run(ctl, loop, signals, spool, conf_dir)
+    finally:
+        ctl.acct.stop()
     log.info("rmsctld %d: stopped", os.getpid())
     try:
         os.unlink(cfg.socket)

@@ -28,12 +28,16 @@ from rmsbatch.core.jobspec import SpecError
 from rmsbatch.core.states import JobState
 from rmsbatch.ctld import requests
 from rmsbatch.ctld.requests import RequestError
+from rmsbatch.ctld.idlegpu import IdleGpus
 from rmsbatch.ctld.leases import Leases
 from rmsbatch.ctld.limitstate import RunningCharges
 from rmsbatch.ctld.preemption import Preemptions
 from rmsbatch.ctld.nodestate import NOT_RESPONDING, NodeStatus, devices_of, view_of
 from rmsbatch.ctld.passstats import PassStats
 from rmsbatch.ctld.ops import NODE, OPERATOR, OPS
+from rmsbatch.ctld import audit
+from rmsbatch.ctld.acctlink import AcctLink
+from rmsbatch.ctld.budgets import Budgets
 from rmsbatch.ctld.listings import Listings
 from rmsbatch.ctld.ops import reservations as resv
 from rmsbatch.ctld.records import alloc_from_json, alloc_to_json, batch_node, job_record
@@ -71,6 +75,7 @@ class Controller:
         self.config = config
         self.spool = spool
         self.listings = Listings(spool)     # job listings asked again, unchanged
+        self.acct = AcctLink(spool.path, loop)  # accounting queries, in worker processes
         self.loop = loop or Loop()
         self.clock = clock
         self.my_uid = os.geteuid()
@@ -100,6 +105,7 @@ class Controller:
         self.more_reasons: dict[int, list[str]] = {}
         self.limit_charges = RunningCharges()   # what running jobs hold against limits
         self.preemptions = Preemptions()        # victims on their way out
+        self.idle_gpus = IdleGpus()             # jobs whose GPUs sit unused
         self.rebuild()
 
     # -- the outbox -------------------------------------------------------------
@@ -146,6 +152,7 @@ class Controller:
             st.devices = devices_of(nd, st)
             self.node_status[name] = st
         self.usage = Usage(self.config, self.spool, now)    # fair-share usage, from the spool
+        self.budgets = Budgets(self.config, self.spool, now)
         self._reload_jobs(now)
 
     def _reload_jobs(self, now: float) -> None:
@@ -335,7 +342,10 @@ class Controller:
                 reply = entry.handler(self, conn, req)
         except (RequestError, AdmissionError, SpecError) as exc:
             self._undo(mark, changes)
-            return {"ok": False, "error": str(exc)}
+            reply = {"ok": False, "error": str(exc)}
+            if entry.audit:
+                self._audit(conn, name, msg, reply)
+            return reply
         except sqlite3.Error:
             self._undo(mark, changes)
             raise               # the batch's transaction is unusable: handle_batch says so
@@ -347,7 +357,16 @@ class Controller:
         if reply is None:
             return None
         reply.setdefault("ok", True)
+        if entry.audit:
+            self._audit(conn, name, msg, reply)
         return reply
+
+    def _audit(self, conn: Conn, name: str, msg: dict, reply: dict) -> None:
+        try:
+            user = self.user_name(conn.uid)
+        except RequestError:
+            user = f"uid {conn.uid}"
+        audit.record(self, conn, name, msg, reply, user)
 
     def _undo(self, mark: int, changes: int, force: bool = False) -> None:
         del self.outbox[mark:]
@@ -374,6 +393,7 @@ class Controller:
         self.run_meta.pop(job_id, None)
         self.preemptions.forget(job_id)
         self.usage.ended(job_id, now)
+        self.budgets.ended(job_id, now)
         self.leases.drop(job_id)
         self.lease_seen.pop(job_id, None)
         self.awaiting.pop(job_id, None)
@@ -557,7 +577,7 @@ class Controller:
                     alloc=alloc_to_json(alloc), nodelist=hostlist.compress(names),
                     alloc_cpus=sum(a.cpus for a in alloc.values()),
                     alloc_gpus=sum(len(a.gpus) for a in alloc.values()),
-                    **self._grown(job_id, len(alloc)))
+                    **self._charged(alloc), **self._grown(job_id, len(alloc)))
                 if not ok:
                     placement.take(self.nodes, alloc, -1)
                     continue
@@ -619,6 +639,17 @@ class Controller:
     def batch_waits(self, job_id: int) -> bool:
         """Does the job's batch script still wait for other nodes (--wait-all-nodes)?"""
         return bool(self.awaiting.get(job_id))
+
+    def _charged(self, alloc: dict) -> dict:
+        """What a run is charged, fixed at its start (a later change of the billing
+        weights or of a node's GPUs does not rewrite past bills): billing units per
+        hour, memory held, the allocated GPUs' types."""
+        types = [self.nodes[n].gpus[i].type if n in self.nodes and i in self.nodes[n].gpus
+                 else None for n, a in alloc.items() for i in a.gpus]
+        mem = sum(a.mem_mb for a in alloc.values())
+        rate = self.usage.billing(sum(a.cpus for a in alloc.values()), mem, types)
+        return {"billing": round(rate, 6), "alloc_mem_mb": mem,
+                "alloc_gpu_type": ",".join(sorted({t for t in types if t})) or None}
 
     def _grown(self, job_id: int, nodes: int) -> dict:
         """A job that asked for a range of nodes (-N MIN-MAX) and got more than MIN:
@@ -736,6 +767,7 @@ class Controller:
                                 now - st.last_heartbeat)
             resv.tick(self, now)        # reservations that started or ended meanwhile
             self.preemptions.tick(self, now)    # victims at the end of their grace
+            self.idle_gpus.tick(self, now)      # flag, cancel or requeue idle-GPU jobs
 
     def forgive(self, seconds: float) -> None:
         """rmsctld did not run for `seconds` (stopped, or a long request held its one

@@ -138,6 +138,33 @@ MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN preempt_for INTEGER;
     ALTER TABLE jobs ADD COLUMN preempt_mode TEXT;
     """,
+    # 7: accounting (rmsbatch.acct). What a run is charged, fixed when it starts: billing
+    # units per hour, memory held, the allocated GPUs' types; the tenant path (account
+    # and its parents) as it was at submission; how long the job's GPUs sat idle, and
+    # since when they are idle now. An audit trail of the requests that change state.
+    """
+    ALTER TABLE jobs ADD COLUMN billing REAL;
+    ALTER TABLE jobs ADD COLUMN alloc_mem_mb INTEGER;
+    ALTER TABLE jobs ADD COLUMN alloc_gpu_type TEXT;
+    ALTER TABLE jobs ADD COLUMN tenant_path TEXT;
+    ALTER TABLE jobs ADD COLUMN gpu_idle_s REAL;
+    ALTER TABLE jobs ADD COLUMN idle_since REAL;
+    CREATE INDEX jobs_account ON jobs(account);
+    CREATE INDEX jobs_submit ON jobs(submit_time);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        user TEXT NOT NULL,
+        uid INTEGER,
+        origin TEXT NOT NULL DEFAULT '',
+        op TEXT NOT NULL,
+        target TEXT NOT NULL DEFAULT '',
+        request TEXT NOT NULL DEFAULT '{}',
+        ok INTEGER NOT NULL,
+        result TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_time ON audit(time);
+    """,
 ]
 
 # Columns returned in job records; payloads (script, env) are read separately.
@@ -156,8 +183,41 @@ JOB_COLUMNS = (
     "nodes_max", "ntasks_per_gpu", "ntasks_per_core", "cpus_per_gpu", "threads_per_core",
     "hint", "gpu_bind", "wait_all_nodes", "site_options",
     "preempt_until", "preempt_for", "preempt_mode",
+    "billing", "alloc_mem_mb", "alloc_gpu_type", "tenant_path", "gpu_idle_s", "idle_since",
 )
 _SELECT = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
+
+
+def job_filter(*, ids=None, users=None, accounts=None, partitions=None, states=None,
+               names=None, start_after=None, end_before=None, array_tasks=None,
+               qos=None) -> tuple[list[str], list]:
+    """WHERE terms (ANDed) and their arguments for the usual job filters; shared with
+    the accounting reader (rmsbatch.acct.store), which pages through the same rows."""
+    where, args = [], []
+    named = []
+    if ids:
+        marks = ", ".join("?" * len(ids))
+        named.append(f"id IN ({marks}) OR array_job_id IN ({marks})")
+        args.extend(ids)
+        args.extend(ids)
+    for array_id, task_id in array_tasks or ():
+        named.append("(array_job_id = ? AND array_task_id = ?)")
+        args.extend((array_id, task_id))
+    if named:
+        where.append("(" + " OR ".join(named) + ")")
+    for column, values in (("user", users), ("account", accounts), ("partition", partitions),
+                           ("state", states), ("name", names), ("qos", qos)):
+        if values:
+            where.append(f"{column} IN ({', '.join('?' * len(values))})")
+            args.extend(values)
+    if start_after is not None:
+        # sacct's window: jobs that were in the system after this time
+        where.append("(end_time IS NULL OR end_time >= ?)")
+        args.append(start_after)
+    if end_before is not None:
+        where.append("submit_time <= ?")
+        args.append(end_before)
+    return where, args
 
 
 class SpoolError(Exception):
@@ -306,6 +366,28 @@ class Spool:
         self.db.executemany("UPDATE jobs SET reason = ? WHERE id = ?",
                             [(r, i) for i, r in reasons.items()])
 
+    def running_idle_gpus(self) -> list[tuple]:
+        """(id, restart_count, idle_since, gpu_idle_s) of every running job."""
+        return self.db.execute(
+            "SELECT id, restart_count, idle_since, gpu_idle_s FROM jobs WHERE state = ?",
+            (JobState.RUNNING.value,)).fetchall()
+
+    def set_idle_gpus(self, figures: dict[int, tuple[float | None, float | None]]) -> None:
+        """Jobs' (idle_since, gpu_idle_s), by id."""
+        self.db.executemany("UPDATE jobs SET idle_since = ?, gpu_idle_s = ? WHERE id = ?",
+                            [(since, idle, i) for i, (since, idle) in figures.items()])
+
+    def clear_idle_since(self, ids: list[int] | None = None) -> None:
+        """No idle streak for these jobs any more; None: for every active job."""
+        if ids is None:
+            self.db.execute(
+                "UPDATE jobs SET idle_since = NULL WHERE state IN (?, ?, ?) "
+                "AND idle_since IS NOT NULL",
+                (JobState.PENDING.value, JobState.RUNNING.value, JobState.COMPLETING.value))
+            return
+        self.db.executemany("UPDATE jobs SET idle_since = NULL WHERE id = ? "
+                            "AND idle_since IS NOT NULL", [(i,) for i in ids])
+
     def job(self, job_id: int) -> dict | None:
         row = self.db.execute(_SELECT + " WHERE id = ?", (job_id,)).fetchone()
         return dict(zip(JOB_COLUMNS, row)) if row else None
@@ -324,30 +406,10 @@ class Spool:
         of `columns` when those are named (the fast path for big listings).
         An id names a job or a whole array (its tasks); `array_tasks`, pairs
         (array id, task id), name single tasks."""
-        where, args = [], []
-        named = []
-        if ids:
-            marks = ", ".join("?" * len(ids))
-            named.append(f"id IN ({marks}) OR array_job_id IN ({marks})")
-            args.extend(ids)
-            args.extend(ids)
-        for array_id, task_id in array_tasks or ():
-            named.append("(array_job_id = ? AND array_task_id = ?)")
-            args.extend((array_id, task_id))
-        if named:
-            where.append("(" + " OR ".join(named) + ")")
-        for column, values in (("user", users), ("account", accounts),
-                               ("partition", partitions), ("state", states), ("name", names)):
-            if values:
-                where.append(f"{column} IN ({', '.join('?' * len(values))})")
-                args.extend(values)
-        if start_after is not None:
-            # sacct's window: jobs that were in the system after this time
-            where.append("(end_time IS NULL OR end_time >= ?)")
-            args.append(start_after)
-        if end_before is not None:
-            where.append("submit_time <= ?")
-            args.append(end_before)
+        where, args = job_filter(ids=ids, users=users, accounts=accounts,
+                                 partitions=partitions, states=states, names=names,
+                                 start_after=start_after, end_before=end_before,
+                                 array_tasks=array_tasks)
         select = _SELECT
         if columns:
             unknown = set(columns) - set(JOB_COLUMNS)
@@ -465,6 +527,32 @@ class Spool:
         """The job ended: its steps still running ended with it."""
         self.db.execute("UPDATE steps SET state = ?, end_time = ? WHERE job_id = ? "
                         "AND state = 'RUNNING'", (state, end_time, job_id))
+
+    # -- the audit trail (rmsbatch.ctld.audit) -----------------------------------------
+    def add_audit(self, **row) -> None:
+        self.db.execute(f"INSERT INTO audit ({', '.join(row)}) VALUES "
+                        f"({', '.join('?' * len(row))})", tuple(row.values()))
+
+    # -- budgets (rmsbatch.ctld.budgets) ------------------------------------------------
+    def usage_since(self, since: float) -> list[tuple]:
+        """(account, GPU-seconds, billing units) of the runs that ended after `since`,
+        each counting only its part after it; through the end-time index."""
+        return self.db.execute(
+            "SELECT account, SUM(alloc_gpus * (end_time - MAX(start_time, ?))), "
+            "SUM(COALESCE(billing, 0) * (end_time - MAX(start_time, ?))) / 3600.0 "
+            "FROM jobs WHERE end_time > ? AND start_time IS NOT NULL GROUP BY account",
+            (since, since, since)).fetchall()
+
+    def budget_rows(self, ids) -> list[tuple]:
+        """(id, account, GPUs, billing per hour, start, end) of these jobs."""
+        ids = list(ids)
+        out = []
+        for k in range(0, len(ids), 500):
+            chunk = ids[k:k + 500]
+            out += self.db.execute(
+                "SELECT id, account, alloc_gpus, billing, start_time, end_time FROM jobs "
+                f"WHERE id IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
+        return out
 
     def steps(self, job_ids: list[int]) -> list[dict]:
         rows = []

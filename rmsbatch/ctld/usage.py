@@ -54,20 +54,26 @@ class Usage:
     # -- billing and decay ---------------------------------------------------------
     def rate(self, row: tuple) -> float:
         """Billing units per second of a run (a spool.USAGE_COLUMNS row)."""
-        sec = self.config.cluster.priority
         _, _, _, _, _, cpus, gpus, mem_mb, nodes, gpu_type, qos, alloc = row
         allocs = json.loads(alloc) if alloc else {}
         mem = mem_mb * nodes if mem_mb else sum(a.get("mem_mb", 0) for a in allocs.values())
-        billed = sec.billing_cpu * cpus + sec.billing_mem_gib * mem / 1024
+        types: list = []
         if gpus:
             if gpu_type:
-                billed += gpus * self._gpu_weight(gpu_type)
+                types = [gpu_type] * gpus
             else:           # the types it got, where the configuration says them
-                got = [self._gpu_types.get(n, {}).get(i) for n, a in allocs.items()
-                       for i in a.get("gpus", ())]
-                known = [self._gpu_weight(t) for t in got if t]
-                billed += sum(known) + (gpus - len(known)) * sec.billing_gpu
-        return billed * self._usage_factor.get(qos, 1.0)     # qos.toml usage_factor
+                types = [t for t in (self._gpu_types.get(n, {}).get(i) for n, a in allocs.items()
+                                     for i in a.get("gpus", ())) if t]
+                types += [None] * (gpus - len(types))
+        return self.billing(cpus, mem, types) * self._usage_factor.get(qos, 1.0)
+
+    def billing(self, cpus: int, mem_mb: int, gpu_types: list) -> float:
+        """Billing units per second of these resources (cluster.toml [priority] billing_*):
+        `gpu_types` has one entry per GPU, None where its type is unknown. Without the
+        QoS usage factor: that weighs fair-share, not the bill (as Slurm's billing TRES)."""
+        sec = self.config.cluster.priority
+        return (sec.billing_cpu * cpus + sec.billing_mem_gib * mem_mb / 1024
+                + sum(self._gpu_weight(t) if t else sec.billing_gpu for t in gpu_types))
 
     def _gpu_weight(self, gpu_type: str) -> float:
         sec = self.config.cluster.priority

@@ -166,6 +166,16 @@ class Loop:
         """A socket whose only job is to wake poll() (signal wakeup fd)."""
         self.sel.register(sock, selectors.EVENT_READ, "waker")
 
+    def add_reader(self, sock: socket.socket, callback) -> None:
+        """Call `callback()` whenever `sock` is readable (a helper process's socket)."""
+        self.sel.register(sock, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, sock: socket.socket) -> None:
+        try:
+            self.sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
     def add(self, sock: socket.socket, meta: dict | None = None) -> Conn:
         """Adopt an outgoing connection (already connected)."""
         sock.setblocking(False)
@@ -236,6 +246,9 @@ class Loop:
                         pass
                 except OSError:
                     pass
+                continue
+            if callable(key.data):
+                key.data()
                 continue
             conn: Conn = key.data
             if events & selectors.EVENT_WRITE:

@@ -31,9 +31,13 @@ ASSOC_GRP_GPU = "AssocGrpGPULimit"
 ASSOC_GRP_CPU = "AssocGrpCpuLimit"
 ASSOC_GRP_MEM = "AssocGrpMemLimit"
 ASSOC_GRP_JOBS = "AssocGrpJobsLimit"
+# The account's budget for the period (tenants.toml budget_*), or a parent's, is spent
+# (Slurm would say AssocGrpBillingMinutes).
+BUDGET_EXHAUSTED = "BudgetExhausted"
 
 REASONS = (QOS_MAX_GPU_PER_USER, QOS_MAX_CPU_PER_USER, QOS_MAX_JOBS_PER_USER, QOS_GRP_GPU,
-           QOS_GRP_CPU, ASSOC_GRP_GPU, ASSOC_GRP_CPU, ASSOC_GRP_MEM, ASSOC_GRP_JOBS)
+           QOS_GRP_CPU, ASSOC_GRP_GPU, ASSOC_GRP_CPU, ASSOC_GRP_MEM, ASSOC_GRP_JOBS,
+           BUDGET_EXHAUSTED)
 
 
 @dataclass(frozen=True)
@@ -156,8 +160,9 @@ class LimitTally:
     """What running jobs hold per (QoS, user), per QoS and per account; answers which
     limits a pending job would pass by starting now, and counts the starts of a pass."""
 
-    def __init__(self, policy: Policy, running=()):
+    def __init__(self, policy: Policy, running=(), spent: frozenset = frozenset()):
         self.policy = policy
+        self.spent = spent          # accounts whose budget is spent
         self.user: dict[tuple[str, str], list[int]] = {}   # (qos, user) -> gpus, cpus, jobs
         self.qos: dict[str, list[int]] = {}                # qos -> gpus, cpus
         self.account: dict[str, list[int]] = {}            # account -> gpus, cpus, mem, jobs
@@ -190,8 +195,9 @@ class LimitTally:
         """The reasons of every limit the job would pass by starting now; [] if none."""
         qlim = self.policy.qos.get(job.qos)
         accounts = self.policy.limited(job.account)
+        spent = job.account in self.spent
         if qlim is None and not accounts:
-            return []
+            return [BUDGET_EXHAUSTED] if spent else []
         r = job.request
         gpus, cpus = r.gpus * r.nodes, r.cpus * r.nodes     # as demand_of, inlined: hot
         mem = 0 if r.mem_whole_node else r.mem_mb * r.nodes
@@ -199,7 +205,7 @@ class LimitTally:
         out = self.verdicts.get(key)
         if out is not None:
             return list(out)
-        out = self.verdicts[key] = []
+        out = self.verdicts[key] = [BUDGET_EXHAUSTED] if spent else []
         if qlim is not None:
             u = self.user.get((job.qos, job.user), (0, 0, 0))
             q = self.qos.get(job.qos, (0, 0))

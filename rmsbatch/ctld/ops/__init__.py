@@ -3,7 +3,7 @@
 Each op names its handler, the role a caller needs and the request model its
 message must validate against, so an op is closed until it says who may call it:
 
-    @op("drain", model=requests.Drain, role=OPERATOR)
+    @op("drain", model=requests.Drain, role=OPERATOR, audit=True)
     def drain(ctl, conn, req): ...
 
 Roles: USER (anyone the controller host knows by uid), OPERATOR (operators and admins
@@ -28,16 +28,17 @@ class Op:
     handler: Callable
     role: str
     model: type
+    audit: bool = False     # each request leaves a row in the audit trail (ctld.audit)
 
 
 OPS: dict[str, Op] = {}
 
 
-def op(name: str, *, model: type, role: str = USER):
+def op(name: str, *, model: type, role: str = USER, audit: bool = False):
     def register(handler: Callable) -> Callable:
         if name in OPS:
             raise ValueError(f"op {name!r} registered twice")
-        OPS[name] = Op(name, handler, role, model)
+        OPS[name] = Op(name, handler, role, model, audit)
         return handler
     return register
 
@@ -47,3 +48,4 @@ from rmsbatch.ctld.ops import admin, jobs, nodes, steps  # noqa: E402,F401
 from rmsbatch.ctld.ops import control  # noqa: E402,F401
 from rmsbatch.ctld.ops import shares  # noqa: E402,F401
 from rmsbatch.ctld.ops import reservations  # noqa: E402,F401
+from rmsbatch.ctld.ops import acct  # noqa: E402,F401

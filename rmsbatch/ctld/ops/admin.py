@@ -25,7 +25,7 @@ def stats(ctl, conn, req) -> dict:
                       "running": len(ctl.running),
                       "nodes_connected": len(ctl.node_conns),
                       "listings_read": ctl.listings.misses,
-                      "listings_served_again": ctl.listings.hits}}
+                      "listings_served_again": ctl.listings.hits, **ctl.acct.stats()}}
 
 
 def node_names(ctl, spec: str | None) -> list[str]:
@@ -112,7 +112,7 @@ def _device_rows(ctl, name: str, drains: dict[int, str], owner: dict[int, int]) 
     return rows
 
 
-@op("drain", model=requests.Drain, role=OPERATOR)
+@op("drain", model=requests.Drain, role=OPERATOR, audit=True)
 def drain(ctl, conn, req: requests.Drain) -> dict:
     reason = (req.reason or "").strip()
     if not reason:
@@ -124,7 +124,7 @@ def drain(ctl, conn, req: requests.Drain) -> dict:
     return {"nodes": names}
 
 
-@op("resume", model=requests.NodeNames, role=OPERATOR)
+@op("resume", model=requests.NodeNames, role=OPERATOR, audit=True)
 def resume(ctl, conn, req: requests.NodeNames) -> dict:
     """Nodes back in service; their drained GPUs once judged again. The reply names
     the GPUs that stay drained until then (node -> index -> why drained)."""
@@ -163,7 +163,7 @@ def drain_text(d: dict, pending: bool) -> str:
     return reason
 
 
-@op("reconfigure", model=requests.Empty, role=OPERATOR)
+@op("reconfigure", model=requests.Empty, role=OPERATOR, audit=True)
 def reconfigure(ctl, conn, req) -> dict:
     from rmsbatch.config import ConfigError, load
     try:

@@ -43,7 +43,7 @@ def _limit(seconds: int) -> str:
 
 
 # -- requeue -----------------------------------------------------------------------------
-@op("requeue", model=requests.Requeue, role=USER)
+@op("requeue", model=requests.Requeue, role=USER, audit=True)
 def requeue(ctl, conn, req: requests.Requeue) -> dict:
     caller = ctl.user_name(conn.uid)
     admin = ctl.is_privileged(conn)
@@ -112,7 +112,7 @@ def _requeue_one(ctl, row: dict, state: JobState, why: str, errors: list[str]) -
 
 
 # -- update ------------------------------------------------------------------------------
-@op("update_job", model=requests.UpdateJob, role=USER)
+@op("update_job", model=requests.UpdateJob, role=USER, audit=True)
 def update_job(ctl, conn, req: requests.UpdateJob) -> dict:
     changes = {k: getattr(req, k) for k in KEYS if getattr(req, k) is not None}
     if req.time_limit_change is not None and "time_limit" in changes:
@@ -189,6 +189,9 @@ def _update_one(ctl, row: dict, changes: dict, caller: str) -> None:
     except AdmissionError as exc:
         raise RequestError(f"job {job_id} not updated: {exc}") from None
     fields = {k: admitted[k] for k in ("partition", "qos", "account", "time_limit", "nice")}
+    if "account" in changes:
+        from rmsbatch.ctld.ops.jobs import tenant_path
+        fields["tenant_path"] = tenant_path(ctl.config, admitted["account"])
     if "priority" in changes:
         fields["priority"] = changes["priority"]
     elif any(k in changes for k in ("partition", "qos", "nice")):

@@ -12,7 +12,7 @@ from rmsbatch.ctld.requests import RequestError
 from rmsbatch.ctld.ops import USER, op
 from rmsbatch.ctld.records import PROJECTABLE, job_record
 from rmsbatch.sched import plan as scheduler
-from rmsbatch.sched.admission import admit, check_submit_count
+from rmsbatch.sched.admission import account_chain, admit, check_submit_count
 
 log = logging.getLogger("rmsbatch.controller")
 
@@ -27,6 +27,15 @@ def _error(text: str) -> RequestError:
     return RequestError(text)
 
 
+def tenant_path(cfg, account: str) -> str:
+    """The account and its parents, top first ("nlp/nlp-translation"): kept with the
+    job, so reports group by tenant as it was when the job was submitted."""
+    acct = cfg.account_named(account)
+    if acct is None:
+        return account
+    return "/".join(a.name for a in reversed(account_chain(cfg, acct)))
+
+
 def _states(names: list[str]) -> list[str]:
     try:
         return [parse_state(s).value for s in names]
@@ -35,7 +44,7 @@ def _states(names: list[str]) -> list[str]:
 
 
 # -- submit -----------------------------------------------------------------------------
-@op("submit", model=requests.Submit, role=USER)
+@op("submit", model=requests.Submit, role=USER, audit=True)
 def submit(ctl, conn, req: requests.Submit) -> dict:
     user = ctl.user_name(conn.uid)
     spec = JobSpec.from_dict(req.spec)
@@ -57,7 +66,8 @@ def submit(ctl, conn, req: requests.Submit) -> dict:
         raise _error(f"the queue is full ({cc.max_jobs} active jobs{more}): try again later")
     _check_submit_limits(ctl, row, max(1, len(task_ids)))
     row.update(dependency=_checked_dependency(ctl, conn, spec), begin_time=spec.begin,
-               array_spec=spec.array, array_throttle=throttle)
+               array_spec=spec.array, array_throttle=throttle,
+               tenant_path=tenant_path(ctl.config, row["account"]))
     if not task_ids:
         job_id = ctl.spool.insert_job(row, spec.to_dict())
         row["id"] = job_id
@@ -148,19 +158,12 @@ def _name_or_uid(ctl, uid: int) -> str:
 # -- queries ------------------------------------------------------------------------
 @op("jobs", model=requests.Jobs, role=USER)
 def jobs(ctl, conn, req: requests.Jobs) -> dict:
-    caller = ctl.user_name(conn.uid)
-    privileged = ctl.is_privileged(conn)
     users, ids = list(req.users), list(req.ids)
     own_only = False
     if req.all_users is not None:   # accounting-style query: own jobs unless asked
-        if not req.all_users and not users and not ids and not req.array_tasks:
-            users = [caller]
-        if not privileged and ctl.config.tenants.private_accounting:
-            if req.all_users or set(users) - {caller}:
-                raise _error("only operators and admins may see other users' jobs "
-                             "(tenants.toml: private_accounting)")
-            own_only = True
-    elif ctl.config.tenants.private_jobs and not privileged:
+        from rmsbatch.ctld.ops.acct import accounting_users
+        users = accounting_users(ctl, conn, users, req.all_users, bool(ids or req.array_tasks))
+    elif ctl.config.tenants.private_jobs and not ctl.is_privileged(conn):
         own_only = True
     states = _states(req.states)
     if req.active and not states:
@@ -168,7 +171,7 @@ def jobs(ctl, conn, req: requests.Jobs) -> dict:
     if req.finished and not states:
         states = [s.value for s in FINISHED]
     query = dict(ids=ids, array_tasks=req.array_tasks,
-                 users=[caller] if own_only else users, accounts=req.accounts,
+                 users=[ctl.user_name(conn.uid)] if own_only else users, accounts=req.accounts,
                  partitions=req.partitions, states=states, names=req.names,
                  start_after=req.start_after, end_before=req.end_before)
     if req.fields and not req.nodes:
@@ -283,7 +286,7 @@ def _signal_number(sig) -> int:
     raise _error(f"invalid signal {sig!r} (use a name such as USR1 or a number)")
 
 
-@op("cancel", model=requests.Cancel, role=USER)
+@op("cancel", model=requests.Cancel, role=USER, audit=True)
 def cancel(ctl, conn, req: requests.Cancel) -> dict:
     signum = _signal_number(req.signal) if req.signal not in (None, "") else None
     rows, errors = _select(ctl, conn, req, "cancel")
@@ -345,11 +348,11 @@ def _set_hold(ctl, conn, req: requests.JobFilter, hold: bool) -> dict:
     return {"changed": changed, "errors": errors}
 
 
-@op("hold", model=requests.JobFilter, role=USER)
+@op("hold", model=requests.JobFilter, role=USER, audit=True)
 def hold(ctl, conn, req) -> dict:
     return _set_hold(ctl, conn, req, True)
 
 
-@op("release", model=requests.JobFilter, role=USER)
+@op("release", model=requests.JobFilter, role=USER, audit=True)
 def release(ctl, conn, req) -> dict:
     return _set_hold(ctl, conn, req, False)

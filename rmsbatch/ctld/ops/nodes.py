@@ -155,6 +155,8 @@ def heartbeat(ctl, conn, req: requests.Heartbeat) -> dict:
             renewed.append([job_id, run])
         else:
             ctl.send(conn, {"op": "cancel", "job_id": job_id, "run": run, "now": True})
+    if req.idle:
+        ctl.idle_gpus.heard_from(name, req.idle, {tuple(r) for r in renewed})
     ctl.spool.upsert_node(name, last_heartbeat=now)
     return {"ack": "heartbeat", "seq": req.seq, "renewed": renewed,
             "lease_until": now + ctl.leases.lease_s}
@@ -303,12 +305,15 @@ def ended(ctl, node: str, out: requests.Outcome) -> None:
         state = JobState.FAILED
     if row["cancel_requested"] and state is not JobState.TIMEOUT:
         state = JobState.CANCELLED
+    # a cancel that said why (rmsbatch.ctld.idlegpu) keeps its reason
+    cancelled_why = row["end_reason"] if row["cancel_requested"] else ""
     fields = dict(start_time=out.start_time or row["start_time"],
                   end_time=out.end_time or ctl.clock(), exit_code=out.exit_code,
                   exit_signal=out.signal, max_rss_kb=out.max_rss_kb,
                   total_cpu_s=out.total_cpu_s, gpu_util=out.gpu_util,
                   gpu_mem_peak_mb=out.gpu_mem_peak_mb, gpu_energy_j=out.gpu_energy_j,
-                  end_reason=out.reason[:500])
+                  end_reason=(cancelled_why or out.reason)[:500],
+                  **ctl.idle_gpus.final(ctl, job_id, node, out.gpu_idle_s, row))
     if out.protections:
         fields["protections"] = out.protections[:500]
     if ctl.finish(job_id, state, **fields):

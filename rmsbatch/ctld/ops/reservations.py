@@ -171,7 +171,7 @@ def show(ctl, conn, req: ShowReservations) -> dict:
                              for w in every]}
 
 
-@op("create_reservation", model=ReservationFields, role=OPERATOR)
+@op("create_reservation", model=ReservationFields, role=OPERATOR, audit=True)
 def create(ctl, conn, req: ReservationFields) -> dict:
     now = ctl.clock()
     name = req.name
@@ -205,7 +205,7 @@ def create(ctl, conn, req: ReservationFields) -> dict:
     return {"reservation": record(window, now, user, ctl.config)}
 
 
-@op("update_reservation", model=ReservationFields, role=OPERATOR)
+@op("update_reservation", model=ReservationFields, role=OPERATOR, audit=True)
 def update(ctl, conn, req: ReservationFields) -> dict:
     now = ctl.clock()
     old = _runtime(ctl, req.name, "update")
@@ -238,7 +238,7 @@ def update(ctl, conn, req: ReservationFields) -> dict:
     return {"reservation": record(window, now, config=ctl.config)}
 
 
-@op("delete_reservation", model=ReservationName, role=OPERATOR)
+@op("delete_reservation", model=ReservationName, role=OPERATOR, audit=True)
 def delete(ctl, conn, req: ReservationName) -> dict:
     window = _runtime(ctl, req.name, "delete")
     ctl.spool.delete_reservation(window.name)

@@ -1,0 +1,1 @@
+"""Accounting: queries, reports, budgets and archives, served off the scheduling thread."""

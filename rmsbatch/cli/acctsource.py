@@ -1,0 +1,112 @@
+"""Where rsacct reads: the controller's accounting workers, or an archive file.
+
+Both answer the same requests (acct_jobs, acct_steps, acct_report, acct_audit): the
+controller through its API, an archive (`rsacct --archive FILE`, a file written by
+retention) through the same queries run here on a read-only connection. Listings come
+page by page and are put together here.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+STEP_CHUNK = 20_000
+
+
+class ArchiveSource:
+    """An archive file answering like the controller. Whoever can read the file can
+    read all of it: the file's permissions are its access control."""
+
+    def __init__(self, path: str):
+        from rmsbatch.acct.store import Store
+        if not os.path.isfile(path):
+            raise FileNotFoundError(2, "no such archive file", path)
+        self.store = Store(path, archive=True)
+        self.user = _me()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.store.close()
+
+    def call(self, op: str, **fields) -> dict:
+        from rmsbatch.acct.store import StoreError
+        from rmsbatch.acct.worker import answer
+        query = _query(op, fields, self.user)
+        try:
+            return answer(self.store, query)
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def _me() -> str:
+    from rmsbatch.cli.optiontypes import current_user
+    return current_user()
+
+
+_FILTERS = ("ids", "array_tasks", "users", "accounts", "partitions", "states", "names", "qos",
+            "nodes")
+
+
+def _query(op: str, fields: dict, me: str) -> dict:
+    filters = {k: fields[k] for k in _FILTERS if fields.get(k)}
+    if "states" in filters:
+        from rmsbatch.core.states import parse_state
+        filters["states"] = [parse_state(s).value for s in filters["states"]]
+    if "array_tasks" in filters:
+        filters["array_tasks"] = [list(t) for t in filters["array_tasks"]]
+    if not filters.get("users") and not fields.get("all_users") and op != "acct_report" \
+            and not filters.get("ids") and not filters.get("array_tasks"):
+        filters["users"] = [me]
+    if op == "acct_jobs":
+        for key in ("start_after", "end_before"):
+            if fields.get(key) is not None:
+                filters[key] = fields[key]
+        return {"kind": "jobs", "filters": filters, "columns": list(fields["fields"]),
+                "after": fields.get("after", 0), "limit": fields.get("limit", 20_000)}
+    if op == "acct_steps":
+        return {"kind": "steps", "job_ids": list(fields.get("job_ids") or [])}
+    if op == "acct_report":
+        return {"kind": "report", "group_by": list(fields.get("group_by") or []),
+                "start": fields["start"], "end": fields["end"], "filters": filters,
+                "now": time.time()}
+    if op == "acct_audit":
+        return {"kind": "audit", "filters": {k: fields.get(k) for k in
+                                             ("users", "ops", "target", "start", "end",
+                                              "failed")},
+                "after": fields.get("after", 0), "limit": fields.get("limit", 20_000)}
+    raise ValueError(f"an archive cannot answer {op!r}")
+
+
+def open_source(archive: str | None):
+    """A connection-like object: the controller, or the archive file."""
+    if archive:
+        return ArchiveSource(archive)
+    from rmsbatch.net import client
+    return client.Client()
+
+
+def pages(conn, op: str, **fields) -> tuple[list[str], list[list]]:
+    """Every page of a paged listing: its columns and all its rows."""
+    rows: list[list] = []
+    after = 0
+    while True:
+        reply = conn.call(op, after=after, **fields)
+        rows.extend(reply["rows"])
+        if reply.get("next") is None:
+            return reply["columns"], rows
+        after = reply["next"]
+
+
+def job_records(conn, fields: list[str], **filters) -> list[dict]:
+    columns, rows = pages(conn, "acct_jobs", fields=fields, **filters)
+    return [dict(zip(columns, r)) for r in rows]
+
+
+def steps_of(conn, job_ids: list[int]) -> dict[int, list[dict]]:
+    out: dict[int, list[dict]] = {}
+    for i in range(0, len(job_ids), STEP_CHUNK):
+        for st in conn.call("acct_steps", job_ids=job_ids[i:i + STEP_CHUNK])["steps"]:
+            out.setdefault(st["job_id"], []).append(st)
+    return out
