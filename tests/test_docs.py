@@ -160,7 +160,7 @@ def test_rq_man_page_lists_every_pending_reason():
 # man5 page -> the models whose keys it documents
 MAN5_MODELS = {
     "rmsbatch-cluster.toml.5": ("ClusterFile", "ControllerSection", "NodeDaemonSection",
-                                "PrioritySection",
+                                "PrioritySection", "AccountingSection",
                                 "NodeGroup", "GpuGroup", "PartitionSection",
                                 "ReservationSection", "SubmitSection", "SchedulerSection"),
     "rmsbatch-tenants.toml.5": ("TenantsFile", "AccountSection", "UserSection"),

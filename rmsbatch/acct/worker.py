@@ -40,6 +40,10 @@ def answer(store: Store, q: dict) -> dict:
     if kind == "audit":
         rows, nxt = store.audit_page(q["filters"], q.get("after", 0), q.get("limit") or 20_000)
         return {"ok": True, "columns": list(AUDIT_COLUMNS), "rows": rows, "next": nxt}
+    if kind == "archive":
+        from rmsbatch.acct.archive import archive
+        return {"ok": True, **archive(store, q["archive_dir"], q["before"],
+                                      q.get("limit") or 200_000)}
     raise StoreError(f"unknown accounting query {kind!r}")
 
 

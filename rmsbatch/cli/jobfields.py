@@ -52,11 +52,21 @@ def job_cpus(job, now):
     return str(job.get("alloc_cpus") or job.get("req_cpus") or 0)
 
 
+# A running job whose GPUs have sat idle long enough to be flagged (rmsbatch.ctld.idlegpu)
+IDLE_GPU = "IdleGPU"
+
+
+def _idle_flagged(job) -> bool:
+    return job.get("state") == "RUNNING" and job.get("idle_since") is not None
+
+
 def _job_nodelist_reason(job, now):
     nodelist = job.get("nodelist")
     if nodelist and job.get("state") != "PENDING":
         if job.get("end_reason") and job.get("state") not in ("RUNNING", "COMPLETING"):
             return f"{nodelist} ({job['end_reason']})"    # what ended it
+        if _idle_flagged(job):
+            return f"{nodelist} ({IDLE_GPU})"
         return nodelist
     return f"({_pending_reason(job)})"
 
@@ -80,6 +90,8 @@ def job_reason(job: dict) -> str:
     """Why a job waits, or, once it has ended, what ended it (when known)."""
     if job.get("state") != "PENDING" and job.get("end_reason"):
         return job["end_reason"]
+    if _idle_flagged(job):
+        return IDLE_GPU
     return _pending_reason(job)
 
 
@@ -120,12 +132,17 @@ JOB_FIELDS: dict[str, Field] = {
     "cpus": Field("CPUS", job_cpus, True, reads=("alloc_cpus", "req_cpus")),
     "gpus": Field("GPUS", shown("req_gpus", count), True),
     "gpu_type": Field("GPU_TYPE", shown("gpu_type", lambda v: v or "")),
+    # since when a flagged job's GPUs are idle (rmsbatch.ctld.idlegpu); blank otherwise
+    "idle_since": Field("IDLE_SINCE", shown("idle_since", lambda v: "" if v is None
+                                            else timestamp(v))),
     "min_memory": Field("MIN_MEMORY", shown("req_mem_mb", memory), True),
     "nodelist_reason": Field("NODELIST(REASON)", _job_nodelist_reason,
-                             reads=("nodelist", "state", "reason", "end_reason")),
+                             reads=("nodelist", "state", "reason", "end_reason", "idle_since")),
     "nodelist": Field("NODELIST", getter("nodelist")),
-    "reason": Field("REASON", _job_reason_cell, reads=("state", "reason", "end_reason")),
-    "reasons": Field("REASONS", _job_reasons, reads=("state", "reason", "end_reason", "reasons")),
+    "reason": Field("REASON", _job_reason_cell,
+                    reads=("state", "reason", "end_reason", "idle_since")),
+    "reasons": Field("REASONS", _job_reasons,
+                     reads=("state", "reason", "end_reason", "reasons", "idle_since")),
     "submit_time": Field("SUBMIT_TIME", _time_of("submit_time")),
     "start_time": Field("START_TIME", _job_start, reads=("start_time", "state", "est_start")),
     "end_time": Field("END_TIME", _time_of("end_time")),
@@ -227,6 +244,35 @@ def job_format_help() -> str:
 
 # -- rsacct (sacct) -----------------------------------------------------------
 
+def _idle_gpu_hours(job, now):
+    seconds = job.get("gpu_idle_s")
+    if seconds is None:
+        return ""
+    return f"{seconds * (job.get('alloc_gpus') or 0) / 3600:.2f}"
+
+
+_HELD_READS = ("start_time", "end_time", "state")
+
+
+def _held(job, now, key: str) -> float:
+    """Unit-seconds of what the job holds per unit (CPUs, GPUs, billing per hour)."""
+    return (job.get(key) or 0) * elapsed(job, now)
+
+
+def _hours(unit_seconds: float) -> str:
+    return f"{unit_seconds / 3600:.2f}"
+
+
+def _waited(job, now) -> str:
+    """Time from eligible (submitted, or its --begin) to start; still growing while
+    it waits (sacct's Planned, formerly Reserved)."""
+    if not job.get("submit_time"):
+        return ""
+    eligible = max(job["submit_time"], job.get("begin_time") or 0)
+    start = job.get("start_time") if job.get("state") != "PENDING" else None
+    return clock(max(0, (start or now) - eligible))
+
+
 SACCT_FIELDS: dict[str, Field] = {
     "JobID": Field("JobID", getter("id")),
     "JobName": Field("JobName", getter("name")),
@@ -236,7 +282,8 @@ SACCT_FIELDS: dict[str, Field] = {
     "Partition": Field("Partition", getter("partition")),
     "QOS": Field("QOS", getter("qos")),
     "State": Field("State", getter("state")),
-    "Reason": Field("Reason", _job_reason_cell, reads=("state", "reason", "end_reason")),
+    "Reason": Field("Reason", _job_reason_cell,
+                    reads=("state", "reason", "end_reason", "idle_since")),
     "ExitCode": Field("ExitCode", job_exit_code, True, reads=("exit_code", "exit_signal")),
     "Submit": Field("Submit", _time_of("submit_time")),
     "Start": Field("Start", _time_of("start_time")),
@@ -256,11 +303,33 @@ SACCT_FIELDS: dict[str, Field] = {
     "GPUUtil": Field("GPUUtil", shown("gpu_util", percent), True),
     "MaxGPUMem": Field("MaxGPUMem", shown("gpu_mem_peak_mb", memory), True),
     "GPUEnergy": Field("GPUEnergy", shown("gpu_energy_j", energy), True),
+    # how long the job's GPUs sat idle (rmsbatch.ctld.idlegpu), and the GPU-hours that is
+    "GPUIdle": Field("GPUIdle", shown("gpu_idle_s", lambda v: "" if v is None else clock(v)),
+                     True),
+    "IdleGPUHours": Field("IdleGPUHours", _idle_gpu_hours, True,
+                          reads=("gpu_idle_s", "alloc_gpus")),
     "ReqGPUMem": Field("ReqGPUMem", shown("gpu_mem_mb", memory), True),
     "Priority": Field("Priority", getter("priority"), True),
     "WorkDir": Field("WorkDir", getter("workdir")),
+    # what a job cost (rmsbatch.acct): billing units per hour and GPU types are fixed
+    # when it starts; the rest grows with its elapsed time while it runs
+    "CPUTime": Field("CPUTime", lambda j, now: clock(_held(j, now, "alloc_cpus")), True,
+                     reads=_HELD_READS + ("alloc_cpus",)),
+    "CPUTimeRAW": Field("CPUTimeRAW", lambda j, now: str(int(_held(j, now, "alloc_cpus"))),
+                        True, reads=_HELD_READS + ("alloc_cpus",)),
+    "GPUHours": Field("GPUHours", lambda j, now: _hours(_held(j, now, "alloc_gpus")), True,
+                      reads=_HELD_READS + ("alloc_gpus",)),
+    "Billing": Field("Billing", lambda j, now: _hours(_held(j, now, "billing")), True,
+                     reads=_HELD_READS + ("billing",)),
+    "Planned": Field("Planned", lambda j, now: _waited(j, now), True,
+                     reads=("submit_time", "begin_time", "start_time", "state")),
+    "Restarts": Field("Restarts", getter("restart_count"), True),
+    "GPUType": Field("GPUType", shown("alloc_gpu_type", lambda v: v or "")),
+    "Tenant": Field("Tenant", lambda j, now: j.get("tenant_path") or j.get("account") or "",
+                    reads=("tenant_path", "account")),
 }
-SACCT_ALIASES = {"QoS": "QOS", "NodeName": "NodeList", "JobIDRaw": "JobID"}
+SACCT_ALIASES = {"QoS": "QOS", "NodeName": "NodeList", "JobIDRaw": "JobID",
+                 "Reserved": "Planned", "Wait": "Planned"}
 SACCT_DEFAULT = "JobID,JobName,Partition,Account,AllocCPUS,AllocGPUs,State,ExitCode"
 
 

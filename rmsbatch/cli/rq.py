@@ -38,6 +38,8 @@ EXAMPLES = """
   rq --start --me               when your pending jobs should start, and why they wait
   rq -o "%.10i %.2t %.8u %j"    squeue format codes (rq -o help lists them)
   rq -o jobid,state,name:30     field names, :WIDTH fixes a width, :.WIDTH aligns right
+  rq -o jobid,user,gpus,nodelist_reason,idle_since
+                                jobs whose GPUs sit idle show (IdleGPU), and since when
   rq -h -o %i -u $USER          job ids only, for scripts
   rq --json | jq '.jobs[].id'
   rq --me --watch               redraw every 2 s until none of your jobs is left waiting
@@ -209,6 +211,8 @@ def body(argv: list[str]) -> int:
     if args.watch is not None:
         return watch(args, fields)
     reply = client.call("jobs", **fields)
+    for line in reply.get("warnings") or ():    # budgets nearly or wholly spent
+        print(f"rq: warning: {line}", file=sys.stderr)
     return emit(render(client.records(reply), args))
 
 

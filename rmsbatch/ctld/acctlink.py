@@ -86,6 +86,15 @@ class AcctLink:
         self._dispatch()
         return None
 
+    def ask_internal(self, query: dict, callback) -> None:
+        """A query of the controller's own (retention): `callback(reply)` gets the
+        decoded reply, on the controller's thread, when a worker has answered."""
+        if self.loop is None:
+            callback(self._inline(query))
+            return
+        self.queue.append((callback, query))
+        self._dispatch()
+
     def _inline(self, query: dict) -> dict:
         from rmsbatch.acct.store import Store, StoreError
         from rmsbatch.acct.worker import answer
@@ -105,7 +114,7 @@ class AcctLink:
                     return
                 continue
             conn, query = self.queue.popleft()
-            if conn.closed:
+            if getattr(conn, "closed", False):
                 continue        # the client gave up waiting
             self.tag += 1
             line = json.dumps({"tag": self.tag, "q": query}, separators=(",", ":")).encode()
@@ -163,7 +172,7 @@ class AcctLink:
             conn = worker.busy[1]
             worker.busy = None
             self.served += 1
-            self.loop.send(conn, Raw(line[space + 1:]))
+            self._deliver(conn, Raw(line[space + 1:]))
         self._dispatch()
 
     def _lost(self, worker: _Worker) -> None:
@@ -175,7 +184,7 @@ class AcctLink:
         log.error("accounting worker %d: gone (exit %s)%s", worker.proc.pid, code,
                   ": its query failed" if worker.busy else "")
         if worker.busy is not None:
-            self.loop.send(worker.busy[1], {
+            self._deliver(worker.busy[1], {
                 "ok": False, "error": "rmsctld's accounting worker ended during this query "
                                       "(see rmsctld's log); try again"})
         self.failed_at = time.monotonic()
@@ -185,6 +194,16 @@ class AcctLink:
             pass
         worker.close()
         self._dispatch()
+
+    def _deliver(self, to, reply) -> None:
+        if callable(to):
+            data = getattr(reply, "data", None)
+            try:
+                to(json.loads(data) if data is not None else reply)
+            except Exception:   # noqa: BLE001 - the controller's own query: log, go on
+                log.exception("accounting worker: handling a reply failed")
+        else:
+            self.loop.send(to, reply)
 
     def stats(self) -> dict:
         return {"acct_workers": len(self.workers), "acct_queued": len(self.queue),

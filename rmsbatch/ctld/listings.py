@@ -23,6 +23,16 @@ class Encoded(dict):
         super().__init__(ok=reply.get("ok", True))
         self.data = json.dumps({"ok": True, **reply}, separators=(",", ":")).encode() + b"\n"
 
+    @classmethod
+    def spliced(cls, encoded: "Encoded", extra: dict) -> "Encoded":
+        """The same reply with `extra`'s keys added, without encoding the rest again
+        (a listing of 10,000 jobs is most of a megabyte)."""
+        out = cls.__new__(cls)
+        dict.__init__(out, encoded)
+        more = json.dumps(extra, separators=(",", ":")).encode()
+        out.data = encoded.data.rstrip()[:-1] + b"," + more[1:] + b"\n"
+        return out
+
 
 class Listings:
     def __init__(self, spool):

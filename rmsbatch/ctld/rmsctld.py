@@ -135,6 +135,7 @@ def run(ctl, loop, signals, spool, conf_dir) -> None:
                 ctl.forgive(now - last_check - 1.0)
             last_check = now
             _guarded(ctl, ctl.check_nodes, now)
+            _guarded(ctl, ctl.retention.tick, ctl, now)
         if signals.reload:
             signals.reload = False
             reload(ctl, conf_dir)

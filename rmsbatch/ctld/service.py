@@ -38,6 +38,7 @@ from rmsbatch.ctld.ops import NODE, OPERATOR, OPS
 from rmsbatch.ctld import audit
 from rmsbatch.ctld.acctlink import AcctLink
 from rmsbatch.ctld.budgets import Budgets
+from rmsbatch.ctld.retention import Retention
 from rmsbatch.ctld.listings import Listings
 from rmsbatch.ctld.ops import reservations as resv
 from rmsbatch.ctld.records import alloc_from_json, alloc_to_json, batch_node, job_record
@@ -76,6 +77,7 @@ class Controller:
         self.spool = spool
         self.listings = Listings(spool)     # job listings asked again, unchanged
         self.acct = AcctLink(spool.path, loop)  # accounting queries, in worker processes
+        self.retention = Retention()            # old records to monthly archive files
         self.loop = loop or Loop()
         self.clock = clock
         self.my_uid = os.geteuid()

@@ -533,6 +533,26 @@ class Spool:
         self.db.execute(f"INSERT INTO audit ({', '.join(row)}) VALUES "
                         f"({', '.join('?' * len(row))})", tuple(row.values()))
 
+    # -- retention (rmsbatch.ctld.retention) --------------------------------------------
+    def purge_jobs(self, ids: list[int], before: float) -> int:
+        """Delete these archived jobs (their payloads and steps go with them): only
+        finished ones that ended before `before`, and never a payload that an active
+        task of the same array still runs from."""
+        done = 0
+        for k in range(0, len(ids), 500):
+            chunk = ids[k:k + 500]
+            cur = self.db.execute(
+                f"DELETE FROM jobs WHERE id IN ({', '.join('?' * len(chunk))}) "
+                "AND end_time < ? AND state NOT IN ('PENDING', 'RUNNING', 'COMPLETING') "
+                "AND id NOT IN (SELECT payload_id FROM jobs WHERE payload_id IS NOT NULL "
+                "AND state IN ('PENDING', 'RUNNING', 'COMPLETING'))", (*chunk, before))
+            done += cur.rowcount
+        return done
+
+    def purge_audit(self, upto_id: int, before: float) -> int:
+        return self.db.execute("DELETE FROM audit WHERE id <= ? AND time < ?",
+                               (upto_id, before)).rowcount
+
     # -- budgets (rmsbatch.ctld.budgets) ------------------------------------------------
     def usage_since(self, since: float) -> list[tuple]:
         """(account, GPU-seconds, billing units) of the runs that ended after `since`,

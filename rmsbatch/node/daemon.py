@@ -34,7 +34,7 @@ from rmsbatch.node.devices.usage import GpuUsage
 from rmsbatch.node.isolation import cgroup_parent
 from rmsbatch.node.jobdir import (LEGACY_PID_FILE, JobDir, SupervisorGone, parse_run,
                                   read_json, write_json)
-from rmsbatch.node.monitorlink import MonitorLink
+from rmsbatch.node.monitorlink import MONITOR_SILENCE_S, MonitorLink
 from rmsbatch.node.trash import Trash
 
 log = logging.getLogger("rmsbatch.noded")
@@ -94,7 +94,8 @@ class NodeDaemon(MonitorLink):
             if spec and spec.get("cpus"):
                 self.cpus_in_use[run] = spec["cpus"]
             if job.get("gpus"):
-                self.gpu_usage[run] = GpuUsage.load(self.job_dir(run), job["gpus"])
+                self.gpu_usage[run] = GpuUsage.load(self.job_dir(run), job["gpus"],
+                                                    **self.usage_settings())
         self.sweep_cgroups()
         prolog.sweep(self)
         # Accelerators: declared ones are known now; detected ones when the monitor
@@ -137,6 +138,9 @@ class NodeDaemon(MonitorLink):
             raise ValueError(f"node {self.node} is no longer in {config.directory}/cluster.toml")
         self.config = config
         self.derive()
+        idle_util = self.usage_settings()["idle_util"]
+        for usage in self.gpu_usage.values():
+            usage.set_idle_util(idle_util)
         if self.monitor is not None:
             # the monitor read its settings (backends, interval, thresholds) at start
             self.stop_monitor()
@@ -144,6 +148,13 @@ class NodeDaemon(MonitorLink):
         if self.controller is not None and not self.controller.closed:
             self.loop.close(self.controller)     # the next hello carries the new inventory
         log.info("node %s: configuration reloaded", self.node)
+
+    def usage_settings(self) -> dict:
+        """How runs' GpuUsage judge idle GPUs: the threshold, and the silence that ends
+        a streak (as long as the monitor may be quiet before it counts as stuck)."""
+        interval = self.config.cluster.node_daemon.gpu_sample_interval
+        return {"idle_util": self.config.cluster.accounting.idle_gpu_util,
+                "gap_s": max(MONITOR_SILENCE_S, 5 * interval)}
 
     @property
     def protections(self) -> str:
@@ -482,8 +493,21 @@ class NodeDaemon(MonitorLink):
         running = [list(parse_run(r)) for r in self.runs()
                    if not os.path.exists(os.path.join(self.job_dir(r), "outcome.json"))]
         self.heartbeat_seq += 1
+        idle = self.idle_report(running)
         self.send({"op": "heartbeat", "node": self.node, "seq": self.heartbeat_seq,
-                   "running": running, **({"gpus": self.telemetry} if self.telemetry else {})})
+                   "running": running, **({"gpus": self.telemetry} if self.telemetry else {}),
+                   **({"idle": idle} if idle else {})})
+
+    def idle_report(self, running: list[list[int]]) -> list[list]:
+        """[job id, run, idle since or None, seconds idle] of the running runs whose
+        idle GPUs are tracked (rmsbatch.ctld.idlegpu)."""
+        now, out = time.time(), []
+        for job_id, restart in running:
+            usage = self.gpu_usage.get(f"{job_id}.{restart}")
+            figures = usage.idle(now) if usage is not None else None
+            if figures is not None:
+                out.append([job_id, restart, *figures])
+        return out
 
     def renewed(self, reply: dict) -> None:
         """rmsctld renewed leases: pass the new deadline on to the supervisors."""

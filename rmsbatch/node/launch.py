@@ -80,7 +80,7 @@ def prepare(nd, job: dict, jobdir: str) -> None:
     # the run with it, so two fsyncs per launch (the most of a launch) would buy nothing.
     write_json(os.path.join(jobdir, JOB_FILE), data, durable=False)
     if job["alloc"]["gpus"]:
-        nd.gpu_usage[run] = GpuUsage(jobdir, job["alloc"]["gpus"])
+        nd.gpu_usage[run] = GpuUsage(jobdir, job["alloc"]["gpus"], **nd.usage_settings())
 
 
 def run_control(job: dict) -> dict:

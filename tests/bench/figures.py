@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
 import traceback
 from dataclasses import dataclass
 
-from tests.bench import util
+from tests.bench import synthetic, util
 from tests.bench.report import Row, Target
 from tests.bench.system import System
 from tests.bench.util import Measurement
@@ -35,13 +36,17 @@ class Sizes:
     e2e_jobs: int = 500
     e2e_reps: int = 3
     start_reps: int = 20
-    acct_reps: int = 10
+    acct_records: int = 1_000_000   # synthetic finished jobs in figure 8 (never committed)
+    acct_reps: int = 3
+    rollup_timeout: float = 3600     # slurmdbd rolling 30 days of them up for sreport
+    burst: int = 20                  # jobs submitted while the listing runs
     floor_reps: int = 30
 
     @classmethod
     def quick(cls) -> "Sizes":
         return cls(seq_submits=200, block=50, per_client=25, concurrent_reps=2, query_reps=10,
-                   warmup=2, e2e_jobs=200, e2e_reps=1, start_reps=10, acct_reps=5, floor_reps=10)
+                   warmup=2, e2e_jobs=200, e2e_reps=1, start_reps=10, acct_records=50_000,
+                   floor_reps=10)
 
 
 class Context:
@@ -51,6 +56,7 @@ class Context:
         self.sizes = sizes
         self.rows: list[Row] = []
         self.floor: dict[str, Measurement] = {}
+        self.acct_setup: dict | None = None     # figure 8's window and synthetic jobs
         from tests.bench.rms import command
         self.python_pass: list[str] = [command("python3"), "-c", "pass"]
 
@@ -325,35 +331,147 @@ def submit_to_start(ctx: Context) -> None:
 
 # -- 8: accounting ---------------------------------------------------------------------------
 def accounting(ctx: Context) -> None:
+    """A listing and a usage report over `acct_records` synthetic finished jobs of the last
+    30 days (tests.bench.synthetic) plus the real ones of the run, on both systems; then,
+    on rmsbatch, a burst of jobs and the scheduler's passes while that listing runs."""
     s = ctx.sizes
-    row = ctx.row("acct", "8 accounting: list every finished job", "ms",
-                  target=Target("ratio_max", 0.25, "≤ 0.25"))
+    n = s.acct_records
+    listing = ctx.row("acct", f"8 accounting: list {n:,} finished jobs (30 days, 6 fields)",
+                      "s", target=Target("ratio_max", 0.25, "≤ 0.25"))
+    report = ctx.row("acct", f"8 accounting: usage per account and user, {n:,} jobs", "s")
     systems = ctx.systems()
-    counts = {}
-    for system in systems:                # the same number of finished jobs on each
+    setup = ctx.acct_setup
+    if setup is None:                    # once, also when the figure is measured again
+        now = time.time()
+        start = synthetic.window_start(now)
+        setup = ctx.acct_setup = {"now": now, "start": start, "since": synthetic.when(start),
+                                  "real": {}, "added": {}}
+    since = setup["since"]
+    for system in systems:               # the run's own jobs that the listing finds
+        if system.label in setup["real"]:
+            continue
         try:
             system.empty_queue()
-            counts[system.label] = system.finished_count()
-        except Exception as exc:  # noqa: BLE001
-            row.cells[system.label] = f"error: {exc}"
-    want = max([s.big_queue, *counts.values()])
-    for system in systems:
-        if system.label not in counts:
-            continue
-        def run(system=system):
-            have = counts[system.label]
-            if have < want:
-                util.log(f"{system.label}: topping up to {want:,} finished jobs")
-                system.ensure_queued(want - have)
-                system.cancel_ids(system.active_ids())
-                system.wait_empty(600)
             if system.family == "Slurm":
                 system.wait_accounting()
-            lines = len(system.timed(system.acct_all())[1].splitlines())
-            return [Measurement(util.repeat(system.acct_all(), s.acct_reps, 1, system.env,
-                                            system.workdir), note=f"{lines:,} jobs listed",
-                                extra={"lines": lines})]
-        ctx.measure(system, [row], run)
+            setup["real"][system.label] = len(system.timed(system.acct_list(since))[1]
+                                              .splitlines())
+        except Exception as exc:  # noqa: BLE001
+            util.log(f"{system.label}: {listing.label}: FAILED: {exc}")
+            listing.cells[system.label] = report.cells[system.label] = f"error: {exc}"
+    most = max(setup["real"].values(), default=0)
+    for system in systems:
+        if system.label not in setup["real"]:
+            continue
+
+        def run(system=system):
+            real = setup["real"][system.label]
+            if system.label not in setup["added"]:
+                # as many synthetic jobs as make both list the same number of lines
+                count = n + most - real
+                info = system.add_finished(count, setup["start"], setup["now"])
+                setup["added"][system.label] = {"synthetic": count, "real": real, **info}
+            argv = system.acct_list(since)
+            took, out = system.timed(argv)          # the first call: a warm-up
+            lines = len(out.splitlines())
+            if lines != n + most:
+                util.log(f"{system.label}: the listing has {lines:,} lines, not {n + most:,}")
+            samples = util.repeat(argv, s.acct_reps, 0, system.env, system.workdir)
+            return [Measurement(samples, note=f"{lines:,} jobs listed",
+                                extra={"lines": lines, "first_call_s": took,
+                                       **setup["added"][system.label]})]
+        ctx.measure(system, [listing], run)
+        if not isinstance(listing.cells.get(system.label), Measurement):
+            continue
+
+        def run_report(system=system):
+            extra = {}
+            if system.family == "Slurm":
+                # sreport reads slurmdbd's hourly rollups: make it roll the window up
+                extra["rollup_s"] = system.rollup(setup["start"], s.rollup_timeout)
+                util.log(f"Slurm: usage rolled up over 30 days in {extra['rollup_s']:.0f} s")
+            argv = system.acct_report(since)
+            lines = len(system.timed(argv)[1].splitlines())
+            extra["lines"] = lines
+            return [Measurement(util.repeat(argv, s.acct_reps, 0, system.env, system.workdir),
+                                note=f"{lines:,} lines", extra=extra)]
+        ctx.measure(system, [report], run_report)
+    if ctx.rms and isinstance(listing.cells.get("rmsbatch"), Measurement):
+        scheduling_during_query(ctx, since)
+
+
+def scheduling_during_query(ctx: Context, since: str) -> None:
+    """rmsbatch only: `burst` one-CPU jobs submitted one after the other (rsub), each
+    job's start minus the time before its submit call, and the controller's scheduling
+    passes meanwhile (the `stats` request: pass_s_last sampled every 20 ms, pass count
+    and total for the exact mean); with no query, then while the figure's listing runs
+    back to back (rsacct through rmsctld's accounting workers)."""
+    s, n, system = ctx.sizes, ctx.sizes.acct_records, ctx.rms
+    rows = {}
+    for key, what in (("idle", "no query"), ("busy", f"while the {n:,}-job listing runs")):
+        rows[key] = (
+            ctx.row("acct", f"8 submit to start, burst of {s.burst} jobs, {what}", "ms"),
+            ctx.row("acct", f"8 scheduling pass, burst of {s.burst} jobs, {what}", "ms"))
+    for key, (start_row, pass_row) in rows.items():
+        ctx.measure(system, [start_row, pass_row],
+                    lambda busy=(key == "busy"): burst(ctx, system, since if busy else None))
+        for r in (start_row, pass_row):
+            if ctx.slurm:
+                r.cells[ctx.slurm.label] = "n/a"
+
+
+def burst(ctx: Context, system, since: str | None) -> list[Measurement]:
+    s = ctx.sizes
+    system.empty_queue()
+    stop = threading.Event()
+    queries: list[float] = []
+    query_error: list[str] = []
+
+    def query_loop():
+        argv = system.acct_list(since)
+        while not stop.is_set():
+            try:
+                queries.append(system.timed(argv)[0])
+            except Exception as exc:  # noqa: BLE001 - reported with the figure
+                query_error.append(str(exc))
+                return
+    looper = None
+    if since is not None:
+        looper = threading.Thread(target=query_loop, daemon=True)
+        looper.start()
+        time.sleep(1.0)                      # the first query is under way
+    poller = system.stats_poller()
+    stamps, began = [], []
+    try:
+        for i in range(s.burst):
+            stamp = os.path.join(system.workdir, f"burst-{time.time_ns()}-{i}")
+            argv = system.submit(*JOB, "--wrap", f"date +%s.%N > {stamp}.tmp && "
+                                                 f"mv {stamp}.tmp {stamp}")
+            began.append(time.time())
+            system.timed(argv)
+            stamps.append(stamp)
+        util.wait_until(lambda: all(os.path.exists(p) for p in stamps), 300,
+                        interval=0.01, what="the burst's jobs starting")
+        covered = looper is None or looper.is_alive()
+    finally:
+        passes = poller.stop()
+        stop.set()
+        if looper is not None:
+            looper.join()
+    if query_error:
+        raise RuntimeError(f"the listing failed during the burst: {query_error[0]}")
+    delays = []
+    for stamp, t in zip(stamps, began):
+        with open(stamp) as fh:
+            delays.append(float(fh.read()) - t)
+    system.wait_empty(120)
+    extra = {"queries_during": len(queries), "query_s": queries,
+             "query_ran_throughout": covered} if since is not None else {}
+    if since is not None and not covered:
+        util.log("rmsbatch: the listing loop ended before the burst's jobs started")
+    return [Measurement(delays, extra=extra),
+            Measurement(passes["sampled"] or [0.0], note=f"{passes['passes']} passes",
+                        extra={**passes, "sampled": len(passes["sampled"])})]
 
 
 # -- 9: controller memory ------------------------------------------------------------------

@@ -14,14 +14,23 @@ import pwd
 import shutil
 import socket
 import subprocess
+import time
 
-from tests.bench import util
+from tests.bench import synthetic, util
 from tests.bench.system import System
 
 PACKAGES = ["slurm-wlm", "slurmctld", "slurmd", "slurm-client", "munge"]
 ACCOUNTING_PACKAGES = ["slurmdbd", "mariadb-server"]
 POLICY = "/usr/sbin/policy-rc.d"
-FINISHED = "CA,CD,F,TO,OOM,NF,PR"     # the same state list is given to rsacct
+# Slurm's job states in the database (slurm.h, enum job_states)
+STATE_CODES = {"CANCELLED": 4, "COMPLETED": 3, "FAILED": 5, "TIMEOUT": 6}
+# the columns figure 8 fills in bench_job_table (the others keep their defaults)
+JOB_COLUMNS = ("id_job", "mod_time", "account", "cpus_req", "job_name", "id_assoc", "id_qos",
+               "id_resv", "id_wckey", "id_user", "id_group", "het_job_id", "het_job_offset",
+               "state_reason_prev", "mem_req", "nodelist", "nodes_alloc", "node_inx",
+               "`partition`", "priority", "state", "timelimit", "time_submit", "time_eligible",
+               "time_start", "time_end", "exit_code", "flags", "kill_requid", "tres_alloc",
+               "tres_req", "work_dir", "submit_line")
 
 VARIANTS = {
     "default": "",
@@ -320,11 +329,18 @@ PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
     def cancel_all(self) -> list[str]:
         return [self.bin("scancel"), "-u", self.user]
 
-    def acct_all(self) -> list[str]:
+    def acct_list(self, since: str) -> list[str]:
         if not self.accounting:
             raise RuntimeError("no slurmdbd (accounting) on this run")
-        return [self.bin("sacct"), "-a", "-S", "2020-01-01", "-E", "now", "-X", "-n", "-P",
-                "-o", "jobid,state", "-s", FINISHED]
+        return [self.bin("sacct"), "-a", "-S", since, "-X", "-n", "-P", "-o", synthetic.FIELDS]
+
+    def acct_report(self, since: str) -> list[str]:
+        """sreport's nearest to `rsacct report --by tenant,user`: it reads the hourly
+        rollups slurmdbd keeps, not the job records."""
+        if not self.accounting:
+            raise RuntimeError("no slurmdbd (accounting) on this run")
+        return [self.bin("sreport"), "-P", "-n", "cluster", "AccountUtilizationByUser",
+                f"start={since}", "end=now", "-t", "hours"]
 
     def active_ids(self) -> list[int]:
         """Job ids; a pending array shows once, as its array job id (`42_[1-500]` -> 42)."""
@@ -335,10 +351,6 @@ PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         for i in range(0, len(ids), 1000):
             util.run([self.bin("scancel"), *map(str, ids[i:i + 1000])], env=self.env)
 
-    def finished_count(self) -> int:
-        self.wait_accounting()
-        return len(util.run(self.acct_all(), env=self.env).stdout.splitlines())
-
     def wait_accounting(self, timeout: float = 300) -> None:
         """Until slurmctld has handed every record to slurmdbd (sdiag's agent queue is 0)."""
         def drained():
@@ -348,6 +360,97 @@ PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                     return int(line.split(":")[1]) == 0
             return True
         util.wait_until(drained, timeout, interval=0.5, what="slurmdbd agent queue draining")
+
+    # -- figure 8's synthetic records ----------------------------------------------------
+    def sql(self, statement: str, local_infile: bool = False) -> list[list[str]]:
+        """Run SQL on slurmdbd's database as root; rows of the result as lists of text."""
+        argv = [self.bin("mariadb"), "--no-defaults", f"--socket={self.mysql_socket}", "-u",
+                "root", "-N", "-B", "slurm_acct_db", "-e", statement]
+        if local_infile:
+            argv.insert(2, "--local-infile=1")
+        out = util.run(argv, timeout=3600).stdout
+        return [line.split("\t") for line in out.splitlines()]
+
+    def _synthetic_associations(self) -> dict[str, int]:
+        """The synthetic users and accounts as associations (sacctmgr, as an admin would
+        add them): user -> id_assoc. sacct names a job's user and account from it."""
+        sacctmgr = [self.bin("sacctmgr"), "-i"]
+        for parent in synthetic.PARENTS:
+            util.run([*sacctmgr, "add", "account", parent, "cluster=bench"], env=self.env,
+                     check=False)
+        for parent in [*synthetic.PARENTS, None]:
+            names = [a for a, p in synthetic.ACCOUNTS if p == parent]
+            util.run([*sacctmgr, "add", "account", ",".join(names), "cluster=bench",
+                      *([f"parent={parent}"] if parent else [])], env=self.env, check=False)
+        for account, _ in synthetic.ACCOUNTS:
+            users = [u for u, _, a in synthetic.USERS if a == account]
+            util.run([*sacctmgr, "add", "user", ",".join(users), f"account={account}",
+                      "cluster=bench"], env=self.env, check=False)
+        found = {user: int(inx) for user, inx in self.sql(
+            "SELECT user, id_assoc FROM bench_assoc_table WHERE user != '' AND deleted = 0")}
+        missing = [u for u, _, _ in synthetic.USERS if u not in found]
+        if missing:
+            raise RuntimeError(f"sacctmgr did not add the associations of {missing[:3]}")
+        return found
+
+    def add_finished(self, count: int, start: float, now: float) -> dict:
+        """`count` synthetic finished jobs (tests.bench.synthetic) loaded into slurmdbd's
+        job table (LOAD DATA LOCAL INFILE from a temporary tab-separated file), with
+        associations for their users; ids follow the table's last one."""
+        out: dict = {}
+        began = time.perf_counter()
+        assoc = self._synthetic_associations()
+        (last,), = self.sql("SELECT COALESCE(MAX(id_job), 0) FROM bench_job_table")
+        first = int(last) + 1
+        path = self.path("synthetic-jobs.tsv")
+        mod = int(now)
+        with open(path, "w") as fh:
+            for job in synthetic.jobs(count, start, now):
+                per_node = job.mem_mb // job.nodes
+                tres = f"1={job.cpus},2={job.mem_mb},4={job.nodes},5={int(job.billing)}"
+                fh.write("\t".join(map(str, (
+                    first + job.index, mod, job.account, job.cpus, job.name, assoc[job.user],
+                    1, 0, 0, job.uid, job.uid, 0, 4294967294, 0, per_node, job.nodelist,
+                    job.nodes, "", job.partition, 1000, STATE_CODES[job.state],
+                    job.time_limit_min, int(job.submit), int(job.submit), int(job.start),
+                    int(job.end), job.exit_code << 8 | job.exit_signal, 20,
+                    job.uid if job.state == "CANCELLED" else "\\N",
+                    tres.replace(",4=", ",3=18446744073709551614,4="), tres,
+                    f"/home/{job.user}", f"sbatch -N {job.nodes} {job.name}.sh"))) + "\n")
+        out["file_s"] = time.perf_counter() - began
+        began = time.perf_counter()
+        try:
+            self.sql(f"LOAD DATA LOCAL INFILE '{path}' INTO TABLE bench_job_table "
+                     f"({', '.join(JOB_COLUMNS)})", local_infile=True)
+        finally:
+            os.unlink(path)
+        out["insert_s"] = time.perf_counter() - began
+        out["first_id"] = first
+        util.log(f"Slurm: {count:,} synthetic jobs written in {out['file_s']:.1f} s + loaded "
+                 f"in {out['insert_s']:.1f} s")
+        return out
+
+    def rollup(self, start: float, timeout: float) -> float:
+        """Have slurmdbd roll the usage up again from `start` (what sreport reads): the
+        cluster's registration moved back before it, the last rollup times set to it,
+        slurmdbd restarted (it rolls up when it starts). Seconds until the hourly rollup
+        reached the current hour."""
+        hour = int(start) // 3600 * 3600 - 86400
+        self.sql(f"UPDATE bench_event_table SET time_start = {hour} WHERE node_name = '' "
+                 f"AND time_start > {hour}")
+        self.sql("DELETE FROM bench_last_ran_table")
+        self.sql(f"INSERT INTO bench_last_ran_table (hourly_rollup, daily_rollup, "
+                 f"monthly_rollup) VALUES ({hour}, {hour}, {hour})")
+        self.processes.stop("slurmdbd")
+        began = time.perf_counter()
+        self._start_slurmdbd()
+        target = int(time.time()) // 3600 * 3600
+
+        def done():
+            rows = self.sql("SELECT hourly_rollup FROM bench_last_ran_table")
+            return rows and int(rows[0][0]) >= target
+        util.wait_until(done, timeout, interval=2, what="slurmdbd's usage rollup")
+        return time.perf_counter() - began
 
     def controller_pid(self) -> int:
         pid = self.processes.pid_of("slurmctld")

@@ -2,7 +2,7 @@
 
 A figure only speaks to this interface: the command lines to time (`submit_held`,
 `queue_default`, ...) and a few fast helpers to set the stage (`fill_held`,
-`active_ids`, `cancel_ids`, `finished_count`). rms.py and slurm.py fill it in.
+`active_ids`, `cancel_ids`, `add_finished`). rms.py and slurm.py fill it in.
 """
 from __future__ import annotations
 
@@ -41,7 +41,12 @@ class System:
     def cancel_all(self) -> list[str]:
         raise NotImplementedError
 
-    def acct_all(self) -> list[str]:
+    def acct_list(self, since: str) -> list[str]:
+        """Every user's jobs since then, as `-X -n -P -o` the figure-8 fields."""
+        raise NotImplementedError
+
+    def acct_report(self, since: str) -> list[str]:
+        """Usage per account and user since then."""
         raise NotImplementedError
 
     # -- helpers that set the stage (not timed) ------------------------------------------
@@ -51,7 +56,9 @@ class System:
     def cancel_ids(self, ids: list[int]) -> None:
         raise NotImplementedError
 
-    def finished_count(self) -> int:
+    def add_finished(self, count: int, start: float, now: float) -> dict:
+        """Write `count` synthetic finished jobs (tests.bench.synthetic) into the
+        accounting store; what it took (seconds, ...)."""
         raise NotImplementedError
 
     def controller_pid(self) -> int:

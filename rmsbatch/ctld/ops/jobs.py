@@ -10,6 +10,7 @@ from rmsbatch.core.states import FINISHED, JobState, parse_state
 from rmsbatch.ctld import requests
 from rmsbatch.ctld.requests import RequestError
 from rmsbatch.ctld.ops import USER, op
+from rmsbatch.ctld.listings import Encoded
 from rmsbatch.ctld.records import PROJECTABLE, job_record
 from rmsbatch.sched import plan as scheduler
 from rmsbatch.sched.admission import account_chain, admit, check_submit_count
@@ -181,7 +182,7 @@ def jobs(ctl, conn, req: requests.Jobs) -> dict:
             raise _error(f"unknown job field(s): {', '.join(unknown)}")
         planned = [f for f in req.fields if f in PLANNED]
         if not planned:
-            return ctl.listings.reply(query, list(req.fields))
+            return _warned(ctl, conn, req, ctl.listings.reply(query, list(req.fields)))
         stored = [f for f in req.fields if f not in PLANNED]
         rows = ctl.spool.jobs(**query, columns=["id"] + stored)
         rows = [list(r[1:]) + [_planned(ctl, r[0], f) for f in planned] for r in rows]
@@ -198,6 +199,21 @@ def jobs(ctl, conn, req: requests.Jobs) -> dict:
         for name in PLANNED:
             rec[name] = _planned(ctl, rec["id"], name)
     return {"jobs": records}
+
+
+def _warned(ctl, conn, req, reply):
+    """rq's listing, with a line per budget of the caller's accounts at or past its
+    warning mark (rmsbatch.ctld.budgets). The listing may be a cached encoded reply,
+    shared by every caller: the warnings go after it, not into it."""
+    if not ctl.budgets.active or req.all_users is not None:
+        return reply
+    lines = ctl.budgets.warnings(ctl.user_name(conn.uid), ctl.clock(), ctl.running)
+    if not lines:
+        return reply
+    data = getattr(reply, "data", None)
+    if data is None:
+        return {**reply, "warnings": lines}
+    return Encoded.spliced(reply, {"warnings": lines})
 
 
 # What the last scheduling pass planned for a waiting job, beside its stored fields:
