@@ -17,7 +17,7 @@ from rmsbatch.cli.arguments import CommandParser, comma_list
 from rmsbatch.cli.common import UsageError, emit
 
 PROG = "rsacct report"
-KEYS = ("tenant", "account", "user", "gpu_type", "partition", "qos")
+KEYS = ("tenant", "account", "user", "gpu_type", "partition", "qos", "day", "month")
 FORMATS = ("table", "plain", "csv", "json", "markdown", "html")
 
 EXAMPLES = """

@@ -51,11 +51,23 @@ def _kept(value):
 def _result(reply: dict) -> str:
     if not reply.get("ok", True):
         return str(reply.get("error", ""))[:MAX_RESULT]
+    if refused(reply):
+        return "; ".join(map(str, reply["errors"]))[:MAX_RESULT]
     shown = {k: v for k, v in reply.items() if k != "ok" and not isinstance(v, (list, dict))}
     for key, value in reply.items():
         if isinstance(value, list):
             shown[key] = len(value) if len(value) > 10 else value
     return json.dumps(shown, separators=(",", ":"), default=str)[:MAX_RESULT]
+
+
+def refused(reply: dict) -> bool:
+    """Refused outright, or (cancel, hold, ...) every job named answered with an error
+    and nothing done."""
+    if not reply.get("ok", True):
+        return True
+    errors = reply.get("errors")
+    done = [v for k, v in reply.items() if k not in ("errors", "ok") and isinstance(v, list)]
+    return bool(errors) and bool(done) and not any(done)
 
 
 def record(ctl, conn, name: str, msg: dict, reply: dict, user: str) -> None:
@@ -64,5 +76,5 @@ def record(ctl, conn, name: str, msg: dict, reply: dict, user: str) -> None:
         text = text[:MAX_REQUEST - 3] + "..."
     ctl.spool.add_audit(time=ctl.clock(), user=user, uid=conn.uid if conn.uid >= 0 else None,
                         origin=origin(conn), op=name, target=target(msg, reply)[:500],
-                        request=text, ok=1 if reply.get("ok", True) else 0,
+                        request=text, ok=0 if refused(reply) else 1,
                         result=_result(reply))
