@@ -74,6 +74,8 @@ def window(args: argparse.Namespace, now: float) -> tuple[float, float, str]:
     if args.month:
         try:
             year, month = (int(p) for p in args.month.split("-"))
+            if not (1 <= month <= 12 and 1970 <= year <= 9999):
+                raise ValueError
             start = time.mktime((year, month, 1, 0, 0, 0, 0, 0, -1))
         except (ValueError, OverflowError):
             raise UsageError(f"--month {args.month}: use YYYY-MM, e.g. 2026-11") from None

@@ -110,7 +110,11 @@ class AcctLink:
         while self.queue:
             worker = next((w for w in self.workers if w.busy is None), None)
             if worker is None:
-                if len(self.workers) >= WORKERS or not self._start():
+                if len(self.workers) >= WORKERS:
+                    return
+                if not self._start():
+                    if not self.workers:    # nobody will answer: say so now
+                        self._fail_queue()
                     return
                 continue
             conn, query = self.queue.popleft()
@@ -194,6 +198,12 @@ class AcctLink:
             pass
         worker.close()
         self._dispatch()
+
+    def _fail_queue(self) -> None:
+        queued, self.queue = self.queue, deque()
+        for to, _ in queued:
+            self._deliver(to, {"ok": False, "error": "rmsctld cannot start its accounting "
+                                                     "worker (see its log); try again later"})
 
     def _deliver(self, to, reply) -> None:
         if callable(to):
