@@ -314,8 +314,8 @@ def cluster():
     shutil.rmtree(c.dir, ignore_errors=True)
 
 
-def daemons_of(directory: str) -> list[int]:
-    """Pids of the rmsctld and rmsd processes started for a cluster directory."""
+def pids_matching(test) -> list[int]:
+    """Pids of the processes whose command line (bytes) passes `test`."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -323,9 +323,15 @@ def daemons_of(directory: str) -> list[int]:
                 cmd = fh.read()
         except OSError:
             continue
-        if directory.encode() in cmd and (b"rmsctld" in cmd or b"rmsd" in cmd):
+        if test(cmd):
             found.append(int(pid))
     return found
+
+
+def daemons_of(directory: str) -> list[int]:
+    """Pids of the rmsctld and rmsd processes started for a cluster directory."""
+    return pids_matching(lambda cmd: directory.encode() in cmd
+                         and (b"rmsctld" in cmd or b"rmsd" in cmd))
 
 
 def _kill_leftovers(directory: str) -> None:

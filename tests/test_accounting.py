@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import ensure_user, wait_for
+from conftest import ensure_user, pids_matching, wait_for
 
 DAY = 86400
 COLUMNS = ("id", "name", "user", "uid", "gid", "account", "partition", "qos", "state",
@@ -170,16 +170,7 @@ def test_a_killed_worker_fails_its_query_with_a_message_and_is_replaced(big):
     spool = spool_file(c).encode()
 
     def workers():
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    cmd = fh.read()
-            except OSError:
-                continue
-            if b"rmsbatch.acct.worker" in cmd and spool in cmd:
-                found.append(int(pid))
-        return found
+        return pids_matching(lambda cmd: b"rmsbatch.acct.worker" in cmd and spool in cmd)
     wait_for(lambda: workers(), 30, "an accounting worker")
     time.sleep(0.5)
     for pid in workers():
