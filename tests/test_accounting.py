@@ -234,6 +234,21 @@ def test_the_audit_trail_says_who_did_what_from_where_and_refusals_too(new_clust
     assert [r[3] for r in cells if r[1] == "root"] == ["drain", "resume"]
     assert "disk check" in c.run("rsacct", "audit", "-a", "--op", "drain", "--json",
                                  check=True).stdout
+    # a reload on SIGHUP is a change too, and one refused for a typo says why
+    tenants = os.path.join(c.dir, "tenants.toml")
+    with open(tenants) as fh:
+        good = fh.read()
+    write(c, "tenants.toml", good + "\nprivate_acounting = true\n")
+    os.kill(c.pid("rmsctld"), signal.SIGHUP)
+
+    def reloads():
+        out = c.run("rsacct", "audit", "-a", "-P", "-n", "--op", "reconfigure").stdout
+        return [line.split("|") for line in out.splitlines()]
+    wait_for(lambda: reloads(), 10, "the reload's audit record")
+    [reload] = reloads()
+    assert reload[1] == "(signal)" and reload[2].startswith("SIGHUP")
+    assert reload[5].startswith("refused:") and "private_acounting" in reload[5]
+    write(c, "tenants.toml", good)
     # others' entries are not an ordinary user's to read; their own are
     denied = c.run("rsacct", "audit", "-a", user="rmsbob")
     assert denied.returncode == 1 and "operators and admins" in denied.stderr

@@ -78,3 +78,12 @@ def record(ctl, conn, name: str, msg: dict, reply: dict, user: str) -> None:
                         origin=origin(conn), op=name, target=target(msg, reply)[:500],
                         request=text, ok=0 if refused(reply) else 1,
                         result=_result(reply))
+
+
+def record_reload(ctl, ok: bool, result: str) -> None:
+    """A reload on SIGHUP: no request, and the kernel does not say who sent the signal;
+    the change to nodes, partitions, tenants and limits is recorded all the same."""
+    import os
+    ctl.spool.add_audit(time=ctl.clock(), user="(signal)", uid=None,
+                        origin=f"SIGHUP to rmsctld pid {os.getpid()}", op="reconfigure",
+                        target="", request="{}", ok=1 if ok else 0, result=result[:MAX_RESULT])

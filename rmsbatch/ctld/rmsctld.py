@@ -159,13 +159,16 @@ def _guarded(ctl, step, *args) -> None:
 def reload(ctl, conf_dir: str) -> None:
     """SIGHUP: the new configuration, or the old one and a line in the log saying why."""
     from rmsbatch import config as configmod
+    from rmsbatch.ctld import audit
     from rmsbatch.ctld.requests import RequestError
     try:
         config = configmod.load(conf_dir)
         with ctl.spool.transaction():
             ctl.reconfigure(config)
+            audit.record_reload(ctl, True, f"reloaded from {config.directory}")
     except (configmod.ConfigError, RequestError) as exc:
         log.error("configuration not reloaded (keeping the old one): %s", exc)
+        _guarded(ctl, audit.record_reload, ctl, False, str(exc))
     except Exception:   # noqa: BLE001 - a reload must never take the controller down
         log.exception("configuration not reloaded (keeping the old one)")
 
