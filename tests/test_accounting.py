@@ -219,7 +219,7 @@ def test_a_spent_budget_holds_its_tenants_jobs_and_lets_others_run(new_cluster):
 
 def test_the_audit_trail_says_who_did_what_from_where_and_refusals_too(new_cluster):
     alice, bob = ensure_user("rmsalice"), ensure_user("rmsbob")
-    c = new_cluster(gpus=0)
+    c = new_cluster(gpus=0, before_start=lambda c: write(c, "tenants.toml", tenants_toml()))
     job = c.submit("--hold", "--wrap", "true", user="rmsalice")
     refused = c.run("rcancel", str(job), user="rmsbob")
     assert refused.returncode != 0
@@ -254,6 +254,15 @@ def test_the_audit_trail_says_who_did_what_from_where_and_refusals_too(new_clust
     assert denied.returncode == 1 and "operators and admins" in denied.stderr
     own = c.run("rsacct", "audit", "-P", "-n", user="rmsbob", check=True).stdout.splitlines()
     assert [line.split("|")[3] for line in own] == ["cancel"]
+    # likewise reports: an ordinary user's covers their own jobs (bob has none)
+    c.run("rcontrol", "release", str(job), check=True)
+    c.wait_ended(job)
+    mine = json.loads(c.run("rsacct", "report", "--json", user="rmsbob", check=True).stdout)
+    assert mine["rows"] == []
+    everyone = json.loads(c.run("rsacct", "report", "--by", "user", "--json",
+                                check=True).stdout)
+    assert [r["user"] for r in everyone["rows"]] == ["rmsalice"]
+    assert c.run("rsacct", "report", "-u", "rmsalice", user="rmsbob").returncode == 1
 
 
 def test_archive_then_purge_keeps_the_totals_across_spool_and_archives(new_cluster):

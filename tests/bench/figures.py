@@ -344,9 +344,11 @@ def accounting(ctx: Context) -> None:
     if setup is None:                    # once, also when the figure is measured again
         now = time.time()
         start = synthetic.window_start(now)
+        # -E: the window ends now, so that jobs run later (the burst below, on a second
+        # measurement of the figure) leave the listing as it is
         setup = ctx.acct_setup = {"now": now, "start": start, "since": synthetic.when(start),
-                                  "real": {}, "added": {}}
-    since = setup["since"]
+                                  "until": synthetic.when(now + 1), "real": {}, "added": {}}
+    since, until = setup["since"], setup["until"]
     for system in systems:               # the run's own jobs that the listing finds
         if system.label in setup["real"]:
             continue
@@ -354,7 +356,7 @@ def accounting(ctx: Context) -> None:
             system.empty_queue()
             if system.family == "Slurm":
                 system.wait_accounting()
-            setup["real"][system.label] = len(system.timed(system.acct_list(since))[1]
+            setup["real"][system.label] = len(system.timed(system.acct_list(since, until))[1]
                                               .splitlines())
         except Exception as exc:  # noqa: BLE001
             util.log(f"{system.label}: {listing.label}: FAILED: {exc}")
@@ -371,7 +373,7 @@ def accounting(ctx: Context) -> None:
                 count = n + most - real
                 info = system.add_finished(count, setup["start"], setup["now"])
                 setup["added"][system.label] = {"synthetic": count, "real": real, **info}
-            argv = system.acct_list(since)
+            argv = system.acct_list(since, until)
             took, out = system.timed(argv)          # the first call: a warm-up
             lines = len(out.splitlines())
             if lines != n + most:
@@ -390,17 +392,17 @@ def accounting(ctx: Context) -> None:
                 # sreport reads slurmdbd's hourly rollups: make it roll the window up
                 extra["rollup_s"] = system.rollup(setup["start"], s.rollup_timeout)
                 util.log(f"Slurm: usage rolled up over 30 days in {extra['rollup_s']:.0f} s")
-            argv = system.acct_report(since)
+            argv = system.acct_report(since, until)
             lines = len(system.timed(argv)[1].splitlines())
             extra["lines"] = lines
             return [Measurement(util.repeat(argv, s.acct_reps, 0, system.env, system.workdir),
                                 note=f"{lines:,} lines", extra=extra)]
         ctx.measure(system, [report], run_report)
     if ctx.rms and isinstance(listing.cells.get("rmsbatch"), Measurement):
-        scheduling_during_query(ctx, since)
+        scheduling_during_query(ctx, (since, until))
 
 
-def scheduling_during_query(ctx: Context, since: str) -> None:
+def scheduling_during_query(ctx: Context, window: tuple[str, str]) -> None:
     """rmsbatch only: `burst` one-CPU jobs submitted one after the other (rsub), each
     job's start minus the time before its submit call, and the controller's scheduling
     passes meanwhile (the `stats` request: pass_s_last sampled every 20 ms, pass count
@@ -414,13 +416,13 @@ def scheduling_during_query(ctx: Context, since: str) -> None:
             ctx.row("acct", f"8 scheduling pass, burst of {s.burst} jobs, {what}", "ms"))
     for key, (start_row, pass_row) in rows.items():
         ctx.measure(system, [start_row, pass_row],
-                    lambda busy=(key == "busy"): burst(ctx, system, since if busy else None))
+                    lambda busy=(key == "busy"): burst(ctx, system, window if busy else None))
         for r in (start_row, pass_row):
             if ctx.slurm:
                 r.cells[ctx.slurm.label] = "n/a"
 
 
-def burst(ctx: Context, system, since: str | None) -> list[Measurement]:
+def burst(ctx: Context, system, window: tuple[str, str] | None) -> list[Measurement]:
     s = ctx.sizes
     system.empty_queue()
     stop = threading.Event()
@@ -428,7 +430,7 @@ def burst(ctx: Context, system, since: str | None) -> list[Measurement]:
     query_error: list[str] = []
 
     def query_loop():
-        argv = system.acct_list(since)
+        argv = system.acct_list(*window)
         while not stop.is_set():
             try:
                 queries.append(system.timed(argv)[0])
@@ -436,7 +438,7 @@ def burst(ctx: Context, system, since: str | None) -> list[Measurement]:
                 query_error.append(str(exc))
                 return
     looper = None
-    if since is not None:
+    if window is not None:
         looper = threading.Thread(target=query_loop, daemon=True)
         looper.start()
         time.sleep(1.0)                      # the first query is under way
@@ -466,8 +468,8 @@ def burst(ctx: Context, system, since: str | None) -> list[Measurement]:
             delays.append(float(fh.read()) - t)
     system.wait_empty(120)
     extra = {"queries_during": len(queries), "query_s": queries,
-             "query_ran_throughout": covered} if since is not None else {}
-    if since is not None and not covered:
+             "query_ran_throughout": covered} if window is not None else {}
+    if window is not None and not covered:
         util.log("rmsbatch: the listing loop ended before the burst's jobs started")
     return [Measurement(delays, extra=extra),
             Measurement(passes["sampled"] or [0.0], note=f"{passes['passes']} passes",

@@ -263,11 +263,13 @@ class Rms(System):
     def cancel_all(self) -> list[str]:
         return [command("rcancel"), "-u", self.user]
 
-    def acct_list(self, since: str) -> list[str]:
-        return [command("rsacct"), "-a", "-S", since, "-X", "-n", "-P", "-o", synthetic.FIELDS]
+    def acct_list(self, since: str, until: str) -> list[str]:
+        return [command("rsacct"), "-a", "-S", since, "-E", until, "-X", "-n", "-P",
+                "-o", synthetic.FIELDS]
 
-    def acct_report(self, since: str) -> list[str]:
-        return [command("rsacct"), "report", "--by", "tenant,user", "-S", since, "--csv"]
+    def acct_report(self, since: str, until: str) -> list[str]:
+        return [command("rsacct"), "report", "--by", "tenant,user", "-S", since, "-E", until,
+                "--csv"]
 
     def active_ids(self) -> list[int]:
         return self._ids(active=True)

@@ -329,18 +329,19 @@ PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
     def cancel_all(self) -> list[str]:
         return [self.bin("scancel"), "-u", self.user]
 
-    def acct_list(self, since: str) -> list[str]:
+    def acct_list(self, since: str, until: str) -> list[str]:
         if not self.accounting:
             raise RuntimeError("no slurmdbd (accounting) on this run")
-        return [self.bin("sacct"), "-a", "-S", since, "-X", "-n", "-P", "-o", synthetic.FIELDS]
+        return [self.bin("sacct"), "-a", "-S", since, "-E", until, "-X", "-n", "-P",
+                "-o", synthetic.FIELDS]
 
-    def acct_report(self, since: str) -> list[str]:
+    def acct_report(self, since: str, until: str) -> list[str]:
         """sreport's nearest to `rsacct report --by tenant,user`: it reads the hourly
         rollups slurmdbd keeps, not the job records."""
         if not self.accounting:
             raise RuntimeError("no slurmdbd (accounting) on this run")
         return [self.bin("sreport"), "-P", "-n", "cluster", "AccountUtilizationByUser",
-                f"start={since}", "end=now", "-t", "hours"]
+                f"start={since}", f"end={until}", "-t", "hours"]
 
     def active_ids(self) -> list[int]:
         """Job ids; a pending array shows once, as its array job id (`42_[1-500]` -> 42)."""

@@ -41,12 +41,12 @@ class System:
     def cancel_all(self) -> list[str]:
         raise NotImplementedError
 
-    def acct_list(self, since: str) -> list[str]:
-        """Every user's jobs since then, as `-X -n -P -o` the figure-8 fields."""
+    def acct_list(self, since: str, until: str) -> list[str]:
+        """Every user's jobs in the window (-S, -E), as `-X -n -P -o` the figure-8 fields."""
         raise NotImplementedError
 
-    def acct_report(self, since: str) -> list[str]:
-        """Usage per account and user since then."""
+    def acct_report(self, since: str, until: str) -> list[str]:
+        """Usage per account and user in the window."""
         raise NotImplementedError
 
     # -- helpers that set the stage (not timed) ------------------------------------------

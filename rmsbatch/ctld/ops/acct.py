@@ -71,8 +71,12 @@ def acct_report(ctl, conn, req: requests.AcctReport) -> dict | None:
                            f"{', '.join([*GROUP_KEYS, *TIME_KEYS])})")
     if req.end <= req.start:
         raise RequestError("the report's end must be after its start")
-    # a report covers everyone unless narrowed: all_users is implied
-    filters = _filters(ctl, conn, req.model_copy(update={"all_users": not req.users}), True)
+    if ctl.config.tenants.private_accounting and not ctl.is_privileged(conn):
+        # the caller's own jobs; naming someone else is refused
+        filters = _filters(ctl, conn, req.model_copy(update={"all_users": False}), False)
+    else:   # everyone's unless narrowed
+        filters = _filters(ctl, conn, req.model_copy(update={"all_users": not req.users}),
+                           True)
     return ctl.acct.ask(conn, {"kind": "report", "group_by": list(req.group_by),
                                "start": req.start, "end": req.end, "filters": filters,
                                "now": ctl.clock()})
