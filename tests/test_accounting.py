@@ -35,21 +35,28 @@ def fill(path: str, n: int, *, first_id: int = 1, ended_before: float, span: flo
     again after it: a million rows in seconds instead of a minute."""
     rng = random.Random(seed)
     db = sqlite3.connect(path, isolation_level=None)
+    # a bulk load, nobody else connected: no WAL copy of every page, no fsync, room to sort
+    db.execute("PRAGMA journal_mode=DELETE")
+    db.execute("PRAGMA synchronous=OFF")
+    db.execute("PRAGMA cache_size=-400000")
     indexes = db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
                          "AND tbl_name = 'jobs' AND sql IS NOT NULL").fetchall()
     db.execute("BEGIN")
     for name, _ in indexes:
         db.execute(f"DROP INDEX {name}")
 
+    rand = rng.random
+    shapes = (0, 1, 2, 4, 8, 1, 0)     # GPUs; a length prime to 3 and 10 mixes them all
+    states = ("COMPLETED",) * 8 + ("FAILED", "TIMEOUT")
+
     def rows():
         for i in range(first_id, first_id + n):
-            end = ended_before - rng.uniform(0, span)
-            start = end - rng.uniform(60, 7200)
-            gpus = rng.choice((0, 1, 2, 4, 8))
+            end = ended_before - rand() * span
+            start = end - 60 - rand() * 7140
+            gpus = shapes[i % 7]
             acct = account or ("vision", "nlp", "nlp-translation")[i % 3]
-            yield (i, "synthetic", user, 0, 0, acct, "main", "normal",
-                   rng.choice(("COMPLETED",) * 8 + ("FAILED", "TIMEOUT")),
-                   start - rng.uniform(0, 900), start, end, 1, 1, 1, 4, 1024, gpus, 4, gpus,
+            yield (i, "synthetic", user, 0, 0, acct, "main", "normal", states[i % 10],
+                   start - rand() * 900, start, end, 1, 1, 1, 4, 1024, gpus, 4, gpus,
                    "vm", 4.25 + 32 * gpus, "a100" if gpus else None,
                    TENANTS.get(acct, acct), 50.0 if gpus else None, 0, 0)
     db.executemany(f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES "
@@ -59,6 +66,7 @@ def fill(path: str, n: int, *, first_id: int = 1, ended_before: float, span: flo
     db.execute("UPDATE sqlite_sequence SET seq = (SELECT MAX(id) FROM jobs) "
                "WHERE name = 'jobs'")
     db.execute("COMMIT")
+    db.execute("PRAGMA journal_mode=WAL")
     db.close()
 
 
@@ -140,11 +148,14 @@ def test_a_listing_pages_through_every_record_of_its_window(big):
     assert ids == sorted(set(ids))          # no page repeated or out of order
 
 
-def test_the_scheduler_keeps_starting_jobs_while_a_big_query_runs(big):
+def test_the_scheduler_keeps_starting_jobs_while_a_big_report_runs(big):
+    """The stated bound: a job submitted while a report over a million records runs
+    starts within 10 s (an idle cluster starts one in well under a second), and goes
+    through before the report is done."""
     c, _ = big
     from conftest import command_path
-    query = subprocess.Popen([command_path("rsacct"), "-a", "-S", "2020-01-01", "-X", "-n",
-                              "-P", "-o", "JobID,User,Account,State,Elapsed"],
+    query = subprocess.Popen([command_path("rsacct"), "report", "--by", "user,tenant",
+                              "-S", "2020-01-01", "--json"],
                              env=c.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_for(lambda: c.api("stats")["stats"]["acct_workers"] >= 1, 30, "a worker busy")
@@ -152,13 +163,13 @@ def test_the_scheduler_keeps_starting_jobs_while_a_big_query_runs(big):
         job = c.submit("--wrap", "true")
         ended = c.wait_ended(job, timeout=60)
         assert ended["state"] == "COMPLETED"
-        # the job went all the way through while the million-row listing still ran
-        assert query.poll() is None, "the listing ended before the job: no overlap tested"
+        # the job went all the way through while the report still ran
+        assert query.poll() is None, "the report ended before the job: no overlap tested"
         assert ended["start_time"] - began < 10
     finally:
         out, err = query.communicate(timeout=600)
     assert query.returncode == 0, err
-    assert len(out.splitlines()) >= MILLION
+    assert sum(r["jobs"] for r in json.loads(out)["rows"]) >= MILLION
 
 
 def test_a_killed_worker_fails_its_query_with_a_message_and_is_replaced(big):
