@@ -329,3 +329,55 @@ def _expected(now, window):
         fill(f, 3000, ended_before=now - 400 * DAY, span=60 * DAY)
         fill(f, 1000, first_id=3001, ended_before=now, span=30 * DAY, seed=2)
         return sql_gpu_hours(f, window["start"], window["end"])
+
+
+# -- the report's arithmetic, on a few jobs worked out by hand --------------------------------
+def _store_with(tmp_path, rows):
+    from rmsbatch.acct.store import Store
+    from rmsbatch.ctld.spool import Spool
+    Spool(str(tmp_path)).close()
+    path = os.path.join(str(tmp_path), "rmsbatch.db")
+    db = sqlite3.connect(path)
+    for i, r in enumerate(rows, 1):
+        row = {"id": i, "name": "j", "user": "u", "uid": 0, "gid": 0, "account": "a",
+               "partition": "p", "qos": "normal", "state": "COMPLETED", "nodes": 1,
+               "ntasks": 1, "cpus_per_task": 1, "req_cpus": 1, "req_mem_mb": 1,
+               "req_gpus": 0, **r}
+        db.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                   tuple(row.values()))
+    db.commit()
+    db.close()
+    return Store(path)
+
+
+def test_a_report_counts_only_what_ran_inside_its_window(tmp_path):
+    store = _store_with(tmp_path, [
+        # across the window's start: 500 of its 1000 s count; started before: no wait
+        dict(submit_time=400, start_time=500, end_time=1500, alloc_gpus=2, alloc_cpus=4,
+             billing=10.0, gpu_util=50.0, gpu_idle_s=100.0),
+        # still running: counts to the window's end; waited from its --begin
+        dict(state="RUNNING", submit_time=1100, begin_time=1150, start_time=1200,
+             alloc_gpus=1, alloc_cpus=1),
+        dict(submit_time=1000, start_time=1900, end_time=1950, alloc_gpus=0, alloc_cpus=1),
+        # outside the window: nothing
+        dict(submit_time=0, start_time=10, end_time=900, alloc_gpus=8, alloc_cpus=8),
+    ])
+    [row] = store.report([], 1000, 2000, {}, now=2500)
+    assert row["jobs"] == 3
+    assert row["gpu_hours"] == pytest.approx((2 * 500 + 800) / 3600)
+    assert row["cpu_hours"] == pytest.approx((4 * 500 + 800 + 50) / 3600)
+    assert row["billing"] == pytest.approx(10 * 500 / 3600)
+    assert row["gpu_eff"] == pytest.approx(0.5)          # only where measured
+    assert row["idle_gpu_hours"] == pytest.approx(100 * 2 * 0.5 / 3600)
+    assert row["wait_mean_s"] == pytest.approx((50 + 900) / 2)
+    assert row["wait_p95_s"] == 900
+
+
+def test_a_daily_series_splits_a_run_at_midnight(tmp_path):
+    midnight = time.mktime((2026, 11, 3, 0, 0, 0, 0, 0, -1))
+    store = _store_with(tmp_path, [dict(submit_time=midnight - 7200, start_time=midnight - 3600,
+                                        end_time=midnight + 7200, alloc_gpus=4, alloc_cpus=1)])
+    rows = store.report(["day", "account"], midnight - DAY, midnight + DAY, {},
+                        now=midnight + 2 * DAY)
+    assert [(r["day"], r["gpu_hours"]) for r in rows] == [("2026-11-02", pytest.approx(4.0)),
+                                                          ("2026-11-03", pytest.approx(8.0))]
