@@ -27,6 +27,7 @@ log = logging.getLogger("rmsbatch.acctlink")
 WORKERS = 2
 RESTART_AFTER_S = 1.0       # a worker that keeps dying is not respawned in a tight loop
 MAX_QUEUED = 1000
+QUERY_LIMIT_S = 900.0       # a query still running after this is stopped (and said so)
 
 
 class Raw(Encoded):
@@ -51,6 +52,7 @@ class _Worker:
         self.sock.setblocking(False)
         self.buf = bytearray()
         self.busy: tuple[int, object] | None = None      # (tag, client connection)
+        self.since = 0.0                                 # when it took its query
 
     def close(self) -> None:
         try:
@@ -131,6 +133,7 @@ class AcctLink:
                 self._lost(worker)
                 continue
             worker.busy = (self.tag, conn)
+            worker.since = time.monotonic()
 
     def _start(self) -> bool:
         now = time.monotonic()
@@ -179,18 +182,27 @@ class AcctLink:
             self._deliver(conn, Raw(line[space + 1:]))
         self._dispatch()
 
-    def _lost(self, worker: _Worker) -> None:
+    def tick(self) -> None:
+        """Stop queries that run past QUERY_LIMIT_S (a runaway report should not hold a
+        worker for good); called every second by rmsctld's loop."""
+        now = time.monotonic()
+        for worker in list(self.workers):
+            if worker.busy is not None and now - worker.since > QUERY_LIMIT_S:
+                self._lost(worker, f"this query ran longer than {QUERY_LIMIT_S:.0f} s and "
+                                   "was stopped: narrow it (-S/-E, -u, -A)")
+
+    def _lost(self, worker: _Worker, why: str | None = None) -> None:
         if worker not in self.workers:
             return
         self.workers.remove(worker)
         self.loop.remove_reader(worker.sock)
         code = worker.proc.poll()
-        log.error("accounting worker %d: gone (exit %s)%s", worker.proc.pid, code,
-                  ": its query failed" if worker.busy else "")
+        log.error("accounting worker %d: %s%s", worker.proc.pid,
+                  why or f"gone (exit {code})", ": its query failed" if worker.busy else "")
         if worker.busy is not None:
             self._deliver(worker.busy[1], {
-                "ok": False, "error": "rmsctld's accounting worker ended during this query "
-                                      "(see rmsctld's log); try again"})
+                "ok": False, "error": why or "rmsctld's accounting worker ended during this "
+                                             "query (see rmsctld's log); try again"})
         self.failed_at = time.monotonic()
         try:
             worker.proc.kill()

@@ -136,6 +136,7 @@ def run(ctl, loop, signals, spool, conf_dir) -> None:
             last_check = now
             _guarded(ctl, ctl.check_nodes, now)
             _guarded(ctl, ctl.retention.tick, ctl, now)
+            ctl.acct.tick()
         if signals.reload:
             signals.reload = False
             reload(ctl, conf_dir)
