@@ -381,3 +381,36 @@ def test_a_daily_series_splits_a_run_at_midnight(tmp_path):
                         now=midnight + 2 * DAY)
     assert [(r["day"], r["gpu_hours"]) for r in rows] == [("2026-11-02", pytest.approx(4.0)),
                                                           ("2026-11-03", pytest.approx(8.0))]
+
+
+def test_the_fast_listing_writes_what_the_ordinary_one_does(tmp_path):
+    """rsacct -X -P of a million jobs has its lines built by SQLite (rmsbatch.acct.lines):
+    every field it offers must read exactly as the Python layout writes it."""
+    from rmsbatch.acct.lines import SQL_FIELDS
+    from rmsbatch.cli.arrayids import fold_pending
+    from rmsbatch.cli.jobfields import sacct_layout
+    from rmsbatch.ctld.spool import JOB_COLUMNS
+    now = 2_000_000.5
+    store = _store_with(tmp_path, [
+        dict(submit_time=10, start_time=100.7, end_time=3800.2, alloc_cpus=4, alloc_gpus=2,
+             exit_code=3, exit_signal=0, time_limit=3600, nodelist="gpu[01-02]", nodes=2,
+             tenant_path="nlp/nlp-translation", alloc_gpu_type="a100", restart_count=2),
+        dict(state="RUNNING", submit_time=10, start_time=now - 200_000.9, alloc_cpus=1,
+             time_limit=3 * DAY + 5, nodelist="gpu03"),
+        dict(state="CANCELLED", submit_time=10, end_time=20, exit_signal=15),
+        dict(state="PENDING", submit_time=10, name="o'neil|x", time_limit=0),
+        dict(submit_time=10, start_time=50, end_time=50, array_job_id=7, array_task_id=3,
+             alloc_cpus=0, uid=1234, exit_code=None),
+    ])
+    names = list(SQL_FIELDS)
+    fast, nxt, pending = store.lines_page({}, names, "|", True, now)
+    assert nxt is None and not pending
+    cur = store.db.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs ORDER BY id")
+    records = fold_pending([dict(zip(JOB_COLUMNS, r)) for r in cur])
+    slow = sacct_layout(",".join(names)).parsable(records, now, header=False,
+                                                  trailing=True).splitlines()
+    assert fast == slow
+    # a pending array task makes the client take the ordinary path, which folds it
+    store = _store_with(tmp_path / "b", [dict(state="PENDING", submit_time=1, array_job_id=1,
+                                              array_task_id=0)])
+    assert store.lines_page({}, ["JobID"], "|", False, now)[2] is True

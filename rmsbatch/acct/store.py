@@ -102,6 +102,32 @@ class Store:
             rows_last = row[0]
         return rows, None
 
+    def lines_page(self, filters: dict, names: list[str], sep: str, trailing: bool,
+                   now: float, after: int = 0, limit: int = PAGE_ROWS
+                   ) -> tuple[list[str], int | None, bool]:
+        """`rsacct -X -P` lines of these fields, built by SQLite (rmsbatch.acct.lines);
+        the id to continue after; and whether a pending array task is among them (the
+        client then lists on the ordinary path, which folds those)."""
+        from rmsbatch.acct import lines
+        if not lines.supported(names) or filters.get("nodes"):
+            raise StoreError("these fields cannot be listed on the fast path")
+        limit = max(1, min(int(limit), MAX_PAGE_ROWS))
+        where, args = job_filter(**filters)
+        where.append("id > ?")
+        args.append(after)
+        sql = (f"SELECT id, array_task_id IS NOT NULL AND state = 'PENDING', "
+               f"{lines.line_expression(names, trailing)} FROM "
+               f"(SELECT {', '.join(lines.inner_columns(names))}, {lines.ELAPSED} AS _elapsed "
+               "FROM jobs "
+               f"WHERE {' AND '.join(where)} ORDER BY id LIMIT {limit + 1})")
+        rows = self.db.execute(_numbered(sql, len(args)),
+                               {"now": now, "sep": sep,
+                                **{f"a{i}": a for i, a in enumerate(args)}}).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return ([r[2] for r in rows], rows[-1][0] if more else None,
+                any(r[1] for r in rows))
+
     def steps(self, job_ids: list[int], users: list[str] | None = None) -> list[dict]:
         """The steps of these jobs (of those among them that belong to `users`)."""
         if not self.has_steps:

@@ -65,6 +65,14 @@ def _query(op: str, fields: dict, me: str) -> dict:
                 filters[key] = fields[key]
         return {"kind": "jobs", "filters": filters, "columns": list(fields["fields"]),
                 "after": fields.get("after", 0), "limit": fields.get("limit", 20_000)}
+    if op == "acct_lines":
+        for key in ("start_after", "end_before"):
+            if fields.get(key) is not None:
+                filters[key] = fields[key]
+        return {"kind": "lines", "filters": filters, "show": list(fields["show"]),
+                "sep": fields.get("sep", "|"), "trailing": bool(fields.get("trailing")),
+                "now": time.time(), "after": fields.get("after", 0),
+                "limit": fields.get("limit", 20_000)}
     if op == "acct_steps":
         return {"kind": "steps", "job_ids": list(fields.get("job_ids") or [])}
     if op == "acct_report":
@@ -96,6 +104,22 @@ def pages(conn, op: str, **fields) -> tuple[list[str], list[list]]:
         rows.extend(reply["rows"])
         if reply.get("next") is None:
             return reply["columns"], rows
+        after = reply["next"]
+
+
+def fast_lines(conn, show: list[str], sep: str, trailing: bool, **filters) -> list[str] | None:
+    """The lines of a parsable listing built by the worker (rmsbatch.acct.lines); None
+    where a pending array task needs the ordinary path's folding."""
+    out: list[str] = []
+    after = 0
+    while True:
+        reply = conn.call("acct_lines", show=show, sep=sep, trailing=trailing, after=after,
+                          **filters)
+        if reply.get("pending_tasks"):
+            return None
+        out.extend(reply["lines"])
+        if reply.get("next") is None:
+            return out
         after = reply["next"]
 
 

@@ -266,6 +266,17 @@ class AcctJobs(AcctFilter):
     limit: Limit = 20_000
 
 
+class AcctLines(AcctFilter):
+    """rsacct -X -P: lines built by the accounting worker (rmsbatch.acct.lines)."""
+    show: Annotated[Names, Field(min_length=1, max_length=100)]    # sacct field names
+    sep: Annotated[str, Field(max_length=8)] = "|"
+    trailing: bool = False
+    start_after: Epoch | None = None
+    end_before: Epoch | None = None
+    after: Cursor = 0
+    limit: Limit = 20_000
+
+
 class AcctSteps(Request):
     job_ids: Annotated[Ids, Field(max_length=100_000)] = []
 

@@ -249,6 +249,13 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used itself (not its children)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def loadavg() -> tuple[float, float, float]:
     with open("/proc/loadavg") as fh:
         a, b, c = fh.read().split()[:3]

@@ -55,6 +55,21 @@ def acct_jobs(ctl, conn, req: requests.AcctJobs) -> dict | None:
                                "after": req.after, "limit": req.limit})
 
 
+@op("acct_lines", model=requests.AcctLines, role=USER)
+def acct_lines(ctl, conn, req: requests.AcctLines) -> dict | None:
+    from rmsbatch.acct import lines
+    if not lines.supported(list(req.show)) or req.nodes:
+        raise RequestError(f"these fields are not on the fast path: use acct_jobs "
+                           f"(fast: {', '.join(lines.SQL_FIELDS)})")
+    filters = _filters(ctl, conn, req, bool(req.ids or req.array_tasks))
+    for key in ("start_after", "end_before"):
+        if getattr(req, key) is not None:
+            filters[key] = getattr(req, key)
+    return ctl.acct.ask(conn, {"kind": "lines", "filters": filters, "show": list(req.show),
+                               "sep": req.sep, "trailing": req.trailing, "now": ctl.clock(),
+                               "after": req.after, "limit": req.limit})
+
+
 @op("acct_steps", model=requests.AcctSteps, role=USER)
 def acct_steps(ctl, conn, req: requests.AcctSteps) -> dict | None:
     query = {"kind": "steps", "job_ids": list(req.job_ids)}
