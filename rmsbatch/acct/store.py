@@ -116,10 +116,8 @@ class Store:
         where.append("id > ?")
         args.append(after)
         sql = (f"SELECT id, array_task_id IS NOT NULL AND state = 'PENDING', "
-               f"{lines.line_expression(names, trailing)} FROM "
-               f"(SELECT {', '.join(lines.inner_columns(names))}, {lines.ELAPSED} AS _elapsed "
-               "FROM jobs "
-               f"WHERE {' AND '.join(where)} ORDER BY id LIMIT {limit + 1})")
+               f"{lines.line_expression(names, trailing)} FROM jobs "
+               f"WHERE {' AND '.join(where)} ORDER BY id LIMIT {limit + 1}")
         rows = self.db.execute(_numbered(sql, len(args)),
                                {"now": now, "sep": sep,
                                 **{f"a{i}": a for i, a in enumerate(args)}}).fetchall()
