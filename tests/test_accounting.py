@@ -405,7 +405,7 @@ def test_the_fast_listing_writes_what_the_ordinary_one_does(tmp_path):
              alloc_cpus=0, uid=1234, exit_code=None),
     ])
     names = list(SQL_FIELDS)
-    fast, nxt, pending = store.lines_page({}, names, "|", True, now)
+    fast, nxt, pending, _ = store.lines_page({}, names, "|", True, now)
     assert nxt is None and not pending
     cur = store.db.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs ORDER BY id")
     records = fold_pending([dict(zip(JOB_COLUMNS, r)) for r in cur])

@@ -103,11 +103,12 @@ class Store:
         return rows, None
 
     def lines_page(self, filters: dict, names: list[str], sep: str, trailing: bool,
-                   now: float, after: int = 0, limit: int = PAGE_ROWS
-                   ) -> tuple[list[str], int | None, bool]:
-        """`rsacct -X -P` lines of these fields, built by SQLite (rmsbatch.acct.lines);
-        the id to continue after; and whether a pending array task is among them (the
-        client then lists on the ordinary path, which folds those)."""
+                   now: float, after: int = 0, limit: int = PAGE_ROWS,
+                   before: int | None = None) -> tuple[list[str], int | None, bool, int | None]:
+        """`rsacct -X -P` lines of these fields for ids in (after, before), built by
+        SQLite (rmsbatch.acct.lines); the id to continue after; whether a pending array
+        task is among them (the client then lists on the ordinary path, which folds
+        those); and the page's first id (where a client splits the range)."""
         from rmsbatch.acct import lines
         if not lines.supported(names) or filters.get("nodes"):
             raise StoreError("these fields cannot be listed on the fast path")
@@ -115,6 +116,9 @@ class Store:
         where, args = job_filter(**filters)
         where.append("id > ?")
         args.append(after)
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
         sql = (f"SELECT id, array_task_id IS NOT NULL AND state = 'PENDING', "
                f"{lines.line_expression(names, trailing)} FROM jobs "
                f"WHERE {' AND '.join(where)} ORDER BY id LIMIT {limit + 1}")
@@ -124,7 +128,10 @@ class Store:
         more = len(rows) > limit
         rows = rows[:limit]
         return ([r[2] for r in rows], rows[-1][0] if more else None,
-                any(r[1] for r in rows))
+                any(r[1] for r in rows), rows[0][0] if rows else None)
+
+    def max_id(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0]
 
     def steps(self, job_ids: list[int], users: list[str] | None = None) -> list[dict]:
         """The steps of these jobs (of those among them that belong to `users`)."""

@@ -33,10 +33,11 @@ def answer(store: Store, q: dict) -> dict:
                                     q.get("limit") or 20_000)
         return {"ok": True, "columns": q["columns"], "rows": rows, "next": nxt}
     if kind == "lines":
-        text, nxt, folded = store.lines_page(q["filters"], q["show"], q["sep"],
-                                             q["trailing"], q["now"], q.get("after", 0),
-                                             q.get("limit") or 20_000)
-        return {"ok": True, "lines": text, "next": nxt, "pending_tasks": folded}
+        text, nxt, folded, first = store.lines_page(
+            q["filters"], q["show"], q["sep"], q["trailing"], q["now"], q.get("after", 0),
+            q.get("limit") or 20_000, q.get("before"))
+        return {"ok": True, "lines": text, "next": nxt, "pending_tasks": folded,
+                "first_id": first, "max_id": store.max_id()}
     if kind == "steps":
         return {"ok": True, "steps": store.steps(q["job_ids"], q.get("users"))}
     if kind == "report":

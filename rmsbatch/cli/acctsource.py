@@ -72,7 +72,7 @@ def _query(op: str, fields: dict, me: str) -> dict:
         return {"kind": "lines", "filters": filters, "show": list(fields["show"]),
                 "sep": fields.get("sep", "|"), "trailing": bool(fields.get("trailing")),
                 "now": time.time(), "after": fields.get("after", 0),
-                "limit": fields.get("limit", 20_000)}
+                "before": fields.get("before"), "limit": fields.get("limit", 20_000)}
     if op == "acct_steps":
         return {"kind": "steps", "job_ids": list(fields.get("job_ids") or [])}
     if op == "acct_report":
@@ -107,20 +107,53 @@ def pages(conn, op: str, **fields) -> tuple[list[str], list[list]]:
         after = reply["next"]
 
 
-def fast_lines(conn, show: list[str], sep: str, trailing: bool, **filters) -> list[str] | None:
-    """The lines of a parsable listing built by the worker (rmsbatch.acct.lines); None
-    where a pending array task needs the ordinary path's folding."""
+def fast_lines(opener, show: list[str], sep: str, trailing: bool,
+               **filters) -> list[str] | None:
+    """The lines of a parsable listing built by the workers (rmsbatch.acct.lines); None
+    where a pending array task needs the ordinary path's folding.
+
+    The controller has two accounting workers and the machine more than one core: the
+    id range is read as two halves at once, each on a connection of its own (`opener()`
+    makes one), and the halves are joined in id order."""
+    with opener() as conn:         # where the matching ids start, and the last id
+        probe = conn.call("acct_lines", show=show, sep=sep, trailing=trailing, after=0,
+                          limit=1, **filters)
+    if probe.get("pending_tasks"):
+        return None
+    if probe.get("next") is None:
+        return probe["lines"]
+    low, top = probe["first_id"], probe["max_id"]
+    mid = low + (top - low) // 2
+    halves: list = [None, None]
+
+    def read(k: int, after: int, before: int | None) -> None:
+        halves[k] = _stream(opener, show, sep, trailing, filters, after, before)
+    import threading
+    other = threading.Thread(target=read, args=(1, mid, None))
+    other.start()
+    try:
+        read(0, low - 1, mid + 1)
+    finally:
+        other.join()
+    if halves[0] is None or halves[1] is None:
+        return None
+    return halves[0] + halves[1]
+
+
+def _stream(opener, show, sep, trailing, filters, after: int, before: int | None):
+    """Every page of lines with ids in (after, before), or None (a pending task)."""
     out: list[str] = []
-    after = 0
-    while True:
-        reply = conn.call("acct_lines", show=show, sep=sep, trailing=trailing, after=after,
-                          **filters)
-        if reply.get("pending_tasks"):
-            return None
-        out.extend(reply["lines"])
-        if reply.get("next") is None:
-            return out
-        after = reply["next"]
+    with opener() as conn:
+        while True:
+            reply = conn.call("acct_lines", show=show, sep=sep, trailing=trailing,
+                              after=after, **({"before": before} if before else {}),
+                              **filters)
+            if reply.get("pending_tasks"):
+                return None
+            out.extend(reply["lines"])
+            if reply.get("next") is None:
+                return out
+            after = reply["next"]
 
 
 def job_records(conn, fields: list[str], **filters) -> list[dict]:

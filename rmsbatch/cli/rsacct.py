@@ -231,11 +231,11 @@ def body(argv: list[str]) -> int:
         return 0
     fields = request(args)
     if _fast(args):
-        with acctsource.open_source(args.archive) as conn:
-            sep = "|"
-            lines = acctsource.fast_lines(conn, [c.name for c in args.layout.columns], sep,
-                                          args.parsable, **{k: v for k, v in fields.items()
-                                                           if k != "all_users" or v})
+        sep = "|"
+        lines = acctsource.fast_lines(lambda: acctsource.open_source(args.archive),
+                                      [c.name for c in args.layout.columns], sep,
+                                      args.parsable, **{k: v for k, v in fields.items()
+                                                       if k != "all_users" or v})
         if lines is not None:
             if not args.noheader:
                 end = sep if args.parsable else ""

@@ -274,6 +274,7 @@ class AcctLines(AcctFilter):
     start_after: Epoch | None = None
     end_before: Epoch | None = None
     after: Cursor = 0
+    before: Cursor | None = None        # ids below this only (a client reading halves)
     limit: Limit = 20_000
 
 

@@ -67,7 +67,8 @@ def acct_lines(ctl, conn, req: requests.AcctLines) -> dict | None:
             filters[key] = getattr(req, key)
     return ctl.acct.ask(conn, {"kind": "lines", "filters": filters, "show": list(req.show),
                                "sep": req.sep, "trailing": req.trailing, "now": ctl.clock(),
-                               "after": req.after, "limit": req.limit})
+                               "after": req.after, "before": req.before,
+                               "limit": req.limit})
 
 
 @op("acct_steps", model=requests.AcctSteps, role=USER)
