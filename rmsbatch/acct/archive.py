@@ -17,9 +17,9 @@ import os
 import time
 
 from rmsbatch.acct.store import STEP_COLUMNS, Store
+from rmsbatch.core import states
 
-FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-            "PREEMPTED")
+FINISHED = tuple(sorted(s.value for s in states.FINISHED))
 BATCH = 5000
 
 

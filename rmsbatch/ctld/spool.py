@@ -18,7 +18,7 @@ import os
 import sqlite3
 from contextlib import contextmanager
 
-from rmsbatch.core.states import TRANSITIONS, JobState
+from rmsbatch.core.states import ACTIVE, TRANSITIONS, JobState
 
 log = logging.getLogger("rmsbatch.spool")
 
@@ -538,14 +538,15 @@ class Spool:
         """Delete these archived jobs (their payloads and steps go with them): only
         finished ones that ended before `before`, and never a payload that an active
         task of the same array still runs from."""
+        active = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE, key=lambda s: s.value))
         done = 0
         for k in range(0, len(ids), 500):
             chunk = ids[k:k + 500]
             cur = self.db.execute(
                 f"DELETE FROM jobs WHERE id IN ({', '.join('?' * len(chunk))}) "
-                "AND end_time < ? AND state NOT IN ('PENDING', 'RUNNING', 'COMPLETING') "
+                f"AND end_time < ? AND state NOT IN ({active}) "
                 "AND id NOT IN (SELECT payload_id FROM jobs WHERE payload_id IS NOT NULL "
-                "AND state IN ('PENDING', 'RUNNING', 'COMPLETING'))", (*chunk, before))
+                f"AND state IN ({active}))", (*chunk, before))
             done += cur.rowcount
         return done
 
