@@ -97,12 +97,29 @@ def test_defaults_are_not_zero():
 
 def test_an_operators_priority_is_kept():
     j = job(1)
-    j.priority = 7                  # not what admission stores for it: set by an operator
+    j.priority = j.pinned = 7       # rcontrol update job 1 Priority=7
     priority.assign([j], DAY, ctx())
     assert j.priority == 7 and j.factors["pinned"] == 7
     priority.assign([j], 5 * DAY, ctx())    # later passes keep it
     assert j.priority == 7
     assert priority.explain(j, DAY, ctx())["pinned"]
+
+
+def test_a_pin_is_the_stored_flag_not_a_guess_from_the_stored_priority():
+    """A QoS whose priority the configuration changed leaves its jobs' stored priority
+    behind: they still follow their factors. A pin at exactly what admission stores
+    (QoS + partition priority - nice) is still a pin."""
+    stale = job(1, qos="high")
+    stale.priority = 123                     # stored under an older qos.toml
+    pin = job(2, qos="high")
+    pin.pinned = pin.priority                # what admission stored, pinned by an operator
+    priority.assign([stale, pin], DAY, ctx())
+    assert stale.factors["pinned"] is None
+    assert stale.priority == prio(job(3, qos="high"), DAY)
+    assert pin.priority == QOS["high"] and pin.factors["pinned"] == QOS["high"]
+    assert not priority.explain(stale, DAY, ctx())["pinned"]
+    shown = priority.explain(pin, DAY, ctx())
+    assert shown["pinned"] and shown["priority"] == QOS["high"]
 
 
 def test_priorities_order_the_scheduling_pass():

@@ -6,8 +6,9 @@ line turned into the fields of one "update_job" request.
 
 Keys are case-insensitive; values as scontrol takes them (times as rsub --time:
 `30`, `1:00:00`, `2-00:00:00`, `UNLIMITED`; `+30` or `-1:00:00` changes the limit
-the job has). Which changes a user may make is the
-controller's to say (rmsbatch.ctld.ops.control).
+the job has; `Priority=N` pins the priority at N, `Priority=reset` returns it to its
+factors). Which changes a user may make is the controller's to say
+(rmsbatch.ctld.ops.control).
 """
 from __future__ import annotations
 
@@ -83,10 +84,13 @@ def _value(field: str, key: str, value: str):
             return parse_time(value)
         except UnitError as exc:
             raise ValueError(f"{key}={value}: {exc}") from None
+    if field == "priority" and value.lower() == "reset":
+        return "reset"          # unpinned: the job follows its factors again
     if field in ("priority", "nice"):
         text = value[1:] if value[:1] in "+-" and field == "nice" else value
         if not text.isascii() or not text.isdigit() or len(text) > 9:
-            what = "a whole number of 0 or more" if field == "priority" else "a whole number"
+            what = ("a whole number of 0 or more, or reset" if field == "priority"
+                    else "a whole number")
             raise ValueError(f"{key}={value}: must be {what}")
         return int(value)
     if not value or any(c.isspace() for c in value):

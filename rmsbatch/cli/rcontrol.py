@@ -44,6 +44,8 @@ EXAMPLES = """
   rcontrol hold 42 && rcontrol release 42
   rcontrol requeue 42                   stop job 42 and queue it again (same id)
   rcontrol update JobId=42 TimeLimit=30 lower a job's time limit to 30 minutes
+  rcontrol update job 42 Priority=5000  pin job 42's priority (operators; Priority=reset
+                                        returns it to its factors)
   rcontrol create reservation ReservationName=maint StartTime=now Duration=2:00:00 \
            Nodes=gpu01 Users=alice Flags=MAINT      keep gpu01 for alice for two hours
   rcontrol show reservation             every reservation (rinfo -T: one line each)
@@ -136,7 +138,8 @@ def build_parser() -> CommandParser:
 
     update = sub.add_parser("update", version=False,
                             help="NodeName=X State=DRAIN|RESUME [Reason=TEXT], or JobId=ID "
-                                 "TimeLimit=T Partition=P QOS=Q Account=A Priority=N Nice=N, "
+                                 "TimeLimit=T Partition=P QOS=Q Account=A Priority=N|reset "
+                                 "Nice=N, "
                                  "or reservation ReservationName=NAME KEY=VALUE...")
     update.add_argument("settings", nargs="+", metavar="KEY=VALUE")
 

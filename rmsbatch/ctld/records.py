@@ -6,9 +6,11 @@ import json
 from rmsbatch.ctld.spool import JOB_COLUMNS
 from rmsbatch.sched.placement import NodeAlloc
 
-# Spool columns that stay inside the controller.
+# Spool columns that stay inside the controller. (Whether an operator pinned a pending
+# job's priority reaches clients through the "priorities" op, as its "pinned".)
 HIDDEN = ("alloc", "launched", "cancel_requested", "gid", "mem_whole_node", "gpus_per_node",
-          "constraint_expr", "payload_id", "preempt_until", "preempt_for", "preempt_mode")
+          "constraint_expr", "payload_id", "preempt_until", "preempt_for", "preempt_mode",
+          "priority_pinned")
 
 # Record fields a listing may ask for by name (stored as they are shown).
 PROJECTABLE = frozenset(c for c in JOB_COLUMNS if c not in HIDDEN

@@ -7,7 +7,7 @@ rejection, not an overflow inside SQLite.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -104,7 +104,8 @@ class UpdateJob(Request):
     partition: Name | None = None
     qos: Name | None = None
     account: Name | None = None
-    priority: Annotated[int, Field(strict=True, ge=0, le=1 << 31)] | None = None
+    # a number pins the job's priority there; "reset" returns it to its factors
+    priority: Annotated[int, Field(strict=True, ge=0, le=1 << 31)] | Literal["reset"] | None = None
     nice: Annotated[int, Field(strict=True, ge=-10000, le=10000)] | None = None
 
 

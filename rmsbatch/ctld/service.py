@@ -35,7 +35,7 @@ from rmsbatch.ctld.preemption import Preemptions
 from rmsbatch.ctld.nodestate import NOT_RESPONDING, NodeStatus, devices_of, view_of
 from rmsbatch.ctld.passstats import PassStats
 from rmsbatch.ctld.ops import NODE, OPERATOR, OPS
-from rmsbatch.ctld import audit
+from rmsbatch.ctld import audit, pins
 from rmsbatch.ctld.acctlink import AcctLink
 from rmsbatch.ctld.budgets import Budgets
 from rmsbatch.ctld.retention import Retention
@@ -108,6 +108,7 @@ class Controller:
         self.limit_charges = RunningCharges()   # what running jobs hold against limits
         self.preemptions = Preemptions()        # victims on their way out
         self.idle_gpus = IdleGpus()             # jobs whose GPUs sit unused
+        pins.settle(spool, config)      # before the jobs are read: a migrated spool's pins
         self.rebuild()
 
     # -- the outbox -------------------------------------------------------------

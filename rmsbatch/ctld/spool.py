@@ -165,7 +165,25 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_time ON audit(time);
     """,
+    # 8: whether an operator pinned the job's priority (rcontrol update job ID Priority=N;
+    # `priority` then holds the pinned value). A flag beside `priority`, not a nullable
+    # pinned value in a column of its own: `priority` keeps meaning "the priority as
+    # stored", which listings, accounting and preemption already read. 0: it follows the
+    # multifactor priority; 1: pinned. Before this schema a pin was only guessed (a stored
+    # priority other than QoS + partition priority - nice). That guess needs the
+    # configuration, which a migration does not have, so the active jobs of an older spool
+    # are marked -1 ("not known yet") and the controller applies the guess to them once,
+    # at its next start, with the configuration they were stored under
+    # (rmsbatch.ctld.pins), and writes 0 or 1. Jobs that had ended get 0: a pin matters
+    # only while a job waits, and one requeued later follows its factors.
+    """
+    ALTER TABLE jobs ADD COLUMN priority_pinned INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET priority_pinned = -1 WHERE state IN ('PENDING', 'RUNNING', 'COMPLETING');
+    """,
 ]
+
+# jobs.priority_pinned of a job from before schema 8 whose pin is not judged yet
+PIN_UNKNOWN = -1
 
 # Columns returned in job records; payloads (script, env) are read separately.
 JOB_COLUMNS = (
@@ -184,6 +202,7 @@ JOB_COLUMNS = (
     "hint", "gpu_bind", "wait_all_nodes", "site_options",
     "preempt_until", "preempt_for", "preempt_mode",
     "billing", "alloc_mem_mb", "alloc_gpu_type", "tenant_path", "gpu_idle_s", "idle_since",
+    "priority_pinned",
 )
 _SELECT = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
 
@@ -454,17 +473,32 @@ class Spool:
         return self.jobs(states=[JobState.PENDING.value, JobState.RUNNING.value,
                                  JobState.COMPLETING.value])
 
+    def unjudged_pins(self) -> list[dict]:
+        """Active jobs from before schema 8 whose pin is not known yet (PIN_UNKNOWN):
+        id, priority, qos, partition, nice. Through the state index: a spool's active
+        jobs are few beside its finished ones."""
+        marks = ", ".join("?" * len(ACTIVE))
+        cur = self.db.execute(
+            f"SELECT id, priority, qos, partition, nice FROM jobs WHERE state IN ({marks}) "
+            "AND priority_pinned = ?", (*(s.value for s in ACTIVE), PIN_UNKNOWN))
+        return [dict(zip(("id", "priority", "qos", "partition", "nice"), r)) for r in cur]
+
+    def set_pins(self, pinned: dict[int, bool]) -> None:
+        """Jobs' priority_pinned, by id."""
+        self.db.executemany("UPDATE jobs SET priority_pinned = ? WHERE id = ?",
+                            [(int(p), i) for i, p in pinned.items()])
+
     # -- fair-share usage (rmsbatch.ctld.usage) ------------------------------------
     USAGE_COLUMNS = ("id", "account", "user", "start_time", "end_time", "alloc_cpus",
-                     "alloc_gpus", "req_mem_mb", "nodes", "gpu_type", "qos", "alloc")
+                     "alloc_gpus", "req_mem_mb", "nodes", "gpu_type", "qos", "billing",
+                     "alloc")
 
     def usage_rows(self, ended_since: float | None = None, ids=None) -> list[tuple]:
         """USAGE_COLUMNS of the runs that ended since then (through the end_time index,
         not a scan of every job ever run), or of these jobs; the allocation only where
         the rest does not say the memory or the GPU type (JSON is slow to read)."""
         cols = ", ".join(self.USAGE_COLUMNS[:-1]) + (
-            ", CASE WHEN req_mem_mb = 0 OR (alloc_gpus > 0 AND gpu_type IS NULL) "
-            "THEN alloc END")
+            f", CASE WHEN {self._SPARSE} THEN alloc END")
         if ids is not None:
             ids = list(ids)
             out = []
@@ -477,6 +511,66 @@ class Spool:
         return self.db.execute(
             f"SELECT {cols} FROM jobs WHERE end_time >= ? AND start_time IS NOT NULL",
             (ended_since if ended_since is not None else float("-inf"),)).fetchall()
+
+    def usage_sums(self, ended_since: float | None, at: float, half_life: float,
+                   prices: dict) -> tuple[list[tuple], list[int]]:
+        """(account, user, decayed usage) of the runs that ended since then, summed by
+        SQLite: at a restart with a million finished jobs, fetching every row into
+        Python took most of the start (25 s). `prices`: "cpu", "mem_gib", "gpu" (any
+        type not in "gpu_types"), "gpu_types" {lower-case type: price}, "qos_factor"
+        {qos: factor}. The same sums as rmsbatch.sched.fairshare.decayed over
+        usage_rows(). Also the ids of the runs whose price needs their allocation (see
+        _SPARSE), left to usage_rows(ids=...)."""
+        self._need_pow()
+        args: list = [prices["cpu"], prices["mem_gib"]]
+        gpu = "?"
+        if prices["gpu_types"]:
+            whens = " ".join("WHEN ? THEN ?" for _ in prices["gpu_types"])
+            gpu = f"CASE lower(gpu_type) {whens} ELSE ? END"
+            for name, price in prices["gpu_types"].items():
+                args += [name, price]
+        args.append(prices["gpu"])
+        factor = "1.0"
+        if prices["qos_factor"]:
+            whens = " ".join("WHEN ? THEN ?" for _ in prices["qos_factor"])
+            factor = f"CASE qos {whens} ELSE 1.0 END"
+            for name, value in prices["qos_factor"].items():
+                args += [name, value]
+        rate = (f"(COALESCE(billing, ? * alloc_cpus + ? * req_mem_mb * nodes / "
+                f"1024.0 + alloc_gpus * {gpu}) * {factor})")
+        if half_life > 0:
+            weight = "(? / ln(2.0) * (pow(2.0, (end_time - ?) / ?) - pow(2.0, (start_time - ?) / ?)))"
+            args += [half_life, at, half_life, at, half_life]
+        else:
+            weight = "(end_time - start_time)"
+        args.append(ended_since if ended_since is not None else float("-inf"))
+        # one scan: the runs priced here summed per (account, user), the others one
+        # row each, by id, for usage_rows(ids=...)
+        sums, sparse = [], []
+        for account, user, used, sparse_id in self.db.execute(
+                f"SELECT account, user, SUM(CASE WHEN {self._SPARSE} THEN 0.0 ELSE "
+                f"{rate} * {weight} END), CASE WHEN {self._SPARSE} THEN id END AS sid "
+                "FROM jobs WHERE end_time >= ? AND start_time IS NOT NULL "
+                "AND end_time > start_time GROUP BY account, user, sid", args):
+            if sparse_id is None:
+                sums.append((account, user, used))
+            else:
+                sparse.append(sparse_id)
+        return sums, sparse
+
+    # runs whose price needs their allocation's JSON: charged before the billing column
+    # (spool migration 7), with no memory asked or GPUs of no stated type
+    _SPARSE = "billing IS NULL AND (req_mem_mb = 0 OR (alloc_gpus > 0 AND gpu_type IS NULL))"
+
+    def _need_pow(self) -> None:
+        """SQLite's math functions are a build option: where they are missing, Python's
+        stand in (slower, same values)."""
+        try:
+            self.db.execute("SELECT pow(2.0, 0.5), ln(2.0)").fetchone()
+        except sqlite3.OperationalError:
+            import math
+            self.db.create_function("pow", 2, math.pow, deterministic=True)
+            self.db.create_function("ln", 1, math.log, deterministic=True)
 
     # -- nodes ----------------------------------------------------------------
     def nodes(self) -> dict[str, dict]:

@@ -111,6 +111,8 @@ def pending_from_row(row: dict, cfg, every: tuple | None = None) -> PendingJob:
                      request, row["hold"])
     job.time_limit = row["time_limit"] or 0
     job.account, job.qos, job.nice = row["account"], row["qos"], row["nice"] or 0
+    # as stored (rmsbatch.ctld.spool, schema 8): 1 when an operator pinned `priority`
+    job.pinned = row["priority"] if row.get("priority_pinned") == 1 else None
     job.licenses = json.loads(row.get("licenses") or "{}")
     job.license_totals = dict(cfg.cluster.licenses)
     job.reservation = row.get("reservation")

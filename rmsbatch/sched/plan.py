@@ -70,6 +70,7 @@ class PendingJob:
     qos: str = ""
     nice: int = 0
     factors: dict | None = None     # rmsbatch.sched.priority: what `priority` is made of
+    pinned: int | None = None       # the priority an operator pinned it at; None: factors
 
 
 @dataclass

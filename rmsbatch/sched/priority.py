@@ -15,9 +15,11 @@ of the job's share of the cluster's CPUs and of its GPUs: big jobs first by defa
 since small ones fit in the gaps around them (`favor_small` turns it round). Nice is
 subtracted as it is, as Slurm does. The result is an int; higher starts first.
 
-An operator's `rcontrol update job Priority=N` pins the job at N (as Slurm does): a
-job whose stored priority is not what admission stores (QoS + partition priority -
-nice) keeps its stored value and is not recomputed.
+An operator's `rcontrol update job Priority=N` pins the job at N (as Slurm does): the
+controller stores that it is pinned (the spool's `priority_pinned`) and gives the job
+its `pinned` value, which it keeps instead of being recomputed. It is never guessed
+from the stored priority: a QoS or partition whose priority the configuration changed
+would look pinned, and a pin at exactly what admission stores would look unpinned.
 
 Pure: `now` is an argument; no clock, no I/O.
 """
@@ -76,12 +78,6 @@ def scale(priorities: dict[str, int]) -> dict[str, float]:
     return {name: (p - low) / (high - low) for name, p in priorities.items()}
 
 
-def admitted(job, ctx: Context) -> int:
-    """What admission stores as the job's priority (rmsbatch.sched.admission)."""
-    return (ctx.qos_priority.get(job.qos, 0) + ctx.partition_priority.get(job.partition, 0)
-            - job.nice)
-
-
 def size_share(request, ctx: Context) -> float:
     """The larger of the job's share of the cluster's CPUs and of its GPUs."""
     cpus = request.nodes * request.cpus
@@ -115,12 +111,9 @@ def total(f: dict[str, float], w: Weights, nice: int) -> int:
     return sum(weighted(f, w).values()) - nice
 
 
-def pinned(job, ctx: Context) -> int | None:
-    """The priority an operator set for the job, or None when it follows the factors.
-    Judged once, from the stored priority the job came with."""
-    if job.factors is not None:
-        return job.factors.get("pinned")
-    return job.priority if job.priority != admitted(job, ctx) else None
+def pinned(job) -> int | None:
+    """The priority an operator set for the job, or None when it follows the factors."""
+    return job.pinned
 
 
 def assign(jobs, now: float, ctx: Context, only_new: bool = False) -> int:
@@ -135,13 +128,9 @@ def assign(jobs, now: float, ctx: Context, only_new: bool = False) -> int:
     cpus, gpus = ctx.cpus, ctx.gpus
     done = 0
     for job in jobs:
-        f = job.factors
-        if f is not None:
-            if only_new:
-                continue
-            pin = f["pinned"]
-        else:
-            pin = pinned(job, ctx)
+        if only_new and job.factors is not None:
+            continue
+        pin = job.pinned
         since = job.submit_time
         if job.begin_time is not None and job.begin_time > since:
             since = job.begin_time
@@ -168,7 +157,7 @@ def explain(job, now: float, ctx: Context) -> dict:
     """A job's priority as `rq --priority` and `rcontrol show job` show it: the total,
     each factor (0..1) and what it adds, and whether an operator pinned it."""
     f = factors(job, now, ctx)
-    pin = pinned(job, ctx)
+    pin = pinned(job)
     parts = weighted(f, ctx.weights)
     return {"priority": pin if pin is not None else sum(parts.values()) - job.nice,
             "factors": {k: round(f[k], 6) for k in NAMES}, "weighted": parts,

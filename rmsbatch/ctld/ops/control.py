@@ -13,6 +13,12 @@ owner may only ask for less: a lower time limit, a higher nice value; raising th
 time limit and changing partition, QoS, account or priority is for operators.
 A running job's new time limit is sent to its node, whose rmsd passes it to the
 run's supervisor.
+
+Priority=N pins the job's priority at N, and the spool records that it is pinned
+(`priority_pinned`), so that the scheduler keeps N across restarts and configuration
+changes; Priority=reset returns the job to its multifactor priority. A new nice
+value, QoS or partition leaves a pinned job's priority as it is (as Slurm recomputes
+only priorities it manages) and gives any other job admission's value for it.
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ KEYS = {"time_limit": "TimeLimit", "partition": "Partition", "qos": "QOS",
         "account": "Account", "priority": "Priority", "nice": "Nice"}
 OPERATOR_ONLY = ("partition", "qos", "account", "priority")
 PENDING_ONLY = ("partition", "qos", "account")
+RESET = "reset"         # Priority=reset: unpinned, the job follows its factors again
 
 
 def _limit(seconds: int) -> str:
@@ -174,6 +181,18 @@ def _check_user_may(job_id: int, row: dict, changes: dict) -> None:
                            f"nice value (it is {row['nice']}): give Nice={row['nice']} or more")
 
 
+def _priority_fields(row: dict, changes: dict, admitted: int) -> dict:
+    """The stored priority, and whether it is pinned, after these changes; `admitted`:
+    what admission stores for the job as changed."""
+    if "priority" in changes:
+        if changes["priority"] == RESET:
+            return {"priority": admitted, "priority_pinned": 0}
+        return {"priority": changes["priority"], "priority_pinned": 1}
+    if row["priority_pinned"] != 1 and any(k in changes for k in ("partition", "qos", "nice")):
+        return {"priority": admitted}
+    return {}
+
+
 def _update_one(ctl, row: dict, changes: dict, caller: str) -> None:
     job_id = row["id"]
     spec = JobSpec.from_dict(ctl.spool.job_spec(job_id))
@@ -192,10 +211,7 @@ def _update_one(ctl, row: dict, changes: dict, caller: str) -> None:
     if "account" in changes:
         from rmsbatch.ctld.ops.jobs import tenant_path
         fields["tenant_path"] = tenant_path(ctl.config, admitted["account"])
-    if "priority" in changes:
-        fields["priority"] = changes["priority"]
-    elif any(k in changes for k in ("partition", "qos", "nice")):
-        fields["priority"] = admitted["priority"]
+    fields.update(_priority_fields(row, changes, admitted["priority"]))
     ctl.spool.update_job(job_id, **fields)
     ctl.changes += 1
     state = JobState(row["state"])
