@@ -165,7 +165,56 @@ def test_a_qos_usage_factor_scales_what_its_jobs_are_billed(tmp_path):
         (tmp_path / name).mkdir()
     full = _controller(tmp_path / "full", clock)
     half = _controller(tmp_path / "half", clock, QOS + "usage_factor = 0.5\n")
-    row = (1, "heavy", "root", 0.0, 600.0, 1, 4, 1024, 1, "h100", "normal", None)
+    row = (1, "heavy", "root", 0.0, 600.0, 1, 4, 1024, 1, "h100", "normal", None, None)
     assert half.usage.rate(row) == pytest.approx(full.usage.rate(row) / 2)
     free = _controller(tmp_path / "free", clock, QOS + "usage_factor = 0\n")
     assert free.usage.rate(row) == 0
+
+
+def test_usage_rebuilt_at_start_is_the_sum_of_every_runs_own_charge(tmp_path):
+    """At a restart the finished runs' usage is summed by SQLite (a million rows would
+    take most of a minute in Python): each kind of run (charged at start, priced by its
+    GPU type, by its allocation, under a QoS usage factor, ended before it started)
+    adds exactly what the per-run path adds when a run ends."""
+    import sqlite3
+
+    from rmsbatch.sched import fairshare
+    clock = Clock()
+    clock.now = 1_000_000.0
+    qos = QOS + 'usage_factor = 0.5\n[[qos]]\nname = "free"\nusage_factor = 0\n'
+    first = _controller(tmp_path, clock, qos)
+    db = sqlite3.connect(first.spool.path)
+    alloc = json.dumps({"g1": {"cpus": 2, "gpus": [0, 1], "mem_mb": 2048}})
+    rows = [  # account, user, qos, cpus, gpus, mem, gpu_type, billing, alloc, start, end
+        ("heavy", "ann", "normal", 1, 4, 1024, "h100", None, None, -7200, -3600),
+        ("heavy", "ann", "normal", 8, 0, 4096, None, 3.5, None, -900, -60),
+        ("heavy", "bob", "free", 1, 1, 1024, "H100", None, None, -600, -10),
+        ("light", "ann", "normal", 2, 2, 0, None, None, alloc, -5000, -100),
+        ("light", "ann", "normal", 2, 2, 1024, None, None, alloc, -3000, -2000),
+        ("light", "cy", "normal", 1, 1, 1024, "a100", None, None, -400, -400),
+        ("light", "cy", "normal", 1, 0, 512, None, None, None, -10**6, -10**6 + 5),
+    ]
+    for n, (account, user, q, cpus, gpus, mem, gtype, billing, al, start, end) in \
+            enumerate(rows, 1):
+        db.execute("INSERT INTO jobs (id, name, user, uid, gid, account, partition, qos, "
+                   "state, submit_time, start_time, end_time, nodes, ntasks, cpus_per_task, "
+                   "req_cpus, req_mem_mb, req_gpus, gpu_type, alloc_cpus, alloc_gpus, "
+                   "billing, alloc, nodelist) VALUES (?, 'r', ?, 0, 0, ?, 'gpu', ?, "
+                   "'COMPLETED', ?, ?, ?, 1, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'g1')",
+                   (n, user, account, q, clock.now + start, clock.now + start,
+                    clock.now + end, cpus, cpus, mem, gpus, gtype, cpus, gpus, billing, al))
+    db.commit()
+    db.close()
+    again = controller_on_spool(tmp_path, clock=clock)     # rmsctld restarted
+    want: dict = {}
+    for row in again.spool.usage_rows(ids=range(1, len(rows) + 1)):
+        used = fairshare.decayed(again.usage.rate(row), row[3], row[4], clock.now, 3600.0)
+        want[(row[1], row[2])] = want.get((row[1], row[2]), 0.0) + used
+    assert want[("heavy", "bob")] == 0                   # a free QoS
+    assert want[("light", "ann")] > 0                    # priced from its allocation
+    got = again.usage.done
+    assert set(got) <= set(want)
+    # cy ran nothing that counts: no time, or 30 half-lives ago and more (forgotten)
+    assert got.get(("light", "cy"), 0.0) == pytest.approx(0.0, abs=1e-9)
+    for key, value in want.items():
+        assert got.get(key, 0.0) == pytest.approx(value, rel=1e-9, abs=1e-9), key

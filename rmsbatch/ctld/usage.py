@@ -8,7 +8,7 @@ reference time, scaled down when that time moves on (at most once a minute), and
 running jobs add what they have used so far whenever the factors are refreshed.
 
 Built when the controller starts (and on reconfigure) from the spool's runs that ended
-within 30 half-lives (older ones weigh less than a billionth), through the end-time
+within 30 half-lives (older ones weigh less than a billionth), summed by SQLite (see spool.usage_sums), through the end-time
 index; after that each run is added once, when it ends (`ended`). A pass's priorities
 (`prioritize`) are all recomputed when usage changed or a minute has passed, so age
 grows and decay shows; in between only new pending jobs get theirs.
@@ -45,16 +45,29 @@ class Usage:
                            for name, nd in config.nodes.items()}
         self._usage_factor = {q.name: q.usage_factor for q in config.qos.qos}
         since = now - HORIZON * self.half_life if self.half_life > 0 else None
-        rows = spool.usage_rows(ended_since=since)
-        for row in rows:
+        sums, sparse = spool.usage_sums(since, now, self.half_life, self._prices())
+        for account, user, used in sums:
+            self.done[(account, user)] = self.done.get((account, user), 0.0) + used
+        for row in spool.usage_rows(ids=sparse) if sparse else ():
             self._add(row[1], row[2], self.rate(row), row[3], row[4])
-        log.info("fair-share usage of %d run(s) loaded (half-life %.0f s)", len(rows),
-                 self.half_life)
+        log.info("fair-share usage loaded for %d user(s) of accounts (half-life %.0f s)",
+                 len(self.done), self.half_life)
+
+    def _prices(self) -> dict:
+        """What `rate` charges, for the spool to sum in SQL."""
+        sec = self.config.cluster.priority
+        return {"cpu": sec.billing_cpu, "mem_gib": sec.billing_mem_gib,
+                "gpu": sec.billing_gpu,
+                "gpu_types": {k.lower(): v for k, v in sec.billing_gpu_types.items()},
+                "qos_factor": dict(self._usage_factor)}
 
     # -- billing and decay ---------------------------------------------------------
     def rate(self, row: tuple) -> float:
-        """Billing units per second of a run (a spool.USAGE_COLUMNS row)."""
-        _, _, _, _, _, cpus, gpus, mem_mb, nodes, gpu_type, qos, alloc = row
+        """Billing units per second of a run (a spool.USAGE_COLUMNS row): as charged at
+        its start where that was recorded, else priced now."""
+        _, _, _, _, _, cpus, gpus, mem_mb, nodes, gpu_type, qos, billing, alloc = row
+        if billing is not None:
+            return billing * self._usage_factor.get(qos, 1.0)
         allocs = json.loads(alloc) if alloc else {}
         mem = mem_mb * nodes if mem_mb else sum(a.get("mem_mb", 0) for a in allocs.values())
         types: list = []
