@@ -284,6 +284,25 @@ def test_bad_workdir(world):
     assert res["reason"].startswith(f"cannot chdir to {world / 'nope'}: ")
 
 
+def test_the_job_starts_with_default_signals_whatever_its_supervisor_had(world):
+    """Signals the supervisor catches (SIGTERM, SIGCHLD), Python ignores (SIGPIPE) and
+    its own parent ignored (SIGHUP, SIGUSR2, as a nohup'ed rmsd would pass on) are all
+    back to their defaults in the job, and none is blocked."""
+    out = world / "sigs.txt"
+    jobdir = make_job(world, f"grep -E '^Sig(Ign|Blk)' /proc/self/status > {out}")
+
+    def ignore_some():
+        for sig in (signal.SIGHUP, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_IGN)
+    proc = subprocess.Popen([sys.executable, "-m", "rmsbatch.node.supervisor", str(jobdir)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=ignore_some)
+    assert finish(proc, jobdir)["state"] == "COMPLETED"
+    masks = dict(line.split(":") for line in out.read_text().split("\n") if line)
+    assert {k: int(v, 16) for k, v in masks.items()} == {"SigIgn": 0, "SigBlk": 0}
+
+
 def test_script_not_executable(world):
     jobdir = make_job(world, "echo never")
     (world / "script.sh").chmod(0o644)

@@ -302,21 +302,25 @@ def load_and_attach(cgroup_dir: str, rules: Iterable[DeviceRule],
 
 
 def write_v1(devices_dir: str, rules: Iterable[DeviceRule]) -> None:
-    """Append the rules to a v1 devices cgroup's devices.deny (one write each)."""
+    """Append the rules to a v1 devices cgroup's devices.deny: one write(2) each (the
+    kernel parses each write as one rule), through one descriptor."""
     path = os.path.join(devices_dir, "devices.deny")
-    for rule in rules:
-        for line in rule.v1_lines():
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            except OSError as e:
-                raise DeviceFilterError(e.errno, f"cannot open {path}: {e.strerror}") from e
+    lines = [line for rule in rules for line in rule.v1_lines()]
+    if not lines:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise DeviceFilterError(e.errno, f"cannot open {path}: {e.strerror}") from e
+    try:
+        for line in lines:
             try:
                 os.write(fd, line.encode())
             except OSError as e:
                 raise DeviceFilterError(e.errno, f"writing {line!r} to {path}: "
                                         f"{e.strerror}") from e
-            finally:
-                os.close(fd)
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------

@@ -32,6 +32,18 @@ import signal
 
 log = logging.getLogger("rmsbatch.isolation")
 
+
+# A supervisor process serves many runs in turn (rmsbatch.node.spawner): the host's
+# cgroup mounts are read once per process, not once per run (some 20 files).
+_LAYOUTS: dict = {}
+
+
+def _layout(root: str):
+    from rmsbatch.node import cgroup
+    if root not in _LAYOUTS:
+        _LAYOUTS[root] = cgroup.detect(root)
+    return _LAYOUTS[root]
+
 MiB = 1024 * 1024
 BASE = "rmsbatch"
 
@@ -83,7 +95,7 @@ class Isolation:
             return
         try:
             from rmsbatch.node import cgroup, devfilter
-            layout = cgroup.detect(self.spec.get("cgroup_root", cgroup.DEFAULT_ROOT))
+            layout = _layout(self.spec.get("cgroup_root", cgroup.DEFAULT_ROOT))
             limits = cgroup.Limits(mem_bytes=self.spec.get("mem_bytes"),
                                    cpus=self.spec.get("cpus"),
                                    pids_max=self.spec.get("pids_max"))

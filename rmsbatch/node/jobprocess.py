@@ -35,8 +35,18 @@ def _catchable_signals():
             yield sig
 
 
-def run_child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
-    """Runs in the forked child; never returns."""
+def handled_signals() -> list[int]:
+    """The signals whose disposition is not the default: caught by the supervisor or by
+    Python, or ignored (Python ignores SIGPIPE and SIGXFSZ; rmsd's launcher may have
+    ignored more). Asked in the parent before fork: the child then resets only these,
+    instead of every signal, which copies fewer of the parent's pages."""
+    return [sig for sig in _catchable_signals() if signal.getsignal(sig) != signal.SIG_DFL]
+
+
+def run_child(job: Job, out_path: str, err_path: str, errw: int, iso,
+              handled: list[int] | None = None) -> None:
+    """Runs in the forked child; never returns. `handled`: handled_signals() as the
+    parent saw them at fork (None: every signal is reset)."""
     def fail(msg: str, kind: bytes = SETUP_FAILED) -> None:
         try:
             os.write(errw, kind + msg.encode("utf-8", "replace")[:4000])
@@ -62,7 +72,7 @@ def run_child(job: Job, out_path: str, err_path: str, errw: int, iso) -> None:
         # Signals: back to defaults (also those rmsd's launcher ignored), then
         # unblock what the parent blocked around fork().
         signal.set_wakeup_fd(-1)
-        for sig in _catchable_signals():
+        for sig in _catchable_signals() if handled is None else handled:
             try:
                 signal.signal(sig, signal.SIG_DFL)
             except (OSError, ValueError, RuntimeError):

@@ -133,7 +133,16 @@ def load_plan(jobdir: str) -> dict | None:
 
 
 def remove_tmpdir(path: str | None) -> None:
-    if path and os.path.lexists(path):
+    if not path:
+        return
+    try:
+        os.rmdir(path)          # most jobs leave it empty: one call, not rmtree's walk
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass                    # not empty, or not a directory: below
+    if os.path.lexists(path):
         shutil.rmtree(path, ignore_errors=True)
         if os.path.lexists(path):
             log.warning("%s: not removed", path)

@@ -386,9 +386,11 @@ class Supervisor:
         blocked = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:
+            handled = jobprocess.handled_signals()
             pid = os.fork()
             if pid == 0:
-                jobprocess.run_child(job, out_path, err_path, errw, self.iso)  # no return
+                jobprocess.run_child(job, out_path, err_path, errw, self.iso,  # no return
+                                     handled)
             self.pid = pid
             self.start_time = time.time()
             self.started_at = time.monotonic()
