@@ -626,6 +626,11 @@ class JobCgroup:
         for key in self._order():
             _write(os.path.join(self.dirs[key], "cgroup.procs"), int(pid))
 
+    def procs_files(self) -> list[str]:
+        """The cgroup.procs files `add` writes, in its order (for a child that joins by
+        itself: rmsbatch.node._spawn)."""
+        return [os.path.join(self.dirs[key], "cgroup.procs") for key in self._order()]
+
     def attach_self(self) -> None:
         """In a forked child before exec: the program is born inside."""
         self.add(os.getpid())

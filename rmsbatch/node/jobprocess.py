@@ -1,10 +1,15 @@
-"""The job's own process: the child side of the supervisor's fork, from fork to exec.
+"""The job's own process: from the supervisor's fork to the exec of the script.
 
 It resets signals, starts a session, enters the job's cgroup while still root (so the
 program is born inside it), drops to the user with the submitter's umask and soft
 limits, changes to the working directory, opens the output files and execs the script.
 Whatever fails on the way is written to the error pipe, first byte saying whose fault
 it is, and the child exits: it never returns into the supervisor's code.
+
+`start` does this through the C module rmsbatch.node._spawn where it was built (vfork:
+the child shares the supervisor's memory until the exec, instead of copying it, which
+is most of what a short job costs its node), else by os.fork() and `run_child`. The
+environment variable RMSBATCH_JOB_FORK=1 asks for the fork (tests run both ways).
 """
 from __future__ import annotations
 
@@ -19,6 +24,110 @@ SETUP_FAILED = b"S"             # the job's own setup (output file, working dire
 ISOLATION_FAILED = b"I"         # the node's protections: the launch failed, not the job
 RLIMITS = {name: getattr(resource, "RLIMIT_" + name) for name in
            ("CORE", "CPU", "DATA", "FSIZE", "MEMLOCK", "NOFILE", "NPROC", "RSS", "STACK", "AS")}
+
+
+PID_VARIABLES = ("SLURM_TASK_PID", "RMS_TASK_PID")     # only the job's process knows it
+STEPS = {  # what a record of the C child says failed -> run_child's words for it
+    "chdir": "cannot chdir to {detail}",
+    "mkdir-output": "cannot create directory {detail} for output file {out}",
+    "mkdir-error": "cannot create directory {detail} for error file {err}",
+    "open-output": "cannot open output file {detail}",
+    "open-error": "cannot open error file {detail}",
+    "devnull": "cannot open {detail}",
+    "exec": "cannot execute {detail}",
+    "ids": "cannot switch to uid {uid} gid {gid}",
+    "cgroup-open": "cannot enter the job's cgroup: cannot open {detail} for writing",
+    "cgroup-write": "cannot enter the job's cgroup: writing the job's pid to {detail}",
+}
+
+
+def start(job: Job, out_path: str, err_path: str, errw: int, iso,
+          handled: list[int]) -> int:
+    """The job's process, started; its pid. The caller blocks SIGTERM, SIGINT and
+    SIGCHLD around it (the fork's child must not run the supervisor's handlers)."""
+    spawn = _spawner()
+    if spawn is not None:
+        args = _spawn_args(job, out_path, err_path, errw, iso, handled)
+        if args is not None:
+            return spawn(*args)
+    pid = os.fork()
+    if pid == 0:
+        run_child(job, out_path, err_path, errw, iso, handled)     # no return
+    return pid
+
+
+def _spawner():
+    if os.environ.get("RMSBATCH_JOB_FORK") == "1":
+        return None
+    try:
+        from rmsbatch.node._spawn import spawn
+    except ImportError:         # built without a C compiler
+        return None
+    return spawn
+
+
+def _spawn_args(job: Job, out_path: str, err_path: str, errw: int, iso,
+                handled: list[int]) -> tuple | None:
+    """rmsbatch.node._spawn.spawn's arguments, or None where only the fork will do."""
+    ids = None
+    if os.geteuid() == 0:
+        if _suid_dumpable() == "1":
+            # Between its switch to the user and the exec the child shares the
+            # supervisor's memory; a system that lets users trace such a process
+            # ("debug" dumps) must not have one.
+            return None
+        ids = (job.uid, job.gid, list(job.groups))
+    env = []
+    for key, value in job.environment.items():
+        if key in PID_VARIABLES:
+            continue
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            return None         # run_child's exec says what is wrong with it
+        env.append(os.fsencode(f"{key}={value}"))
+    cgroups: list[bytes] = []
+    if iso.cgroup is not None:
+        cgroups = [os.fsencode(p) for p in iso.cgroup.procs_files()]
+    limits = [(RLIMITS[name], soft) for name, (soft, _hard) in (job.rlimits or {}).items()
+              if name in RLIMITS]
+    try:
+        maxfd = os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        maxfd = 65536
+    try:
+        return (os.fsencode(job.script_path),
+                [os.fsencode(a) for a in (job.script_path, *job.argv)], env,
+                [v.encode() for v in PID_VARIABLES], list(handled), cgroups,
+                bool(iso.required), ids, -1 if job.umask is None else job.umask, limits,
+                os.fsencode(job.workdir), os.fsencode(out_path), os.fsencode(err_path),
+                output_flags(job), errw, maxfd)
+    except (UnicodeError, ValueError):
+        return None
+
+
+def _suid_dumpable() -> str:
+    try:
+        with open("/proc/sys/fs/suid_dumpable") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+def explain(raw: bytes, job: Job, out_path: str, err_path: str) -> tuple[bytes, str]:
+    """What the error pipe said: (whose fault, SETUP_FAILED or ISOLATION_FAILED; the
+    message). The C child writes a record, "C" KIND STEP NUL ERRNO NUL DETAIL, said here
+    in run_child's words; run_child writes the kind and the words."""
+    if raw[:1] != b"C" or raw.count(b"\0") < 2:
+        return raw[:1], raw[1:].decode("utf-8", "replace")
+    kind = raw[1:2]
+    step, err, detail = raw[2:].split(b"\0", 2)
+    what = STEPS.get(step.decode("ascii", "replace"), "job setup failed: {step}")
+    text = what.format(detail=os.fsdecode(detail), out=out_path, err=err_path,
+                       uid=job.uid, gid=job.gid, step=step.decode("ascii", "replace"))
+    try:
+        reason = os.strerror(int(err))
+    except ValueError:
+        reason = "unknown error"
+    return kind, f"{text}: {reason}"
 
 
 def become(job) -> None:

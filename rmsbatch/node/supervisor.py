@@ -386,12 +386,8 @@ class Supervisor:
         blocked = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:
-            handled = jobprocess.handled_signals()
-            pid = os.fork()
-            if pid == 0:
-                jobprocess.run_child(job, out_path, err_path, errw, self.iso,  # no return
-                                     handled)
-            self.pid = pid
+            self.pid = jobprocess.start(job, out_path, err_path, errw, self.iso,
+                                        jobprocess.handled_signals())
             self.start_time = time.time()
             self.started_at = time.monotonic()
         finally:
@@ -510,7 +506,7 @@ class Supervisor:
         launch_failed = ""
         if self.err_chunks:
             raw = b"".join(self.err_chunks)
-            kind, text = raw[:1], raw[1:].decode("utf-8", "replace")
+            kind, text = jobprocess.explain(raw, self.job, *output_paths(self.job))
             self.reason = text
             state, code, sig = JobState.FAILED.value, 1, 0
             if kind == jobprocess.ISOLATION_FAILED:
