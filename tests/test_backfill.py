@@ -185,3 +185,47 @@ def test_two_jobs_ending_together_on_one_node_give_one_estimate():
         out = scheduler.schedule([job(1, cpus=8)], nodes, parts, now=0,
                                  running=running, policy=policy)
         assert started(out) == [] and out.est_start[1] == 100
+
+
+def test_the_tasks_of_an_array_get_their_estimates_from_one_question(monkeypatch):
+    """Alike waiting jobs (an array's tasks) are each given a start estimate, the one a
+    question of their own would give, but the timeline is asked once per shape and
+    per change of the timeline: a pass after every job end of a 500-task array on a
+    small node no longer asks it 500 times."""
+    from rmsbatch.sched.timeline import Timeline
+
+    def snapshot():
+        nodes, parts = cluster(node("g1", gpus=2, cpus=4))
+        running = [run_on(nodes, "g1", end=100 + 10 * k, cpus=1) for k in range(4)]
+        tasks = [job(i, limit=600, cpus=1) for i in range(1, 301)]
+        others = [job(400 + i, limit=60 * i, gpus=1, cpus=1) for i in range(1, 4)]
+        return tasks + others, nodes, parts, running
+
+    asked = []
+    real = Timeline.earliest
+
+    def counting(self, request, nodes, run):
+        asked.append((request, run))
+        return real(self, request, nodes, run)
+    monkeypatch.setattr(Timeline, "earliest", counting)
+    pending, nodes, parts, running = snapshot()
+    out = scheduler.schedule(pending, nodes, parts, now=0, running=running)
+    assert started(out) == [] and len(out.est_start) == 303
+    assert len(asked) <= 6          # the first task (booked), the next, each other shape
+
+    # and each estimate is the one a question of its own gives
+    class Forgetful(dict):
+        def __contains__(self, key):
+            return False
+    init = scheduler.Pass.__init__
+
+    def forgetting(self, *args):
+        init(self, *args)
+        self.earliest = Forgetful()
+    monkeypatch.setattr(scheduler.Pass, "__init__", forgetting)
+    asked.clear()
+    pending, nodes, parts, running = snapshot()
+    again = scheduler.schedule(pending, nodes, parts, now=0, running=running)
+    assert len(asked) == 303
+    assert again.est_start == out.est_start
+    assert len(set(out.est_start.values())) > 2       # not all alike: a real comparison

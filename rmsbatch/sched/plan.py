@@ -244,6 +244,9 @@ class Pass:
         self.around: dict[tuple, list] = {}
         self.up: dict[tuple, int] = {}      # where -> nodes up there
         self.no_victims: set[tuple] = set()
+        # (where, request, run) -> Timeline.earliest's answer while the timeline is
+        # unchanged: the tasks of an array, all alike, would each ask it anew
+        self.earliest: dict[tuple, tuple | None] = {}
         self.planned = self.tried = 0
         # only starts are wanted (a replay): jobs with no room may be passed over quickly
         self.quick = not (policy.reasons or policy.estimates) and preemption is None \
@@ -284,7 +287,7 @@ class Pass:
             return False
         if job.id not in out.reasons:
             out.reasons[job.id] = self._waiting(job, candidates, where)
-        self._plan(job, candidates, run)
+        self._plan(job, candidates, where, run)
         return self._waits(job)
 
     def _waits(self, job: PendingJob) -> bool:
@@ -376,6 +379,7 @@ class Pass:
         book_licenses(job, alloc, self.held)
         take(self.nodes, alloc)
         self.timeline.running(alloc, end)
+        self.earliest.clear()
         if self.limits is not None:
             self.limits.charge(job, alloc)
         self.out.starts.append((job.id, alloc))
@@ -400,6 +404,7 @@ class Pass:
         self.out.preempt.extend((v, job.id) for v in victims)
         # held for it from now: nobody backfills into what its victims give back
         self.timeline.book(where_then, self.now, end)
+        self.earliest.clear()
         self.out.reasons[job.id] = RESOURCES
         self.out.more[job.id] = [f"{PREEMPTING} {len(victims)} job(s)"]
         return True
@@ -417,7 +422,7 @@ class Pass:
             reason = NODES_UNAVAILABLE if self.up[where] < job.request.nodes else RESOURCES
         return PRIORITY if reason == RESOURCES and job.partition in self.blocked else reason
 
-    def _plan(self, job: PendingJob, candidates, run: float | None) -> None:
+    def _plan(self, job: PendingJob, candidates, where, run: float | None) -> None:
         """Its start estimate, and a reservation if it is the first of its shape."""
         shape = shape_of(job)
         reserve = shape not in self.protected and not confined(job)
@@ -426,7 +431,11 @@ class Pass:
                 reserve or policy.estimates):
             return
         self.planned += 1
-        found = self.timeline.earliest(job.request, candidates, run)
+        key = (where, job.request, run)
+        if key in self.earliest:
+            found = self.earliest[key]
+        else:
+            found = self.earliest[key] = self.timeline.earliest(job.request, candidates, run)
         if found is None:
             return
         at, where_then = found
@@ -434,6 +443,7 @@ class Pass:
         if reserve:
             self.protected.add(shape)
             self.timeline.book(where_then, at, at + run if run else None)
+            self.earliest.clear()
 
 
 _KIND_FIELDS = tuple(f for f in Request.__dataclass_fields__
