@@ -139,3 +139,19 @@ def test_setup_failures_read_the_same_both_ways(world, tmp_path):
             reasons.append(outcome["reason"])
         assert reasons[0] == reasons[1], name
         assert "Traceback" not in reasons[0]
+
+
+@needs_root
+def test_with_debug_dumps_allowed_jobs_of_users_start_by_fork(monkeypatch, world):
+    """suid_dumpable=1 would let a user trace the vfork child while it shares root's
+    memory: then the job's process is forked (run_child) instead."""
+    from rmsbatch.node import jobprocess
+    from rmsbatch.node.jobfile import load_job
+    from rmsbatch.node.isolation import Isolation
+    job = load_job(str(make_job(world, "true") / "job.json"))
+    iso = Isolation(job.job_id, "x", None)
+    args = (job, "/tmp/o", "/tmp/o", 99, iso, [])
+    monkeypatch.setattr(jobprocess, "_suid_dumpable", lambda: "0")
+    assert jobprocess._spawn_args(*args) is not None
+    monkeypatch.setattr(jobprocess, "_suid_dumpable", lambda: "1")
+    assert jobprocess._spawn_args(*args) is None

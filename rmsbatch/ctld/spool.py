@@ -239,6 +239,17 @@ def job_filter(*, ids=None, users=None, accounts=None, partitions=None, states=N
     return where, args
 
 
+
+def _lookup(column: str, table: dict, args: list, default: str = "?") -> str:
+    """SQL for `table`[column] (a CASE, its values appended to `args`), else `default`
+    (a "?" is the caller's to fill)."""
+    if not table:
+        return default
+    for key, value in table.items():
+        args += [key, value]
+    whens = " ".join("WHEN ? THEN ?" for _ in table)
+    return f"CASE {column} {whens} ELSE {default} END"
+
 class SpoolError(Exception):
     pass
 
@@ -523,19 +534,9 @@ class Spool:
         _SPARSE), left to usage_rows(ids=...)."""
         self._need_pow()
         args: list = [prices["cpu"], prices["mem_gib"]]
-        gpu = "?"
-        if prices["gpu_types"]:
-            whens = " ".join("WHEN ? THEN ?" for _ in prices["gpu_types"])
-            gpu = f"CASE lower(gpu_type) {whens} ELSE ? END"
-            for name, price in prices["gpu_types"].items():
-                args += [name, price]
+        gpu = _lookup("lower(gpu_type)", prices["gpu_types"], args)
         args.append(prices["gpu"])
-        factor = "1.0"
-        if prices["qos_factor"]:
-            whens = " ".join("WHEN ? THEN ?" for _ in prices["qos_factor"])
-            factor = f"CASE qos {whens} ELSE 1.0 END"
-            for name, value in prices["qos_factor"].items():
-                args += [name, value]
+        factor = _lookup("qos", prices["qos_factor"], args, default="1.0")
         rate = (f"(COALESCE(billing, ? * alloc_cpus + ? * req_mem_mb * nodes / "
                 f"1024.0 + alloc_gpus * {gpu}) * {factor})")
         if half_life > 0:
