@@ -155,3 +155,29 @@ def test_with_debug_dumps_allowed_jobs_of_users_start_by_fork(monkeypatch, world
     assert jobprocess._spawn_args(*args) is not None
     monkeypatch.setattr(jobprocess, "_suid_dumpable", lambda: "1")
     assert jobprocess._spawn_args(*args) is None
+
+
+@needs_module
+def test_an_output_fifo_nobody_reads_fails_the_job_at_once_both_ways(world):
+    """vfork holds the supervisor until the child's exec: an output open that waited for
+    a FIFO's reader would leave the job where no cancel or time limit reaches it. Both
+    ways fail such a job at once, alike; with a reader there, the job runs."""
+    fifo = world / "out.fifo"
+    os.mkfifo(fifo)
+    reasons = []
+    for fork in (False, True):
+        jobdir = make_job(world, "echo through", output=str(fifo))
+        (world / "jobdir" / "outcome.json").unlink(missing_ok=True)
+        outcome = run(jobdir, fork)
+        assert outcome["state"] == "FAILED", outcome
+        reasons.append(outcome["reason"])
+    assert reasons[0] == reasons[1] == f"cannot open output file {fifo}: No such device or address"
+    for fork in (False, True):
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            jobdir = make_job(world, "echo through", output=str(fifo))
+            (world / "jobdir" / "outcome.json").unlink(missing_ok=True)
+            assert run(jobdir, fork)["state"] == "COMPLETED"
+            assert os.read(reader, 100) == b"through\n"
+        finally:
+            os.close(reader)

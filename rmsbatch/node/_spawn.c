@@ -171,8 +171,13 @@ static int open_output(const spawn_args *a, const char *path, const char *step_m
     int err = make_parents(path, failed, sizeof failed);
     if (err)
         fail(a, 'S', step_mkdir, err, failed);
-    int fd = open(path, a->oflags | O_CLOEXEC, 0666);
+    /* O_NONBLOCK for the open only (as run_child): a FIFO nobody reads fails at once
+     * instead of holding this child, and with it its supervisor, until a reader comes */
+    int fd = open(path, a->oflags | O_CLOEXEC | O_NONBLOCK, 0666);
     if (fd < 0)
+        fail(a, 'S', step_open, errno, path);
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0)
         fail(a, 'S', step_open, errno, path);
     return fd;
 }

@@ -173,9 +173,11 @@ def run_child(job: Job, out_path: str, err_path: str, errw: int, iso,
                 fail(f"cannot create directory {e.filename or parent} for {kind} file "
                      f"{path}: {e.strerror or e}")
         try:
-            return os.open(path, output_flags(job), 0o666)
+            fd = os.open(path, output_flags(job) | os.O_NONBLOCK, 0o666)
         except OSError as e:
             fail(f"cannot open {kind} file {path}: {e.strerror or e}")
+        os.set_blocking(fd, True)
+        return fd
 
     try:
         # Signals: back to defaults (also those rmsd's launcher ignored), then
@@ -241,7 +243,10 @@ def run_child(job: Job, out_path: str, err_path: str, errw: int, iso,
 
 def output_flags(job: Job) -> int:
     """--open-mode: truncate or keep what the file holds. Writes always append, so the
-    job's own processes writing the same file never overwrite each other."""
+    job's own processes writing the same file never overwrite each other. (Both ways
+    of starting the job open with O_NONBLOCK, then clear it: an output that is a FIFO
+    nobody reads, or a line that waits for its carrier, fails the job at once instead
+    of leaving its start hanging where no cancel or time limit reaches it.)"""
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
     return flags if job.open_mode == "append" else flags | os.O_TRUNC
 
