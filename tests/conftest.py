@@ -129,6 +129,16 @@ class Cluster:
                 raise AssertionError(f"job {job_id} is {job['state']}, not {states} after {timeout}s")
             time.sleep(0.05)
 
+    def wait_launched(self, job_id: int, timeout: float = 30) -> dict:
+        """RUNNING, and its supervisor started on its (first) node: the controller says
+        RUNNING when it decides, before the node has the job, so a test that then stops
+        or kills rmsd must wait for this, or may stop the launch itself."""
+        job = self.wait_state(job_id, "RUNNING", timeout)
+        pattern = os.path.join(self.dir, "state", "*", "jobs",
+                               f"{job_id}.{job['restart_count']}", "pid")
+        wait_for(lambda: glob.glob(pattern), timeout, f"job {job_id}'s supervisor")
+        return job
+
     def wait_ended(self, job_id: int, timeout: float = 30) -> dict:
         return self.wait_state(job_id, ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
                                         "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED"], timeout)

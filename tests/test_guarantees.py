@@ -60,7 +60,7 @@ def test_killed_node_daemon_costs_the_job_nothing_and_it_runs_once(new_cluster):
     c = two_nodes(new_cluster)
     ledger = ledger_of(c)
     job_id = c.submit("--requeue", "--wrap", LEDGER_LOOP.format(n=16, ledger=ledger, pause=0.5))
-    assert c.wait_state(job_id, "RUNNING")["nodelist"] == "rmsna"
+    assert c.wait_launched(job_id)["nodelist"] == "rmsna"
     c.kill9("rmsd")
     # rmsna stops responding, then is declared DOWN; the job is not touched
     wait_for(lambda: c.node_record("rmsna")["state"] == "DOWN", 15, "rmsna to be DOWN")
@@ -133,7 +133,7 @@ def test_a_node_daemon_away_past_every_timeout_costs_no_job(new_cluster, how):
     plain = c.submit("--wrap", until_told(go))
     again = c.submit("--requeue", "--wrap", until_told(go))
     for job_id in (plain, again):
-        c.wait_state(job_id, "RUNNING")
+        c.wait_launched(job_id)
     pid = c.pid("rmsd")
     if how == "stop":
         os.kill(pid, signal.SIGSTOP)

@@ -97,7 +97,7 @@ def test_rmsd_killed_spawner_and_idle_workers_go_running_job_finishes(new_cluste
     c = new_cluster()
     idle_worker = parent_of_job(c, run_one(c))
     running = c.submit("--wrap", "echo ppid=$PPID; sleep 3; echo done")
-    c.wait_state(running, "RUNNING")
+    c.wait_launched(running)
     spawner = spawner_of(c.pid("rmsd"))
     c.kill9("rmsd")
     # Nothing of rmsd's is left idle on the host...
