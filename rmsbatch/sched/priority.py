@@ -111,11 +111,6 @@ def total(f: dict[str, float], w: Weights, nice: int) -> int:
     return sum(weighted(f, w).values()) - nice
 
 
-def pinned(job) -> int | None:
-    """The priority an operator set for the job, or None when it follows the factors."""
-    return job.pinned
-
-
 def assign(jobs, now: float, ctx: Context, only_new: bool = False) -> int:
     """Set each job's `priority` and `factors` (the five, and "pinned" when an
     operator set its priority); `only_new`: only jobs that have none yet. Returns
@@ -157,7 +152,7 @@ def explain(job, now: float, ctx: Context) -> dict:
     """A job's priority as `rq --priority` and `rcontrol show job` show it: the total,
     each factor (0..1) and what it adds, and whether an operator pinned it."""
     f = factors(job, now, ctx)
-    pin = pinned(job)
+    pin = job.pinned          # set by an operator; None: it follows the factors
     parts = weighted(f, ctx.weights)
     return {"priority": pin if pin is not None else sum(parts.values()) - job.nice,
             "factors": {k: round(f[k], 6) for k in NAMES}, "weighted": parts,
