@@ -78,3 +78,35 @@ def job_filters(args, keys: tuple[str, ...]) -> dict:
 
 def exit_with(prog: str, body) -> None:
     sys.exit(run_main(prog, body))
+
+
+def quick_exit(main) -> None:
+    """Run a command's `main` and end the process without the interpreter's teardown:
+    freeing every module and object costs a short command such as `rsub` about 4 ms
+    of wall and CPU time after its work is done, on the CPUs the job it submitted is
+    starting on. Output is flushed first; an exception other than SystemExit (a bug)
+    still ends the normal way, with its traceback."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass                    # `rq | head`: the reader left, as run_main allows
+    except OSError as exc:      # `rq > file` on a full disk
+        prog = os.path.basename(sys.argv[0])
+        print(f"{prog}: error: cannot write the output: {exc.strerror or exc}",
+              file=sys.stderr)
+        code = code or 1
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(code)

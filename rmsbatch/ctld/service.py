@@ -56,6 +56,12 @@ log = logging.getLogger("rmsbatch.controller")
 
 # After submissions settled without a full pass: when the pass that plans their starts runs
 ESTIMATE_AFTER_S = 2.0
+# A pass this quick (the last one's time) runs inside the transaction of the requests
+# that submitted jobs, so that a job that can start at once is committed submitted and
+# started with one fsync, and is launched as its submitter is answered. A slower one
+# (a long queue) runs after the commit, so that nobody's reply waits for it.
+INLINE_PASS_S = 0.002
+INLINE_PASS_JOBS = 1000
 
 # What runs on the nodes of an allocation other than the first: nothing of the user's.
 # The run holds the node's part of the allocation (cgroup, CPUs, devices, lease) for
@@ -318,6 +324,8 @@ class Controller:
                     reply = self.handle(conn, msg)
                     if reply is not None:
                         replies.append((conn, reply))
+                if self.fresh and self._inline_pass():
+                    self._pass_in_batch()
         except sqlite3.Error as exc:
             log.error("spool %s: cannot commit (%s): %d request(s) refused",
                       self.spool.path, exc, len(messages))
@@ -327,6 +335,25 @@ class Controller:
                    "try again, and tell an admin if it persists")
             return [(conn, {"ok": False, "error": why}) for conn, _ in messages]
         return replies
+
+    def _inline_pass(self) -> bool:
+        return (self.needs_pass and self.pass_stats.last_s <= INLINE_PASS_S
+                and len(self.pending) <= INLINE_PASS_JOBS)
+
+    def _pass_in_batch(self) -> None:
+        """The pass the batch's submissions call for, in the batch's transaction. A
+        failed write fails the batch (handle_batch answers it); a bug in the pass is
+        logged, its part undone, and the pass left to the loop, as before."""
+        mark, changes = len(self.outbox), self.changes
+        try:
+            with self.spool.transaction():
+                self.schedule()
+        except sqlite3.Error:
+            raise
+        except Exception:
+            log.exception("scheduling pass (after a submission) failed")
+            self._undo(mark, changes, force=True)
+            self.dirty = True
 
     def handle(self, conn: Conn, msg: dict) -> dict | None:
         """Answer one message; None means the reply comes later (wait)."""

@@ -93,54 +93,10 @@ class RequestRejected(ClientError):
 
 try:
     from _json import encode_basestring_ascii as _quote
+    from _json import make_encoder as _make_encoder
     from _json import make_scanner as _make_scanner
 except ImportError:  # no C accelerator: the json module it is
-    _quote = _make_scanner = None
-
-
-def _dump(obj, out: list) -> None:
-    """json.dumps(obj, separators=(",", ":")), for the types requests are made of."""
-    if isinstance(obj, str):
-        out.append(_quote(obj))
-    elif obj is None:
-        out.append("null")
-    elif obj is True:
-        out.append("true")
-    elif obj is False:
-        out.append("false")
-    elif isinstance(obj, int):
-        out.append(int.__repr__(obj))
-    elif isinstance(obj, float):
-        if obj != obj or obj in (float("inf"), float("-inf")):
-            raise ValueError(f"cannot send {obj!r}: not a JSON number")
-        out.append(float.__repr__(obj))
-    elif isinstance(obj, dict):
-        out.append("{")
-        first = True
-        for key, value in obj.items():
-            if not first:
-                out.append(",")
-            first = False
-            if not isinstance(key, str):
-                if isinstance(key, bool) or key is None:
-                    key = {True: "true", False: "false", None: "null"}[key]
-                elif isinstance(key, (int, float)):
-                    key = repr(key)
-                else:
-                    raise TypeError(f"keys must be str, int, float, bool or None, not {key!r}")
-            out.append(_quote(key))
-            out.append(":")
-            _dump(value, out)
-        out.append("}")
-    elif isinstance(obj, (list, tuple)):
-        out.append("[")
-        for i, value in enumerate(obj):
-            if i:
-                out.append(",")
-            _dump(value, out)
-        out.append("]")
-    else:
-        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+    _quote = _make_encoder = _make_scanner = None
 
 
 class _Decoding:
@@ -159,14 +115,21 @@ class _Decoding:
 _scan = _make_scanner(_Decoding()) if _make_scanner else None
 
 
+def _unencodable(obj):
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# json.dumps(obj, separators=(",", ":")) is this C encoder, set up as json.encoder would
+# (no check for cycles: requests are trees); importing json itself costs `re`.
+_encoder = _make_encoder(None, _unencodable, _quote, None, ":", ",", False, False, False) \
+    if _make_encoder else None
+
+
 def encode(message: dict) -> bytes:
-    if _quote is None:
+    if _encoder is None:
         import json
         return json.dumps(message, separators=(",", ":")).encode() + b"\n"
-    out: list[str] = []
-    _dump(message, out)
-    out.append("\n")
-    return "".join(out).encode()
+    return "".join(_encoder(message, 0)).encode() + b"\n"
 
 
 def decode(line: bytes):
