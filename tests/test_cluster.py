@@ -180,3 +180,34 @@ def test_a_cluster_in_a_deep_directory_works(tmp_path):
         c.down()
         _kill_leftovers(directory)
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_rq_and_rsub_end_cleanly_however_their_output_is_read(cluster):
+    """rq and rsub skip the interpreter's teardown at exit: their output must still
+    arrive whole, a reader that leaves early is no error, and a full disk is one."""
+    import subprocess
+    from conftest import command_path
+    array = cluster.submit("-H", "--array=0-1999", "--wrap", "true")
+    rq = command_path("rq")
+    env = dict(cluster.env)
+    env.pop("PYTHONUNBUFFERED")                 # buffered, as for a user
+    whole = subprocess.run([rq, "-r", "-h", "-j", str(array)], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert whole.returncode == 0 and whole.stderr == ""
+    assert len(whole.stdout.splitlines()) == 2000       # 160 kB: more than a pipe holds
+    assert whole.stdout.splitlines()[-1].split()[0] == f"{array}_1999"
+    small = subprocess.run([rq, "-h", "-o", "%i", "-j", str(array)], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert small.stdout.split() == [f"{array}_[0-1999]"], small    # a few bytes, buffered
+    early = subprocess.run(f"{rq} -r -j {array} | head -n 1; exit ${{PIPESTATUS[0]}}",
+                           shell=True, executable="/bin/bash", env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert early.returncode == 0 and early.stderr == "", early
+    assert early.stdout.split()[0] == "JOBID"
+    full = subprocess.run(f"{rq} -r -j {array} > /dev/full", shell=True, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert full.returncode == 1
+    assert full.stderr.splitlines() == ["rq: error: No space left on device"]
+    bad = cluster.run("rsub", "--mem=12Q", "--wrap", "true", env=env)
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1, bad.stderr
+    cluster.run("rcancel", str(array), check=True)

@@ -275,3 +275,49 @@ def test_a_listing_asked_again_is_served_again_until_anything_changes(ctl, tmp_p
     other.commit()
     other.close()
     assert listing(ctl)["rows"][0][1] == "renamed"
+
+
+def _commits(ctl) -> list[str]:
+    """The spool's COMMIT statements from now on (each one an fsync of the WAL)."""
+    seen: list[str] = []
+    ctl.spool.db.set_trace_callback(lambda sql: seen.append(sql) if sql == "COMMIT" else None)
+    return seen
+
+
+def test_a_submission_that_fits_is_committed_started_and_launched_at_once(ctl):
+    node = register(ctl, "g1")
+    commits = _commits(ctl)
+    [(_, reply)] = ctl.handle_batch([(ROOT, {"op": "submit", "spec": spec(gpus=1)})])
+    job_id = reply["job_id"]
+    # one commit for the submission and the start, and the launch is ready to go with
+    # the reply: the pass did not wait for the daemon loop
+    assert commits == ["COMMIT"]
+    assert ctl.spool.job(job_id)["state"] == "RUNNING"
+    ctl.flush()
+    assert [m["job"]["job_id"] for m in node.meta["sent"] if m["op"] == "launch"] == [job_id]
+
+
+def test_after_a_slow_pass_a_submission_is_answered_before_the_next(ctl):
+    register(ctl, "g1")
+    ctl.pass_stats.last_s = 0.5                 # a long queue: nobody's reply waits for it
+    commits = _commits(ctl)
+    [(_, reply)] = ctl.handle_batch([(ROOT, {"op": "submit", "spec": spec(gpus=1)})])
+    assert commits == ["COMMIT"] and ctl.spool.job(reply["job_id"])["state"] == "PENDING"
+    assert ctl.needs_pass and ctl.schedule() == 1
+    assert ctl.spool.job(reply["job_id"])["state"] == "RUNNING"
+
+
+def test_a_failing_pass_after_a_submission_loses_nothing(ctl, monkeypatch, caplog):
+    from rmsbatch.sched import plan
+    register(ctl, "g1")
+    real = plan.schedule
+
+    def broken(*args, **kw):
+        raise RuntimeError("a bug in the scheduler")
+    monkeypatch.setattr(plan, "schedule", broken)
+    [(_, reply)] = ctl.handle_batch([(ROOT, {"op": "submit", "spec": spec(gpus=1)})])
+    assert reply["ok"] and ctl.spool.job(reply["job_id"])["state"] == "PENDING"
+    assert reply["job_id"] in ctl.pending and "a bug in the scheduler" in caplog.text
+    monkeypatch.setattr(plan, "schedule", real)
+    assert ctl.needs_pass and ctl.schedule() == 1       # the loop's next pass starts it
+    assert ctl.spool.job(reply["job_id"])["state"] == "RUNNING"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from rmsbatch import __version__
 from rmsbatch.core.jobspec import MAX_COUNT
-from rmsbatch.core.resources import parse_gres, parse_licenses
 from rmsbatch.core.units import parse_memory, parse_time
 
 TYPE_CHECKING = False   # `typing` is not imported at run time: every rsub loads this file
@@ -129,6 +128,7 @@ def _gpus(value: str) -> tuple[int, str | None]:
 
 def _gres(value: str) -> tuple[tuple[int, str | None] | None, dict[str, int]]:
     """`gpu:a100:4,nvme:1,gpumem:20g`: GPUs per node, and the other GRES per node."""
+    from rmsbatch.core.resources import parse_gres     # only for --gres: not every rsub
     gpu, other = parse_gres(value)
     if gpu is not None and gpu[1] is not None:
         gpu = (gpu[0], _gpu_type(gpu[1]))
@@ -205,6 +205,7 @@ def _zero_one(value: str) -> bool:
 
 
 def _licenses(value: str) -> dict[str, int]:
+    from rmsbatch.core.resources import parse_licenses
     return parse_licenses(value)
 
 

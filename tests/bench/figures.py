@@ -186,8 +186,10 @@ def queue_query(ctx: Context, size: int) -> None:
 
 def one_job_query(ctx: Context) -> None:
     s = ctx.sizes
+    # Squeue is a C client (about 5 ms); no Python command starts that fast, so the
+    # issue holds `rq -j N` to the interpreter's own start instead.
     row = ctx.row("query-one", f"4 one-job query (-j N) at {s.big_queue:,} held", "ms",
-                  target=Target("ratio_max", 1, "≤ 1"))
+                  target=Target("floor_max", 10 * MS, "≤ python floor + 10 ms"))
     for system in ctx.systems():
         def run(system=system):
             system.ensure_queued(s.big_queue)
