@@ -140,12 +140,13 @@ def become(job) -> None:
         os.setgid(job.gid)
         os.setuid(job.uid)
 
+
 _UNCATCHABLE = (int(signal.SIGKILL), int(signal.SIGSTOP))
 
 
 def _catchable_signals():
     for sig in signal.valid_signals():
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+        if sig not in _UNCATCHABLE:
             yield sig
 
 
