@@ -68,6 +68,9 @@ class Row:
         if t.kind == "abs_max":
             return mine <= t.value
         if t.kind == "floor_max":
+            cell = self.cells.get("rmsbatch")
+            own = cell.extra.get("floor") if isinstance(cell, Measurement) else None
+            floor = own if own is not None else floor       # timed alongside, if it was
             return None if floor is None else mine - floor <= t.value
         raise ValueError(t.kind)
 
