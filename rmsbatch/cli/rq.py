@@ -16,7 +16,6 @@ from rmsbatch.cli.arrayids import ARRAY_KEYS, fold_pending, label_tasks
 from rmsbatch.cli.jobfields import JOB_ALIASES, JOB_FIELDS, job_format_help, job_layout
 from rmsbatch.cli.layout import FormatError, field_layout, render_json
 from rmsbatch.cli.common import emit, exit_with, job_filters
-from rmsbatch.core.hostlist import HostlistError, expand
 
 PROG = "rq"
 
@@ -51,6 +50,7 @@ EXAMPLES = """
 
 def _hostlist_arg(text: str) -> list[str]:
     import argparse
+    from rmsbatch.core.hostlist import HostlistError, expand    # only for -w: not every rq
     try:
         names = expand(text)
     except HostlistError as exc:
