@@ -61,8 +61,9 @@ class Context:
         self.python_pass: list[str] = [command("python3"), "-c", "pass"]
 
     def floor_seconds(self) -> float | None:
-        """The `python3 -c pass` median the submit target is measured against: the one
-        taken call for call beside rsub when there is one (same conditions)."""
+        """The `python3 -c pass` median a floor target falls back on where its figure
+        did not time one call for call beside its own (a cell's extra "floor"): the one
+        taken beside rsub when there is one (same conditions)."""
         m = self.floor.get(PAIRED) or self.floor.get("python3 -c pass")
         return m.median if m else None
 
@@ -136,11 +137,13 @@ def submit_sequential(ctx: Context) -> None:
                 calls.append(system.timed(argv)[0])
                 if paired:
                     floor.append(util.timed(ctx.python_pass, system.env)[0])
+            extra = {}
             if paired:
                 ctx.floor[PAIRED] = Measurement(floor)
+                extra["floor"] = util.percentile(floor, 50)     # what the target reads
             blocks = [ctx.sizes.block / sum(calls[i:i + ctx.sizes.block])
                       for i in range(0, n - ctx.sizes.block + 1, ctx.sizes.block)]
-            return Measurement(calls), Measurement(calls), Measurement(blocks)
+            return Measurement(calls, extra=extra), Measurement(calls), Measurement(blocks)
         ctx.measure(system, [p50, p90, rate], run)
 
 
