@@ -144,22 +144,18 @@ def become(job) -> None:
 _UNCATCHABLE = (int(signal.SIGKILL), int(signal.SIGSTOP))
 
 
-def _catchable_signals():
-    for sig in signal.valid_signals():
-        if sig not in _UNCATCHABLE:
-            yield sig
+def _catchable_signals() -> list[int]:
+    """Asked of `_signal`, which answers in plain ints: `signal`'s wrappers make an enum
+    member of each of the 64, half a millisecond of every job's start."""
+    return [sig for sig in sorted(_signal.valid_signals()) if sig not in _UNCATCHABLE]
 
 
 def handled_signals() -> list[int]:
     """The signals whose disposition is not the default: caught by the supervisor or by
     Python, or ignored (Python ignores SIGPIPE and SIGXFSZ; rmsd's launcher may have
     ignored more). Asked in the parent before fork: the child then resets only these,
-    instead of every signal, which copies fewer of the parent's pages. Asked of
-    `_signal`, which answers in plain ints: `signal`'s wrappers make an enum member of
-    each of the 64 answers, half a millisecond of every job's start."""
-    dfl = _signal.SIG_DFL
-    return [sig for sig in sorted(_signal.valid_signals())
-            if sig not in _UNCATCHABLE and _signal.getsignal(sig) != dfl]
+    instead of every signal, which copies fewer of the parent's pages."""
+    return [sig for sig in _catchable_signals() if _signal.getsignal(sig) != _signal.SIG_DFL]
 
 
 def run_child(job: Job, out_path: str, err_path: str, errw: int, iso,
