@@ -26,6 +26,38 @@ def command_path(name: str) -> str:
     return path if os.path.exists(path) else (shutil.which(name) or name)
 
 
+# The installed rsub, rq and rcancel run in forks of their user's command server (see
+# rmsbatch/cli/cmdserver.py). The suite's servers keep their sockets in directories of
+# this run, one per user (as a user's own would be), and are stopped at its end.
+CMDSERVER_BASE = f"/tmp/rmscmd-test-{os.getpid()}"
+
+
+def cmdserver_dir(uid: int) -> str:
+    """This run's socket directory for `uid`: private to that user, made once."""
+    path = f"{CMDSERVER_BASE}-{uid}"
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        if uid != os.getuid():
+            os.chown(path, uid, -1)
+    return path
+
+
+def stop_cmdservers() -> None:
+    for lock in glob.glob(f"{CMDSERVER_BASE}-*/*.lock"):
+        with contextlib.suppress(OSError, ValueError):
+            with open(lock) as f:
+                os.kill(int(f.read().split()[0]), signal.SIGTERM)
+    for path in glob.glob(f"{CMDSERVER_BASE}-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cmdservers():
+    os.environ["RMS_CMDSERVER_DIR"] = cmdserver_dir(os.getuid())
+    yield
+    stop_cmdservers()
+
+
 def make_traversable(path: str) -> None:
     """Let other users reach `path` (the interpreter may live under /root on CI
     machines): add only the search bit on the directories above it."""
@@ -92,6 +124,8 @@ class Cluster:
         if user is not None:
             pw = pwd.getpwnam(user)
             run_env.update(HOME=pw.pw_dir, USER=user, LOGNAME=user)
+            if "RMS_CMDSERVER_DIR" not in (env or {}):
+                run_env["RMS_CMDSERVER_DIR"] = cmdserver_dir(pw.pw_uid)
             argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
                     "--init-groups", "--", *argv]
         result = subprocess.run(argv, input=input, capture_output=True, cwd=cwd or self.work,

@@ -86,6 +86,12 @@ def quick_exit(main) -> None:
     of wall and CPU time after its work is done, on the CPUs the job it submitted is
     starting on. Output is flushed first; an exception other than SystemExit (a bug)
     still ends the normal way, with its traceback."""
+    os._exit(finish(main))
+
+
+def finish(main) -> int:
+    """Run a command's `main`, flush its output, and return its exit code (what
+    quick_exit ends with, and what the command server reports to its caller)."""
     try:
         main()
         code = 0
@@ -109,4 +115,4 @@ def quick_exit(main) -> None:
         sys.stderr.flush()
     except OSError:
         pass
-    os._exit(code)
+    return code
