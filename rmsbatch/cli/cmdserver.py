@@ -24,6 +24,7 @@ in its own child, from the caller's environment.
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import select
 import signal
@@ -152,6 +153,10 @@ class Server:
             except ImportError:
                 pass
         self.stamps = self._stamps()
+        # What is loaded now stays as it is in every child: kept out of the collector's
+        # passes, which would otherwise touch (and so copy) every page of it.
+        gc.collect()
+        gc.freeze()
         try:
             os.unlink(self.path)            # a server killed earlier left it
         except FileNotFoundError:
