@@ -154,8 +154,8 @@ static int socket_path(char *out, size_t size)
     char dir[PATH_MAX];
     const char *base = getenv("RMS_CMDSERVER_DIR");
     if (base && *base) {
-        if (snprintf(dir, sizeof dir, "%s", base) >= (int)sizeof dir)
-            return -1;
+        if (base[0] != '/' || snprintf(dir, sizeof dir, "%s", base) >= (int)sizeof dir)
+            return -1;      /* the server runs in /: a relative path would name another */
     } else {
         const char *run = getenv("XDG_RUNTIME_DIR");
         struct stat st;

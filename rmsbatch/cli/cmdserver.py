@@ -220,23 +220,28 @@ class Server:
 
     # -- the loop ----------------------------------------------------------------------
     def run_once(self, timeout: float) -> bool:
-        watched = [self.wake_r, *(c for p, c in self.running.items() if p not in self.hung_up)]
+        # poll, not select: no limit on descriptor numbers, however many calls run
+        by_fd = {c.fileno(): c for p, c in self.running.items() if p not in self.hung_up}
+        by_fd[self.wake_r] = None
         if self.listener is not None:
-            watched.append(self.listener)
-        ready, _, _ = select.select(watched, [], [], timeout)
+            by_fd[self.listener.fileno()] = self.listener
+        poller = select.poll()
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        ready = poller.poll(None if timeout is None else timeout * 1000)
         if self.stop_requested:
             self.stop()
-        callers = set(self.running.values())
-        for item in ready:
-            if item in callers:
-                self._caller_gone(item)
-            elif isinstance(item, int):
+        for fd, _ in ready:
+            item = by_fd.get(fd)
+            if fd == self.wake_r:
                 try:
                     os.read(self.wake_r, 512)
                 except BlockingIOError:
                     pass
-            elif item is self.listener:
+            elif item is not None and item is self.listener:    # None once stopped
                 self._accept()
+            elif item in self.running.values():
+                self._caller_gone(item)
         self._reap()
         if self.running:
             return True
