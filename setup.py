@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 from setuptools import Extension, setup
-from setuptools.command.build import build as _build
 
 try:
     from setuptools.command.build_scripts import build_scripts as _build_scripts

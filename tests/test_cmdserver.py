@@ -282,14 +282,20 @@ def test_each_user_has_a_server_of_their_own_and_never_uses_anothers(cluster, us
             wait_for(lambda: servers(dirs[name]), 20, f"{name}'s server")
             uid = os.stat(f"/proc/{servers(dirs[name])[0]}").st_uid
             assert uid == (alice if name == "rmsalice" else bob).pw_uid
-        # alice pointed at bob's directory: served the ordinary way, nothing left there
-        before = set(os.listdir(dirs["rmsbob"]))
+        # alice pointed at a directory of bob's that anyone may write to (as a squatter
+        # would make /tmp/rmsbatch-UID for her): served the ordinary way, nothing of
+        # hers made there
+        squat = os.path.join(shared_tmp, "squat")
+        os.mkdir(squat)
+        os.chown(squat, bob.pw_uid, bob.pw_gid)
+        os.chmod(squat, 0o777)
         result = cluster.run("rsub", "-H", "--parsable", "--wrap", "true", user="rmsalice",
-                             env={"RMS_CMDSERVER_DIR": dirs["rmsbob"]})
+                             env={"RMS_CMDSERVER_DIR": squat})
         assert result.returncode == 0, result.stderr
         assert cluster.job(int(result.stdout))["user"] == "rmsalice"
         cluster.run("rcancel", result.stdout.strip(), user="rmsalice", check=True)
-        assert set(os.listdir(dirs["rmsbob"])) == before
+        time.sleep(1)           # a server started there would have made its files by now
+        assert os.listdir(squat) == []
     finally:
         for d in dirs.values():
             for pid in servers(d):

@@ -43,7 +43,8 @@ def variables(c, job_id: int) -> tuple[dict[str, str], dict[str, str], str]:
             slurm["SLURMD_NODENAME"] = value
         elif key.startswith("SLURM_"):
             slurm[key[len("SLURM_"):]] = value
-        elif key.startswith("RMS_") and key != "RMS_CONF_DIR":     # the submitter's
+        elif key.startswith("RMS_") and key not in ("RMS_CONF_DIR", "RMS_CMDSERVER_DIR"):
+            # (those two are the submitter's)
             rms[key[len("RMS_"):]] = value
     return slurm, rms, pid
 

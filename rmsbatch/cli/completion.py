@@ -30,6 +30,7 @@ COMMANDS = {
     "rshare": "rmsbatch.cli.rshare",
     "rms-local": "rmsbatch.cli.rms_local",
     "rms-sim": "rmsbatch.cli.rms_sim",
+    "rms-client": "rmsbatch.cli.rms_client",
     "rmsctld": "rmsbatch.ctld.rmsctld",
     "rmsd": "rmsbatch.node.rmsd",
     PROG: __name__,

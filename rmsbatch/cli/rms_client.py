@@ -26,6 +26,16 @@ Examples:
 """
 
 
+def build_parser():
+    """The command line, for rms-completion (main reads its few words itself)."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="rms-client", add_help=True,
+                                     description="Run rsub, rq or rcancel, or serve them.")
+    parser.add_argument("--serve", metavar="SOCKET", help="run a command server on SOCKET")
+    parser.add_argument("command", nargs="?", choices=COMMANDS, help="the command to run")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] in (["-h"], ["--help"]):
