@@ -279,11 +279,19 @@ class Server:
                 os.close(fd)
             conn.close()
             return
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:              # out of processes (RLIMIT_NPROC) or memory
+            pid, failure = -1, exc.strerror
         if pid == 0:
             self._become(request, conn)     # never returns
         for fd in fds:
             os.close(fd)
+        if pid < 0:
+            log(f"declined a call: cannot fork: {failure}")
+            self._answer(conn, b"D", 0)
+            conn.close()
+            return
         self.running[pid] = conn
         self._answer(conn, b"P", pid)
         if self.verbose:
