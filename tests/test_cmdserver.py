@@ -353,3 +353,15 @@ def test_without_a_c_compiler_the_python_scripts_are_installed(tmp_path):
             assert head == (b"\x7fELF" if label == "with" else b"#!" + head[2:]), (label, name)
             assert os.access(os.path.join(build, name), os.X_OK)
     assert "could not build the fast rsub" in out["without"]
+
+
+def test_rms_client_says_what_is_wrong_in_one_line(shared_tmp):
+    exe = command_path("rms-client")
+    for argv, code, says in (([], 2, "name the command to run"),
+                             (["srun"], 2, "srun: name the command to run"),
+                             (["--serve", os.path.join(shared_tmp, "s.sock")], 1,
+                              "is not private to this user"),
+                             (["--serve", "/nonexistent/dir/s.sock"], 1, "cannot serve on")):
+        result = subprocess.run([exe, *argv], capture_output=True, text=True, timeout=30)
+        assert result.returncode == code, (argv, result.stderr)
+        assert result.stderr.count("\n") == 1 and says in result.stderr, result.stderr

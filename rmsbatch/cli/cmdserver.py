@@ -23,6 +23,7 @@ in its own child, from the caller's environment.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import os
@@ -137,8 +138,9 @@ class Server:
     # -- start and stop ----------------------------------------------------------------
     def start(self) -> bool:
         """Take the lock and the socket; False when another server has them."""
-        if not private_directory(os.path.dirname(self.path)):
-            raise PermissionError(f"{os.path.dirname(self.path)} is not private to this user")
+        directory = os.path.dirname(self.path) or "."
+        if not private_directory(directory):
+            raise PermissionError(errno.EACCES, f"{directory} is not private to this user")
         self.lock_fd = os.open(self.path + ".lock",
                                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -462,7 +464,13 @@ def serve(path: str) -> int:
         log(f"RMS_CMDSERVER_IDLE={os.environ['RMS_CMDSERVER_IDLE']!r} is not a number "
             f"of seconds: using {IDLE_S:g}")
     server = Server(path)
-    if not server.start():
-        return 0
+    try:
+        if not server.start():
+            return 0                        # another server has it
+    except OSError as exc:
+        print(f"rms-client: error: cannot serve on {path}: "
+              f"{exc.strerror or exc} (its directory must be yours, mode 0700)",
+              file=sys.stderr)
+        return 1
     server.serve()
     return 0
