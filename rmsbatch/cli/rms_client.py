@@ -22,7 +22,8 @@ Examples:
   rms-client rq -j 42           the queue entry of job 42, without the server
   RMS_CMDSERVER=off rsub job.sh  the same for one rsub, through the small program
   RMS_CMDSERVER_LOG=$HOME/rms-client.log rq
-                                start a server that notes what it declines there
+                                where no server runs yet: start one that notes there
+                                each call it serves or declines
 """
 
 
