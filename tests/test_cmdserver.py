@@ -202,6 +202,23 @@ def test_a_server_killed_mid_call_still_lets_the_caller_end_as_its_command_did(c
     assert caller.returncode == 3, err          # the job's exit code, as rsub --wait gives
 
 
+def test_a_stopped_server_lets_running_calls_finish_and_answers_them(cluster, place):
+    server = place.warm()
+    env = dict(cluster.env, **place.env)
+    caller = subprocess.Popen([command_path("rsub"), "--wait", "--wrap", "sleep 4; exit 4"],
+                              env=env, cwd=cluster.work, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: children(server), 20, "the command forked by the server")
+    os.kill(server, signal.SIGTERM)
+    wait_for(lambda: not glob.glob(os.path.join(place.dir, "*.sock")), 10,
+             "the stopping server to take its socket away")
+    time.sleep(1)                           # an exiting server would be gone by now
+    assert not gone(server)                 # still there for its running call
+    out, err = caller.communicate(timeout=60)
+    assert caller.returncode == 4, err
+    wait_for(lambda: gone(server), 10, "the server to end after its last call")
+
+
 def test_a_changed_installation_is_served_by_a_new_server(cluster, place):
     import rmsbatch.cli.rq as rq_module
     old = place.warm()
