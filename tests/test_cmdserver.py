@@ -72,6 +72,12 @@ class Place:
         env = dict(self.env, **kw.pop("env", {}))
         return self.cluster.run(*args, env=env, **kw)
 
+    def start(self, *args) -> subprocess.Popen:
+        """A call left running (rsub --wait, say), through this place's server."""
+        return subprocess.Popen([command_path(args[0]), *args[1:]],
+                                env=dict(self.cluster.env, **self.env), cwd=self.cluster.work,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
     def warm(self) -> int:
         """Start the server (the first call runs the ordinary way and starts it)."""
         assert self.run("rq", "-h").returncode == 0
@@ -157,13 +163,10 @@ def test_the_callers_environment_directory_and_limits_reach_the_job(cluster, pla
 
 def test_signals_reach_the_command_and_a_killed_caller_takes_it_along(cluster, place):
     server = place.warm()
-    env = dict(cluster.env, **place.env)
     seen: set[int] = set()
     for sig, want in ((signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM),
                       (signal.SIGKILL, -signal.SIGKILL)):
-        caller = subprocess.Popen([command_path("rsub"), "--wait", "--wrap", "sleep 60"],
-                                  env=env, cwd=cluster.work, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        caller = place.start("rsub", "--wait", "--wrap", "sleep 60")
         wait_for(lambda: set(children(server)) - seen, 20, "the command forked by the server")
         command = (set(children(server)) - seen).pop()
         seen.add(command)
@@ -192,10 +195,7 @@ def test_a_killed_server_costs_no_call_and_is_replaced(cluster, place):
 
 def test_a_server_killed_mid_call_still_lets_the_caller_end_as_its_command_did(cluster, place):
     server = place.warm()
-    env = dict(cluster.env, **place.env)
-    caller = subprocess.Popen([command_path("rsub"), "--wait", "--wrap", "sleep 2; exit 3"],
-                              env=env, cwd=cluster.work, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    caller = place.start("rsub", "--wait", "--wrap", "sleep 2; exit 3")
     wait_for(lambda: children(server), 20, "the command forked by the server")
     os.kill(server, signal.SIGKILL)
     out, err = caller.communicate(timeout=60)
@@ -204,10 +204,7 @@ def test_a_server_killed_mid_call_still_lets_the_caller_end_as_its_command_did(c
 
 def test_a_stopped_server_lets_running_calls_finish_and_answers_them(cluster, place):
     server = place.warm()
-    env = dict(cluster.env, **place.env)
-    caller = subprocess.Popen([command_path("rsub"), "--wait", "--wrap", "sleep 4; exit 4"],
-                              env=env, cwd=cluster.work, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    caller = place.start("rsub", "--wait", "--wrap", "sleep 4; exit 4")
     wait_for(lambda: children(server), 20, "the command forked by the server")
     os.kill(server, signal.SIGTERM)
     wait_for(lambda: not glob.glob(os.path.join(place.dir, "*.sock")), 10,
@@ -237,10 +234,7 @@ def test_a_changed_installation_is_served_by_a_new_server(cluster, place):
 
 def test_many_calls_at_once_each_get_their_own_job(cluster, place):
     place.warm()
-    env = dict(cluster.env, **place.env)
-    procs = [subprocess.Popen([command_path("rsub"), "-H", "--parsable", "--wrap", "true"],
-                              env=env, cwd=cluster.work, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(20)]
+    procs = [place.start("rsub", "-H", "--parsable", "--wrap", "true") for _ in range(20)]
     results = [p.communicate(timeout=60) + (p.returncode,) for p in procs]
     assert all(rc == 0 for _, _, rc in results), results
     ids = {int(out) for out, _, _ in results}

@@ -27,6 +27,7 @@ import errno
 import fcntl
 import gc
 import os
+import resource
 import select
 import signal
 import socket
@@ -43,7 +44,7 @@ PRELOAD = ("rmsbatch.cli.jobscript", "rmsbatch.cli.directives", "rmsbatch.cli.rs
            "rmsbatch.core.jobspec", "rmsbatch.core.units", "rmsbatch.core.hostlist",
            "rmsbatch.core.resources", "rmsbatch.core.arrayspec", "rmsbatch.core.dependency",
            "rmsbatch.core.begintime", "rmsbatch.cli.priorities", "rmsbatch.net.client",
-           "rmsbatch.net.tcp", "resource", "argparse", "json", "tomllib", "textwrap")
+           "rmsbatch.net.tcp", "argparse", "json", "tomllib", "textwrap")
 IDLE_S = 600.0              # RMS_CMDSERVER_IDLE in the environment that starts it
 REQUEST_TIMEOUT_S = 5.0
 MAX_REQUEST = 8 << 20
@@ -96,7 +97,6 @@ class Request:
 
 
 def _limit(value: int) -> int:
-    import resource
     return resource.RLIM_INFINITY if value == _UNLIMITED else value
 
 
@@ -330,7 +330,6 @@ class Server:
         if startup_environment(request.env) != self.environment:
             raise Declined("another Python environment")
         if os.getuid() != 0:
-            import resource
             for which, (_, hard) in enumerate(request.limits):
                 try:
                     _, own = resource.getrlimit(which)
@@ -411,7 +410,6 @@ class Server:
                 if fd > 2:
                     os.close(fd)
             os.umask(request.umask)
-            import resource
             for which, limit in enumerate(request.limits):
                 try:
                     resource.setrlimit(which, limit)
